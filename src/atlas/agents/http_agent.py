@@ -1,0 +1,102 @@
+"""`type: http` agents: one HTTP request with templated url, headers and JSON body (spec §2.5).
+
+Only `http`/`https` URLs are allowed, so a template cannot turn the agent into a `file://` reader. The
+response body is read as a stream and capped, so a huge download cannot exhaust the daemon's memory.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+from atlas.agents.base import AgentContext, StepError
+from atlas.config.durations import parse_duration
+from atlas.config.model import HttpAgentConfig
+from atlas.runtime.templating import Templater
+
+__all__ = ["MAX_JSON_BYTES", "MAX_TEXT_BYTES", "run_http"]
+
+MAX_TEXT_BYTES = 1024 * 1024
+#: A JSON body is parsed whole, so it may be larger than a text one; beyond this it is kept as capped text.
+MAX_JSON_BYTES = 16 * 1024 * 1024
+_ALLOWED_SCHEMES = ("http", "https")
+
+
+def _is_json(content_type: str) -> bool:
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    return media_type == "application/json" or media_type.endswith("+json")
+
+
+def _url(rendered: Any) -> httpx.URL:
+    if not isinstance(rendered, str):
+        raise StepError("http_error", f"url must render to a string, got {type(rendered).__name__}")
+    try:
+        url = httpx.URL(rendered)
+    except httpx.InvalidURL as exc:
+        raise StepError("http_error", f"invalid url: {exc}") from exc
+    if url.scheme not in _ALLOWED_SCHEMES or not url.host:
+        raise StepError("http_error", "url must be an absolute http:// or https:// URL")
+    return url
+
+
+async def _read_body(response: httpx.Response) -> tuple[Any, bool]:
+    """Return (body, truncated): parsed JSON for a JSON response, else text capped at MAX_TEXT_BYTES."""
+    is_json = _is_json(response.headers.get("content-type", ""))
+    limit = MAX_JSON_BYTES if is_json else MAX_TEXT_BYTES
+    data = bytearray()
+    overflow = False
+    async for chunk in response.aiter_bytes():
+        data += chunk
+        if len(data) > limit:
+            overflow = True
+            break
+    if is_json and not overflow and data:
+        try:
+            return json.loads(data), False
+        except ValueError:
+            pass  # a server that lies about its content type: keep the text
+    truncated = len(data) > MAX_TEXT_BYTES
+    text = bytes(data[:MAX_TEXT_BYTES]).decode(response.encoding or "utf-8", errors="replace")
+    return text, truncated or overflow
+
+
+async def run_http(
+    config: HttpAgentConfig, ctx: AgentContext, templater: Templater, variables: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Send the request; return `{status, headers, body}` or raise `http_error` / `http_status`."""
+    url = _url(templater.render(config.url, variables))
+    headers = {
+        name: value if isinstance(value, str) else json.dumps(value)
+        for name, value in templater.render(dict(config.headers), variables).items()
+    }
+    body = templater.render(config.json_, variables) if config.json_ is not None else None
+    timeout = parse_duration(config.timeout)
+    request_args: dict[str, Any] = {"headers": headers}
+    if body is not None:
+        request_args["json"] = body
+    try:
+        async with (
+            httpx.AsyncClient(timeout=timeout) as client,
+            client.stream(config.method, url, **request_args) as response,
+        ):
+            parsed, truncated = await _read_body(response)
+    except httpx.TimeoutException as exc:
+        raise StepError("http_error", f"{config.method} {url}: timed out after {config.timeout}") from exc
+    except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError) as exc:
+        raise StepError("http_error", f"{config.method} {url}: {type(exc).__name__}: {exc}") from exc
+    except (TypeError, ValueError) as exc:  # e.g. a header value that is not latin-1, a body that is not JSON
+        raise StepError("http_error", f"{config.method} {url}: invalid request: {exc}") from exc
+
+    output: dict[str, Any] = {
+        "status": response.status_code,
+        "headers": dict(response.headers.items()),
+        "body": parsed,
+    }
+    if truncated:
+        output["truncated"] = True
+    if response.status_code >= 400 and config.fail_on_status:
+        raise StepError("http_status", f"{config.method} {url}: HTTP {response.status_code}", output=output)
+    return output

@@ -1,0 +1,209 @@
+"""`type: shell` agents: run an argv list in its own process group (spec §2.5, §10.8).
+
+Payload data is attacker-controlled, so it must never meet a shell: the command is an argv list, each element
+is templated on its own and becomes exactly one argv element, and the input travels on stdin as JSON. The
+child gets a minimal environment (never `ATLAS_TOKEN`) and its own session (`start_new_session`), so that a
+timeout or a cancel can stop the whole process group, grandchildren included.
+
+Known limit: a background grandchild that keeps stdout/stderr open keeps the step running until its timeout
+(the pipes never reach EOF).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+from collections.abc import Mapping
+from typing import Any
+
+from atlas.agents.base import MAX_LOG_LINE_CHARS, AgentContext, StepError
+from atlas.config.durations import parse_duration
+from atlas.config.model import ShellAgentConfig
+from atlas.runtime.templating import Templater
+
+__all__ = ["KILL_GRACE_SECONDS", "MAX_STREAM_BYTES", "run_shell"]
+
+MAX_STREAM_BYTES = 1024 * 1024
+#: Time between SIGTERM and SIGKILL when a step times out or is cancelled.
+KILL_GRACE_SECONDS = 5.0
+_REAP_SECONDS = 1.0
+_READ_SIZE = 64 * 1024
+_MAX_PENDING_LINE_BYTES = MAX_LOG_LINE_CHARS * 4  # enough bytes for MAX_LOG_LINE_CHARS characters of UTF-8
+_PASSTHROUGH_ENV = ("PATH", "HOME", "LANG", "TZ")
+_SESSION_ENV = {
+    "ATLAS_SESSION_ID": "id",
+    "ATLAS_CORRELATION_ID": "correlationId",
+    "ATLAS_WORKSPACE_ID": "workspaceId",
+}
+_NEVER_PASSED_ENV = ("ATLAS_TOKEN",)
+
+
+def _as_text(value: Any) -> str:
+    """A rendered argv element or env value as one string: str unchanged, anything else as JSON."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _environment(
+    config: ShellAgentConfig, ctx: AgentContext, templater: Templater, variables: Mapping[str, Any]
+) -> dict[str, str]:
+    if config.inherit_env:
+        env = dict(os.environ)
+    else:
+        env = {name: os.environ[name] for name in _PASSTHROUGH_ENV if name in os.environ}
+    rendered = templater.render(dict(config.env), variables)
+    env.update({name: _as_text(value) for name, value in rendered.items()})
+    for name, key in _SESSION_ENV.items():
+        if ctx.session.get(key) is not None:
+            env[name] = str(ctx.session[key])
+    for name in _NEVER_PASSED_ENV:
+        env.pop(name, None)
+    return env
+
+
+class _Capture:
+    """One output stream: keeps the first MAX_STREAM_BYTES and forwards each line as a `log` chunk.
+
+    It reads in fixed-size blocks rather than `readline()` so that a gigantic line cannot exhaust memory, and
+    it keeps reading (and discarding) past the cap so that the child never blocks on a full pipe.
+    """
+
+    def __init__(self, name: str, ctx: AgentContext) -> None:
+        self.name = name
+        self.ctx = ctx
+        self.data = bytearray()
+        self.truncated = False
+        self._pending = bytearray()
+        self._skipping_long_line = False
+
+    async def pump(self, stream: asyncio.StreamReader | None) -> None:
+        if stream is None:
+            return
+        while chunk := await stream.read(_READ_SIZE):
+            room = MAX_STREAM_BYTES - len(self.data)
+            if len(chunk) > room:
+                self.truncated = True
+            if room > 0:
+                self.data += chunk[:room]
+            self._split_lines(chunk)
+        if self._pending and not self._skipping_long_line:
+            self._emit(bytes(self._pending))
+        self._pending.clear()
+
+    def text(self) -> str:
+        return self.data.decode("utf-8", errors="replace")
+
+    def _split_lines(self, chunk: bytes) -> None:
+        self._pending += chunk
+        while (end := self._pending.find(b"\n")) >= 0:
+            if self._skipping_long_line:
+                self._skipping_long_line = False  # the tail of a line already sent cut
+            else:
+                self._emit(bytes(self._pending[:end]))
+            del self._pending[: end + 1]
+        if len(self._pending) > _MAX_PENDING_LINE_BYTES and not self._skipping_long_line:
+            self._emit(bytes(self._pending))  # emit_log cuts it to MAX_LOG_LINE_CHARS
+            self._skipping_long_line = True
+        if self._skipping_long_line:
+            self._pending.clear()
+
+    def _emit(self, line: bytes) -> None:
+        self.ctx.emit_log(self.name, line.rstrip(b"\r").decode("utf-8", errors="replace"))
+
+
+async def _feed_stdin(stdin: asyncio.StreamWriter | None, data: bytes | None) -> None:
+    if stdin is None or data is None:
+        return
+    try:
+        stdin.write(data)
+        await stdin.drain()
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the command does not read its input: that is its business
+    finally:
+        stdin.close()
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)  # start_new_session made the child a group leader: pgid == pid
+
+
+async def _terminate(process: asyncio.subprocess.Process, io: asyncio.Future[Any]) -> None:
+    """SIGTERM the process group, SIGKILL it after KILL_GRACE_SECONDS, and keep draining its pipes meanwhile.
+
+    The pipes are drained by `io` (still running) because a child blocked on a full pipe cannot die cleanly,
+    and on Python 3.11 `Process.wait()` only returns once the pipes are closed.
+    """
+    try:
+        _signal_group(process.pid, signal.SIGTERM)
+        _, pending = await asyncio.wait({io}, timeout=KILL_GRACE_SECONDS)
+        if pending:
+            _signal_group(process.pid, signal.SIGKILL)
+            await asyncio.wait({io}, timeout=_REAP_SECONDS)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_REAP_SECONDS):
+                await process.wait()
+    finally:
+        _signal_group(
+            process.pid, signal.SIGKILL
+        )  # stragglers that survived SIGTERM, even if the leader exited
+        if not io.done():
+            io.cancel()
+        elif not io.cancelled():
+            io.exception()  # mark retrieved: the step already failed for a better reason
+
+
+def _output(exit_code: int | None, stdout: _Capture, stderr: _Capture) -> dict[str, Any]:
+    output: dict[str, Any] = {"exitCode": exit_code, "stdout": stdout.text(), "stderr": stderr.text()}
+    if stdout.truncated or stderr.truncated:
+        output["truncated"] = True
+    return output
+
+
+async def run_shell(
+    config: ShellAgentConfig, ctx: AgentContext, templater: Templater, variables: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Run the command; return `{exitCode, stdout, stderr, truncated?}` or raise `exit_status` / `timeout`."""
+    argv = [_as_text(templater.render(element, variables)) for element in config.command]
+    env = _environment(config, ctx, templater, variables)
+    cwd = ctx.workspace_dir / config.cwd if config.cwd else ctx.workspace_dir
+    timeout = parse_duration(config.timeout) if config.timeout else None
+    stdin_data = json.dumps(ctx.input).encode() if config.stdin == "input" else None
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.PIPE if stdin_data is not None else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=cwd,
+            env=env,
+            start_new_session=True,
+        )
+    except (OSError, ValueError) as exc:  # not found, not executable, bad cwd, NUL byte in an argument…
+        raise StepError("agent_error", f"cannot start {argv[0]!r}: {exc}") from exc
+
+    stdout, stderr = _Capture("stdout", ctx), _Capture("stderr", ctx)
+    io = asyncio.gather(
+        stdout.pump(process.stdout), stderr.pump(process.stderr), _feed_stdin(process.stdin, stdin_data)
+    )
+    try:
+        async with asyncio.timeout(timeout):
+            await asyncio.shield(io)  # shielded: on timeout/cancel, _terminate keeps draining the pipes
+            exit_code = await process.wait()
+    except TimeoutError:
+        await _terminate(process, io)
+        raise StepError(
+            "timeout",
+            f"command timed out after {config.timeout}",
+            output=_output(process.returncode, stdout, stderr),
+        ) from None
+    except BaseException:  # cancellation (or a bug): never leave the process group running
+        await _terminate(process, io)
+        raise
+
+    output = _output(exit_code, stdout, stderr)
+    if exit_code != 0:
+        raise StepError("exit_status", f"command exited with status {exit_code}", output=output)
+    return output

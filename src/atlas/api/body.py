@@ -1,0 +1,67 @@
+"""Envelope or webhook? (spec §5.2) — parses a trigger body into payload, lineage and webhook record.
+
+Kept apart from the route so the precedence rules are one small pure function, tested on their own.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from atlas.errors import ApiError
+
+ENVELOPE_KEYS = {"payload", "streamId", "parentSessionId"}
+HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
+              "transfer-encoding", "upgrade", "host", "content-length"}
+REDACTED = {"authorization", "cookie"}
+
+
+@dataclass
+class TriggerBody:
+    payload: Any
+    stream_id: str | None = None
+    parent_session_id: str | None = None
+    webhook: dict[str, Any] | None = None
+
+
+def _is_json(content_type: str) -> bool:
+    ct = content_type.split(";", 1)[0].strip().lower()
+    return ct == "" or ct == "application/json" or ct.endswith("+json")
+
+
+def webhook_record(raw: bytes, headers: Mapping[str, str]) -> dict[str, Any]:
+    """Headers lower-cased, hop-by-hop dropped, authorization and cookie redacted; the body as base64."""
+    kept = {k.lower(): ("***" if k.lower() in REDACTED else v) for k, v in headers.items()
+            if k.lower() not in HOP_BY_HOP}
+    return {"headers": kept, "bodyBase64": base64.b64encode(raw).decode()}
+
+
+def parse_trigger_body(raw: bytes, headers: Mapping[str, str]) -> TriggerBody:
+    content_type = headers.get("content-type", "")
+    if not raw.strip():
+        return TriggerBody(payload={})
+    if not _is_json(content_type):
+        return TriggerBody(payload=None, webhook=webhook_record(raw, headers))
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "invalid_json", f"Malformed JSON body: {exc}") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "invalid_body", "The body must be a JSON object")
+    if not set(data) <= ENVELOPE_KEYS:
+        return TriggerBody(payload=data, webhook=webhook_record(raw, headers))
+    details = []
+    payload = data.get("payload", {})
+    if payload is None:
+        payload = {}
+    if not isinstance(payload, dict):
+        details.append({"path": "payload", "message": "must be an object"})
+    for key in ("streamId", "parentSessionId"):
+        if key in data and not isinstance(data[key], str):
+            details.append({"path": key, "message": "must be a string"})
+    if details:
+        raise ApiError(400, "invalid_body", "Invalid envelope", details)
+    return TriggerBody(payload=payload, stream_id=data.get("streamId"), parent_session_id=data.get("parentSessionId"))

@@ -1,0 +1,298 @@
+"""Connection to NATS JetStream and the streams and buckets atlas relies on (spec §6.2).
+
+One `Bus` per daemon. It owns the nats-py connection, declares the streams and KV buckets idempotently (a second
+daemon on the same cluster finds them and reuses them), and offers the few typed operations the runtime needs, so
+the rest of the code never builds subjects or headers by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import nats
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import (
+    ConsumerConfig,
+    DiscardPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.kv import KeyValue
+
+log = logging.getLogger("atlas.bus")
+
+SIGNALS = "SIGNALS"
+SESSION_EVENTS = "SESSION_EVENTS"
+DEAD_LETTERS = "DEAD_LETTERS"
+KV_METADATA = "SESSION_METADATA"
+KV_INFLIGHT = "SESSION_INFLIGHT"
+KV_CONCURRENCY = "CONCURRENCY"
+KV_DAEMONS = "DAEMONS"
+KV_WORKSPACES = "WORKSPACES"
+CONSUMER = "atlas-signals"
+
+DAY = 86_400.0
+
+
+def signal_subject(workspace_id: str, signal_id: str) -> str:
+    return f"workspaces.{workspace_id}.signals.{signal_id}"
+
+
+def events_subject(session_id: str) -> str:
+    return f"sessions.{session_id}.events"
+
+
+def ephemeral_subject(session_id: str) -> str:
+    return f"ephemeral.sessions.{session_id}"
+
+
+def cancel_subject(session_id: str) -> str:
+    return f"atlas.cancel.sessions.{session_id}"
+
+
+def dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class WrongLastSequence(Exception):
+    """A conditional write lost: someone else wrote the subject (or key) first."""
+
+
+@dataclass
+class BusSettings:
+    url: str
+    token: str | None = None
+    creds: str | None = None
+    replicas: int = 1
+    retention_s: float = 90 * DAY
+    ack_wait_s: float = 30.0
+    max_deliver: int = 5
+    heartbeat_ttl_s: float = 30.0
+
+
+class Bus:
+    """The daemon's handle on JetStream: streams, KV buckets and typed publish helpers."""
+
+    def __init__(self, settings: BusSettings) -> None:
+        self.settings = settings
+        self.nc: Client | None = None
+        self._js: JetStreamContext | None = None
+        self.kv: dict[str, KeyValue] = {}
+
+    @property
+    def js(self) -> JetStreamContext:
+        assert self._js is not None, "bus not connected"
+        return self._js
+
+    async def connect(
+        self,
+        on_disconnect: Callable[[], Awaitable[None]] | None = None,
+        on_reconnect: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        opts: dict[str, Any] = {
+            "servers": [u.strip() for u in self.settings.url.split(",") if u.strip()],
+            "max_reconnect_attempts": -1,
+            "reconnect_time_wait": 0.5,
+            "connect_timeout": 5,
+            "allow_reconnect": True,
+        }
+        if self.settings.token:
+            opts["token"] = self.settings.token
+        if self.settings.creds:
+            opts["user_credentials"] = self.settings.creds
+        if on_disconnect:
+            opts["disconnected_cb"] = on_disconnect
+        if on_reconnect:
+            opts["reconnected_cb"] = on_reconnect
+        self.nc = await nats.connect(**opts)
+        self._js = self.nc.jetstream(timeout=10)
+        await self._declare()
+
+    async def close(self) -> None:
+        if self.nc is not None and not self.nc.is_closed:
+            try:
+                await self.nc.flush(timeout=2)
+            except Exception:
+                pass
+            await self.nc.close()
+
+    @property
+    def connected(self) -> bool:
+        return self.nc is not None and self.nc.is_connected
+
+    async def _declare(self) -> None:
+        r = self.settings.replicas
+        await self._stream(
+            StreamConfig(
+                name=SIGNALS,
+                subjects=["workspaces.*.signals.*"],
+                retention=RetentionPolicy.WORK_QUEUE,
+                storage=StorageType.FILE,
+                max_age=7 * DAY,
+                duplicate_window=3600,
+                max_msg_size=8 * 1024 * 1024,
+                num_replicas=r,
+            )
+        )
+        await self._stream(
+            StreamConfig(
+                name=SESSION_EVENTS,
+                subjects=["sessions.*.events"],
+                retention=RetentionPolicy.LIMITS,
+                storage=StorageType.FILE,
+                max_age=self.settings.retention_s or None,
+                duplicate_window=120,
+                allow_direct=True,
+                num_replicas=r,
+            )
+        )
+        await self._stream(
+            StreamConfig(
+                name=DEAD_LETTERS,
+                subjects=["dead.workspaces.*.signals.*"],
+                retention=RetentionPolicy.LIMITS,
+                storage=StorageType.FILE,
+                max_age=30 * DAY,
+                num_replicas=r,
+            )
+        )
+        buckets = {
+            KV_METADATA: KeyValueConfig(bucket=KV_METADATA, history=1, ttl=self.settings.retention_s or None),
+            KV_INFLIGHT: KeyValueConfig(bucket=KV_INFLIGHT, history=1),
+            KV_CONCURRENCY: KeyValueConfig(bucket=KV_CONCURRENCY, history=1),
+            KV_DAEMONS: KeyValueConfig(bucket=KV_DAEMONS, history=1, ttl=self.settings.heartbeat_ttl_s),
+            KV_WORKSPACES: KeyValueConfig(bucket=KV_WORKSPACES, history=1),
+        }
+        for name, cfg in buckets.items():
+            cfg.replicas = r
+            try:
+                self.kv[name] = await self.js.create_key_value(cfg)
+            except BadRequestError:
+                self.kv[name] = await self.js.key_value(name)
+        await self._consumer()
+
+    async def _stream(self, cfg: StreamConfig) -> None:
+        try:
+            await self.js.add_stream(cfg)
+        except BadRequestError:
+            # Exists with other settings (e.g. an older version): keep the data, update what may change.
+            cfg.discard = cfg.discard or DiscardPolicy.OLD
+            await self.js.update_stream(cfg)
+
+    async def _consumer(self) -> None:
+        cfg = ConsumerConfig(
+            durable_name=CONSUMER,
+            ack_wait=self.settings.ack_wait_s,
+            max_deliver=self.settings.max_deliver,
+            max_ack_pending=1024,
+        )
+        try:
+            await self.js.add_consumer(SIGNALS, cfg)
+        except BadRequestError:
+            log.debug("consumer %s exists", CONSUMER)
+
+    # ------------------------------------------------------------ events
+
+    async def append_event(self, event: dict[str, Any], expected_last_subject_seq: int | None) -> int:
+        """Append one durable event; returns its stream sequence.
+
+        `expected_last_subject_seq` is the stream sequence of the session's previous event (0 for the first), so a
+        session has one writer at a time (spec §6.3). A lost race raises WrongLastSequence.
+        """
+        sid = event["sessionId"]
+        headers = {"Nats-Msg-Id": f"{sid}:{event['seq']}"}
+        if expected_last_subject_seq is not None:
+            headers["Nats-Expected-Last-Subject-Sequence"] = str(expected_last_subject_seq)
+        try:
+            ack = await self.js.publish(events_subject(sid), dumps(event), headers=headers)
+        except BadRequestError as exc:
+            if getattr(exc, "err_code", None) == 10071:
+                raise WrongLastSequence(str(exc)) from exc
+            raise
+        return int(ack.seq)
+
+    async def last_event(self, session_id: str) -> tuple[dict[str, Any], int] | None:
+        """The session's latest durable event and its stream sequence, or None for an unknown session."""
+        try:
+            msg = await self.js.get_last_msg(SESSION_EVENTS, events_subject(session_id), direct=True)
+        except NotFoundError:
+            return None
+        assert msg.data is not None
+        return json.loads(msg.data), int(msg.seq or 0)
+
+    async def read_events(self, session_id: str) -> list[tuple[dict[str, Any], int]]:
+        """Every durable event of one session in order, with stream sequences (used by recovery and rebuilds)."""
+        out: list[tuple[dict[str, Any], int]] = []
+        seq = 1
+        subject = events_subject(session_id)
+        while True:
+            try:
+                msg = await self.js.get_msg(SESSION_EVENTS, seq=seq, subject=subject, next=True, direct=True)
+            except NotFoundError:
+                return out
+            assert msg.data is not None and msg.seq is not None
+            out.append((json.loads(msg.data), int(msg.seq)))
+            seq = int(msg.seq) + 1
+
+    # ------------------------------------------------------------ signals
+
+    async def publish_envelope(self, envelope: dict[str, Any]) -> None:
+        await self.js.publish(
+            signal_subject(envelope["workspaceId"], envelope["signalId"]),
+            dumps(envelope),
+            headers={"Nats-Msg-Id": envelope["sessionId"], "Atlas-Schema-Version": "1"},
+        )
+
+    async def dead_letter(self, envelope: dict[str, Any], error: str, deliveries: int) -> None:
+        subject = "dead." + signal_subject(envelope.get("workspaceId", "unknown"), envelope.get("signalId", "x"))
+        await self.js.publish(subject, dumps({"envelope": envelope, "error": error, "deliveries": deliveries}))
+
+    # ------------------------------------------------------------ KV helpers
+
+    async def kv_get(self, bucket: str, key: str) -> tuple[Any, int] | None:
+        try:
+            entry = await self.kv[bucket].get(key)
+        except KeyNotFoundError:
+            return None
+        if entry.value is None or entry.value == b"":
+            return None
+        return json.loads(entry.value), int(entry.revision or 0)
+
+    async def kv_put(self, bucket: str, key: str, value: Any) -> int:
+        return int(await self.kv[bucket].put(key, dumps(value)))
+
+    async def kv_create(self, bucket: str, key: str, value: Any) -> int:
+        """Atomic create-if-absent; WrongLastSequence when the key exists."""
+        try:
+            return int(await self.kv[bucket].create(key, dumps(value)))
+        except KeyWrongLastSequenceError as exc:
+            raise WrongLastSequence(str(exc)) from exc
+
+    async def kv_update(self, bucket: str, key: str, value: Any, revision: int) -> int:
+        """Compare-and-set on the revision; WrongLastSequence when someone else changed the key."""
+        try:
+            return int(await self.kv[bucket].update(key, dumps(value), last=revision))
+        except KeyWrongLastSequenceError as exc:
+            raise WrongLastSequence(str(exc)) from exc
+
+    async def kv_delete(self, bucket: str, key: str) -> None:
+        try:
+            await self.kv[bucket].purge(key)
+        except KeyNotFoundError:
+            pass
+
+    async def kv_keys(self, bucket: str) -> list[str]:
+        try:
+            return list(await self.kv[bucket].keys())
+        except Exception as exc:  # nats-py raises NoKeysError for an empty bucket
+            if type(exc).__name__ == "NoKeysError":
+                return []
+            raise

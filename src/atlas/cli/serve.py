@@ -1,0 +1,101 @@
+"""Run atlasd in the foreground: start the daemon, then serve HTTP until SIGINT/SIGTERM, then shut down cleanly.
+
+The daemon starts before the HTTP listener, so a client never sees the API before recovery has settled the
+previous run (spec §8.1), and start-up errors (no nats-server binary, port taken) are one readable line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+
+import uvicorn
+
+from atlas.api.app import create_app
+from atlas.bus.server import BusError
+from atlas.config.settings import Settings
+from atlas.errors import ApiError
+from atlas.runtime.daemon import Daemon
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise SystemExit(f"atlasd: cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+async def _serve(settings: Settings) -> int:
+    sock = _bind(settings.host, settings.port)
+    port = sock.getsockname()[1]
+    settings = settings.with_overrides(port=port)
+    daemon = Daemon(settings)
+    try:
+        await daemon.start()
+    except (BusError, ApiError, OSError) as exc:
+        print(f"atlasd: {exc}", file=sys.stderr)
+        await daemon.stop()
+        return 1
+    info = {"url": f"http://{settings.host}:{port}", "pid": os.getpid(), "home": str(settings.home)}
+    daemon_json = settings.home / "daemon.json"
+    daemon_json.write_text(json.dumps(info))
+    os.chmod(daemon_json, 0o600)
+    config = uvicorn.Config(
+        create_app(daemon), loop="none", http="httptools", lifespan="off", access_log=False,
+        log_level="warning", timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
+    )
+    server = uvicorn.Server(config)
+    logging.getLogger("atlas").info("listening on http://%s:%d", settings.host, port)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        # Our own handlers (uvicorn's re-raise the signal after shutdown, which would turn a clean stop into
+        # a death by SIGTERM): ask the server to exit, then drain the daemon below.
+        loop.add_signal_handler(signum, lambda: setattr(server, "should_exit", True))
+    try:
+        await server._serve(sockets=[sock])
+    finally:
+        logging.getLogger("atlas").info("shutting down")
+        await daemon.stop()
+        logging.getLogger("atlas").info("stopped")
+        with contextlib.suppress(FileNotFoundError):
+            daemon_json.unlink()
+    return 0
+
+
+def run_daemon(settings: Settings) -> int:
+    if not _is_loopback(settings.host) and not (settings.token and len(settings.token) >= 32):
+        print(f"atlasd: refusing to bind {settings.host} (not loopback) without ATLAS_TOKEN "
+              "(at least 32 characters)", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=getattr(logging, settings.log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        import uvloop
+
+        return uvloop.run(_serve(settings))
+    except ImportError:
+        return asyncio.run(_serve(settings))

@@ -1,0 +1,305 @@
+"""Typed model of `workspace.yml` (spec §2).
+
+Field names mirror the YAML keys so that error paths (`jobs.x.fsm.states.y.entry[0].agentId`) are the
+pydantic locations unchanged. The few keys that clash with Python or pydantic names use an alias:
+`if` → `if_`, `schema` → `schema_`, `json` → `json_`. Every model forbids unknown keys (spec §2.8).
+Boolean switches are `StrictBool`: in YAML 1.2 `wait: yes` is the string "yes", and pydantic's lax mode would
+otherwise quietly turn it into `True`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
+
+from atlas.config.durations import parse_duration
+
+ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+WORKSPACE_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+BUILTIN_AGENTS = ("atlas/sleep", "atlas/echo", "atlas/count")
+
+
+class Strict(BaseModel):
+    """Base: unknown keys are errors; aliases and names both accepted."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+# A duration string (`30s`), checked by `_check_duration`: one clear message for any bad value.
+Duration = str
+
+
+def _check_duration(value: str | None) -> str | None:
+    if value is not None:
+        parse_duration(value)
+    return value
+
+
+# ---------------------------------------------------------------- workspace
+
+
+class WorkspaceTimeout(Strict):
+    maxTotalTimeout: Duration = "30m"
+
+    _dur = field_validator("maxTotalTimeout")(_check_duration)
+
+
+class WorkspaceInfo(Strict):
+    name: str = Field(min_length=1)
+    id: str | None = Field(default=None, pattern=WORKSPACE_ID_PATTERN)
+    description: str | None = None
+    welcome: str | None = None
+    timeout: WorkspaceTimeout = WorkspaceTimeout()
+
+
+# ---------------------------------------------------------------- signals
+
+
+class HttpSignalConfig(Strict):
+    path: str = Field(pattern=r"^/")
+    timeout: Duration | None = None
+
+    _dur = field_validator("timeout")(_check_duration)
+
+
+class ScheduleSignalConfig(Strict):
+    schedule: str = Field(min_length=1)
+    timezone: str = "UTC"
+    onMissed: Literal["skip", "coalesce", "catchup"] = "coalesce"
+    missedWindow: Duration = "24h"
+
+    _dur = field_validator("missedWindow")(_check_duration)
+
+
+class SystemSignalConfig(Strict):
+    pass
+
+
+Concurrency = Literal["skip", "queue", "concurrent", "replace"]
+
+
+class _SignalBase(Strict):
+    title: str | None = None
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    concurrency: Concurrency = "skip"
+
+
+class HttpSignal(_SignalBase):
+    provider: Literal["http"]
+    config: HttpSignalConfig
+
+
+class ScheduleSignal(_SignalBase):
+    provider: Literal["schedule"]
+    config: ScheduleSignalConfig
+
+
+class SystemSignal(_SignalBase):
+    provider: Literal["system"]
+    config: SystemSignalConfig = SystemSignalConfig()
+
+
+Signal = Annotated[HttpSignal | ScheduleSignal | SystemSignal, Field(discriminator="provider")]
+
+
+# ---------------------------------------------------------------- agents
+
+
+class PythonAgentConfig(Strict):
+    entrypoint: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    params: dict[str, Any] = {}
+
+
+class ShellAgentConfig(Strict):
+    command: list[str] = Field(min_length=1)
+    env: dict[str, str] = {}
+    cwd: str | None = None
+    timeout: Duration | None = None
+    inherit_env: StrictBool = False
+    stdin: Literal["input", "none"] = "input"
+
+    _dur = field_validator("timeout")(_check_duration)
+
+
+class HttpAgentConfig(Strict):
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"] = "POST"
+    url: str = Field(min_length=1)
+    headers: dict[str, str] = {}
+    json_: Any = Field(default=None, alias="json")
+    timeout: Duration = "30s"
+    fail_on_status: StrictBool = True
+
+    _dur = field_validator("timeout")(_check_duration)
+
+
+class LlmAgentConfig(Strict):
+    base_url: str | None = None
+    model: str = Field(min_length=1)
+    prompt: str = ""
+    api_key_env: str | None = None
+    system: str | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+    timeout: Duration = "120s"
+    response_format: Literal["text", "json"] = "text"
+    output_schema: dict[str, Any] | None = None
+
+    _dur = field_validator("timeout")(_check_duration)
+
+
+class _AgentBase(Strict):
+    description: str | None = None
+
+
+class PythonAgent(_AgentBase):
+    type: Literal["python"]
+    config: PythonAgentConfig
+
+
+class ShellAgent(_AgentBase):
+    type: Literal["shell"]
+    config: ShellAgentConfig
+
+
+class HttpAgent(_AgentBase):
+    type: Literal["http"]
+    config: HttpAgentConfig
+
+
+class LlmAgent(_AgentBase):
+    type: Literal["llm"]
+    config: LlmAgentConfig
+
+
+class AtlasAgent(_AgentBase):
+    """A built-in (`atlas/sleep|echo|count`); its own config is free-form and checked at run time."""
+
+    type: Literal["atlas"]
+    agent: Literal["atlas/sleep", "atlas/echo", "atlas/count"]
+    config: dict[str, Any] = {}
+
+
+Agent = Annotated[
+    PythonAgent | ShellAgent | HttpAgent | LlmAgent | AtlasAgent, Field(discriminator="type")
+]
+
+
+# ---------------------------------------------------------------- FSM
+
+
+class AgentAction(Strict):
+    type: Literal["agent"]
+    agentId: str = Field(min_length=1)
+    prompt: str | None = None
+    inputFrom: str | list[str] | None = None
+    outputTo: str | None = None
+    if_: str | bool | None = Field(default=None, alias="if")
+
+
+class LlmAction(Strict):
+    type: Literal["llm"]
+    model: str = Field(min_length=1)
+    prompt: str
+    outputTo: str = Field(min_length=1)
+    base_url: str | None = None
+    api_key_env: str | None = None
+    system: str | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+    timeout: Duration | None = None
+    inputFrom: str | list[str] | None = None
+    if_: str | bool | None = Field(default=None, alias="if")
+
+    _dur = field_validator("timeout")(_check_duration)
+
+
+class EmitAction(Strict):
+    type: Literal["emit"]
+    event: str = Field(min_length=1)
+    data: Any = None
+
+
+class SignalAction(Strict):
+    type: Literal["signal"]
+    signal: str = Field(pattern=ID_PATTERN)
+    workspace: str | None = None
+    payload: dict[str, Any] | None = None
+    wait: StrictBool = False
+    outputTo: str | None = None
+    if_: str | bool | None = Field(default=None, alias="if")
+
+
+Action = Annotated[AgentAction | LlmAction | EmitAction | SignalAction, Field(discriminator="type")]
+
+
+class Transition(Strict):
+    target: str = Field(min_length=1)
+    cond: str | bool | None = None
+    actions: list[Action] = []
+
+
+class State(Strict):
+    entry: list[Action] = []
+    on: dict[str, Transition | list[Transition]] = {}
+    type: Literal["final"] | None = None
+
+
+class Fsm(Strict):
+    id: str | None = None
+    initial: str = Field(min_length=1)
+    states: dict[str, State] = Field(min_length=1)
+
+
+class SequentialStep(Strict):
+    id: str = Field(min_length=1)
+    prompt: str | None = None
+
+
+class Execution(Strict):
+    strategy: Literal["sequential"]
+    agents: list[str | SequentialStep] = Field(min_length=1)
+
+
+class TriggerRef(Strict):
+    signal: str = Field(min_length=1)
+
+
+class JobConfig(Strict):
+    timeout: Duration | None = None
+    max_steps: int = Field(default=100, ge=1)
+
+    _dur = field_validator("timeout")(_check_duration)
+
+
+class KeyDetail(Strict):
+    label: str
+    value: str
+    url: str | None = None
+
+
+class SummarySpec(Strict):
+    text: str
+    keyDetails: list[KeyDetail] = []
+
+
+class Job(Strict):
+    title: str | None = None
+    description: str | None = None
+    triggers: list[TriggerRef] = Field(min_length=1)
+    config: JobConfig = JobConfig()
+    fsm: Fsm | None = None
+    execution: Execution | None = None
+    summary: str | SummarySpec | None = None
+
+
+# ---------------------------------------------------------------- top level
+
+
+class WorkspaceConfig(Strict):
+    version: Literal["1.0"]
+    workspace: WorkspaceInfo
+    signals: dict[Annotated[str, Field(pattern=ID_PATTERN)], Signal] = {}
+    jobs: dict[Annotated[str, Field(pattern=ID_PATTERN)], Job] = {}
+    agents: dict[Annotated[str, Field(pattern=ID_PATTERN)], Agent] = {}

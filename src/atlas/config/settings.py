@@ -1,0 +1,83 @@
+"""Daemon settings from the environment (spec §9 "Daemon settings"); CLI flags override them.
+
+Read once at start into a frozen dataclass so the rest of the code never reads `os.environ` itself.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from atlas.config.durations import parse_duration
+
+_SIZE = re.compile(r"^(\d+)\s*(b|kib|kb|mib|mb|gib|gb)?$", re.IGNORECASE)
+_SIZE_UNITS = {"b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2, "gb": 1000**3, "gib": 1024**3}
+
+
+def parse_size(text: str) -> int:
+    match = _SIZE.match(text.strip())
+    if not match:
+        raise ValueError(f"invalid size {text!r}: expected e.g. 1MiB, 512KiB or a number of bytes")
+    return int(match.group(1)) * _SIZE_UNITS[(match.group(2) or "b").lower()]
+
+
+def _seconds(name: str, default: str, *, allow_zero: bool = False) -> float:
+    return parse_duration(os.environ.get(name) or default, allow_days=True, allow_zero=allow_zero)
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    host: str = "127.0.0.1"
+    port: int = 8080
+    token: str | None = None
+    allowed_hosts: tuple[str, ...] = ()
+    cors_origins: tuple[str, ...] = ()
+    nats_url: str | None = None
+    nats_creds: str | None = None
+    nats_replicas: int = 1
+    max_body: int = 1024 * 1024
+    max_concurrent_sessions: int = 32
+    max_cascade_depth: int = 8
+    max_tree_sessions: int = 1000
+    queue_timeout_s: float = 3600.0
+    shutdown_grace_s: float = 10.0
+    session_retention_s: float = 90 * 86400.0
+    idempotency_ttl_s: float = 86400.0
+    ack_wait_s: float = 30.0
+    llm_base_url: str | None = None
+    log_level: str = "info"
+    workspaces: tuple[Path, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        env = os.environ
+        home = Path(env.get("ATLAS_HOME") or Path.home() / ".atlas").expanduser().resolve()
+        split = lambda v: tuple(x.strip() for x in (v or "").split(",") if x.strip())  # noqa: E731
+        return cls(
+            home=home,
+            host=env.get("ATLAS_HOST") or "127.0.0.1",
+            port=int(env.get("ATLAS_PORT") or 8080),
+            token=env.get("ATLAS_TOKEN") or None,
+            allowed_hosts=split(env.get("ATLAS_ALLOWED_HOSTS")),
+            cors_origins=split(env.get("ATLAS_CORS_ORIGINS")),
+            nats_url=env.get("ATLAS_NATS_URL") or None,
+            nats_creds=env.get("ATLAS_NATS_CREDS") or None,
+            nats_replicas=int(env.get("ATLAS_NATS_REPLICAS") or 1),
+            max_body=parse_size(env.get("ATLAS_MAX_BODY") or "1MiB"),
+            max_concurrent_sessions=int(env.get("ATLAS_MAX_CONCURRENT_SESSIONS") or 32),
+            max_cascade_depth=int(env.get("ATLAS_MAX_CASCADE_DEPTH") or 8),
+            max_tree_sessions=int(env.get("ATLAS_MAX_TREE_SESSIONS") or 1000),
+            queue_timeout_s=_seconds("ATLAS_QUEUE_TIMEOUT", "1h"),
+            shutdown_grace_s=_seconds("ATLAS_SHUTDOWN_GRACE", "10s"),
+            session_retention_s=_seconds("ATLAS_SESSION_RETENTION", "90d", allow_zero=True),
+            idempotency_ttl_s=_seconds("ATLAS_IDEMPOTENCY_TTL", "24h"),
+            ack_wait_s=_seconds("ATLAS_ACK_WAIT", "30s"),
+            llm_base_url=env.get("ATLAS_LLM_BASE_URL") or None,
+            log_level=(env.get("ATLAS_LOG_LEVEL") or "info").lower(),
+        )
+
+    def with_overrides(self, **kwargs: object) -> Settings:
+        return replace(self, **{k: v for k, v in kwargs.items() if v is not None})  # type: ignore[arg-type]

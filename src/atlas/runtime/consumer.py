@@ -1,0 +1,272 @@
+"""The signal consumer (spec §6.5): pulls envelopes from SIGNALS and turns each into a started (or ended) session.
+
+The message stays unacknowledged until `session:start` (or a terminal event) is durable, or the session is parked
+durably in its key's queue: a crash anywhere before that leads to redelivery, never to a lost trigger (§8.2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from nats.aio.msg import Msg
+
+from atlas.bus.client import CONSUMER, KV_INFLIGHT, SIGNALS, WrongLastSequence
+from atlas.runtime.workspaces import Workspace
+from atlas.sessions.events import now_iso, parse_iso
+from atlas.sessions.reducer import is_terminal
+from atlas.sessions.writer import SessionWriter
+
+if TYPE_CHECKING:
+    from atlas.runtime.daemon import Daemon
+
+log = logging.getLogger("atlas.consumer")
+
+BACKOFF = (1, 2, 5, 10)
+REQUIRED = ("workspaceId", "signalId", "sessionId", "correlationId", "rootSessionId", "depth", "trigger")
+
+
+class SignalConsumer:
+    def __init__(self, daemon: Daemon) -> None:
+        self.d = daemon
+        self._stop = asyncio.Event()
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._held: dict[int, Msg] = {}
+
+    async def run(self) -> None:
+        sub = await self.d.bus.js.pull_subscribe_bind(durable=CONSUMER, stream=SIGNALS)
+        while not self._stop.is_set():
+            await self.d.slots.wait_free()
+            want = self.d.slots.try_take(16)
+            if want == 0:
+                continue
+            try:
+                msgs = await sub.fetch(batch=want, timeout=1)
+            except TimeoutError:
+                msgs = []
+            except Exception as exc:
+                if self._stop.is_set():
+                    msgs = []
+                else:
+                    log.warning("fetch failed: %s", exc)
+                    self.d.slots.give(want)
+                    await asyncio.sleep(0.5)
+                    continue
+            if len(msgs) < want:
+                self.d.slots.give(want - len(msgs))
+            for msg in msgs:
+                task = asyncio.create_task(self._handle(msg))
+                self._handlers.add(task)
+                task.add_done_callback(self._handlers.discard)
+
+    async def stop(self) -> None:
+        """Stop fetching; envelopes held but not started are nak-ed so they stay queued (spec §8.4)."""
+        self._stop.set()
+        if self._handlers:
+            await asyncio.wait(list(self._handlers), timeout=5)
+        for msg in list(self._held.values()):
+            with contextlib.suppress(Exception):
+                await msg.nak()
+
+    # ------------------------------------------------------------ per message
+
+    async def _handle(self, msg: Msg) -> None:
+        deliveries = msg.metadata.num_delivered or 1
+        try:
+            env = json.loads(msg.data)
+            if not isinstance(env, dict) or any(k not in env for k in REQUIRED):
+                raise ValueError("envelope misses required keys")
+        except ValueError as exc:
+            await self.d.bus.dead_letter({"raw": msg.data.decode(errors="replace")}, f"malformed: {exc}", deliveries)
+            await msg.term()
+            self.d.slots.give()
+            return
+        self._held[id(msg)] = msg
+        try:
+            started = await self._process(env, msg, deliveries)
+        except Exception as exc:
+            log.exception("signal %s failed (delivery %d)", env.get("sessionId"), deliveries)
+            started = False
+            await self._on_error(env, msg, deliveries, exc)
+        finally:
+            self._held.pop(id(msg), None)
+        if not started:
+            self.d.slots.give()
+
+    async def _on_error(self, env: dict[str, Any], msg: Msg, deliveries: int, exc: Exception) -> None:
+        with contextlib.suppress(Exception):
+            if deliveries >= self.d.bus.settings.max_deliver:
+                await self.d.bus.dead_letter(env, f"{type(exc).__name__}: {exc}", deliveries)
+                writer = await SessionWriter.resume(self.d.bus, self.d.store, env["sessionId"])
+                await self.d.finalize_unstarted(writer, "failed", "dead_lettered",
+                                                f"Signal dead-lettered after {deliveries} deliveries", env)
+                await msg.term()
+            else:
+                await msg.nak(delay=BACKOFF[min(deliveries - 1, len(BACKOFF) - 1)])
+
+    async def _process(self, env: dict[str, Any], msg: Msg, deliveries: int) -> bool:
+        """Returns True when a session was started (it then owns the slot)."""
+        sid = env["sessionId"]
+        queued_seq = env.get("queuedStreamSeq")
+        if isinstance(queued_seq, int) and queued_seq > 0 and not deliveries > 1:
+            writer = SessionWriter(self.d.bus, self.d.store, sid, seq=1, stream_seq=queued_seq)
+        else:
+            writer = await SessionWriter.resume(self.d.bus, self.d.store, sid)
+            if writer.seq == 0:
+                await msg.ack()  # no session:queued: acceptance never finished (spec §8.1)
+                return False
+            if writer.seq > 1:
+                return await self._already_started(env, msg)
+
+        d = self.d
+        accepted_at = env.get("acceptedAt")
+        if accepted_at and _age_s(accepted_at) > d.settings.queue_timeout_s:
+            await self._end(writer, env, msg, "failed", "queue_timeout", "Queued longer than ATLAS_QUEUE_TIMEOUT")
+            return False
+        ws = d.workspaces.get(env["workspaceId"])
+        if ws is None:
+            if deliveries < d.bus.settings.max_deliver:
+                await msg.nak(delay=2)
+                return False
+            await self._end(writer, env, msg, "failed", "workspace_unavailable",
+                            f"Workspace '{env['workspaceId']}' is not loaded on any daemon")
+            return False
+        job_id = ws.job_for_signal.get(env["signalId"])
+        if job_id is None:
+            await self._end(writer, env, msg, "failed", "job_not_found",
+                            f"No job handles signal '{env['signalId']}' any more")
+            return False
+        for ancestor in d._ancestors(sid):
+            view = d.store.view(ancestor)
+            if view is not None and view["status"] == "cancelled":
+                await self._end(writer, env, msg, "cancelled", "parent_cancelled", f"Ancestor {ancestor} was cancelled")
+                return False
+
+        policy = ws.config.signals[env["signalId"]].concurrency
+        decision = await d.concurrency.admit(ws.id, env["signalId"], sid, policy)
+        if decision.action == "skip":
+            await self._end(writer, env, msg, "skipped", "skipped-duplicate",
+                            f"Session {decision.holder} is already running for signal '{env['signalId']}'",
+                            release=False)
+            return False
+        if decision.action == "deadlock":
+            await self._end(writer, env, msg, "failed", "cascade_deadlock",
+                            f"Queued behind its own ancestor {decision.holder}")
+            return False
+        if decision.action == "park":
+            await d.bus.kv_put(KV_INFLIGHT, sid, _marker(env, "queued", parked=True))
+            await msg.ack()
+            return False
+        if decision.victims:
+            await d.cancel_and_wait(decision.victims, "replaced", "Replaced by a newer trigger",
+                                    d.settings.shutdown_grace_s)
+        return await self._start(ws, job_id, env, writer, msg)
+
+    async def _start(self, ws: Workspace, job_id: str, env: dict[str, Any], writer: SessionWriter,
+                     msg: Msg | None) -> bool:
+        start = {
+            "workspaceId": ws.id,
+            "jobName": job_id,
+            "task": _task(env, job_id),
+            "signalId": env["signalId"],
+            "correlationId": env["correlationId"],
+            "parentSessionId": env.get("parentSessionId"),
+            "rootSessionId": env["rootSessionId"],
+            "depth": env["depth"],
+            "plannedSteps": ws.plans[job_id],
+        }
+        try:
+            await writer.append("session:start", start)
+        except WrongLastSequence:
+            # Someone else wrote first (a cancel while queued, a duplicate delivery): re-read and obey.
+            last = await self.d.bus.last_event(env["sessionId"])
+            if msg is not None:
+                await msg.ack()
+            if last is not None and last[0].get("type") == "session:complete":
+                policy = ws.config.signals[env["signalId"]].concurrency
+                await self.d.concurrency.release(ws.id, env["signalId"], env["sessionId"], policy)
+            return False
+        marker = _marker(env, "active", runner=self.d.daemon_id)
+        ops: list[Any] = [self.d.bus.kv_put(KV_INFLIGHT, env["sessionId"], marker)]
+        if msg is not None:
+            ops.append(msg.ack())
+        await asyncio.gather(*ops)
+        self.d.launch(ws, job_id, env, writer)
+        return True
+
+    async def _end(self, writer: SessionWriter, env: dict[str, Any], msg: Msg, status: str, code: str,
+                   message: str, release: bool = True) -> None:
+        await self.d.finalize_unstarted(writer, status, code, message, env if release else None)
+        await msg.ack()
+
+    async def _already_started(self, env: dict[str, Any], msg: Msg) -> bool:
+        """A redelivered envelope of a started session: never run twice (spec §6.5 step 2)."""
+        sid = env["sessionId"]
+        view = self.d.store.view(sid)
+        if sid in self.d.runs or (view is not None and is_terminal(view["status"])):
+            await msg.ack()
+            return False
+        marker = await self.d.bus.kv_get(KV_INFLIGHT, sid)
+        runner = marker[0].get("runner") if marker else None
+        live = await self.d.live_daemons()
+        if runner is not None and runner != self.d.daemon_id and runner in live:
+            await msg.ack()
+            return False
+        await self.d.recovery.interrupt(sid)
+        await msg.ack()
+        return False
+
+    async def start_parked(self, sid: str) -> None:
+        """Start a session promoted from its key's queue (by a finishing holder or by recovery)."""
+        marker = await self.d.bus.kv_get(KV_INFLIGHT, sid)
+        if marker is None:
+            return
+        env = marker[0]["envelope"]
+        ws = self.d.workspaces.get(env["workspaceId"])
+        job_id = ws.job_for_signal.get(env["signalId"]) if ws is not None else None
+        writer = await SessionWriter.resume(self.d.bus, self.d.store, sid)
+        if ws is None or job_id is None or writer.seq != 1:
+            if writer.seq == 1:
+                await self.d.finalize_unstarted(writer, "failed", "workspace_unavailable",
+                                                "Workspace or job no longer available", env)
+            return
+        await self.d.slots.take()
+        if not await self._start(ws, job_id, env, writer, None):
+            self.d.slots.give()
+
+
+def _marker(env: dict[str, Any], state: str, *, runner: str | None = None, parked: bool = False) -> dict[str, Any]:
+    marker = {
+        "sessionId": env["sessionId"],
+        "workspaceId": env["workspaceId"],
+        "signalId": env["signalId"],
+        "correlationId": env["correlationId"],
+        "state": state,
+        "acceptedBy": env.get("acceptedBy"),
+        "acceptedAt": env.get("acceptedAt"),
+        "envelope": env,
+    }
+    if runner is not None:
+        marker["runner"] = runner
+        marker["startedAt"] = now_iso()
+    if parked:
+        marker["parked"] = True
+    return marker
+
+
+def _task(env: dict[str, Any], job_id: str) -> str:
+    payload = env.get("payload")
+    if isinstance(payload, dict) and isinstance(payload.get("task"), str):
+        return str(payload["task"])
+    return job_id
+
+
+def _age_s(iso: str) -> float:
+    try:
+        return (datetime.now(UTC) - parse_iso(iso)).total_seconds()
+    except ValueError:
+        return 0.0

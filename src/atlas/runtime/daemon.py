@@ -1,0 +1,332 @@
+"""The daemon: wires bus, store, workspaces, accept pipeline, consumer, engine and recovery, and runs their lifecycle.
+
+Start order matters (spec §8.1): bus and read model first, then recovery's first pass, then the consumer, so a
+restarted daemon settles what the previous one left before it takes new work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+import uuid
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+from atlas import __version__
+from atlas.bus.client import KV_DAEMONS, KV_INFLIGHT, KV_METADATA, Bus, BusSettings, WrongLastSequence
+from atlas.bus.server import EmbeddedNats
+from atlas.config.settings import Settings
+from atlas.errors import ApiError
+from atlas.runtime.accept import AcceptPipeline
+from atlas.runtime.concurrency import ConcurrencyControl
+from atlas.runtime.consumer import SignalConsumer
+from atlas.runtime.engine import CancelRequest, Engine, Run
+from atlas.runtime.recovery import Recovery
+from atlas.runtime.templating import Templater
+from atlas.runtime.workspaces import Workspace, WorkspaceRegistry
+from atlas.sessions.events import now_iso
+from atlas.sessions.materializer import Materializer
+from atlas.sessions.readmodel import ReadModel
+from atlas.sessions.reducer import is_terminal, summarize
+from atlas.sessions.store import SessionStore
+from atlas.sessions.writer import SessionWriter
+
+log = logging.getLogger("atlas.daemon")
+
+
+class Slots:
+    """Runner slots (ATLAS_MAX_CONCURRENT_SESSIONS): the consumer fetches only as many messages as are free."""
+
+    def __init__(self, n: int) -> None:
+        self.free = n
+        self._changed = asyncio.Event()
+
+    def try_take(self, k: int) -> int:
+        got = min(k, self.free)
+        self.free -= got
+        return got
+
+    async def take(self) -> None:
+        while self.free <= 0:
+            self._changed.clear()
+            await self._changed.wait()
+        self.free -= 1
+
+    def give(self, k: int = 1) -> None:
+        self.free += k
+        self._changed.set()
+
+    async def wait_free(self) -> None:
+        while self.free <= 0:
+            self._changed.clear()
+            await self._changed.wait()
+
+
+def _secure_dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
+def _daemon_id(home: Path) -> str:
+    f = home / "daemon-id"
+    if f.exists():
+        return f.read_text().strip()
+    value = str(uuid.uuid4())
+    f.write_text(value)
+    os.chmod(f, 0o600)
+    return value
+
+
+class Daemon:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.home = _secure_dir(settings.home)
+        self.daemon_id = _daemon_id(self.home)
+        self.workspaces = WorkspaceRegistry()
+        self.templater = Templater()
+        self.accept = AcceptPipeline(self)
+        self.status = "starting"
+        self.started_at = now_iso()
+        self._t0 = time.monotonic()
+        self.runs: dict[str, Run] = {}
+        self.embedded: EmbeddedNats | None = None
+        self.nats_url = settings.nats_url or ""
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self._background: set[asyncio.Task[Any]] = set()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Fire-and-forget work (e.g. publishing a chunk) whose task must stay referenced until done."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        s = self.settings
+        self.slots = Slots(s.max_concurrent_sessions)
+        token = None
+        if s.nats_url:
+            url = s.nats_url
+        else:
+            self.embedded = EmbeddedNats(self.home)
+            url = await self.embedded.start()
+            token = self.embedded.token
+        self.nats_url = url
+        self.bus = Bus(BusSettings(url=url, token=token, creds=s.nats_creds, replicas=s.nats_replicas,
+                                   retention_s=s.session_retention_s, ack_wait_s=s.ack_wait_s))
+        await self.bus.connect()
+        self.store = SessionStore(ReadModel(self.home / "atlas.db"))
+        self.concurrency = ConcurrencyControl(self.bus, self._is_alive, self._ancestors)
+        await self._heartbeat_once()
+        for path in s.workspaces:
+            self.workspaces.add(path)
+        self.materializer = Materializer(self.bus, self.store)
+        await self.materializer.start()
+        await self.bus.nc.subscribe("atlas.cancel.sessions.*", cb=self._on_cancel_msg)  # type: ignore[union-attr]
+        self.recovery = Recovery(self)
+        await self.recovery.run_once(at_start=True)
+        self.consumer = SignalConsumer(self)
+        self._tasks = [
+            asyncio.create_task(self.consumer.run(), name="consumer"),
+            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+            asyncio.create_task(self.recovery.loop(), name="recovery"),
+        ]
+        self.status = "ok"
+        log.info("atlasd %s ready (daemon %s, nats %s)", __version__, self.daemon_id, self.nats_mode)
+
+    async def stop(self) -> None:
+        """Graceful shutdown (spec §8.4): stop taking work, drain, interrupt the rest, stop nats-server."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self.status = "stopping"
+        if hasattr(self, "consumer"):
+            await self.consumer.stop()
+        pending = [r.task for r in self.runs.values() if r.task is not None]
+        if pending:
+            _, still = await asyncio.wait(pending, timeout=self.settings.shutdown_grace_s)
+            for run in list(self.runs.values()):
+                if run.task is not None and not run.task.done():
+                    run.cancel = CancelRequest("interrupted", "daemon_shutdown", "Daemon shut down")
+                    run.cancelled_flag.set()
+                    run.task.cancel()
+            if still:
+                await asyncio.wait(still, timeout=5)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        if hasattr(self, "materializer"):
+            await self.materializer.stop()
+        if hasattr(self, "bus"):
+            with contextlib.suppress(Exception):
+                await self.bus.kv_delete(KV_DAEMONS, self.daemon_id)
+            await self.bus.close()
+        if self.embedded is not None:
+            await self.embedded.stop()
+        if hasattr(self, "store"):
+            self.store.rm.close()
+
+    @property
+    def nats_mode(self) -> str:
+        return "external" if self.settings.nats_url else "embedded"
+
+    @property
+    def uptime(self) -> float:
+        return round(time.monotonic() - self._t0, 3)
+
+    def ensure_accepting(self) -> None:
+        if self._stopping:
+            raise ApiError(503, "shutting_down", "The daemon is shutting down")
+        if not self.bus.connected:
+            raise ApiError(503, "bus_unavailable", "The message bus is unavailable")
+
+    async def _heartbeat_once(self) -> None:
+        await self.bus.kv_put(KV_DAEMONS, self.daemon_id, {
+            "url": f"http://{self.settings.host}:{self.settings.port}", "pid": os.getpid(),
+            "version": __version__, "startedAt": self.started_at,
+        })
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(5)
+            try:
+                await self._heartbeat_once()
+            except Exception as exc:
+                log.warning("heartbeat failed: %s", exc)
+
+    async def live_daemons(self) -> set[str]:
+        keys = await self.bus.kv_keys(KV_DAEMONS)
+        return set(keys)
+
+    # ------------------------------------------------------------ lineage helpers
+
+    def _is_alive(self, sid: str) -> bool:
+        view = self.store.view(sid)
+        return view is not None and not is_terminal(view["status"])
+
+    def _ancestors(self, sid: str) -> set[str]:
+        out: set[str] = set()
+        view = self.store.view(sid)
+        while view is not None and view.get("parentSessionId") and len(out) < 64:
+            parent = view["parentSessionId"]
+            out.add(parent)
+            view = self.store.view(parent)
+        return out
+
+    # ------------------------------------------------------------ running
+
+    def launch(self, ws: Workspace, job_id: str, envelope: dict[str, Any], writer: SessionWriter) -> None:
+        """Run a started session in its own task; the slot it holds is given back at the end."""
+        run = Run(envelope["sessionId"])
+        self.runs[run.session_id] = run
+        run.task = asyncio.create_task(self._run(ws, job_id, envelope, writer, run), name=f"run-{run.session_id}")
+
+    async def _run(self, ws: Workspace, job_id: str, envelope: dict[str, Any], writer: SessionWriter,
+                   run: Run) -> None:
+        try:
+            await Engine(self, ws, job_id, envelope, writer, run).execute()
+        except WrongLastSequence:
+            log.warning("session %s was ended by another writer", run.session_id)
+        except Exception:
+            log.exception("session %s: runner failed", run.session_id)
+        finally:
+            self.runs.pop(run.session_id, None)
+            self.slots.give()
+        await self.finalize(envelope, job_signal_policy(ws, envelope["signalId"]))
+
+    async def finalize(self, envelope: dict[str, Any], policy: str) -> None:
+        """After `session:complete`: summary to KV, marker removed, hold released, next parked session started."""
+        sid = envelope["sessionId"]
+        view = self.store.view(sid)
+        try:
+            ops: list[Any] = [self.bus.kv_delete(KV_INFLIGHT, sid)]
+            if view is not None:
+                ops.append(self.bus.kv_put(KV_METADATA, sid, summarize(view)))
+            await asyncio.gather(*ops)
+            nxt = await self.concurrency.release(envelope["workspaceId"], envelope["signalId"], sid, policy)
+            if nxt is not None:
+                await self.consumer.start_parked(nxt)
+        except Exception:
+            log.exception("finalising %s failed; recovery will retry", sid)
+
+    async def finalize_unstarted(self, writer: SessionWriter, status: str, code: str, message: str,
+                                 envelope: dict[str, Any] | None = None) -> bool:
+        """End a session that never started (policy skip, limits, cancel while queued). False if it lost a race."""
+        try:
+            await writer.append("session:complete", {"status": status, "durationMs": 0, "error": message,
+                                                     "errorCode": code})
+        except WrongLastSequence:
+            return False
+        sid = writer.session_id
+        view = self.store.view(sid)
+        ops: list[Any] = [self.bus.kv_delete(KV_INFLIGHT, sid)]
+        if view is not None:
+            ops.append(self.bus.kv_put(KV_METADATA, sid, summarize(view)))
+        await asyncio.gather(*ops)
+        if envelope is not None:
+            ws = self.workspaces.get(envelope["workspaceId"])
+            if ws is not None and envelope["signalId"] in ws.config.signals:
+                policy = job_signal_policy(ws, envelope["signalId"])
+                nxt = await self.concurrency.release(envelope["workspaceId"], envelope["signalId"], sid, policy)
+                if nxt is not None:
+                    await self.consumer.start_parked(nxt)
+        return True
+
+    # ------------------------------------------------------------ cancellation
+
+    async def cancel(self, sid: str, status: str, code: str, message: str) -> None:
+        """Cancel one session wherever it is: queued ones are ended here, active ones by their runner."""
+        view = self.store.view(sid)
+        if view is None or is_terminal(view["status"]):
+            return
+        run = self.runs.get(sid)
+        if run is not None and run.task is not None:
+            run.cancel = CancelRequest(status, code, message)
+            run.cancelled_flag.set()
+            run.task.cancel()
+            return
+        if view["status"] == "queued":
+            writer = await SessionWriter.resume(self.bus, self.store, sid)
+            marker = await self.bus.kv_get(KV_INFLIGHT, sid)
+            envelope = marker[0].get("envelope") if marker else None
+            if await self.finalize_unstarted(writer, status, code, message, envelope):
+                return
+        await self.bus.nc.publish(  # type: ignore[union-attr]
+            f"atlas.cancel.sessions.{sid}",
+            f'{{"status":"{status}","errorCode":"{code}","reason":"{message}"}}'.encode(),
+        )
+
+    async def _on_cancel_msg(self, msg: Any) -> None:
+        import json
+
+        sid = msg.subject.rsplit(".", 1)[-1]
+        run = self.runs.get(sid)
+        if run is None or run.task is None:
+            return
+        data = json.loads(msg.data or b"{}")
+        run.cancel = CancelRequest(data.get("status", "cancelled"), data.get("errorCode", "cancelled_by_user"),
+                                   data.get("reason", "Cancelled"))
+        run.cancelled_flag.set()
+        run.task.cancel()
+
+    async def cancel_and_wait(self, sids: list[str], code: str, message: str, timeout: float) -> None:
+        for sid in sids:
+            await self.cancel(sid, "cancelled", code, message)
+        waits = [self.store.wait_terminal(sid) for sid in sids]
+        if waits:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*waits, return_exceptions=True), timeout)
+
+
+def job_signal_policy(ws: Workspace, signal_id: str) -> str:
+    sig = ws.config.signals.get(signal_id)
+    return sig.concurrency if sig is not None else "concurrent"

@@ -1,0 +1,443 @@
+"""Runs one session's FSM (spec §2.4): entry actions, transitions, agents, cascades, guards and the final event.
+
+The engine owns the session's writer once `session:start` is written, and it always ends with exactly one
+`session:complete`, whatever happens (step error, timeout, cancel, shutdown): that is the "exactly one terminal
+record" promise of spec §4.4 from the runner's side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from atlas.agents.base import AgentContext, StepError
+from atlas.agents.runner import run_agent
+from atlas.bus.client import dumps, ephemeral_subject
+from atlas.config.durations import parse_duration
+from atlas.config.model import (
+    Action,
+    AgentAction,
+    EmitAction,
+    LlmAction,
+    SignalAction,
+    SummarySpec,
+    Transition,
+)
+from atlas.errors import ApiError
+from atlas.runtime.accept import TriggerRequest
+from atlas.runtime.templating import TemplateError
+from atlas.runtime.workspaces import Workspace
+from atlas.sessions.events import truncate_recorded
+from atlas.sessions.reducer import is_terminal
+from atlas.sessions.writer import SessionWriter
+
+if TYPE_CHECKING:
+    from atlas.runtime.daemon import Daemon
+
+log = logging.getLogger("atlas.engine")
+
+
+class SessionEnd(Exception):
+    """Ends the run with a terminal status (raised by actions and guards)."""
+
+    def __init__(self, status: str, code: str | None, message: str | None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+@dataclass
+class CancelRequest:
+    status: str  # cancelled | interrupted
+    code: str
+    message: str
+
+
+@dataclass
+class Run:
+    """State of one running session; `cancel` is set before its task is cancelled."""
+
+    session_id: str
+    task: asyncio.Task[None] | None = None
+    cancel: CancelRequest | None = None
+    cancelled_flag: threading.Event = field(default_factory=threading.Event)
+
+
+class Engine:
+    def __init__(self, daemon: Daemon, ws: Workspace, job_id: str, envelope: dict[str, Any],
+                 writer: SessionWriter, run: Run) -> None:
+        self.d = daemon
+        self.ws = ws
+        self.job_id = job_id
+        self.job = ws.job(job_id)
+        self.fsm = ws.fsms[job_id]
+        self.env = envelope
+        self.writer = writer
+        self.run_state = run
+        self.results: dict[str, Any] = {}
+        self.step_number = 0
+        self.transitions = 0
+        self.max_steps = self.job.config.max_steps
+        self.session_info = {
+            "id": envelope["sessionId"],
+            "correlationId": envelope["correlationId"],
+            "parentSessionId": envelope.get("parentSessionId"),
+            "rootSessionId": envelope["rootSessionId"],
+            "depth": envelope["depth"],
+            "jobName": job_id,
+            "workspaceId": ws.id,
+        }
+        signal = ws.config.signals[envelope["signalId"]]
+        self.signal_info = {"id": envelope["signalId"], "provider": signal.provider, "workspaceId": ws.id}
+        self.current_step: int | None = None
+
+    # ------------------------------------------------------------ top level
+
+    def _timeout_s(self) -> float:
+        text = self.job.config.timeout or self.ws.config.workspace.timeout.maxTotalTimeout
+        return parse_duration(text)
+
+    async def execute(self) -> None:
+        started = time.monotonic()
+        status, code, message = "completed", None, None
+        timeout_s = self._timeout_s()
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._run_fsm()
+        except SessionEnd as end:
+            status, code, message = end.status, end.code, end.message
+        except TimeoutError:
+            status, code, message = "failed", "timeout", f"Job timed out after {self.job.config.timeout or timeout_s}"
+        except asyncio.CancelledError:
+            req = self.run_state.cancel or CancelRequest("interrupted", "daemon_shutdown", "Daemon shut down")
+            status, code, message = req.status, req.code, req.message
+            # Keep going: the terminal event must be written even though this task was cancelled.
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+        except Exception as exc:  # a bug in atlas itself: still end the session with one terminal record
+            log.exception("session %s crashed", self.env["sessionId"])
+            status, code, message = "failed", "internal_error", f"Internal error: {type(exc).__name__}"
+        if status == "completed" and self.job.summary is not None:
+            await self._write_summary()
+        await self.writer.append(
+            "session:complete",
+            {
+                "status": status,
+                "durationMs": int((time.monotonic() - started) * 1000),
+                "error": message,
+                "errorCode": code,
+            },
+        )
+
+    async def _write_summary(self) -> None:
+        spec = self.job.summary
+        text = spec.text if isinstance(spec, SummarySpec) else spec
+        details = spec.keyDetails if isinstance(spec, SummarySpec) else []
+        try:
+            summary = str(self.d.templater.render(text, self._vars()))
+            key_details = [
+                {k: v for k, v in {"label": kd.label, "value": str(self.d.templater.render(kd.value, self._vars())),
+                                   "url": kd.url}.items() if v is not None}
+                for kd in details
+            ]
+        except TemplateError as exc:
+            log.warning("summary template failed for %s: %s", self.env["sessionId"], exc)
+            return
+        await self.writer.append("session:summary", {"summary": summary, "keyDetails": key_details})
+
+    # ------------------------------------------------------------ FSM
+
+    def _vars(self, **extra: Any) -> dict[str, Any]:
+        base = {
+            "signal": self.signal_info,
+            "payload": self.env.get("payload"),
+            "results": self.results,
+            "session": self.session_info,
+        }
+        base.update(extra)
+        return base
+
+    async def _run_fsm(self) -> None:
+        queue: deque[tuple[str, Any]] = deque([(self.env["signalId"], self.env.get("payload"))])
+        state_id = self.fsm.initial
+        trigger_pending = True
+        await self._enter(state_id, queue)
+        while True:
+            state = self.fsm.states[state_id]
+            if state.type == "final":
+                return
+            if not queue:
+                raise SessionEnd("failed", "fsm_stalled", f"No events left in state \"{state_id}\"")
+            name, data = queue.popleft()
+            is_trigger, trigger_pending = trigger_pending, False
+            transition = self._match(state.on.get(name), name, data)
+            if transition is None:
+                if is_trigger and state_id == self.fsm.initial:
+                    raise SessionEnd(
+                        "skipped", "no_transition",
+                        f'Signal "{name}" had no matching transition in state "{state_id}"',
+                    )
+                continue
+            self.transitions += 1
+            if self.transitions > 10 * self.max_steps:
+                raise SessionEnd("failed", "step_limit", f"More than {10 * self.max_steps} transitions")
+            await self._actions(transition.actions, state_id, queue)
+            state_id = transition.target
+            await self._enter(state_id, queue)
+
+    def _match(self, spec: Transition | list[Transition] | None, name: str, data: Any) -> Transition | None:
+        if spec is None:
+            return None
+        for tr in spec if isinstance(spec, list) else [spec]:
+            if tr.cond is None:
+                return tr
+            try:
+                if self.d.templater.truthy(tr.cond, self._vars(event={"name": name, "data": data})):
+                    return tr
+            except TemplateError as exc:
+                raise SessionEnd("failed", "template_error", str(exc)) from exc
+        return None
+
+    async def _enter(self, state_id: str, queue: deque[tuple[str, Any]]) -> None:
+        await self._actions(self.fsm.states[state_id].entry, state_id, queue)
+
+    async def _actions(self, actions: list[Action], state_id: str, queue: deque[tuple[str, Any]]) -> None:
+        for action in actions:
+            if isinstance(action, EmitAction):
+                queue.append((action.event, action.data))
+                continue
+            if action.if_ is not None:
+                try:
+                    runs = self.d.templater.truthy(action.if_, self._vars())
+                except TemplateError as exc:
+                    raise SessionEnd("failed", "template_error", str(exc)) from exc
+                if not runs:
+                    await self.writer.append("step:skipped", {"stateId": state_id, "agentName": _agent_name(action)})
+                    continue
+            await self._step(action, state_id)
+
+    # ------------------------------------------------------------ steps
+
+    def _input(self, action: AgentAction | LlmAction | SignalAction) -> Any:
+        source = getattr(action, "inputFrom", None)
+        if source is None:
+            return self.env.get("payload")
+        if isinstance(source, str):
+            if source not in self.results:
+                raise StepError("input_missing", f"No result named '{source}' for inputFrom")
+            return self.results[source]
+        missing = [s for s in source if s not in self.results]
+        if missing:
+            raise StepError("input_missing", f"No results named {missing} for inputFrom")
+        return {s: self.results[s] for s in source}
+
+    def _planned_task(self, action: AgentAction | LlmAction | SignalAction) -> str:
+        if isinstance(action, AgentAction):
+            agent = self.ws.config.agents.get(action.agentId)
+            return (agent.description if agent is not None else None) or action.agentId
+        if isinstance(action, LlmAction):
+            return f"llm:{action.model}"
+        return f"signal {action.workspace or self.ws.id}/{action.signal}"
+
+    async def _step(self, action: AgentAction | LlmAction | SignalAction, state_id: str) -> None:
+        self.step_number += 1
+        if self.step_number > self.max_steps:
+            raise SessionEnd("failed", "step_limit", f"More than {self.max_steps} steps (config.max_steps)")
+        number = self.step_number
+        name = _agent_name(action)
+        output_key = _output_key(action)
+        started = time.monotonic()
+        input_value: Any = None
+        prompt: str | None = None
+        try:
+            input_value = self._input(action)
+            raw_prompt = getattr(action, "prompt", None)
+            if raw_prompt is not None and not isinstance(action, SignalAction):
+                prompt = str(self.d.templater.render(raw_prompt, self._vars(input=input_value)))
+        except TemplateError as exc:
+            await self._step_start(number, name, state_id, action, output_key, None, None)
+            await self._step_failed(number, started, "template_error", str(exc), None)
+        except StepError as exc:
+            await self._step_start(number, name, state_id, action, output_key, None, None)
+            await self._step_failed(number, started, exc.code, exc.message, exc.output)
+        await self._step_start(number, name, state_id, action, output_key, input_value, prompt)
+        self.current_step = number
+        child_id: str | None = None
+        try:
+            if isinstance(action, SignalAction):
+                output, child_id = await self._cascade(action)
+            elif isinstance(action, LlmAction):
+                raise StepError("llm_error", "Inline llm actions are not available in this version")
+            else:
+                output = await self._agent(action, input_value, prompt)
+        except TemplateError as exc:
+            await self._step_failed(number, started, "template_error", str(exc), None)
+        except StepError as exc:
+            await self._step_failed(number, started, exc.code, exc.message, exc.output, exc_child(exc))
+        except asyncio.CancelledError:
+            req = self.run_state.cancel
+            message = req.message if req else "Daemon shut down"
+            code = req.code if req else "daemon_shutdown"
+            await asyncio.shield(self._write_step_complete(number, started, "failed", None, message, code))
+            raise
+        finally:
+            self.current_step = None
+        self.results[output_key] = output
+        await self._write_step_complete(number, started, "completed", output, None, None, child_id)
+
+    async def _step_start(self, number: int, name: str, state_id: str, action: Any, output_key: str,
+                          input_value: Any, prompt: str | None) -> None:
+        await self.writer.append(
+            "step:start",
+            {
+                "stepNumber": number,
+                "agentName": name,
+                "stateId": state_id,
+                "actionType": action.type,
+                "task": prompt or self._planned_task(action),
+                "outputKey": output_key,
+                "input": truncate_recorded(self.d.templater.redact(input_value)),
+            },
+        )
+
+    async def _write_step_complete(self, number: int, started: float, status: str, output: Any,
+                                   error: str | None, code: str | None, child_id: str | None = None) -> None:
+        await self.writer.append(
+            "step:complete",
+            {
+                "stepNumber": number,
+                "status": status,
+                "durationMs": int((time.monotonic() - started) * 1000),
+                "toolCalls": [],
+                "output": truncate_recorded(self.d.templater.redact(output)),
+                "error": error,
+                "errorCode": code,
+                "childSessionId": child_id,
+            },
+        )
+
+    async def _step_failed(self, number: int, started: float, code: str, message: str, output: Any,
+                           child_id: str | None = None) -> None:
+        message = str(self.d.templater.redact(message))
+        await self._write_step_complete(number, started, "failed", output, message, code, child_id)
+        raise SessionEnd("failed", code, message)
+
+    async def _agent(self, action: AgentAction, input_value: Any, prompt: str | None) -> Any:
+        agent = self.ws.config.agents.get(action.agentId)
+        target: Any = agent if agent is not None else action.agentId
+        params = getattr(getattr(agent, "config", None), "params", None) or {}
+        ctx = AgentContext(
+            input=input_value,
+            prompt=prompt,
+            payload=self.env.get("payload"),
+            signal=self.signal_info,
+            webhook=self.env.get("webhook"),
+            session=self.session_info,
+            results=_readonly(self.results),
+            params=dict(params),
+            cancelled=self.run_state.cancelled_flag,
+            workspace_dir=self.ws.path,
+            _progress_sink=self._chunk_sink(),
+        )
+        return await run_agent(target, ctx, self.d.templater, self._vars(input=input_value))
+
+    def _chunk_sink(self) -> Any:
+        """A thread-safe, never-blocking sink that publishes ephemeral chunks (spec §3.3)."""
+        loop = asyncio.get_running_loop()
+        sid = self.env["sessionId"]
+        number = self.step_number
+
+        def publish(chunk: dict[str, Any]) -> None:
+            message = {"sessionId": sid, "stepNumber": number, "chunk": self.d.templater.redact(chunk)}
+            self.d.store.apply_chunk(message)
+            nc = self.d.bus.nc
+            if nc is not None and nc.is_connected:
+                data = dumps(message)
+                if len(data) <= 64 * 1024:
+                    self.d.spawn(nc.publish(ephemeral_subject(sid), data))
+
+        def sink(chunk: dict[str, Any]) -> None:
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if running is loop:
+                publish(chunk)
+            else:
+                loop.call_soon_threadsafe(publish, chunk)
+
+        return sink
+
+    async def _cascade(self, action: SignalAction) -> tuple[Any, str | None]:
+        try:
+            payload = self.d.templater.render(action.payload or {}, self._vars())
+        except TemplateError as exc:
+            raise StepError("template_error", str(exc)) from exc
+        req = TriggerRequest(
+            workspace_id=action.workspace or self.ws.id,
+            signal_id=action.signal,
+            payload=payload,
+            trigger="cascade",
+            parent_session_id=self.env["sessionId"],
+        )
+        try:
+            accepted = await self.d.accept.accept(req)
+        except ApiError as exc:
+            raise StepError(exc.code, exc.message) from exc
+        info: dict[str, Any] = {"sessionId": accepted.session_id, "correlationId": accepted.correlation_id,
+                                "status": accepted.status}
+        if accepted.status == "failed":
+            err = StepError(accepted.error_code or "child_failed", f"Child session {accepted.session_id} "
+                            f"failed: {accepted.error_code}", info)
+            err.child_session_id = accepted.session_id  # type: ignore[attr-defined]
+            raise err
+        if not action.wait:
+            return info, accepted.session_id
+        self.d.slots.give()
+        try:
+            view = await self.d.store.wait_terminal(accepted.session_id)
+        finally:
+            await self.d.slots.take()
+        info["status"] = view["status"]
+        if view.get("results") is not None:
+            info["results"] = view["results"]
+        if view["status"] != "completed":
+            err = StepError("child_failed", f"Child session {accepted.session_id} ended {view['status']}"
+                            + (f": {view.get('error')}" if view.get("error") else ""), info)
+            err.child_session_id = accepted.session_id  # type: ignore[attr-defined]
+            raise err
+        return info, accepted.session_id
+
+
+def exc_child(exc: StepError) -> str | None:
+    return getattr(exc, "child_session_id", None)
+
+
+def _readonly(results: dict[str, Any]) -> Any:
+    from types import MappingProxyType
+
+    return MappingProxyType(results)
+
+
+def _agent_name(action: AgentAction | LlmAction | SignalAction) -> str:
+    if isinstance(action, AgentAction):
+        return action.agentId
+    if isinstance(action, LlmAction):
+        return action.outputTo
+    return action.outputTo or f"signal:{action.signal}"
+
+
+def _output_key(action: AgentAction | LlmAction | SignalAction) -> str:
+    if isinstance(action, AgentAction):
+        return action.outputTo or action.agentId
+    if isinstance(action, LlmAction):
+        return action.outputTo
+    return action.outputTo or f"signal:{action.signal}"
+
+
+__all__ = ["CancelRequest", "Engine", "Run", "SessionEnd", "is_terminal"]

@@ -1,0 +1,119 @@
+"""Crash recovery (spec §8.1): settle what a dead daemon (or this one, before a restart) left in flight.
+
+It runs once at start, before the consumer takes work, then every 10 s. Interrupted sessions are never re-run:
+their steps may have had side effects. Queued ones are republished (deduplicated by sessionId), so they run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from atlas.bus.client import KV_CONCURRENCY, KV_INFLIGHT, WrongLastSequence
+from atlas.sessions.reducer import is_terminal
+
+if TYPE_CHECKING:
+    from atlas.runtime.daemon import Daemon
+
+log = logging.getLogger("atlas.recovery")
+INTERRUPTED = "Daemon stopped before the session finished"
+
+
+class Recovery:
+    def __init__(self, daemon: Daemon) -> None:
+        self.d = daemon
+
+    async def loop(self) -> None:
+        while True:
+            await asyncio.sleep(10)
+            try:
+                await self.run_once(at_start=False)
+            except Exception:
+                log.exception("recovery pass failed")
+
+    async def run_once(self, *, at_start: bool) -> None:
+        d = self.d
+        live = await d.live_daemons()
+        for sid in await d.bus.kv_keys(KV_INFLIGHT):
+            found = await d.bus.kv_get(KV_INFLIGHT, sid)
+            if found is None:
+                continue
+            marker = found[0]
+            try:
+                await self._settle(sid, marker, live, at_start)
+            except Exception:
+                log.exception("recovering %s failed", sid)
+        await self._start_orphaned_parked()
+
+    async def _settle(self, sid: str, marker: dict[str, Any], live: set[str], at_start: bool) -> None:
+        d = self.d
+        last = await d.bus.last_event(sid)
+        if last is None:
+            await d.bus.kv_delete(KV_INFLIGHT, sid)  # acceptance never finished
+            return
+        if last[0].get("type") == "session:complete":
+            await self._ensure_view(sid)
+            await d.finalize(marker["envelope"], self._policy(marker["envelope"]))
+            return
+        if marker.get("state") == "active":
+            runner = marker.get("runner")
+            mine_dead = at_start and runner == d.daemon_id
+            other_dead = runner != d.daemon_id and runner not in live
+            if mine_dead or other_dead:
+                await self.interrupt(sid)
+            return
+        if marker.get("parked"):
+            return
+        accepted = marker.get("acceptedAt")
+        from atlas.runtime.consumer import _age_s
+
+        if at_start or (accepted and _age_s(accepted) > 2 * d.settings.ack_wait_s):
+            await d.bus.publish_envelope(marker["envelope"])
+
+    async def _ensure_view(self, sid: str) -> None:
+        """A read model that lacks the session (e.g. a deleted SQLite file) is refilled from the log."""
+        if self.d.store.view(sid) is None:
+            for event, stream_seq in await self.d.bus.read_events(sid):
+                self.d.store.apply(event, stream_seq)
+
+    def _policy(self, envelope: dict[str, Any]) -> str:
+        ws = self.d.workspaces.get(envelope.get("workspaceId", ""))
+        sig = ws.config.signals.get(envelope.get("signalId", "")) if ws is not None else None
+        return sig.concurrency if sig is not None else "concurrent"
+
+    async def interrupt(self, sid: str) -> None:
+        """End an active session whose runner is gone as `interrupted`, keeping its correlationId and lineage."""
+        d = self.d
+        from atlas.sessions.writer import SessionWriter
+
+        await self._ensure_view(sid)
+        for _ in range(3):
+            writer = await SessionWriter.resume(d.bus, d.store, sid)
+            view = d.store.view(sid)
+            if view is not None and is_terminal(view["status"]):
+                break
+            try:
+                await writer.append("session:complete", {"status": "interrupted", "errorCode": "interrupted",
+                                                         "error": INTERRUPTED})
+                break
+            except WrongLastSequence:
+                continue
+        marker = await d.bus.kv_get(KV_INFLIGHT, sid)
+        if marker is not None:
+            await d.finalize(marker[0]["envelope"], self._policy(marker[0]["envelope"]))
+
+    async def _start_orphaned_parked(self) -> None:
+        """Keys with parked sessions and no live holder: promote the head (compare-and-set: one daemon wins)."""
+        d = self.d
+        for key in await d.bus.kv_keys(KV_CONCURRENCY):
+            found = await d.bus.kv_get(KV_CONCURRENCY, key)
+            if found is None:
+                continue
+            rec = found[0]
+            if not rec.get("queue") or any(d._is_alive(h) for h in rec.get("holders", [])):
+                continue
+            ws_id, _, sig_id = key.partition(".")
+            nxt = await d.concurrency.release(ws_id, sig_id, "", "queue")
+            if nxt is not None:
+                await d.consumer.start_parked(nxt)

@@ -1,0 +1,469 @@
+"""The SQLite read model: one row per session, for queries the bus cannot answer (spec §7.1, §7.2).
+
+JetStream is the durable truth; this file is a disposable, rebuildable index of it. Each row holds the columns
+the API filters on, the latest SessionSummary and SessionView as JSON, and ``lastSeq``. Two properties make it
+safe to feed from several sources (write-through of this daemon's own events, and an ordered consumer that
+replays everything):
+
+* **Idempotent, monotonic upserts.** A row is only replaced by a view with a higher ``lastSeq``, so applying
+  the same or an older event again is a no-op whatever order the sources deliver in.
+* **Resumable.** The consumer's stream sequence is stored in the same transaction as the rows it produced, so
+  a crash never leaves the two out of step.
+
+Lookups by ``sessionId`` and ``correlationId`` are index searches whose cost does not depend on the number of
+stored sessions (spec §7.2; checked by ``EXPLAIN QUERY PLAN`` in the tests and timed by ``bench/``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "STREAM_SEQ_KEY",
+    "ReadModel",
+    "decode_cursor",
+    "encode_cursor",
+    "normalize_timestamp",
+]
+
+STREAM_SEQ_KEY = "session_events_stream_seq"
+"""Meta key of the last SESSION_EVENTS stream sequence applied, where the ordered consumer resumes."""
+
+NON_TERMINAL = ("queued", "active")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    session_id        TEXT PRIMARY KEY,
+    workspace_id      TEXT NOT NULL,
+    correlation_id    TEXT NOT NULL,
+    job_name          TEXT NOT NULL,
+    signal_id         TEXT NOT NULL,
+    parent_session_id TEXT,
+    root_session_id   TEXT,
+    status            TEXT NOT NULL,
+    started_at        TEXT NOT NULL,
+    queued_at         TEXT NOT NULL,
+    last_seq          INTEGER NOT NULL,
+    summary_json      TEXT NOT NULL,
+    view_json         TEXT NOT NULL
+);
+-- The correlation, parent and root indexes carry the sort keys too, so a lookup is served in order by the
+-- index alone: no sort step, and no temptation for the planner to walk the whole started_at index instead.
+CREATE INDEX IF NOT EXISTS idx_sessions_correlation ON sessions (correlation_id, started_at, session_id);
+CREATE INDEX IF NOT EXISTS idx_sessions_workspace ON sessions (workspace_id, started_at, session_id);
+CREATE INDEX IF NOT EXISTS idx_sessions_started ON sessions (started_at, session_id);
+CREATE INDEX IF NOT EXISTS idx_sessions_parent ON sessions (parent_session_id, queued_at);
+CREATE INDEX IF NOT EXISTS idx_sessions_root ON sessions (root_session_id, started_at, session_id);
+CREATE INDEX IF NOT EXISTS idx_sessions_status ON sessions (status);
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"""
+
+_COLUMNS = (
+    "session_id, workspace_id, correlation_id, job_name, signal_id, parent_session_id, root_session_id, "
+    "status, started_at, queued_at, last_seq, summary_json, view_json"
+)
+
+# The guard of spec §7.1: a row only moves forward. rowcount is 0 when the WHERE refuses the update.
+_UPSERT = f"""
+INSERT INTO sessions ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (session_id) DO UPDATE SET
+    workspace_id = excluded.workspace_id,
+    correlation_id = excluded.correlation_id,
+    job_name = excluded.job_name,
+    signal_id = excluded.signal_id,
+    parent_session_id = excluded.parent_session_id,
+    root_session_id = excluded.root_session_id,
+    status = excluded.status,
+    started_at = excluded.started_at,
+    queued_at = excluded.queued_at,
+    last_seq = excluded.last_seq,
+    summary_json = excluded.summary_json,
+    view_json = excluded.view_json
+WHERE excluded.last_seq > sessions.last_seq
+"""
+
+# The stream sequence only moves forward too, so a late write-through batch cannot rewind the consumer.
+_SET_STREAM_SEQ = """
+INSERT INTO meta (key, value) VALUES (?, ?)
+ON CONFLICT (key) DO UPDATE SET value = excluded.value
+WHERE CAST(excluded.value AS INTEGER) > CAST(meta.value AS INTEGER)
+"""
+
+Row = tuple[str, str, str, str, str, str | None, str | None, str, str, str, int, str, str]
+
+
+# One shared encoder: json.dumps with keyword arguments builds a new encoder per call, which is a quarter of
+# the cost of encoding a summary, and replaying a large stream encodes two documents per event.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
+def _dumps(value: dict[str, Any]) -> str:
+    return _ENCODER.encode(value)
+
+
+def encode_cursor(started_at: str, session_id: str) -> str:
+    """Opaque keyset cursor for the page after (started_at, session_id): clients must not parse it."""
+    raw = json.dumps([started_at, session_id], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[str, str]:
+    """Inverse of :func:`encode_cursor`; ``ValueError`` for anything it did not produce (the API's 400)."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        value = json.loads(raw)
+    except (ValueError, binascii.Error, TypeError) as exc:
+        raise ValueError("invalid cursor") from exc
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or not all(isinstance(part, str) and part for part in value)
+    ):
+        raise ValueError("invalid cursor")
+    return value[0], value[1]
+
+
+def normalize_timestamp(value: str) -> str:
+    """Canonical ``YYYY-MM-DDTHH:MM:SS.mmmZ`` (UTC, milliseconds) for an RFC 3339 bound.
+
+    Stored timestamps have exactly that shape, which is what makes comparing them as strings correct; a bound
+    in another shape (``...:02Z``, ``+02:00``, microseconds) would compare wrongly. Sub-millisecond parts are
+    rounded *up*: no stored timestamp lies strictly between, so ``>= since`` and ``< until`` keep their
+    meaning.
+    """
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except (ValueError, AttributeError) as exc:
+        raise ValueError(f"invalid timestamp: {value!r}") from exc
+    if parsed.tzinfo is None:
+        raise ValueError(f"timestamp without a time zone: {value!r}")
+    parsed = parsed.astimezone(UTC)
+    parsed += timedelta(microseconds=-parsed.microsecond % 1000)  # round up to a whole millisecond
+    return parsed.strftime("%Y-%m-%dT%H:%M:%S.") + f"{parsed.microsecond // 1000:03d}Z"
+
+
+def _row(view: dict[str, Any], summary: dict[str, Any]) -> Row:
+    """Column values for one session; identity comes from the summary, falling back to the view."""
+
+    def pick(key: str) -> Any:
+        value = summary.get(key)
+        return view.get(key) if value is None else value
+
+    session_id = pick("sessionId")
+    if not session_id:
+        raise ValueError("a session row needs a sessionId")
+    queued_at = pick("queuedAt") or ""
+    return (
+        session_id,
+        pick("workspaceId") or "",
+        pick("correlationId") or "",
+        pick("jobName") or "",
+        pick("signalId") or "",
+        pick("parentSessionId") or None,
+        pick("rootSessionId") or None,
+        pick("status") or "queued",
+        pick("startedAt") or queued_at,
+        queued_at,
+        int(view.get("lastSeq") or 0),
+        _dumps(summary),
+        _dumps(view),
+    )
+
+
+class ReadModel:
+    """The read model at ``path`` (normally ``$ATLAS_HOME/atlas.db``).
+
+    One connection is shared by the asyncio code and, occasionally, worker threads; a lock serialises every
+    use of it, reads included, because a read on a connection with another thread's write transaction open
+    would see rows that may yet be rolled back. All statements are short index operations, so the lock is
+    held briefly.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Create the file ourselves so it is 0600 from the first byte (spec §10 item 9); SQLite gives the
+        # -wal and -shm files the same mode as the database.
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+        finally:
+            os.close(fd)
+        self._lock = threading.RLock()
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a batch is exactly one transaction.
+        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")  # durable enough: the bus can rebuild everything
+        self._conn.execute("PRAGMA busy_timeout=5000")
+        self._conn.execute("PRAGMA temp_store=MEMORY")
+        self._conn.execute("PRAGMA cache_size=-65536")  # up to 64 MiB: keeps index pages hot at 1M rows
+        with self._lock:
+            self._conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
+
+    # -- plumbing ----
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Cursor]:
+        """One IMMEDIATE transaction under the lock: rolled back on any error."""
+        with self._lock:
+            cur = self._conn.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                yield cur
+            except BaseException:
+                if self._conn.in_transaction:
+                    cur.execute("ROLLBACK")
+                raise
+            else:
+                if self._conn.in_transaction:
+                    cur.execute("COMMIT")
+            finally:
+                cur.close()
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    def close(self) -> None:
+        """Close the connection, letting SQLite refresh its planner statistics first."""
+        with self._lock:
+            try:
+                self._conn.execute("PRAGMA optimize")
+            finally:
+                self._conn.close()
+
+    # -- writes ----
+
+    def upsert(self, view: dict[str, Any], summary: dict[str, Any], stream_seq: int | None = None) -> bool:
+        """Store ``view``/``summary`` unless the stored row already has ``lastSeq`` >= the view's.
+
+        Returns whether the row was written. ``stream_seq``, when given, is stored (if higher than the stored
+        one) in the same transaction, so the consumer resumes exactly after what was applied.
+        """
+        row = _row(view, summary)
+        with self._write() as cur:
+            cur.execute(_UPSERT, row)
+            written = cur.rowcount > 0
+            if stream_seq is not None:
+                cur.execute(_SET_STREAM_SEQ, (STREAM_SEQ_KEY, str(stream_seq)))
+        return written
+
+    def upsert_many(
+        self, rows: Iterable[tuple[dict[str, Any], dict[str, Any]]], stream_seq: int | None = None
+    ) -> int:
+        """:meth:`upsert` for a batch of (view, summary) pairs in one transaction; returns rows written.
+
+        Batching is what makes replaying a large stream fast: one commit per batch instead of per event.
+        Pairs for the same session are applied in order, so the newest view of the batch wins.
+        """
+        values = [_row(view, summary) for view, summary in rows]
+        with self._write() as cur:
+            cur.executemany(_UPSERT, values)
+            written = max(cur.rowcount, 0)
+            if stream_seq is not None:
+                cur.execute(_SET_STREAM_SEQ, (STREAM_SEQ_KEY, str(stream_seq)))
+        return written
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Set ``key`` unconditionally (unlike the monotonic stream sequence of :meth:`upsert`)."""
+        with self._write() as cur:
+            cur.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+
+    def get_meta(self, key: str) -> str | None:
+        rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
+        return rows[0][0] if rows else None
+
+    def get_stream_seq(self) -> int:
+        """The last SESSION_EVENTS stream sequence applied (0 when none): the consumer resumes after it."""
+        value = self.get_meta(STREAM_SEQ_KEY)
+        return int(value) if value else 0
+
+    # -- single-session reads ----
+
+    def get_view(self, sid: str) -> dict[str, Any] | None:
+        rows = self._query("SELECT view_json FROM sessions WHERE session_id = ?", (sid,))
+        return json.loads(rows[0][0]) if rows else None
+
+    def get_summary(self, sid: str) -> dict[str, Any] | None:
+        rows = self._query("SELECT summary_json FROM sessions WHERE session_id = ?", (sid,))
+        return json.loads(rows[0][0]) if rows else None
+
+    def get_last_seq(self, sid: str) -> int:
+        """``lastSeq`` of the stored view, 0 for an unknown session (the reducer's initial value)."""
+        rows = self._query("SELECT last_seq FROM sessions WHERE session_id = ?", (sid,))
+        return int(rows[0][0]) if rows else 0
+
+    # -- lists ----
+
+    @staticmethod
+    def _list_query(
+        *,
+        workspace_id: str | None = None,
+        correlation_id: str | None = None,
+        job_name: str | None = None,
+        signal_id: str | None = None,
+        parent_session_id: str | None = None,
+        root_session_id: str | None = None,
+        statuses: Sequence[str] | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[str, list[Any]]:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        where: list[str] = []
+        params: list[Any] = []
+        for column, value in (
+            ("workspace_id", workspace_id),
+            ("correlation_id", correlation_id),
+            ("job_name", job_name),
+            ("signal_id", signal_id),
+            ("parent_session_id", parent_session_id),
+            ("root_session_id", root_session_id),
+        ):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if statuses is not None:
+            # An empty list matches nothing, like any other filter value no session has.
+            where.append(f"status IN ({', '.join('?' * len(statuses))})" if statuses else "0")
+            params.extend(statuses)
+        if since is not None:
+            where.append("started_at >= ?")
+            params.append(normalize_timestamp(since))
+        if until is not None:
+            where.append("started_at < ?")
+            params.append(normalize_timestamp(until))
+        if cursor is not None:
+            where.append("(started_at, session_id) < (?, ?)")
+            params.extend(decode_cursor(cursor))
+        sql = "SELECT summary_json, started_at, session_id FROM sessions"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY started_at DESC, session_id DESC LIMIT ?"
+        params.append(limit + 1)  # one extra row tells whether there is a next page
+        return sql, params
+
+    def list_sessions(
+        self,
+        *,
+        workspace_id: str | None = None,
+        correlation_id: str | None = None,
+        job_name: str | None = None,
+        signal_id: str | None = None,
+        parent_session_id: str | None = None,
+        root_session_id: str | None = None,
+        statuses: list[str] | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of summaries, newest first by (startedAt, sessionId), and the cursor of the next page.
+
+        Filters are AND-ed; ``None`` means "no filter". ``since`` is inclusive and ``until`` exclusive, both
+        on ``startedAt``. The cursor is a keyset on the last row returned, so a session appears at most once
+        per scan even while new sessions arrive; ``nextCursor`` is None on the last page. ``ValueError`` for a
+        bad cursor, timestamp or limit (the API's 400 ``invalid_query``).
+        """
+        sql, params = self._list_query(
+            workspace_id=workspace_id,
+            correlation_id=correlation_id,
+            job_name=job_name,
+            signal_id=signal_id,
+            parent_session_id=parent_session_id,
+            root_session_id=root_session_id,
+            statuses=statuses,
+            since=since,
+            until=until,
+            limit=limit,
+            cursor=cursor,
+        )
+        rows = self._query(sql, params)
+        next_cursor = None
+        if len(rows) > limit:
+            rows = rows[:limit]
+            next_cursor = encode_cursor(rows[-1][1], rows[-1][2])
+        return [json.loads(row[0]) for row in rows], next_cursor
+
+    def explain(self, sql: str, params: Sequence[Any] = ()) -> list[str]:
+        """``EXPLAIN QUERY PLAN`` details for ``sql``: how tests and benches prove a lookup is a SEARCH."""
+        return [row[3] for row in self._query("EXPLAIN QUERY PLAN " + sql, params)]
+
+    def explain_get(self) -> list[str]:
+        """Query plan of the sessionId lookup used by :meth:`get_view` / :meth:`get_summary`."""
+        return self.explain("SELECT view_json FROM sessions WHERE session_id = ?", ("x",))
+
+    def explain_list(self, **filters: Any) -> list[str]:
+        """Query plan of :meth:`list_sessions` called with the same keyword arguments."""
+        sql, params = self._list_query(**filters)
+        return self.explain(sql, params)
+
+    def children(self, parent_id: str) -> list[dict[str, Any]]:
+        """Summaries of the direct children of ``parent_id`` in acceptance order (queuedAt, sessionId)."""
+        rows = self._query(
+            "SELECT summary_json FROM sessions WHERE parent_session_id = ? ORDER BY queued_at, session_id",
+            (parent_id,),
+        )
+        return [json.loads(row[0]) for row in rows]
+
+    def descendants(self, sid: str) -> list[str]:
+        """Session ids of every descendant of ``sid`` (children, grandchildren...), excluding ``sid``.
+
+        Used to cancel a whole subtree (spec §8.3). ``UNION`` rather than ``UNION ALL`` so that a corrupt
+        parent cycle terminates instead of recursing forever.
+        """
+        rows = self._query(
+            """
+            WITH RECURSIVE tree(id) AS (
+                SELECT session_id FROM sessions WHERE parent_session_id = ?
+                UNION
+                SELECT s.session_id FROM sessions AS s JOIN tree ON s.parent_session_id = tree.id
+            )
+            SELECT id FROM tree WHERE id != ?
+            """,
+            (sid, sid),
+        )
+        return [row[0] for row in rows]
+
+    def non_terminal(self) -> list[dict[str, Any]]:
+        """Summaries of every session still ``queued`` or ``active``, oldest first (never pruned, §7.3)."""
+        rows = self._query(
+            "SELECT summary_json FROM sessions WHERE status IN (?, ?) ORDER BY queued_at, session_id",
+            NON_TERMINAL,
+        )
+        return [json.loads(row[0]) for row in rows]
+
+    def count_by_status(self) -> dict[str, int]:
+        """Number of stored sessions per status (for health and metrics)."""
+        rows = self._query("SELECT status, COUNT(*) FROM sessions GROUP BY status")
+        return {status: int(count) for status, count in rows}
+
+    def count_correlation(self, correlation_id: str) -> int:
+        """Sessions of one correlation tree (for ATLAS_MAX_TREE_SESSIONS); an index count."""
+        rows = self._query("SELECT COUNT(*) FROM sessions WHERE correlation_id = ?", (correlation_id,))
+        return int(rows[0][0])
+
+    def note_stream_seq(self, stream_seq: int) -> None:
+        """Record a consumed stream sequence whose event changed no row (a duplicate), so a restart does not
+        replay it again. Monotonic, like the sequence stored by :meth:`upsert`."""
+        with self._write() as cur:
+            cur.execute(_SET_STREAM_SEQ, (STREAM_SEQ_KEY, str(stream_seq)))

@@ -1,0 +1,123 @@
+"""The daemon's live picture of sessions: reducer + SQLite read model + waiters, fed by every durable event.
+
+Events this daemon writes are applied at once (write-through, so a 202 is followed by a visible session); events
+from other daemons arrive through the materialiser. Both paths go through `apply`, whose `seq` guard makes a
+second application a no-op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from atlas.sessions.readmodel import ReadModel
+from atlas.sessions.reducer import apply_chunk, initial_view, is_terminal, reduce, summarize
+
+Listener = Callable[[dict[str, Any]], None]
+
+
+class SessionStore:
+    """Folds events into views, persists them and wakes whoever waits for a session."""
+
+    _RECENT = 4096
+
+    def __init__(self, readmodel: ReadModel) -> None:
+        self.rm = readmodel
+        self._live: dict[str, dict[str, Any]] = {}
+        self._recent_seq: OrderedDict[str, int] = OrderedDict()
+        self._waiters: dict[str, list[asyncio.Future[dict[str, Any]]]] = {}
+        self._listeners: set[Listener] = set()
+        self._noted = 0
+
+    # ------------------------------------------------------------ reading
+
+    def view(self, session_id: str) -> dict[str, Any] | None:
+        live = self._live.get(session_id)
+        if live is not None:
+            return live
+        return self.rm.get_view(session_id)
+
+    def live_sessions(self) -> list[dict[str, Any]]:
+        return list(self._live.values())
+
+    def _last_seq(self, session_id: str) -> int:
+        live = self._live.get(session_id)
+        if live is not None:
+            return int(live["lastSeq"])
+        recent = self._recent_seq.get(session_id)
+        if recent is not None:
+            return recent
+        return self.rm.get_last_seq(session_id)
+
+    # ------------------------------------------------------------ writing
+
+    def apply(self, event: dict[str, Any], stream_seq: int | None = None) -> dict[str, Any] | None:
+        """Apply one durable event; returns the new view, or None when the event was already applied."""
+        sid = event.get("sessionId")
+        seq = event.get("seq")
+        if not isinstance(sid, str) or not isinstance(seq, int):
+            return None
+        if seq <= self._last_seq(sid) and event.get("type") != "session:summary":
+            if stream_seq is not None:
+                self._note(stream_seq)
+            return None
+        base = self._live.get(sid) or self.rm.get_view(sid) or initial_view()
+        view = reduce(base, event)
+        if view is base:
+            return None
+        self.rm.upsert(view, summarize(view), stream_seq)
+        if is_terminal(view["status"]):
+            self._live.pop(sid, None)
+            self._remember(sid, int(view["lastSeq"]))
+            for fut in self._waiters.pop(sid, []):
+                if not fut.done():
+                    fut.set_result(view)
+        else:
+            self._live[sid] = view
+        for listener in list(self._listeners):
+            listener(event)
+        return view
+
+    def _note(self, stream_seq: int) -> None:
+        """Duplicates (our own events coming back) move the resume point lazily: one write per 256."""
+        self._noted += 1
+        if self._noted % 256 == 0:
+            self.rm.note_stream_seq(stream_seq)
+
+    def apply_chunk(self, chunk: dict[str, Any]) -> None:
+        """Ephemeral chunks only touch the in-memory live view (never stored, spec §3.3)."""
+        sid = chunk.get("sessionId")
+        if isinstance(sid, str) and sid in self._live:
+            self._live[sid] = apply_chunk(self._live[sid], chunk)
+
+    def _remember(self, sid: str, seq: int) -> None:
+        self._recent_seq[sid] = seq
+        self._recent_seq.move_to_end(sid)
+        while len(self._recent_seq) > self._RECENT:
+            self._recent_seq.popitem(last=False)
+
+    # ------------------------------------------------------------ waiting
+
+    async def wait_terminal(self, session_id: str, timeout: float | None = None) -> dict[str, Any]:
+        """The session's terminal view; raises TimeoutError after `timeout` seconds."""
+        view = self.view(session_id)
+        if view is not None and is_terminal(view["status"]):
+            return view
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(session_id, []).append(fut)
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), timeout)
+        finally:
+            waiters = self._waiters.get(session_id)
+            if waiters and fut in waiters:
+                waiters.remove(fut)
+                if not waiters:
+                    self._waiters.pop(session_id, None)
+
+    def add_listener(self, listener: Listener) -> None:
+        self._listeners.add(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        self._listeners.discard(listener)
