@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from atlas import __version__
+from atlas.api.bench_routes import add_bench_routes
 from atlas.api.body import parse_trigger_body
 from atlas.config.durations import parse_duration
 from atlas.config.model import HttpSignal
@@ -200,6 +201,7 @@ def create_app(daemon: Daemon) -> FastAPI:
             raise ApiError(404, "session_not_found", f"Session '{session_id}' not found")
         return json_response(view)
 
+    add_bench_routes(app, daemon)
     return app
 
 

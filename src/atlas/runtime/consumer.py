@@ -41,6 +41,8 @@ class SignalConsumer:
         sub = await self.d.bus.js.pull_subscribe_bind(durable=CONSUMER, stream=SIGNALS)
         while not self._stop.is_set():
             await self.d.slots.wait_free()
+            if self._stop.is_set():
+                break
             want = self.d.slots.try_take(16)
             if want == 0:
                 continue
@@ -110,6 +112,9 @@ class SignalConsumer:
 
     async def _process(self, env: dict[str, Any], msg: Msg, deliveries: int) -> bool:
         """Returns True when a session was started (it then owns the slot)."""
+        if self._stop.is_set():
+            await msg.nak()  # shutting down: leave it queued for the next daemon (spec §8.4)
+            return False
         sid = env["sessionId"]
         queued_seq = env.get("queuedStreamSeq")
         if isinstance(queued_seq, int) and queued_seq > 0 and not deliveries > 1:

@@ -149,6 +149,7 @@ class Daemon:
         self.status = "stopping"
         if hasattr(self, "consumer"):
             await self.consumer.stop()
+            self._tasks[0].cancel()  # the fetch loop: no new work from here on
         pending = [r.task for r in self.runs.values() if r.task is not None]
         if pending:
             _, still = await asyncio.wait(pending, timeout=self.settings.shutdown_grace_s)
