@@ -19,6 +19,8 @@ from starlette.responses import Response
 from atlas import __version__
 from atlas.api.bench_routes import add_bench_routes
 from atlas.api.body import parse_trigger_body
+from atlas.api.security import install_security
+from atlas.api.streams import add_stream_routes
 from atlas.config.durations import parse_duration
 from atlas.config.model import HttpSignal
 from atlas.errors import ApiError
@@ -45,6 +47,7 @@ def error_response(err: ApiError) -> Response:
 def create_app(daemon: Daemon) -> FastAPI:
     app = FastAPI(title="atlasd", version=__version__, docs_url=None, redoc_url=None)
     app.state.daemon = daemon
+    install_security(app, daemon.settings)
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> Response:
@@ -144,6 +147,8 @@ def create_app(daemon: Daemon) -> FastAPI:
         return _sync_answer(view, ws.id, signal_id)
 
     # ------------------------------------------------------------ sessions
+
+    add_stream_routes(app, daemon)  # before /api/sessions/{id}: /api/sessions/stream must win
 
     @app.get("/api/sessions")
     async def list_sessions(request: Request) -> Response:

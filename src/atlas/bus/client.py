@@ -37,6 +37,9 @@ KV_INFLIGHT = "SESSION_INFLIGHT"
 KV_CONCURRENCY = "CONCURRENCY"
 KV_DAEMONS = "DAEMONS"
 KV_WORKSPACES = "WORKSPACES"
+KV_IDEMPOTENCY = "IDEMPOTENCY"
+KV_CRON_STATE = "CRON_STATE"
+KV_CRON_CLAIMS = "CRON_CLAIMS"
 CONSUMER = "atlas-signals"
 
 DAY = 86_400.0
@@ -76,6 +79,7 @@ class BusSettings:
     ack_wait_s: float = 30.0
     max_deliver: int = 5
     heartbeat_ttl_s: float = 30.0
+    idempotency_ttl_s: float = DAY
 
 
 class Bus:
@@ -170,6 +174,9 @@ class Bus:
             KV_CONCURRENCY: KeyValueConfig(bucket=KV_CONCURRENCY, history=1),
             KV_DAEMONS: KeyValueConfig(bucket=KV_DAEMONS, history=1, ttl=self.settings.heartbeat_ttl_s),
             KV_WORKSPACES: KeyValueConfig(bucket=KV_WORKSPACES, history=1),
+            KV_IDEMPOTENCY: KeyValueConfig(bucket=KV_IDEMPOTENCY, history=1, ttl=self.settings.idempotency_ttl_s),
+            KV_CRON_STATE: KeyValueConfig(bucket=KV_CRON_STATE, history=1),
+            KV_CRON_CLAIMS: KeyValueConfig(bucket=KV_CRON_CLAIMS, history=1, ttl=2 * DAY),
         }
         for name, cfg in buckets.items():
             cfg.replicas = r

@@ -26,6 +26,7 @@ from atlas.runtime.concurrency import ConcurrencyControl
 from atlas.runtime.consumer import SignalConsumer
 from atlas.runtime.engine import CancelRequest, Engine, Run
 from atlas.runtime.recovery import Recovery
+from atlas.runtime.scheduler import Scheduler
 from atlas.runtime.templating import Templater
 from atlas.runtime.workspaces import Workspace, WorkspaceRegistry
 from atlas.sessions.events import now_iso
@@ -120,7 +121,8 @@ class Daemon:
             token = self.embedded.token
         self.nats_url = url
         self.bus = Bus(BusSettings(url=url, token=token, creds=s.nats_creds, replicas=s.nats_replicas,
-                                   retention_s=s.session_retention_s, ack_wait_s=s.ack_wait_s))
+                                   retention_s=s.session_retention_s, ack_wait_s=s.ack_wait_s,
+                                   idempotency_ttl_s=s.idempotency_ttl_s))
         await self.bus.connect()
         self.store = SessionStore(ReadModel(self.home / "atlas.db"))
         self.concurrency = ConcurrencyControl(self.bus, self._is_alive, self._ancestors)
@@ -133,6 +135,8 @@ class Daemon:
         self.recovery = Recovery(self)
         await self.recovery.run_once(at_start=True)
         self.consumer = SignalConsumer(self)
+        self.scheduler = Scheduler(self)
+        await self.scheduler.start()
         self._tasks = [
             asyncio.create_task(self.consumer.run(), name="consumer"),
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
@@ -147,6 +151,8 @@ class Daemon:
             return
         self._stopping = True
         self.status = "stopping"
+        if hasattr(self, "scheduler"):
+            await self.scheduler.stop()
         if hasattr(self, "consumer"):
             await self.consumer.stop()
             self._tasks[0].cancel()  # the fetch loop: no new work from here on
