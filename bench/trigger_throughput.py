@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import shutil
 import sqlite3
@@ -149,7 +150,38 @@ class Drain:
         return self.completed / self.total_s if self.total_s > 0 else 0.0
 
 
+# ------------------------------------------------------------------------------------------------ CPU
+
+@dataclass
+class Cpu:
+    """CPU seconds (user + system) of the daemon process and of its nats-server child."""
+
+    daemon: float
+    nats: float
+
+    def __sub__(self, other: Cpu) -> Cpu:
+        return Cpu(self.daemon - other.daemon, self.nats - other.nats)
+
+
+def _cpu_s(pid: int) -> float:
+    if pid <= 0:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def cpu_of(pids: tuple[int, int]) -> Cpu:
+    return Cpu(_cpu_s(pids[0]), _cpu_s(pids[1]))
+
+
 # ------------------------------------------------------------------------------------------------ py-spy
+
+def _spy_into(out: dict[str, Any], pid: int, seconds: int) -> None:
+    out["top"] = pyspy_top(pid, seconds)
+
 
 def pyspy_top(pid: int, seconds: int, limit: int = 12) -> list[tuple[str, float]] | None:
     """Self-time share per function from `py-spy record --format raw` (only when py-spy is installed)."""
@@ -177,7 +209,7 @@ def pyspy_top(pid: int, seconds: int, limit: int = 12) -> list[tuple[str, float]
 
 # ------------------------------------------------------------------------------------------------ in-process
 
-async def in_process(accepts: int) -> list[tuple[str, list[float]]]:
+async def in_process(accepts: int) -> list[tuple[str, list[float], float]]:
     """Time the accept pipeline's pieces in one daemon, interleaved so noise hits each piece alike."""
     from nats.js.api import KeyValueConfig, StorageType, StreamConfig
 
@@ -226,17 +258,21 @@ async def in_process(accepts: int) -> list[tuple[str, list[float]]]:
                  lambda i: d.accept.accept(req())),
             ]
             samples: dict[str, list[float]] = {name: [] for name, _ in ops}
+            cpu: dict[str, float] = dict.fromkeys(samples, 0.0)
             for i in range(200):  # warm-up
                 for _, op in ops:
                     await op(i)
             upserts.clear()
             for i in range(accepts):
                 for name, op in ops:
+                    c0 = time.process_time()
                     t0 = time.perf_counter()
                     await op(i)
                     samples[name].append((time.perf_counter() - t0) * 1e3)
-            out = [(name, samples[name]) for name, _ in ops]
-            out.insert(3, ("SQLite read-model upsert (inside each accept, synchronous)", upserts))
+                    cpu[name] += time.process_time() - c0
+            out = [(name, samples[name], cpu[name] * 1e3 / accepts) for name, _ in ops]
+            out.insert(3, ("SQLite read-model upsert (inside each accept, synchronous)", upserts,
+                           statistics.fmean(upserts)))
             return out
         finally:
             await d.stop()
@@ -277,15 +313,16 @@ def main(argv: list[str] | None = None) -> int:
     say(f"in-process: {args.accepts} interleaved rounds")
     rows = run_async(in_process(args.accepts))
     print(f"{args.accepts} sequential rounds in one daemon (consumer stopped, so nothing else runs on the loop); "
-          "each round runs every operation once.\n")
-    print("| operation | p50 | p90 | p99 | mean |")
-    print("|---|---|---|---|---|")
+          "each round runs every operation once. \"daemon CPU\" is the Python process's own CPU time "
+          "(`time.process_time`, nats-server excluded); wall minus CPU is waiting for JetStream acks.\n")
+    print("| operation | p50 | p90 | p99 | mean | daemon CPU (mean) |")
+    print("|---|---|---|---|---|---|")
     p50: dict[str, float] = {}
-    for name, s in rows:
+    for name, s, cpu_ms in rows:
         p50[name] = pct(s, 50)
         print(f"| {name} | {pct(s, 50):.3f} ms | {pct(s, 90):.3f} ms | {pct(s, 99):.3f} ms "
-              f"| {statistics.fmean(s):.3f} ms |")
-    names = [name for name, _ in rows]
+              f"| {statistics.fmean(s):.3f} ms | {cpu_ms:.3f} ms |")
+    names = [name for name, _, _ in rows]
     file_pub, kv_put, upsert, accept = p50[names[1]], p50[names[2]], p50[names[3]], p50[names[4]]
     model = max(file_pub, kv_put) + file_pub + upsert
     print(f"\nModel: max(kv put, publish) + publish + upsert = {model:.3f} ms against {accept:.3f} ms for the "
@@ -320,15 +357,21 @@ def http_part(args: argparse.Namespace) -> bool:
             atlases: list[WrkResult] = []
             drains: list[Drain] = []
             profile: list[tuple[str, float]] | None = None
+            assert daemon.proc is not None
+            pids = (daemon.proc.pid, daemon.nats_pid() or 0)
+            baseline_cpu: list[Cpu] = []
+            atlas_cpu: list[tuple[Cpu, Cpu]] = []
             for rnd in range(args.rounds):
+                cpu_b0 = cpu_of(pids)
                 baselines.append(run_wrk(f"baseline #{rnd + 1}", baseline_url, script, args.duration))
+                baseline_cpu.append(cpu_of(pids) - cpu_b0)
                 before = status_counts(db)
                 t0 = time.monotonic()
-                if rnd == args.rounds - 1 and shutil.which("py-spy") and daemon.proc is not None:
+                cpu_t0 = cpu_of(pids)
+                if rnd == args.rounds - 1 and shutil.which("py-spy"):
                     # Profile the last atlas run from the side (py-spy samples without stopping the process).
                     spy: dict[str, Any] = {}
-                    pid, secs = daemon.proc.pid, max(2, args.duration - 2)
-                    th = threading.Thread(target=lambda: spy.update(top=pyspy_top(pid, secs)))
+                    th = threading.Thread(target=_spy_into, args=(spy, pids[0], max(2, args.duration - 2)))
                     th.start()
                     atlases.append(run_wrk(f"atlas #{rnd + 1}", atlas_url, script, args.duration))
                     th.join()
@@ -336,7 +379,10 @@ def http_part(args: argparse.Namespace) -> bool:
                 else:
                     atlases.append(run_wrk(f"atlas #{rnd + 1}", atlas_url, script, args.duration))
                 t_wrk = time.monotonic()
+                cpu_wrk = cpu_of(pids)
                 t_end = wait_drained(client, args.drain_timeout)
+                cpu_end = cpu_of(pids)
+                atlas_cpu.append((cpu_wrk - cpu_t0, cpu_end - cpu_t0))
                 after = status_counts(db)
                 delta = after - before
                 drains.append(Drain(delta.get("completed", 0), {k: v for k, v in delta.items() if k != "completed"},
@@ -382,6 +428,18 @@ def http_part(args: argparse.Namespace) -> bool:
           f"completed, other statuses: {lost or 'none'}.\n")
     if lost:
         ok = False
+    print("CPU per request, from `/proc/<pid>/stat` (user + system) of the daemon and its nats-server child over "
+          "the best runs; the last row counts everything from the first trigger until the backlog was drained, "
+          "per completed session:\n")
+    print("| | daemon CPU / request | nats-server CPU / request |\n|---|---|---|")
+    ib, ia = baselines.index(best_b), atlases.index(best_a)
+    per = (("baseline (publish → 202)", baseline_cpu[ib], best_b.requests),
+           ("atlas, during wrk (accepting; sessions also run meanwhile)", atlas_cpu[ia][0], best_a.requests),
+           ("atlas, accept + run the session (until drained)", atlas_cpu[ia][1], drains[ia].completed))
+    for name, cpu, n in per:
+        n = max(n, 1)
+        print(f"| {name} | {cpu.daemon * 1e3 / n:.3f} ms | {cpu.nats * 1e3 / n:.3f} ms |")
+    print()
     print("#### py-spy profile of the daemon during the last atlas run\n")
     if profile is None:
         print("py-spy is not installed: skipped (the in-process breakdown below shows where the time goes).\n")

@@ -72,9 +72,7 @@ async def test_start_connect_with_token_and_publish_to_jetstream(server: Embedde
 async def test_connection_without_token_is_refused(server: EmbeddedNats) -> None:
     for token in (None, "not-the-token"):
         with pytest.raises(nats.errors.Error, match="Authorization Violation"):
-            await nats.connect(
-                server.url, token=token, allow_reconnect=False, connect_timeout=2, error_cb=_quiet
-            )
+            await nats.connect(server.url, token=token, allow_reconnect=False, connect_timeout=2, error_cb=_quiet)
 
 
 async def test_files_are_private_and_record_the_pid(server: EmbeddedNats) -> None:

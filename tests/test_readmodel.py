@@ -165,6 +165,7 @@ def test_survives_reopening(tmp_path: Path) -> None:
     first = ReadModel(tmp_path / "atlas.db")
     first.upsert(*session("s1", seq=2), stream_seq=9)
     first.close()
+    first.close()  # idempotent
     second = ReadModel(tmp_path / "atlas.db")
     try:
         assert second.get_last_seq("s1") == 2

@@ -13,42 +13,64 @@ from typing import Any
 from atlas.agents.base import AgentContext, StepError
 from atlas.agents.builtins import run_builtin
 from atlas.agents.http_agent import run_http
+from atlas.agents.llm import LlmCallConfig, run_llm
 from atlas.agents.python_agent import run_python
 from atlas.agents.shell import run_shell
 from atlas.config.model import Agent, AtlasAgent, HttpAgent, LlmAgent, PythonAgent, ShellAgent
 from atlas.runtime.templating import TemplateError, Templater
 
-__all__ = ["run_agent"]
+__all__ = ["run_agent", "run_agent_with_usage"]
 
 
 async def _dispatch(
-    agent: Agent | str, ctx: AgentContext, templater: Templater, variables: Mapping[str, Any]
-) -> Any:
+    agent: Agent | str,
+    ctx: AgentContext,
+    templater: Templater,
+    variables: Mapping[str, Any],
+    default_base_url: str | None,
+) -> tuple[Any, dict[str, Any] | None]:
     if isinstance(agent, str):
-        return await run_builtin(agent, {}, ctx)
+        return await run_builtin(agent, {}, ctx), None
     if isinstance(agent, AtlasAgent):
-        return await run_builtin(agent.agent, agent.config, ctx)
+        return await run_builtin(agent.agent, agent.config, ctx), None
     if isinstance(agent, PythonAgent):
-        return await run_python(agent.config, ctx)
+        return await run_python(agent.config, ctx), None
     if isinstance(agent, ShellAgent):
-        return await run_shell(agent.config, ctx, templater, variables)
+        return await run_shell(agent.config, ctx, templater, variables), None
     if isinstance(agent, HttpAgent):
-        return await run_http(agent.config, ctx, templater, variables)
+        return await run_http(agent.config, ctx, templater, variables), None
     if isinstance(agent, LlmAgent):
-        raise StepError("llm_error", "llm agents are not available yet")
+        result = await run_llm(
+            LlmCallConfig.from_agent(agent.config), ctx, templater, variables, default_base_url=default_base_url
+        )
+        return result.output, result.usage
     raise StepError("agent_error", f"unsupported agent {agent!r}")
 
 
 async def run_agent(
     agent: Agent | str, ctx: AgentContext, templater: Templater, variables: Mapping[str, Any]
 ) -> Any:
-    """Run `agent` (a config model, or a built-in name such as `"atlas/count"`) and return its output.
+    """Run `agent` and return only its output; see `run_agent_with_usage`, which the engine uses."""
+    output, _usage = await run_agent_with_usage(agent, ctx, templater, variables)
+    return output
+
+
+async def run_agent_with_usage(
+    agent: Agent | str,
+    ctx: AgentContext,
+    templater: Templater,
+    variables: Mapping[str, Any],
+    default_base_url: str | None = None,
+) -> tuple[Any, dict[str, Any] | None]:
+    """Run `agent` (a config model, or a built-in name such as `"atlas/count"`); return `(output, usage)`.
 
     `variables` are the template variables (`signal`, `payload`, `results`, `session`, `input`) for the
-    agent's templated fields. Raises StepError on failure.
+    agent's templated fields. `usage` is `{inputTokens, outputTokens, model}` for an `llm` agent whose endpoint
+    reported it (for `step:complete.usage`, §3.2), else None. `default_base_url` is `ATLAS_LLM_BASE_URL`, used
+    by `llm` agents without a `base_url`. Raises StepError on failure.
     """
     try:
-        return await _dispatch(agent, ctx, templater, variables)
+        return await _dispatch(agent, ctx, templater, variables, default_base_url)
     except StepError:
         raise
     except TemplateError as exc:

@@ -1,14 +1,15 @@
-"""The HTTP API (spec §5, §9): FastAPI on uvicorn, JSON errors everywhere.
+"""The HTTP API (spec §9): FastAPI on uvicorn, JSON errors everywhere.
 
-Hot routes take the raw `Request` and return pre-encoded JSON so a trigger costs the durable work of the accept
+Hot routes take the raw `Request` and return pre-encoded JSON, so a trigger costs the durable work of the accept
 pipeline and little else (spec §7.4 measures it against a bare publish).
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -18,37 +19,56 @@ from starlette.responses import Response
 
 from atlas import __version__
 from atlas.api.bench_routes import add_bench_routes
-from atlas.api.body import parse_trigger_body
+from atlas.api.responses import error_response, json_response, read_body
 from atlas.api.security import install_security
 from atlas.api.streams import add_stream_routes
-from atlas.config.durations import parse_duration
-from atlas.config.model import HttpSignal
+from atlas.api.trigger import add_trigger_route
+from atlas.bus.client import KV_WORKSPACES
 from atlas.errors import ApiError
-from atlas.runtime.accept import TriggerRequest
 from atlas.runtime.daemon import Daemon
-from atlas.sessions.events import now_iso
-from atlas.sessions.reducer import STATUSES
+from atlas.sessions.events import now_iso, parse_iso
+from atlas.sessions.reducer import STATUSES, is_terminal
 
 log = logging.getLogger("atlas.api")
 
-TRUE_VALUES = {"true", "1", "yes"}
-FALSE_VALUES = {"false", "0", "no"}
+LIST_PARAMS = {"workspaceId", "correlationId", "jobName", "signalId", "parentSessionId", "rootSessionId",
+               "status", "since", "until", "limit", "cursor"}
 
 
-def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
-    return Response(data, status_code=status, media_type="application/json", headers=headers)
+def _invalid(path: str, message: str) -> ApiError:
+    return ApiError(400, "invalid_query", message, [{"path": path, "message": message}])
 
 
-def error_response(err: ApiError) -> Response:
-    return json_response(err.body(), err.status, err.headers)
+def _check_time(key: str, value: str) -> None:
+    try:
+        parse_iso(value)
+    except ValueError:
+        raise _invalid(key, f"{key} must be an RFC 3339 time, e.g. 2026-11-24T10:15:02.123Z") from None
 
 
-def create_app(daemon: Daemon) -> FastAPI:
-    app = FastAPI(title="atlasd", version=__version__, docs_url=None, redoc_url=None)
-    app.state.daemon = daemon
-    install_security(app, daemon.settings)
+def _limit(raw: str | None) -> int:
+    if raw is None:
+        return 50
+    try:
+        limit = int(raw)
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= 500:
+        raise _invalid("limit", "limit must be an integer from 1 to 500")
+    return limit
 
+
+def _statuses(raw: str | None) -> list[str] | None:
+    if not raw:
+        return None
+    statuses = [s.strip() for s in raw.split(",") if s.strip()]
+    bad = [s for s in statuses if s not in STATUSES]
+    if bad:
+        raise _invalid("status", f"Unknown status {', '.join(bad)}; expected one of {', '.join(sorted(STATUSES))}")
+    return statuses
+
+
+def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> Response:
         return error_response(exc)
@@ -73,12 +93,19 @@ def create_app(daemon: Daemon) -> FastAPI:
         return error_response(ApiError(500, "internal_error", "Internal server error", {"requestId": request_id},
                                        {"X-Request-Id": request_id}))
 
-    # ------------------------------------------------------------ health and workspaces
 
-    @app.get("/health")
+def create_app(daemon: Daemon) -> FastAPI:
+    app = FastAPI(title="atlasd", version=__version__, docs_url=None, redoc_url=None)
+    app.state.daemon = daemon
+    install_security(app, daemon.settings)
+    install_error_handlers(app)
+
+    # ------------------------------------------------------------ daemon
+
+    @app.get("/health", tags=["daemon"])
     async def health() -> Response:
         return json_response({
-            "status": "ok" if daemon.status == "ok" else "starting" if daemon.status == "starting" else daemon.status,
+            "status": "ok" if daemon.status == "ok" else daemon.status,
             "uptime": daemon.uptime,
             "timestamp": now_iso(),
             "version": __version__,
@@ -86,94 +113,116 @@ def create_app(daemon: Daemon) -> FastAPI:
             "activeSessions": len(daemon.runs),
         })
 
-    @app.get("/api/workspaces")
+    @app.get("/api/daemon/status", tags=["daemon"])
+    async def daemon_status() -> Response:
+        import resource
+
+        counts = daemon.store.rm.count_by_status()
+        cluster = []
+        for key in sorted(await daemon.live_daemons()):
+            found = await daemon.bus.kv_get("DAEMONS", key)
+            if found is not None:
+                cluster.append({"daemonId": key, **found[0]})
+        return json_response({
+            "status": "running",
+            "version": __version__,
+            "pid": os.getpid(),
+            "daemonId": daemon.daemon_id,
+            "startedAt": daemon.started_at,
+            "uptime": daemon.uptime,
+            "bind": f"{daemon.settings.host}:{daemon.settings.port}",
+            "nats": {"mode": daemon.nats_mode, "url": _redact_url(daemon.nats_url)},
+            "sessions": {"queued": counts.get("queued", 0), "active": counts.get("active", 0)},
+            "workspaces": len(daemon.workspaces.all()),
+            "memoryUsage": {"rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024},
+            "cluster": cluster,
+        })
+
+    @app.post("/api/daemon/shutdown", tags=["daemon"])
+    async def daemon_shutdown() -> Response:
+        if daemon.request_shutdown is None:
+            raise ApiError(403, "forbidden", "This daemon cannot be shut down over HTTP")
+        asyncio.get_running_loop().call_later(0.05, daemon.request_shutdown)
+        return json_response({"message": "Daemon shutdown initiated"})
+
+    # ------------------------------------------------------------ workspaces
+
+    def workspace_or_404(workspace_id: str) -> Any:
+        ws = daemon.workspaces.get(workspace_id)
+        if ws is None:
+            raise ApiError(404, "workspace_not_found", f"Workspace '{workspace_id}' not found")
+        return ws
+
+    @app.get("/api/workspaces", tags=["workspaces"])
     async def list_workspaces() -> Response:
         return json_response([ws.entry() for ws in daemon.workspaces.all()])
 
-    # ------------------------------------------------------------ triggering
+    @app.post("/api/workspaces/add", tags=["workspaces"])
+    async def add_workspace(request: Request) -> Response:
+        import json
 
-    @app.post("/api/workspaces/{workspace_id}/signals/{signal_id}")
-    async def trigger(workspace_id: str, signal_id: str, request: Request) -> Response:
-        ws, job_id = daemon.accept.resolve(workspace_id, signal_id)
-        nowait_raw = request.query_params.get("nowait")
-        nowait = False
-        if nowait_raw is not None:
-            low = nowait_raw.lower()
-            if low in TRUE_VALUES:
-                nowait = True
-            elif low not in FALSE_VALUES:
-                raise ApiError(400, "invalid_query", f"Invalid value for nowait: {nowait_raw!r}",
-                               [{"path": "nowait", "message": "expected true, false, 1, 0, yes or no"}])
-        raw = await _read_body(request, daemon.settings.max_body)
-        parsed = parse_trigger_body(raw, request.headers)
-        signal = ws.config.signals[signal_id]
-        if parsed.webhook is not None and signal.provider != "http":
-            raise ApiError(400, "envelope_required",
-                           f"Signal '{signal_id}' ({signal.provider}) accepts only the envelope body")
-        req = TriggerRequest(
-            workspace_id=ws.id,
-            signal_id=signal_id,
-            payload=parsed.payload,
-            trigger="webhook" if parsed.webhook is not None else "http",
-            parent_session_id=parsed.parent_session_id,
-            stream_id=parsed.stream_id,
-            webhook=parsed.webhook,
-        )
-        accepted = await daemon.accept.accept(req)
-        if nowait or parsed.webhook is not None:
-            return json_response(
-                {
-                    "message": "Webhook accepted" if parsed.webhook is not None else "Signal accepted",
-                    "status": "accepted",
-                    "workspaceId": ws.id,
-                    "signalId": signal_id,
-                    "correlationId": accepted.correlation_id,
-                    "sessionId": accepted.session_id,
-                },
-                202,
-                {"Location": f"/api/sessions/{accepted.session_id}"},
-            )
-        limit = signal.config.timeout if isinstance(signal, HttpSignal) else None
-        if limit is not None:
-            wait_s = parse_duration(limit)
-        else:
-            job = ws.job(job_id)
-            wait_s = parse_duration(job.config.timeout or ws.config.workspace.timeout.maxTotalTimeout) + 60
+        raw = await read_body(request, daemon.settings.max_body)
         try:
-            view = await daemon.store.wait_terminal(accepted.session_id, wait_s)
-        except TimeoutError:
-            raise ApiError(504, "wait_timeout", "The session did not finish in time; it keeps running",
-                           {"sessionId": accepted.session_id, "correlationId": accepted.correlation_id}) from None
-        return _sync_answer(view, ws.id, signal_id)
+            body = json.loads(raw or b"{}")
+        except ValueError as exc:
+            raise ApiError(400, "invalid_json", f"Malformed JSON body: {exc}") from None
+        path = body.get("path") if isinstance(body, dict) else None
+        if not isinstance(path, str) or not os.path.isabs(path):
+            raise ApiError(400, "invalid_body", "Body must be {\"path\": <absolute path>}",
+                           [{"path": "path", "message": "must be an absolute path"}])
+        ws, created = daemon.workspaces.add(Path(path))
+        await daemon.bus.kv_put(KV_WORKSPACES, ws.id, {"path": str(ws.path), "configDigest": ws.loaded.digest,
+                                                       "addedAt": ws.created_at})
+        entry = ws.entry()
+        out = {k: entry[k] for k in ("id", "name", "description", "status", "path", "createdAt", "lastSeen")}
+        return json_response({**out, "created": created}, 201 if created else 200)
+
+    @app.get("/api/workspaces/{workspace_id}", tags=["workspaces"])
+    async def show_workspace(workspace_id: str) -> Response:
+        ws = workspace_or_404(workspace_id)
+        config = ws.config.model_dump(mode="json", by_alias=True, exclude_none=True)
+        return json_response({**ws.entry(), "config": config})
+
+    @app.delete("/api/workspaces/{workspace_id}", tags=["workspaces"])
+    async def remove_workspace(workspace_id: str, request: Request) -> Response:
+        ws = workspace_or_404(workspace_id)
+        force = request.query_params.get("force", "").lower() in {"true", "1", "yes"}
+        active = [v["sessionId"] for v in daemon.store.live_sessions() if v.get("workspaceId") == ws.id]
+        if active and not force:
+            raise ApiError(409, "workspace_busy", f"Workspace '{ws.id}' has active sessions",
+                           {"activeSessionIds": active})
+        for sid in active:
+            await daemon.cancel(sid, "cancelled", "workspace_removed", f"Workspace '{ws.id}' was removed")
+        daemon.workspaces.remove(ws.id)
+        await daemon.bus.kv_delete(KV_WORKSPACES, ws.id)
+        return json_response({"message": f"Workspace '{ws.id}' removed", "id": ws.id})
+
+    @app.get("/api/workspaces/{workspace_id}/jobs", tags=["workspaces"])
+    async def list_jobs(workspace_id: str) -> Response:
+        return json_response(workspace_or_404(workspace_id).jobs_listing())
+
+    @app.get("/api/workspaces/{workspace_id}/signals", tags=["workspaces"])
+    async def list_signals(workspace_id: str) -> Response:
+        ws = workspace_or_404(workspace_id)
+        out = []
+        for sig_id, sig in ws.config.signals.items():
+            spec = {"id": sig_id, **sig.model_dump(mode="json", by_alias=True, exclude_none=True)}
+            jobs = [job_id for job_id, job in ws.config.jobs.items() if any(t.signal == sig_id for t in job.triggers)]
+            out.append({"name": sig_id, "signal": spec, "jobs": jobs})
+        return json_response({"signals": out})
+
+    add_trigger_route(app, daemon)
 
     # ------------------------------------------------------------ sessions
 
     add_stream_routes(app, daemon)  # before /api/sessions/{id}: /api/sessions/stream must win
 
-    @app.get("/api/sessions")
+    @app.get("/api/sessions", tags=["sessions"])
     async def list_sessions(request: Request) -> Response:
         q = request.query_params
-        allowed = {"workspaceId", "correlationId", "jobName", "signalId", "parentSessionId", "rootSessionId",
-                   "status", "since", "until", "limit", "cursor"}
-        unknown = [k for k in q if k not in allowed]
+        unknown = [k for k in q if k not in LIST_PARAMS]
         if unknown:
-            raise ApiError(400, "invalid_query", f"Unknown query parameter(s): {', '.join(unknown)}")
-        statuses = None
-        if q.get("status"):
-            statuses = [s.strip() for s in q["status"].split(",") if s.strip()]
-            bad = [s for s in statuses if s not in STATUSES]
-            if bad:
-                raise ApiError(400, "invalid_query", f"Unknown status: {', '.join(bad)}",
-                               [{"path": "status", "message": f"expected one of {', '.join(sorted(STATUSES))}"}])
-        limit = 50
-        if q.get("limit") is not None:
-            try:
-                limit = int(q["limit"])
-            except ValueError:
-                limit = 0
-            if not 1 <= limit <= 500:
-                raise ApiError(400, "invalid_query", "limit must be an integer from 1 to 500",
-                               [{"path": "limit", "message": "expected 1-500"}])
+            raise _invalid(unknown[0], f"Unknown query parameter(s): {', '.join(unknown)}")
         for key in ("since", "until"):
             if q.get(key):
                 _check_time(key, q[key])
@@ -185,76 +234,63 @@ def create_app(daemon: Daemon) -> FastAPI:
                 signal_id=q.get("signalId"),
                 parent_session_id=q.get("parentSessionId"),
                 root_session_id=q.get("rootSessionId"),
-                statuses=statuses,
+                statuses=_statuses(q.get("status")),
                 since=q.get("since"),
                 until=q.get("until"),
-                limit=limit,
+                limit=_limit(q.get("limit")),
                 cursor=q.get("cursor"),
             )
-        except ValueError as exc:
-            raise ApiError(400, "invalid_query", f"Invalid cursor: {exc}",
-                           [{"path": "cursor", "message": "not a cursor returned by this API"}]) from None
+        except ValueError:
+            raise _invalid("cursor", "Invalid cursor: use the nextCursor of a previous page") from None
         body: dict[str, Any] = {"sessions": sessions}
         if cursor:
             body["nextCursor"] = cursor
         return json_response(body)
 
-    @app.get("/api/sessions/{session_id}")
-    async def get_session(session_id: str) -> Response:
+    def view_or_404(session_id: str) -> dict[str, Any]:
         view = daemon.store.view(session_id)
         if view is None:
             raise ApiError(404, "session_not_found", f"Session '{session_id}' not found")
+        return view
+
+    @app.get("/api/sessions/{session_id}", tags=["sessions"])
+    async def get_session(session_id: str) -> Response:
+        view = daemon.store.view(session_id)
+        if view is None:
+            view = await daemon.rebuild_view(session_id)  # accepted by another daemon, not materialised yet
+        if view is None:
+            raise ApiError(404, "session_not_found", f"Session '{session_id}' not found")
         return json_response(view)
+
+    @app.get("/api/sessions/{session_id}/children", tags=["sessions"])
+    async def session_children(session_id: str) -> Response:
+        view_or_404(session_id)
+        return json_response({"sessions": daemon.store.rm.children(session_id)})
+
+    @app.delete("/api/sessions/{session_id}", tags=["sessions"])
+    async def cancel_session(session_id: str) -> Response:
+        view = view_or_404(session_id)
+        if is_terminal(view["status"]):
+            raise ApiError(409, "session_not_active", f"Session '{session_id}' already ended {view['status']}",
+                           {"status": view["status"]})
+        cancelled = await daemon.cancel_tree(session_id, "cancelled_by_user", "Cancelled by user")
+        body = {"message": f"Session {session_id} cancelled", "sessionId": session_id,
+                "workspaceId": view["workspaceId"], "cancelled": cancelled}
+        try:
+            final = await daemon.store.wait_terminal(session_id, 5.0)
+        except TimeoutError:
+            current = daemon.store.view(session_id) or view
+            return json_response({**body, "status": current["status"], "cancelRequested": True}, 202)
+        return json_response({**body, "status": final["status"]})
 
     add_bench_routes(app, daemon)
     return app
 
 
-def _check_time(key: str, value: str) -> None:
-    from atlas.sessions.events import parse_iso
-
-    try:
-        parse_iso(value)
-    except ValueError:
-        raise ApiError(400, "invalid_query", f"{key} must be an RFC 3339 time",
-                       [{"path": key, "message": "expected e.g. 2026-11-24T10:15:02.123Z"}]) from None
-
-
-async def _read_body(request: Request, max_body: int) -> bytes:
-    """Read the body, refusing more than ATLAS_MAX_BODY from Content-Length or while streaming (413)."""
-    length = request.headers.get("content-length")
-    too_big = ApiError(413, "body_too_large", f"Request body exceeds {max_body} bytes")
-    if length is not None and length.isdigit() and int(length) > max_body:
-        raise too_big
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_body:
-            raise too_big
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _sync_answer(view: dict[str, Any], workspace_id: str, signal_id: str) -> Response:
-    status = view["status"]
-    if status == "completed":
-        return json_response({
-            "message": "Signal completed",
-            "status": "completed",
-            "workspaceId": workspace_id,
-            "signalId": signal_id,
-            "sessionId": view["sessionId"],
-            "correlationId": view["correlationId"],
-            "output": view.get("results") or {},
-            "artifactIds": [],
-            "summary": (view.get("aiSummary") or {}).get("summary", ""),
-        })
-    details = {k: view.get(k) for k in ("sessionId", "correlationId", "status", "errorCode", "error")}
-    if view.get("errorCode") == "skipped-duplicate":
-        raise ApiError(409, "skipped-duplicate", view.get("error") or "Skipped: a session is already running",
-                       details)
-    code = {"cancelled": "session_cancelled", "skipped": "session_skipped"}.get(status, "session_failed")
-    raise ApiError(422, code, f"Session ended {status}" + (f": {view['error']}" if view.get("error") else ""),
-                   details)
-
+def _redact_url(url: str) -> str:
+    """NATS URLs are shown without user info (credentials or tokens)."""
+    out = []
+    for part in url.split(","):
+        scheme, sep, rest = part.partition("://")
+        out.append(scheme + sep + rest.split("@", 1)[-1] if sep else part)
+    return ",".join(out)

@@ -325,7 +325,12 @@ class EmbeddedNats:
         return any(arg in ours for arg in argv[1:])
 
     async def _stop_leftover(self) -> None:
-        """Stop a server a previous daemon left running on this store, if the pid file names one."""
+        """Stop a server a previous daemon left running on this store, if the pid file names one.
+
+        Identification reads ``/proc/<pid>/cmdline``; where there is no procfs a leftover cannot be told apart
+        from an unrelated process that reused the pid, so it is left alone (and PR_SET_PDEATHSIG, the first
+        line of defence, is Linux-only anyway).
+        """
         try:
             pid = int(self.pid_path.read_text().strip())
         except (OSError, ValueError):

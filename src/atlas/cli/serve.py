@@ -69,6 +69,7 @@ async def _serve(settings: Settings) -> int:
     server = uvicorn.Server(config)
     logging.getLogger("atlas").info("listening on http://%s:%d", settings.host, port)
     loop = asyncio.get_running_loop()
+    daemon.request_shutdown = lambda: setattr(server, "should_exit", True)
     for signum in (signal.SIGINT, signal.SIGTERM):
         # Our own handlers (uvicorn's re-raise the signal after shutdown, which would turn a clean stop into
         # a death by SIGTERM): ask the server to exit, then drain the daemon below.

@@ -103,8 +103,8 @@ class AcceptPipeline:
                 400, "payload_invalid", f"Payload does not match the schema of signal '{signal_id}'", errors
             )
 
-    async def accept(self, req: TriggerRequest) -> Accepted:
-        """Validate, mint ids, make the session durable and hand the envelope to SIGNALS."""
+    def validate(self, req: TriggerRequest) -> tuple[Workspace, str, dict[str, Any] | None]:
+        """Spec §5.3 steps (3), (4), (7), (8), (9): the workspace, the job and the parent view."""
         ws, job_id = self.resolve(req.workspace_id, req.signal_id)
         self.validate_payload(ws, req.signal_id, req.payload)
         parent = None
@@ -113,6 +113,12 @@ class AcceptPipeline:
             if parent is None:
                 code = "unknown_parent_session"
                 raise ApiError(422, code, f"Parent session '{req.parent_session_id}' not found")
+        return ws, job_id, parent
+
+    async def accept(self, req: TriggerRequest,
+                     validated: tuple[Workspace, str, dict[str, Any] | None] | None = None) -> Accepted:
+        """Validate (unless the caller did), mint ids, make the session durable and hand the envelope to SIGNALS."""
+        ws, job_id, parent = validated or self.validate(req)
         self.d.ensure_accepting()
 
         sid = str(uuid.uuid4())

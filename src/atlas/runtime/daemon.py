@@ -12,12 +12,21 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 from atlas import __version__
-from atlas.bus.client import KV_DAEMONS, KV_INFLIGHT, KV_METADATA, Bus, BusSettings, WrongLastSequence
+from atlas.bus.client import (
+    KV_DAEMONS,
+    KV_INFLIGHT,
+    KV_METADATA,
+    Bus,
+    BusSettings,
+    WrongLastSequence,
+    cancel_subject,
+    dumps,
+)
 from atlas.bus.server import EmbeddedNats
 from atlas.config.settings import Settings
 from atlas.errors import ApiError
@@ -100,6 +109,7 @@ class Daemon:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._background: set[asyncio.Task[Any]] = set()
+        self.request_shutdown: Callable[[], None] | None = None
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Fire-and-forget work (e.g. publishing a chunk) whose task must stay referenced until done."""
@@ -288,6 +298,13 @@ class Daemon:
                     await self.consumer.start_parked(nxt)
         return True
 
+    async def rebuild_view(self, sid: str) -> dict[str, Any] | None:
+        """Fold a session's log from the bus into the read model (a session this daemon has not seen yet)."""
+        events = await self.bus.read_events(sid)
+        for event, stream_seq in events:
+            self.store.apply(event, stream_seq)
+        return self.store.view(sid) if events else None
+
     # ------------------------------------------------------------ cancellation
 
     async def cancel(self, sid: str, status: str, code: str, message: str) -> None:
@@ -307,10 +324,8 @@ class Daemon:
             envelope = marker[0].get("envelope") if marker else None
             if await self.finalize_unstarted(writer, status, code, message, envelope):
                 return
-        await self.bus.nc.publish(  # type: ignore[union-attr]
-            f"atlas.cancel.sessions.{sid}",
-            f'{{"status":"{status}","errorCode":"{code}","reason":"{message}"}}'.encode(),
-        )
+        request = {"status": status, "errorCode": code, "reason": message, "requestedAt": now_iso()}
+        await self.bus.nc.publish(cancel_subject(sid), dumps(request))  # type: ignore[union-attr]
 
     async def _on_cancel_msg(self, msg: Any) -> None:
         import json
@@ -324,6 +339,14 @@ class Daemon:
                                    data.get("reason", "Cancelled"))
         run.cancelled_flag.set()
         run.task.cancel()
+
+    async def cancel_tree(self, sid: str, code: str, message: str) -> list[str]:
+        """Cancel a session and every non-terminal descendant (`parent_cancelled`, spec §8.3)."""
+        descendants = [d for d in self.store.rm.descendants(sid) if self._is_alive(d)]
+        await self.cancel(sid, "cancelled", code, message)
+        for child in descendants:
+            await self.cancel(child, "cancelled", "parent_cancelled", f"Ancestor {sid} was cancelled")
+        return descendants
 
     async def cancel_and_wait(self, sids: list[str], code: str, message: str, timeout: float) -> None:
         for sid in sids:

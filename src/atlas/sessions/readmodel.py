@@ -127,11 +127,7 @@ def decode_cursor(cursor: str) -> tuple[str, str]:
         value = json.loads(raw)
     except (ValueError, binascii.Error, TypeError) as exc:
         raise ValueError("invalid cursor") from exc
-    if (
-        not isinstance(value, list)
-        or len(value) != 2
-        or not all(isinstance(part, str) and part for part in value)
-    ):
+    if not isinstance(value, list) or len(value) != 2 or not all(isinstance(part, str) and part for part in value):
         raise ValueError("invalid cursor")
     return value[0], value[1]
 
@@ -203,6 +199,7 @@ class ReadModel:
         finally:
             os.close(fd)
         self._lock = threading.RLock()
+        self._closed = False
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a batch is exactly one transaction.
         self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._conn.execute("PRAGMA journal_mode=WAL")
@@ -238,8 +235,11 @@ class ReadModel:
             return self._conn.execute(sql, params).fetchall()
 
     def close(self) -> None:
-        """Close the connection, letting SQLite refresh its planner statistics first."""
+        """Close the connection, letting SQLite refresh its planner statistics first. Safe to call twice."""
         with self._lock:
+            if self._closed:
+                return
+            self._closed = True
             try:
                 self._conn.execute("PRAGMA optimize")
             finally:
@@ -261,9 +261,7 @@ class ReadModel:
                 cur.execute(_SET_STREAM_SEQ, (STREAM_SEQ_KEY, str(stream_seq)))
         return written
 
-    def upsert_many(
-        self, rows: Iterable[tuple[dict[str, Any], dict[str, Any]]], stream_seq: int | None = None
-    ) -> int:
+    def upsert_many(self, rows: Iterable[tuple[dict[str, Any], dict[str, Any]]], stream_seq: int | None = None) -> int:
         """:meth:`upsert` for a batch of (view, summary) pairs in one transaction; returns rows written.
 
         Batching is what makes replaying a large stream fast: one commit per batch instead of per event.
@@ -281,8 +279,7 @@ class ReadModel:
         """Set ``key`` unconditionally (unlike the monotonic stream sequence of :meth:`upsert`)."""
         with self._write() as cur:
             cur.execute(
-                "INSERT INTO meta (key, value) VALUES (?, ?)"
-                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (key, value),
             )
 

@@ -1,0 +1,245 @@
+"""`POST /api/workspaces/{ws}/signals/{sig}` in its four modes (spec §5): nowait, sync, SSE and webhook.
+
+Every check of §5.3 runs before anything is created, in the documented order; the Idempotency-Key is reserved
+last, so a rejected request never burns it. Sync and SSE callers that go away cancel their session (§5.4).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI, Request
+from starlette.responses import Response, StreamingResponse
+
+from atlas.api.body import parse_trigger_body
+from atlas.api.responses import json_response, read_body
+from atlas.bus.client import ephemeral_subject
+from atlas.config.durations import parse_duration
+from atlas.config.model import HttpSignal
+from atlas.errors import ApiError
+from atlas.runtime.accept import Accepted, TriggerRequest
+from atlas.runtime.idempotency import Idempotency, Reservation
+from atlas.runtime.workspaces import Workspace
+from atlas.sessions.reducer import is_terminal
+
+if TYPE_CHECKING:
+    from atlas.runtime.daemon import Daemon
+
+TRUE_VALUES = {"true", "1", "yes"}
+FALSE_VALUES = {"false", "0", "no"}
+
+
+def _nowait(raw: str | None) -> bool:
+    if raw is None or raw.lower() in FALSE_VALUES:
+        return False
+    if raw.lower() in TRUE_VALUES:
+        return True
+    raise ApiError(400, "invalid_query", f"Invalid value for nowait: {raw!r}",
+                   [{"path": "nowait", "message": "expected true, false, 1, 0, yes or no"}])
+
+
+def accepted_body(ws_id: str, signal_id: str, accepted_sid: str, correlation_id: str, webhook: bool) -> dict[str, Any]:
+    return {
+        "message": "Webhook accepted" if webhook else "Signal accepted",
+        "status": "accepted",
+        "workspaceId": ws_id,
+        "signalId": signal_id,
+        "correlationId": correlation_id,
+        "sessionId": accepted_sid,
+    }
+
+
+def wait_limit(ws: Workspace, signal_id: str, job_id: str) -> float:
+    """The signal's `config.timeout`, else the job timeout plus 60 s of queueing allowance (spec §5.4)."""
+    signal = ws.config.signals[signal_id]
+    if isinstance(signal, HttpSignal) and signal.config.timeout is not None:
+        return parse_duration(signal.config.timeout)
+    job = ws.job(job_id)
+    return parse_duration(job.config.timeout or ws.config.workspace.timeout.maxTotalTimeout) + 60
+
+
+def sync_answer(view: dict[str, Any], workspace_id: str, signal_id: str,
+                headers: dict[str, str] | None = None) -> Response:
+    status = view["status"]
+    if status == "completed":
+        return json_response({
+            "message": "Signal completed",
+            "status": "completed",
+            "workspaceId": workspace_id,
+            "signalId": signal_id,
+            "sessionId": view["sessionId"],
+            "correlationId": view["correlationId"],
+            "output": view.get("results") or {},
+            "artifactIds": [],
+            "summary": (view.get("aiSummary") or {}).get("summary", ""),
+        }, headers=headers)
+    raise failure_error(view)
+
+
+def failure_error(view: dict[str, Any]) -> ApiError:
+    status = view["status"]
+    details = {k: view.get(k) for k in ("sessionId", "correlationId", "status", "errorCode", "error")}
+    if view.get("errorCode") == "skipped-duplicate":
+        return ApiError(409, "skipped-duplicate", view.get("error") or "Skipped: a session is already running",
+                        details)
+    code = {"cancelled": "session_cancelled", "skipped": "session_skipped"}.get(status, "session_failed")
+    return ApiError(422, code, f"Session ended {status}" + (f": {view['error']}" if view.get("error") else ""),
+                    details)
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client goes away (the body was already read, so the next message is the disconnect)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+def add_trigger_route(app: FastAPI, daemon: Daemon) -> None:
+    idem = Idempotency(daemon)
+
+    @app.post("/api/workspaces/{workspace_id}/signals/{signal_id}", tags=["signals"])
+    async def trigger(workspace_id: str, signal_id: str, request: Request) -> Response:
+        ws, job_id = daemon.accept.resolve(workspace_id, signal_id)
+        nowait = _nowait(request.query_params.get("nowait"))
+        raw = await read_body(request, daemon.settings.max_body)
+        parsed = parse_trigger_body(raw, request.headers)
+        sse = "text/event-stream" in request.headers.get("accept", "")
+        signal = ws.config.signals[signal_id]
+        if parsed.webhook is not None and (signal.provider != "http" or sse):
+            raise ApiError(400, "envelope_required",
+                           f"Signal '{signal_id}' ({signal.provider}) accepts only the envelope body here")
+        req = TriggerRequest(
+            workspace_id=ws.id,
+            signal_id=signal_id,
+            payload=parsed.payload,
+            trigger="webhook" if parsed.webhook is not None else "http",
+            parent_session_id=parsed.parent_session_id,
+            stream_id=parsed.stream_id,
+            webhook=parsed.webhook,
+        )
+        validated = daemon.accept.validate(req)
+        key = request.headers.get("idempotency-key")
+        reservation: Reservation | None = None
+        replay_headers: dict[str, str] | None = None
+        if key is not None:
+            reservation = await idem.reserve(ws.id, signal_id, key, raw)
+        if reservation is not None and reservation.replay is not None:
+            rec = reservation.replay
+            accepted = Accepted(rec["sessionId"], rec["correlationId"], ws.id, signal_id, job_id, rec["status"])
+            replay_headers = {"Idempotent-Replayed": "true"}
+        else:
+            try:
+                accepted = await daemon.accept.accept(req, validated)
+            except BaseException:
+                if reservation is not None:
+                    with contextlib.suppress(Exception):
+                        await idem.release(reservation)
+                raise
+            if reservation is not None:
+                await idem.accepted(reservation, {
+                    "sessionId": accepted.session_id, "correlationId": accepted.correlation_id,
+                    "status": "accepted", "location": f"/api/sessions/{accepted.session_id}",
+                    "body": accepted_body(ws.id, signal_id, accepted.session_id, accepted.correlation_id,
+                                          parsed.webhook is not None),
+                })
+        if parsed.webhook is not None or (nowait and not sse):
+            body = accepted_body(ws.id, signal_id, accepted.session_id, accepted.correlation_id,
+                                 parsed.webhook is not None)
+            headers = {"Location": f"/api/sessions/{accepted.session_id}", **(replay_headers or {})}
+            return json_response(body, 202, headers)
+        if sse:
+            return StreamingResponse(
+                _sse(daemon, request, accepted, ws.id, signal_id),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(replay_headers or {})},
+            )
+        return await _sync(daemon, request, accepted, ws, signal_id, job_id, replay_headers)
+
+
+async def _sync(daemon: Daemon, request: Request, accepted: Accepted, ws: Workspace, signal_id: str, job_id: str,
+                headers: dict[str, str] | None) -> Response:
+    waiter = asyncio.ensure_future(daemon.store.wait_terminal(accepted.session_id, wait_limit(ws, signal_id, job_id)))
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait([waiter, gone], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if not waiter.done():
+        waiter.cancel()
+        await daemon.cancel_tree(accepted.session_id, "client_disconnected", "The waiting client disconnected")
+        return Response(status_code=499)
+    try:
+        view = waiter.result()
+    except TimeoutError:
+        raise ApiError(504, "wait_timeout", "The session did not finish in time; it keeps running",
+                       {"sessionId": accepted.session_id, "correlationId": accepted.correlation_id}) from None
+    return sync_answer(view, ws.id, signal_id, headers)
+
+
+def _frame(kind: str, data: Any) -> bytes:
+    payload = data if kind == "" else {"type": kind, "data": data}
+    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+
+
+async def _sse(daemon: Daemon, request: Request, accepted: Accepted, ws_id: str,
+               signal_id: str) -> AsyncIterator[bytes]:
+    """SSE mode (spec §5.4): accepted → start → every durable event and chunk → finish → result → [DONE]."""
+    sid = accepted.session_id
+    queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue(maxsize=10_000)
+
+    def on_event(event: dict[str, Any]) -> None:
+        if event.get("sessionId") == sid:
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(("event", event))
+
+    async def on_chunk(msg: Any) -> None:
+        with contextlib.suppress(asyncio.QueueFull, ValueError):
+            queue.put_nowait(("chunk", json.loads(msg.data)))
+
+    daemon.store.add_listener(on_event)
+    sub = await daemon.bus.nc.subscribe(ephemeral_subject(sid), cb=on_chunk)  # type: ignore[union-attr]
+    finished = False
+    try:
+        yield _frame("data-session-accepted", {"workspaceId": ws_id, "signalId": signal_id, "sessionId": sid,
+                                               "correlationId": accepted.correlation_id})
+        sent = 0
+        for event, _ in await daemon.bus.read_events(sid):
+            if event["type"] == "session:start":
+                yield _frame("data-session-start", {"sessionId": sid})
+            yield _frame("data-session-event", event)
+            sent = event["seq"]
+        view = daemon.store.view(sid) or {}
+        while not is_terminal(view.get("status", "")) or sent < int(view.get("lastSeq", 0)):
+            kind, item = await queue.get()
+            if kind == "chunk":
+                yield _frame("data-ephemeral", item)
+                continue
+            if item["seq"] <= sent:
+                continue
+            if item["type"] == "session:start":
+                yield _frame("data-session-start", {"sessionId": sid})
+            yield _frame("data-session-event", item)
+            sent = item["seq"]
+            view = daemon.store.view(sid) or {}
+        yield _frame("data-session-finish", {"sessionId": sid, "workspaceId": ws_id, "status": view["status"]})
+        if view["status"] == "completed":
+            yield _frame("job-complete", {
+                "success": True, "sessionId": sid, "correlationId": accepted.correlation_id, "status": "completed",
+                "output": view.get("results") or {}, "artifactIds": [],
+                "summary": (view.get("aiSummary") or {}).get("summary", ""),
+            })
+        else:
+            yield _frame("job-error", failure_error(view).body())
+        yield b"data: [DONE]\n\n"
+        finished = True
+    finally:
+        daemon.store.remove_listener(on_event)
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+        if not finished:
+            await asyncio.shield(daemon.cancel_tree(sid, "client_disconnected", "The streaming client disconnected"))
