@@ -19,6 +19,7 @@ from starlette.responses import Response
 
 from atlas import __version__
 from atlas.api.bench_routes import add_bench_routes
+from atlas.api.openapi import install_openapi
 from atlas.api.responses import error_response, json_response, read_body
 from atlas.api.security import install_security
 from atlas.api.streams import add_stream_routes
@@ -28,6 +29,7 @@ from atlas.errors import ApiError
 from atlas.runtime.daemon import Daemon
 from atlas.sessions.events import now_iso, parse_iso
 from atlas.sessions.reducer import STATUSES, is_terminal
+from atlas.ui import mount_ui
 
 log = logging.getLogger("atlas.api")
 
@@ -284,6 +286,8 @@ def create_app(daemon: Daemon) -> FastAPI:
         return json_response({**body, "status": final["status"]})
 
     add_bench_routes(app, daemon)
+    install_openapi(app)
+    mount_ui(app)  # last: its fallback must never shadow /api, /health or /openapi.json
     return app
 
 
