@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 HOME_DIR ?= $(HOME)/.atlas
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench clean chromium
 
 install: $(STAMP)
 
@@ -22,7 +22,10 @@ lint: install
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy src
 
-test: lint
+chromium:
+	test -x /usr/lib/chromium/chromium || test -x /usr/bin/chromium || (apt-get update -qq && apt-get install -y -qq chromium)
+
+test: lint chromium
 	$(BIN)/pytest
 
 bench: install

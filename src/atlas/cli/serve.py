@@ -82,7 +82,7 @@ async def _serve(settings: Settings) -> int:
         logging.getLogger("atlas").info("stopped")
         with contextlib.suppress(FileNotFoundError):
             daemon_json.unlink()
-    return 0
+    return 1 if daemon.fatal else 0
 
 
 def run_daemon(settings: Settings) -> int:

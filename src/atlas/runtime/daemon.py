@@ -21,6 +21,7 @@ from atlas.bus.client import (
     KV_DAEMONS,
     KV_INFLIGHT,
     KV_METADATA,
+    KV_WORKSPACES,
     Bus,
     BusSettings,
     WrongLastSequence,
@@ -110,6 +111,7 @@ class Daemon:
         self._stopping = False
         self._background: set[asyncio.Task[Any]] = set()
         self.request_shutdown: Callable[[], None] | None = None
+        self.fatal = False
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Fire-and-forget work (e.g. publishing a chunk) whose task must stay referenced until done."""
@@ -126,7 +128,7 @@ class Daemon:
         if s.nats_url:
             url = s.nats_url
         else:
-            self.embedded = EmbeddedNats(self.home)
+            self.embedded = EmbeddedNats(self.home, on_fatal=self._bus_lost)
             url = await self.embedded.start()
             token = self.embedded.token
         self.nats_url = url
@@ -137,8 +139,7 @@ class Daemon:
         self.store = SessionStore(ReadModel(self.home / "atlas.db"))
         self.concurrency = ConcurrencyControl(self.bus, self._is_alive, self._ancestors)
         await self._heartbeat_once()
-        for path in s.workspaces:
-            self.workspaces.add(path)
+        await self._load_workspaces()
         self.materializer = Materializer(self.bus, self.store)
         await self.materializer.start()
         await self.bus.nc.subscribe("atlas.cancel.sessions.*", cb=self._on_cancel_msg)  # type: ignore[union-attr]
@@ -154,6 +155,33 @@ class Daemon:
         ]
         self.status = "ok"
         log.info("atlasd %s ready (daemon %s, nats %s)", __version__, self.daemon_id, self.nats_mode)
+
+    async def _load_workspaces(self) -> None:
+        """Workspaces from the WORKSPACES registry (spec §6.7) plus those named on the command line."""
+        registered = {}
+        for key in await self.bus.kv_keys(KV_WORKSPACES):
+            found = await self.bus.kv_get(KV_WORKSPACES, key)
+            if found is not None:
+                registered[key] = found[0]
+        explicit = set(self.settings.workspaces)  # already absolute (the CLI resolves them)
+        for ws_id, entry in registered.items():
+            if Path(entry["path"]) in explicit:
+                continue
+            try:
+                self.workspaces.add(entry["path"])
+            except ApiError as exc:
+                log.warning("registered workspace %s (%s) not loaded: %s", ws_id, entry["path"], exc.message)
+        for path in self.settings.workspaces:
+            ws, _ = self.workspaces.add(path)
+            await self.bus.kv_put(KV_WORKSPACES, ws.id, {"path": str(ws.path), "configDigest": ws.loaded.digest,
+                                                         "addedAt": ws.created_at})
+
+    def _bus_lost(self) -> None:
+        """The embedded nats-server died and could not be restarted: stop, and exit non-zero (spec §6.1)."""
+        log.error("nats-server could not be restarted; shutting down")
+        self.fatal = True
+        if self.request_shutdown is not None:
+            self.request_shutdown()
 
     async def stop(self) -> None:
         """Graceful shutdown (spec §8.4): stop taking work, drain, interrupt the rest, stop nats-server."""
