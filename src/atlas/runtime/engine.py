@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from atlas.agents.base import AgentContext, StepError
-from atlas.agents.runner import run_agent
+from atlas.agents.llm import LlmCallConfig, run_llm
+from atlas.agents.runner import run_agent_with_usage
 from atlas.bus.client import dumps, ephemeral_subject
 from atlas.config.durations import parse_duration
 from atlas.config.model import (
@@ -268,13 +269,12 @@ class Engine:
         await self._step_start(number, name, state_id, action, output_key, input_value, prompt)
         self.current_step = number
         child_id: str | None = None
+        usage: dict[str, Any] | None = None
         try:
             if isinstance(action, SignalAction):
                 output, child_id = await self._cascade(action)
-            elif isinstance(action, LlmAction):
-                raise StepError("llm_error", "Inline llm actions are not available in this version")
             else:
-                output = await self._agent(action, input_value, prompt)
+                output, usage = await self._agent(action, input_value, prompt)
         except TemplateError as exc:
             await self._step_failed(number, started, "template_error", str(exc), None)
         except StepError as exc:
@@ -288,7 +288,7 @@ class Engine:
         finally:
             self.current_step = None
         self.results[output_key] = output
-        await self._write_step_complete(number, started, "completed", output, None, None, child_id)
+        await self._write_step_complete(number, started, "completed", output, None, None, child_id, usage)
 
     async def _step_start(self, number: int, name: str, state_id: str, action: Any, output_key: str,
                           input_value: Any, prompt: str | None) -> None:
@@ -306,7 +306,8 @@ class Engine:
         )
 
     async def _write_step_complete(self, number: int, started: float, status: str, output: Any,
-                                   error: str | None, code: str | None, child_id: str | None = None) -> None:
+                                   error: str | None, code: str | None, child_id: str | None = None,
+                                   usage: dict[str, Any] | None = None) -> None:
         await self.writer.append(
             "step:complete",
             {
@@ -318,6 +319,7 @@ class Engine:
                 "error": error,
                 "errorCode": code,
                 "childSessionId": child_id,
+                "usage": usage,
             },
         )
 
@@ -327,9 +329,10 @@ class Engine:
         await self._write_step_complete(number, started, "failed", output, message, code, child_id)
         raise SessionEnd("failed", code, message)
 
-    async def _agent(self, action: AgentAction, input_value: Any, prompt: str | None) -> Any:
-        agent = self.ws.config.agents.get(action.agentId)
-        target: Any = agent if agent is not None else action.agentId
+    async def _agent(self, action: AgentAction | LlmAction, input_value: Any,
+                     prompt: str | None) -> tuple[Any, dict[str, Any] | None]:
+        """Run an agent (or an inline llm action); returns its output and token usage, if any."""
+        agent = self.ws.config.agents.get(action.agentId) if isinstance(action, AgentAction) else None
         params = getattr(getattr(agent, "config", None), "params", None) or {}
         ctx = AgentContext(
             input=input_value,
@@ -344,7 +347,14 @@ class Engine:
             workspace_dir=self.ws.path,
             _progress_sink=self._chunk_sink(),
         )
-        return await run_agent(target, ctx, self.d.templater, self._vars(input=input_value))
+        variables = self._vars(input=input_value)
+        base_url = self.d.settings.llm_base_url
+        if isinstance(action, LlmAction):
+            result = await run_llm(LlmCallConfig.from_action(action), ctx, self.d.templater, variables,
+                                   default_base_url=base_url)
+            return result.output, result.usage
+        target: Any = agent if agent is not None else action.agentId
+        return await run_agent_with_usage(target, ctx, self.d.templater, variables, default_base_url=base_url)
 
     def _chunk_sink(self) -> Any:
         """A thread-safe, never-blocking sink that publishes ephemeral chunks (spec §3.3)."""
