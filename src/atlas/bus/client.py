@@ -153,7 +153,7 @@ class Bus:
                 retention=RetentionPolicy.LIMITS,
                 storage=StorageType.FILE,
                 max_age=self.settings.retention_s or None,
-                duplicate_window=120,
+                duplicate_window=min(120, self.settings.retention_s or 120),
                 allow_direct=True,
                 num_replicas=r,
             )

@@ -58,6 +58,11 @@ async def _serve(settings: Settings) -> int:
         print(f"atlasd: {exc}", file=sys.stderr)
         await daemon.stop()
         return 1
+    except Exception as exc:  # anything else at start: one readable line, the details in the log
+        logging.getLogger("atlas").debug("start failed", exc_info=exc)
+        print(f"atlasd: cannot start: {type(exc).__name__}: {exc}", file=sys.stderr)
+        await daemon.stop()
+        return 1
     info = {"url": f"http://{settings.host}:{port}", "pid": os.getpid(), "home": str(settings.home)}
     daemon_json = settings.home / "daemon.json"
     daemon_json.write_text(json.dumps(info))

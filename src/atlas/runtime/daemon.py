@@ -13,6 +13,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from atlas.bus.client import (
     dumps,
 )
 from atlas.bus.server import EmbeddedNats
+from atlas.config.durations import parse_duration
 from atlas.config.settings import Settings
 from atlas.errors import ApiError
 from atlas.runtime.accept import AcceptPipeline
@@ -39,7 +41,7 @@ from atlas.runtime.recovery import Recovery
 from atlas.runtime.scheduler import Scheduler
 from atlas.runtime.templating import Templater
 from atlas.runtime.workspaces import Workspace, WorkspaceRegistry
-from atlas.sessions.events import now_iso
+from atlas.sessions.events import format_iso, now_iso
 from atlas.sessions.materializer import Materializer
 from atlas.sessions.readmodel import ReadModel
 from atlas.sessions.reducer import is_terminal, summarize
@@ -140,6 +142,7 @@ class Daemon:
         self.concurrency = ConcurrencyControl(self.bus, self._is_alive, self._ancestors)
         await self._heartbeat_once()
         await self._load_workspaces()
+        self.check_retention()
         self.materializer = Materializer(self.bus, self.store)
         await self.materializer.start()
         await self.bus.nc.subscribe("atlas.cancel.sessions.*", cb=self._on_cancel_msg)  # type: ignore[union-attr]
@@ -152,6 +155,7 @@ class Daemon:
             asyncio.create_task(self.consumer.run(), name="consumer"),
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
             asyncio.create_task(self.recovery.loop(), name="recovery"),
+            asyncio.create_task(self._prune_loop(), name="prune"),
         ]
         self.status = "ok"
         log.info("atlasd %s ready (daemon %s, nats %s)", __version__, self.daemon_id, self.nats_mode)
@@ -239,6 +243,31 @@ class Daemon:
             "url": f"http://{self.settings.host}:{self.settings.port}", "pid": os.getpid(),
             "version": __version__, "startedAt": self.started_at,
         })
+
+    def check_retention(self) -> None:
+        """ATLAS_SESSION_RETENTION must outlive any queued or running session (spec §7.3): refuse to start if not."""
+        retention = self.settings.session_retention_s
+        if retention == 0:
+            return
+        longest = max(
+            (parse_duration(job.config.timeout or ws.config.workspace.timeout.maxTotalTimeout)
+             for ws in self.workspaces.all() for job in ws.config.jobs.values()),
+            default=0.0,
+        )
+        if retention <= self.settings.queue_timeout_s + longest:
+            raise ApiError(500, "invalid_settings",
+                           f"ATLAS_SESSION_RETENTION ({retention:g}s) must exceed ATLAS_QUEUE_TIMEOUT "
+                           f"({self.settings.queue_timeout_s:g}s) plus the longest job timeout ({longest:g}s)")
+
+    async def _prune_loop(self) -> None:
+        """Hourly: drop read-model rows of terminal sessions past retention (JetStream ages out by max_age)."""
+        while True:
+            if self.settings.session_retention_s:
+                cutoff = time.time() - self.settings.session_retention_s
+                removed = self.store.rm.prune(format_iso(datetime.fromtimestamp(cutoff, UTC)))
+                if removed:
+                    log.info("pruned %d sessions past retention", removed)
+            await asyncio.sleep(min(3600.0, max(1.0, self.settings.session_retention_s / 10)))
 
     async def _heartbeat_loop(self) -> None:
         while True:

@@ -464,3 +464,13 @@ class ReadModel:
         replay it again. Monotonic, like the sequence stored by :meth:`upsert`."""
         with self._write() as cur:
             cur.execute(_SET_STREAM_SEQ, (STREAM_SEQ_KEY, str(stream_seq)))
+
+    def prune(self, before: str) -> int:
+        """Delete terminal sessions that started before `before` (RFC 3339); non-terminal ones are never pruned
+        (spec §7.3). Returns the number of rows removed."""
+        with self._write() as cur:
+            cur.execute(
+                "DELETE FROM sessions WHERE started_at < ? AND status NOT IN (?, ?)",
+                (normalize_timestamp(before), *NON_TERMINAL),
+            )
+            return max(cur.rowcount, 0)
