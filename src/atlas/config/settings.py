@@ -47,6 +47,7 @@ class Settings:
     session_retention_s: float = 90 * 86400.0
     idempotency_ttl_s: float = 86400.0
     ack_wait_s: float = 30.0
+    heartbeat_ttl_s: float = 30.0
     llm_base_url: str | None = None
     log_level: str = "info"
     workspaces: tuple[Path, ...] = field(default_factory=tuple)
@@ -75,6 +76,7 @@ class Settings:
             session_retention_s=_seconds("ATLAS_SESSION_RETENTION", "90d", allow_zero=True),
             idempotency_ttl_s=_seconds("ATLAS_IDEMPOTENCY_TTL", "24h"),
             ack_wait_s=_seconds("ATLAS_ACK_WAIT", "30s"),
+            heartbeat_ttl_s=_seconds("ATLAS_HEARTBEAT_TTL", "30s"),
             llm_base_url=env.get("ATLAS_LLM_BASE_URL") or None,
             log_level=(env.get("ATLAS_LOG_LEVEL") or "info").lower(),
         )

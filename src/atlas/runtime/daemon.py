@@ -136,7 +136,7 @@ class Daemon:
         self.nats_url = url
         self.bus = Bus(BusSettings(url=url, token=token, creds=s.nats_creds, replicas=s.nats_replicas,
                                    retention_s=s.session_retention_s, ack_wait_s=s.ack_wait_s,
-                                   idempotency_ttl_s=s.idempotency_ttl_s))
+                                   idempotency_ttl_s=s.idempotency_ttl_s, heartbeat_ttl_s=s.heartbeat_ttl_s))
         await self.bus.connect()
         self.store = SessionStore(ReadModel(self.home / "atlas.db"))
         self.concurrency = ConcurrencyControl(self.bus, self._is_alive, self._ancestors)
@@ -271,7 +271,7 @@ class Daemon:
 
     async def _heartbeat_loop(self) -> None:
         while True:
-            await asyncio.sleep(5)
+            await asyncio.sleep(self.settings.heartbeat_ttl_s / 6)
             try:
                 await self._heartbeat_once()
             except Exception as exc:
@@ -284,8 +284,10 @@ class Daemon:
     # ------------------------------------------------------------ lineage helpers
 
     def _is_alive(self, sid: str) -> bool:
+        """Not terminal. A session this daemon has not materialised yet (accepted elsewhere a moment ago) counts
+        as alive: treating it as gone would let two daemons both admit a `skip` key."""
         view = self.store.view(sid)
-        return view is not None and not is_terminal(view["status"])
+        return view is None or not is_terminal(view["status"])
 
     def _ancestors(self, sid: str) -> set[str]:
         out: set[str] = set()
