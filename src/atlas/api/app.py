@@ -166,8 +166,8 @@ def create_app(daemon: Daemon) -> FastAPI:
         raw = await read_body(request, daemon.settings.max_body)
         try:
             body = json.loads(raw or b"{}")
-        except ValueError as exc:
-            raise ApiError(400, "invalid_json", f"Malformed JSON body: {exc}") from None
+        except (ValueError, RecursionError) as exc:
+            raise ApiError(400, "invalid_json", f"Malformed JSON body: {type(exc).__name__}") from None
         path = body.get("path") if isinstance(body, dict) else None
         if not isinstance(path, str) or not os.path.isabs(path):
             raise ApiError(400, "invalid_body", "Body must be {\"path\": <absolute path>}",
@@ -286,6 +286,8 @@ def create_app(daemon: Daemon) -> FastAPI:
         return json_response({**body, "status": final["status"]})
 
     add_bench_routes(app, daemon)
+    from atlas.api.schedules import add_schedule_routes  # (scheduler integration; lead to move to the imports)
+    add_schedule_routes(app, daemon)
     install_openapi(app)
     mount_ui(app)  # last: its fallback must never shadow /api, /health or /openapi.json
     return app

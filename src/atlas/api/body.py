@@ -49,6 +49,8 @@ def parse_trigger_body(raw: bytes, headers: Mapping[str, str]) -> TriggerBody:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, "invalid_json", f"Malformed JSON body: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, "payload_too_complex", "The JSON body is nested too deeply") from None
     if not isinstance(data, dict):
         raise ApiError(400, "invalid_body", "The body must be a JSON object")
     if not set(data) <= ENVELOPE_KEYS:

@@ -52,7 +52,9 @@ _MESSAGES = {
                         "ATLAS_ALLOWED_HOSTS",
     "forbidden_origin": "Cross-origin request refused: the Origin is not this daemon and not in ATLAS_CORS_ORIGINS",
     "unauthorized": "Missing or invalid bearer token: send 'Authorization: Bearer <ATLAS_TOKEN>'",
+    "headers_too_large": "Request headers exceed 64 KiB",
 }
+MAX_HEADER_BYTES = 64 * 1024
 
 
 def _error(code: str) -> bytes:
@@ -113,7 +115,11 @@ class SecurityMiddleware:
         if kind != "http" and kind != "websocket":  # lifespan
             await self.app(scope, receive, send)
             return
-        headers = dict(scope["headers"])  # ASGI names are lower-case bytes; C-speed for a handful of headers
+        raw_headers = scope["headers"]
+        if len(raw_headers) > 100 or sum(len(k) + len(v) for k, v in raw_headers) > MAX_HEADER_BYTES:
+            await self._deny(scope, send, 431, "headers_too_large")
+            return
+        headers = dict(raw_headers)  # ASGI names are lower-case bytes; C-speed for a handful of headers
         host = headers.get(b"host")
         if host is None or not self._host_allowed(host):
             await self._deny(scope, send, 403, "host_not_allowed")

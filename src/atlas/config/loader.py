@@ -32,7 +32,8 @@ from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import MarkedYAMLError
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.reader import ReaderError
 from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from atlas.config.model import (
@@ -260,6 +261,12 @@ def _parse(data: bytes, report: _Reporter) -> Any:
         return yaml.constructor.construct_document(node)
     except MarkedYAMLError as exc:
         report.errors.append(_syntax_error(report.file, exc))
+    except ReaderError as exc:  # a character YAML does not allow (e.g. a control character)
+        line, column = _offset_position(text.encode(), len(text[: exc.position].encode()))
+        report.errors.append(ConfigError(report.file, line, column, "",
+                                         f"YAML syntax error: character {exc.character!r} is not allowed"))
+    except YAMLError as exc:
+        report.errors.append(ConfigError(report.file, 1, 1, "", f"YAML syntax error: {exc}"))
     except RecursionError:
         report.errors.append(ConfigError(report.file, 1, 1, "", "the document is nested too deeply"))
     return None
