@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 HOME_DIR ?= $(HOME)/.atlas
 
-.PHONY: install run test lint bench clean chromium
+.PHONY: install run test lint bench clean soak chromium
 
 install: $(STAMP)
 
@@ -33,3 +33,6 @@ bench: install
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+
+soak: install
+	$(BIN)/python bench/soak.py --minutes $${SOAK_MINUTES:-10}
