@@ -106,23 +106,24 @@ class Engine:
         started = time.monotonic()
         status, code, message = "completed", None, None
         timeout_s = self._timeout_s()
+        task = asyncio.current_task()
+        # The job timeout is a cancel with its own reason, so the running step records `timeout` too.
+        timer = asyncio.get_running_loop().call_later(timeout_s, self._time_out, task, timeout_s)
         try:
-            async with asyncio.timeout(timeout_s):
-                await self._run_fsm()
+            await self._run_fsm()
         except SessionEnd as end:
             status, code, message = end.status, end.code, end.message
-        except TimeoutError:
-            status, code, message = "failed", "timeout", f"Job timed out after {self.job.config.timeout or timeout_s}"
         except asyncio.CancelledError:
             req = self.run_state.cancel or CancelRequest("interrupted", "daemon_shutdown", "Daemon shut down")
             status, code, message = req.status, req.code, req.message
             # Keep going: the terminal event must be written even though this task was cancelled.
-            task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
         except Exception as exc:  # a bug in atlas itself: still end the session with one terminal record
             log.exception("session %s crashed", self.env["sessionId"])
             status, code, message = "failed", "internal_error", f"Internal error: {type(exc).__name__}"
+        finally:
+            timer.cancel()
         if status == "completed" and self.job.summary is not None:
             await self._write_summary()
         await self.writer.append(
@@ -134,6 +135,14 @@ class Engine:
                 "errorCode": code,
             },
         )
+
+    def _time_out(self, task: asyncio.Task[Any] | None, timeout_s: float) -> None:
+        if task is None or task.done() or self.run_state.cancel is not None:
+            return
+        limit = self.job.config.timeout or self.ws.config.workspace.timeout.maxTotalTimeout
+        self.run_state.cancel = CancelRequest("failed", "timeout", f"Job timed out after {limit}")
+        self.run_state.cancelled_flag.set()
+        task.cancel()
 
     async def _write_summary(self) -> None:
         spec = self.job.summary
