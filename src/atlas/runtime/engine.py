@@ -31,6 +31,7 @@ from atlas.config.model import (
 )
 from atlas.errors import ApiError
 from atlas.runtime.accept import TriggerRequest
+from atlas.runtime.fsm import planned_step
 from atlas.runtime.templating import TemplateError
 from atlas.runtime.workspaces import Workspace
 from atlas.sessions.events import truncate_recorded
@@ -227,7 +228,8 @@ class Engine:
                 except TemplateError as exc:
                     raise SessionEnd("failed", "template_error", str(exc)) from exc
                 if not runs:
-                    await self.writer.append("step:skipped", {"stateId": state_id, "agentName": _agent_name(action)})
+                    name = self._plan(state_id, action)["agentName"]
+                    await self.writer.append("step:skipped", {"stateId": state_id, "agentName": name})
                     continue
             await self._step(action, state_id)
 
@@ -246,21 +248,19 @@ class Engine:
             raise StepError("input_missing", f"No results named {missing} for inputFrom")
         return {s: self.results[s] for s in source}
 
-    def _planned_task(self, action: AgentAction | LlmAction | SignalAction) -> str:
-        if isinstance(action, AgentAction):
-            agent = self.ws.config.agents.get(action.agentId)
-            return (agent.description if agent is not None else None) or action.agentId
-        if isinstance(action, LlmAction):
-            return f"llm:{action.model}"
-        return f"signal {action.workspace or self.ws.id}/{action.signal}"
+    def _plan(self, state_id: str, action: AgentAction | LlmAction | SignalAction) -> dict[str, Any]:
+        """The planned-step record of an action (agentName, task, outputKey): one rule for plan and run."""
+        step = planned_step(state_id, action, self.ws.config.agents, self.ws.id)
+        assert step is not None  # step actions always have one
+        return step
 
     async def _step(self, action: AgentAction | LlmAction | SignalAction, state_id: str) -> None:
         self.step_number += 1
         if self.step_number > self.max_steps:
             raise SessionEnd("failed", "step_limit", f"More than {self.max_steps} steps (config.max_steps)")
         number = self.step_number
-        name = _agent_name(action)
-        output_key = _output_key(action)
+        plan = self._plan(state_id, action)
+        output_key = plan["outputKey"]
         started = time.monotonic()
         input_value: Any = None
         prompt: str | None = None
@@ -270,12 +270,12 @@ class Engine:
             if raw_prompt is not None and not isinstance(action, SignalAction):
                 prompt = str(self.d.templater.render(raw_prompt, self._vars(input=input_value)))
         except TemplateError as exc:
-            await self._step_start(number, name, state_id, action, output_key, None, None)
+            await self._step_start(number, plan, action, None, None)
             await self._step_failed(number, started, "template_error", str(exc), None)
         except StepError as exc:
-            await self._step_start(number, name, state_id, action, output_key, None, None)
+            await self._step_start(number, plan, action, None, None)
             await self._step_failed(number, started, exc.code, exc.message, exc.output)
-        await self._step_start(number, name, state_id, action, output_key, input_value, prompt)
+        await self._step_start(number, plan, action, input_value, prompt)
         self.current_step = number
         child_id: str | None = None
         usage: dict[str, Any] | None = None
@@ -299,17 +299,17 @@ class Engine:
         self.results[output_key] = output
         await self._write_step_complete(number, started, "completed", output, None, None, child_id, usage)
 
-    async def _step_start(self, number: int, name: str, state_id: str, action: Any, output_key: str,
-                          input_value: Any, prompt: str | None) -> None:
+    async def _step_start(self, number: int, plan: dict[str, Any], action: Any, input_value: Any,
+                          prompt: str | None) -> None:
         await self.writer.append(
             "step:start",
             {
                 "stepNumber": number,
-                "agentName": name,
-                "stateId": state_id,
+                "agentName": plan["agentName"],
+                "stateId": plan["stateId"],
                 "actionType": action.type,
-                "task": prompt or self._planned_task(action),
-                "outputKey": output_key,
+                "task": prompt or plan["task"],
+                "outputKey": plan["outputKey"],
                 "input": truncate_recorded(self.d.templater.redact(input_value)),
             },
         )
@@ -350,7 +350,7 @@ class Engine:
             signal=self.signal_info,
             webhook=self.env.get("webhook"),
             session=self.session_info,
-            results=_readonly(self.results),
+            results=self.results,
             params=dict(params),
             cancelled=self.run_state.cancelled_flag,
             workspace_dir=self.ws.path,
@@ -435,28 +435,6 @@ class Engine:
 
 def exc_child(exc: StepError) -> str | None:
     return getattr(exc, "child_session_id", None)
-
-
-def _readonly(results: dict[str, Any]) -> Any:
-    from types import MappingProxyType
-
-    return MappingProxyType(results)
-
-
-def _agent_name(action: AgentAction | LlmAction | SignalAction) -> str:
-    if isinstance(action, AgentAction):
-        return action.agentId
-    if isinstance(action, LlmAction):
-        return action.outputTo
-    return action.outputTo or f"signal:{action.signal}"
-
-
-def _output_key(action: AgentAction | LlmAction | SignalAction) -> str:
-    if isinstance(action, AgentAction):
-        return action.outputTo or action.agentId
-    if isinstance(action, LlmAction):
-        return action.outputTo
-    return action.outputTo or f"signal:{action.signal}"
 
 
 __all__ = ["CancelRequest", "Engine", "Run", "SessionEnd", "is_terminal"]

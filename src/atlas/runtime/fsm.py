@@ -98,7 +98,7 @@ def planned_steps(
         visited.add(state_id)
         state = fsm.states[state_id]
         for action in state.entry:
-            step = _planned_step(state_id, action, agents, workspace_id)
+            step = planned_step(state_id, action, agents, workspace_id)
             if step is not None:
                 steps.append(step)
         state_id = None if state.type == "final" else _next_state(state)
@@ -114,7 +114,7 @@ def _next_state(state: State) -> str | None:
     return transitions[0].target if transitions else None
 
 
-def _planned_step(
+def planned_step(
     state_id: str, action: Action, agents: Mapping[str, Agent], workspace_id: str
 ) -> dict[str, Any] | None:
     """The planned-step record for a step action; `None` for `emit`, which is not a step."""
