@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,8 @@ from atlas.api.trigger import add_trigger_route
 from atlas.bus.client import KV_WORKSPACES
 from atlas.errors import ApiError
 from atlas.runtime.daemon import Daemon
-from atlas.sessions.events import now_iso, parse_iso
+from atlas.sessions.events import now_iso
+from atlas.sessions.readmodel import normalize_timestamp
 from atlas.sessions.reducer import STATUSES, is_terminal
 from atlas.ui import mount_ui
 
@@ -41,33 +43,44 @@ def _invalid(path: str, message: str) -> ApiError:
     return ApiError(400, "invalid_query", message, [{"path": path, "message": message}])
 
 
-def _check_time(key: str, value: str) -> None:
+def _time(key: str, value: str | None) -> str | None:
+    """An RFC 3339 bound in the stored shape, or 400 naming the parameter (never blamed on the cursor)."""
+    if not value:
+        return None
     try:
-        parse_iso(value)
-    except ValueError:
-        raise _invalid(key, f"{key} must be an RFC 3339 time, e.g. 2026-11-24T10:15:02.123Z") from None
+        return normalize_timestamp(value)
+    except (ValueError, OverflowError):
+        raise _invalid(key, f"{key} must be an RFC 3339 time with a zone, e.g. 2026-11-24T10:15:02.123Z") from None
 
 
 def _limit(raw: str | None) -> int:
     if raw is None:
         return 50
-    try:
-        limit = int(raw)
-    except ValueError:
-        limit = 0
+    limit = int(raw) if re.fullmatch(r"[0-9]{1,3}", raw) else 0
     if not 1 <= limit <= 500:
         raise _invalid("limit", "limit must be an integer from 1 to 500")
     return limit
 
 
 def _statuses(raw: str | None) -> list[str] | None:
-    if not raw:
+    statuses = [s.strip() for s in (raw or "").split(",") if s.strip()]
+    if not statuses:
         return None
-    statuses = [s.strip() for s in raw.split(",") if s.strip()]
     bad = [s for s in statuses if s not in STATUSES]
     if bad:
         raise _invalid("status", f"Unknown status {', '.join(bad)}; expected one of {', '.join(sorted(STATUSES))}")
     return statuses
+
+
+SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -169,7 +182,8 @@ def create_app(daemon: Daemon) -> FastAPI:
         except (ValueError, RecursionError) as exc:
             raise ApiError(400, "invalid_json", f"Malformed JSON body: {type(exc).__name__}") from None
         path = body.get("path") if isinstance(body, dict) else None
-        if not isinstance(path, str) or not os.path.isabs(path):
+        if not isinstance(path, str) or not os.path.isabs(path) or "\x00" in path or not path.isprintable() \
+                or not _encodable(path):
             raise ApiError(400, "invalid_body", "Body must be {\"path\": <absolute path>}",
                            [{"path": "path", "message": "must be an absolute path"}])
         ws, created = daemon.workspaces.add(Path(path))
@@ -225,9 +239,7 @@ def create_app(daemon: Daemon) -> FastAPI:
         unknown = [k for k in q if k not in LIST_PARAMS]
         if unknown:
             raise _invalid(unknown[0], f"Unknown query parameter(s): {', '.join(unknown)}")
-        for key in ("since", "until"):
-            if q.get(key):
-                _check_time(key, q[key])
+        since, until = _time("since", q.get("since")), _time("until", q.get("until"))
         try:
             sessions, cursor = daemon.store.rm.list_sessions(
                 workspace_id=q.get("workspaceId"),
@@ -237,8 +249,8 @@ def create_app(daemon: Daemon) -> FastAPI:
                 parent_session_id=q.get("parentSessionId"),
                 root_session_id=q.get("rootSessionId"),
                 statuses=_statuses(q.get("status")),
-                since=q.get("since"),
-                until=q.get("until"),
+                since=since,
+                until=until,
                 limit=_limit(q.get("limit")),
                 cursor=q.get("cursor"),
             )
@@ -250,13 +262,15 @@ def create_app(daemon: Daemon) -> FastAPI:
         return json_response(body)
 
     def view_or_404(session_id: str) -> dict[str, Any]:
-        view = daemon.store.view(session_id)
+        view = daemon.store.view(session_id) if SESSION_ID.fullmatch(session_id) else None
         if view is None:
             raise ApiError(404, "session_not_found", f"Session '{session_id}' not found")
         return view
 
     @app.get("/api/sessions/{session_id}", tags=["sessions"])
     async def get_session(session_id: str) -> Response:
+        if not SESSION_ID.fullmatch(session_id):  # also keeps wildcards out of the subject lookup below
+            raise ApiError(404, "session_not_found", f"Session '{session_id}' not found")
         view = daemon.store.view(session_id)
         if view is None:
             view = await daemon.rebuild_view(session_id)  # accepted by another daemon, not materialised yet

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,14 @@ ENVELOPE_KEYS = {"payload", "streamId", "parentSessionId"}
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
               "transfer-encoding", "upgrade", "host", "content-length"}
 REDACTED = {"authorization", "cookie"}
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _reject_constant(name: str) -> Any:
+    """NaN and Infinity are not JSON: refusing them keeps every stored event valid JSON."""
+    raise ValueError(f"{name} is not valid JSON")
 
 
 @dataclass
@@ -46,7 +55,11 @@ def parse_trigger_body(raw: bytes, headers: Mapping[str, str]) -> TriggerBody:
     if not _is_json(content_type):
         return TriggerBody(payload=None, webhook=webhook_record(raw, headers))
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, parse_constant=_reject_constant)
+        if _SURROGATE_ESCAPE.search(raw):
+            json.dumps(data, ensure_ascii=False).encode()  # a lone surrogate cannot be stored as UTF-8
+    except UnicodeEncodeError:
+        raise ApiError(400, "invalid_json", "Malformed JSON body: lone surrogate escape in a string") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, "invalid_json", f"Malformed JSON body: {exc}") from None
     except RecursionError:

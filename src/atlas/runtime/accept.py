@@ -9,11 +9,12 @@ never lost (§8.2).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from atlas.bus.client import KV_INFLIGHT
+from atlas.bus.client import KV_INFLIGHT, dumps
 from atlas.errors import ApiError
 from atlas.runtime.workspaces import Workspace
 from atlas.sessions.events import now_iso
@@ -174,6 +175,10 @@ class AcceptPipeline:
         }
         writer = SessionWriter(self.d.bus, self.d.store, sid)
         try:
+            dumps(marker)  # anything unencodable fails here, before a single write
+        except (TypeError, ValueError) as exc:
+            raise ApiError(400, "invalid_body", f"Payload cannot be stored: {exc}") from None
+        try:
             # The marker and session:queued are independent: write them concurrently, then the envelope.
             await asyncio.gather(self.d.bus.kv_put(KV_INFLIGHT, sid, marker), writer.append("session:queued", queued))
             limit_code = self._cascade_limit(depth, correlation_id)
@@ -185,6 +190,10 @@ class AcceptPipeline:
         except ApiError:
             raise
         except Exception as exc:
+            if writer.seq > 0:  # session:queued is durable: end it rather than leave it queued forever
+                with contextlib.suppress(Exception):
+                    await self.d.finalize_unstarted(writer, "failed", "bus_unavailable",
+                                                    f"Acceptance did not finish: {type(exc).__name__}")
             raise ApiError(503, "bus_unavailable", f"The message bus is unavailable: {type(exc).__name__}") from exc
         return Accepted(sid, correlation_id, ws.id, req.signal_id, job_id, "queued")
 

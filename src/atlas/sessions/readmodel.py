@@ -141,7 +141,7 @@ def normalize_timestamp(value: str) -> str:
     meaning.
     """
     try:
-        parsed = datetime.fromisoformat(value.strip())
+        parsed = datetime.fromisoformat(value.strip().upper())  # RFC 3339 allows a lower-case "t" and "z"
     except (ValueError, AttributeError) as exc:
         raise ValueError(f"invalid timestamp: {value!r}") from exc
     if parsed.tzinfo is None:

@@ -39,7 +39,8 @@ class SessionWriter:
             "seq": self.seq + 1,
             "timestamp": now_iso(),
         }
-        event.update({k: v for k, v in fields.items() if v is not None})
+        # Optional fields are omitted when None; `payload` is kept (a non-JSON webhook body is `null`, spec §5.2).
+        event.update({k: v for k, v in fields.items() if v is not None or k == "payload"})
         self.stream_seq = await self.bus.append_event(event, self.stream_seq)
         self.seq += 1
         self.store.apply(event)
