@@ -1,0 +1,529 @@
+// `/sessions/<sid>`: the run detail, live. The page folds GET /api/sessions/<sid>/stream with the JS reducer
+// (durable events `id: <seq>` + `data: <event>`, `event: ephemeral` chunks, then `event: end`). When the stream
+// fails it falls back to GET /api/sessions/<sid> and retries the stream after 1, 2 and 4 s (resuming after the
+// last seq it has); a daemon without the stream route is polled every 500 ms until the run ends.
+
+import { api, ApiError, isAbort, qs, readEventStream } from "../api.js";
+import { jobLabel, jobNames } from "../data.js";
+import {
+  absoluteTime, announce, badge, copyButton, durationEl, empty, errorState, fill, h, json, loading, shortId,
+  timeAgo, triggerTag,
+} from "../dom.js";
+import { applyChunk, initialView, isTerminal, reduce } from "../reducer.js";
+
+const RETRY_DELAYS_MS = [1000, 2000, 4000];
+const POLL_MS = 500;
+const LINEAGE_POLL_MS = 2000;
+const LOG_LINES = 6;
+
+const sessionHref = (id) => `/sessions/${encodeURIComponent(id)}`;
+
+/** Only http(s) links from recorded data (a summary's keyDetails may come from a webhook payload). */
+function safeUrl(url) {
+  try {
+    return typeof url === "string" && ["http:", "https:"].includes(new URL(url, window.location.href).protocol);
+  } catch {
+    return false;
+  }
+}
+
+function latest(ephemeral, type) {
+  if (!Array.isArray(ephemeral)) return null;
+  for (let i = ephemeral.length - 1; i >= 0; i -= 1) if (ephemeral[i]?.type === type) return ephemeral[i];
+  return null;
+}
+
+/** The live part of a running block: its latest progress (bar or text), recent log lines and streamed text. */
+function liveInfo(block) {
+  const eph = block.ephemeral;
+  if (block.status !== "running" || !Array.isArray(eph) || !eph.length) return null;
+  const parts = [];
+  const progress = latest(eph, "progress");
+  if (progress) {
+    const { current, total, message } = progress;
+    if (typeof current === "number" && typeof total === "number" && total > 0) {
+      parts.push(h("div", { class: "progress-row" },
+        h("progress", { max: String(total), value: String(Math.min(current, total)),
+          "aria-label": `Progress of ${block.agentName}` }),
+        h("span", { class: "small" }, message || `${current}/${total}`)));
+    } else if (message) {
+      parts.push(h("p", { class: "progress-text small" }, message));
+    }
+  }
+  const logs = eph.filter((c) => c?.type === "log").slice(-LOG_LINES);
+  if (logs.length) {
+    parts.push(h("pre", { class: "log", "aria-label": "Latest output lines" },
+      logs.map((c) => `${c.stream === "stderr" ? "! " : ""}${c.line ?? ""}`).join("\n")));
+  }
+  const deltas = eph.filter((c) => c?.type === "text-delta").map((c) => c.delta ?? "").join("");
+  if (deltas) parts.push(h("p", { class: "stream-text" }, deltas));
+  return parts.length ? h("div", { class: "live", role: "status" }, parts) : null;
+}
+
+function collapsible(key, label, value, openKeys) {
+  const details = h("details", { open: openKeys.has(key), dataset: { key } },
+    h("summary", { dataset: { focusKey: key } }, label), h("pre", { class: "json" }, json(value)));
+  details.addEventListener("toggle", () => {
+    if (details.open) openKeys.add(key);
+    else openKeys.delete(key);
+  });
+  return details;
+}
+
+function renderBlock(block, index, openKeys) {
+  const running = block.status === "running";
+  const step = typeof block.stepNumber === "number" ? `Step ${block.stepNumber}` : "Planned";
+  const titleId = `block-${index}-title`;
+  const sections = [];
+  if (block.input !== undefined) sections.push(collapsible(`${index}:input`, "Input", block.input, openKeys));
+  if (block.output !== undefined) sections.push(collapsible(`${index}:output`, "Output", block.output, openKeys));
+  if (block.usage) sections.push(collapsible(`${index}:usage`, "Usage", block.usage, openKeys));
+  return h("li", { class: `block block-${block.status}`, "aria-labelledby": titleId },
+    h("div", { class: "block-head" },
+      h("span", { class: "step-no" }, step),
+      h("h3", { id: titleId, class: "block-title" }, block.agentName || "unknown"),
+      block.actionType && block.actionType !== "agent" ? h("span", { class: "tag" }, block.actionType) : null,
+      badge(block.status),
+      h("span", { class: "block-duration" },
+        durationEl(block.durationMs, running ? block.startedAt : null, running))),
+    block.task && block.task !== block.agentName ? h("p", { class: "task" }, block.task) : null,
+    liveInfo(block),
+    block.error ? h("p", { class: "block-error" }, block.error,
+      block.errorCode ? h("code", { class: "small" }, ` ${block.errorCode}`) : null) : null,
+    block.childSessionId ? h("p", { class: "small" }, "Child run: ",
+      h("a", { href: sessionHref(block.childSessionId) }, shortId(block.childSessionId))) : null,
+    sections.length ? h("div", { class: "block-io" }, sections) : null);
+}
+
+/** Nested list of a correlation tree (summaries), the current run marked. */
+function treeList(sessions, currentId, names) {
+  const byParent = new Map();
+  const ids = new Set(sessions.map((s) => s.sessionId));
+  for (const s of sessions) {
+    const parent = s.parentSessionId && ids.has(s.parentSessionId) ? s.parentSessionId : "";
+    if (!byParent.has(parent)) byParent.set(parent, []);
+    byParent.get(parent).push(s);
+  }
+  for (const list of byParent.values()) list.sort((a, b) => (a.queuedAt || "").localeCompare(b.queuedAt || ""));
+  const render = (parent) => {
+    const kids = byParent.get(parent) || [];
+    if (!kids.length) return null;
+    return h("ul", { class: "tree" }, kids.map((s) => h("li", {},
+      h("span", { class: "tree-node" }, badge(s.status), " ",
+        s.sessionId === currentId
+          ? h("strong", { "aria-current": "page" }, `${jobLabel(names, s.workspaceId, s.jobName)} (this run)`)
+          : h("a", { href: sessionHref(s.sessionId) }, jobLabel(names, s.workspaceId, s.jobName)),
+        " ", h("span", { class: "muted small" }, `${s.workspaceId} · ${shortId(s.sessionId)}`)),
+      render(s.sessionId))));
+  };
+  return render("");
+}
+
+export async function mount(root, ctx) {
+  const sid = ctx.params.sessionId;
+  const enc = encodeURIComponent(sid);
+  ctx.setTitle(`Run ${shortId(sid)}`);
+  fill(root, loading("Loading run…"));
+
+  let view = initialView();
+  let have = false; // a view with a sessionId has arrived
+  let names = new Map();
+  const openKeys = new Set(["results"]); // the run's output starts open; the user's toggles win afterwards
+  let ui = null; // skeleton elements, built with the first view
+  let lastStatus = null;
+  let frame = 0;
+
+  const schedule = () => {
+    if (frame) return;
+    frame = requestAnimationFrame(() => {
+      frame = 0;
+      if (ctx.alive) render();
+    });
+  };
+  ctx.onCleanup(() => cancelAnimationFrame(frame));
+
+  const apply = (next) => {
+    if (next === view) return;
+    const before = view;
+    view = next;
+    if (view.sessionId && !have) {
+      have = true;
+      firstView();
+    }
+    if (signalStepsChanged(before, view)) refreshLineage();
+    schedule();
+  };
+
+  function signalStepsChanged(a, b) {
+    const key = (v) => JSON.stringify((v.agentBlocks || []).filter((blk) => blk.actionType === "signal")
+      .map((blk) => [blk.status, blk.childSessionId]));
+    return key(a) !== key(b) || (isTerminal(b.status) && !isTerminal(a.status));
+  }
+
+  // --- rendering ---------------------------------------------------------------------------------------------
+
+  function build() {
+    const title = h("span", { class: "run-title" });
+    const status = h("span", { class: "run-status" });
+    const meta = h("dl", { class: "meta-grid" });
+    const cancelButton = h("button", { type: "button", class: "danger", onclick: cancelRun }, "Cancel run");
+    const cancelMsg = h("p", { class: "inline-msg", role: "alert" });
+    const connection = h("span", { class: "connection small muted", role: "status" });
+    const errorBox = h("div", { class: "run-error-slot" });
+    const outcome = h("div", { class: "outcome-slot" });
+    const lineage = h("div", { class: "lineage" }, loading("Loading lineage…"));
+    const payload = h("div", { class: "payload-slot" });
+    const timeline = h("ol", { class: "timeline" });
+    const crumbWs = h("a", {});
+    const crumbRuns = h("a", { href: "/sessions" }, "Runs");
+    fill(root,
+      h("nav", { class: "crumbs", "aria-label": "Breadcrumb" }, h("ol", {},
+        h("li", {}, h("a", { href: "/" }, "Workspaces")),
+        h("li", {}, crumbWs),
+        h("li", {}, crumbRuns),
+        h("li", { "aria-current": "page" }, `Run ${shortId(sid)}`))),
+      h("div", { class: "page-head run-head" },
+        h("h1", {}, title, " ", status),
+        h("div", { class: "head-actions" }, connection, cancelButton)),
+      cancelMsg,
+      meta,
+      errorBox,
+      h("div", { class: "run-columns" },
+        h("div", { class: "main-column" },
+          outcome,
+          h("section", { class: "timeline-section", "aria-labelledby": "timeline-title" },
+            h("h2", { id: "timeline-title" }, "Timeline"), timeline)),
+        h("aside", { class: "side" },
+          h("section", { "aria-labelledby": "lineage-title" }, h("h2", { id: "lineage-title" }, "Lineage"), lineage),
+          h("section", { "aria-labelledby": "payload-title" }, h("h2", { id: "payload-title" }, "Input payload"), payload))));
+    ui = { title, status, meta, cancelButton, cancelMsg, connection, errorBox, outcome, lineage, payload, timeline,
+      crumbWs, crumbRuns, blocks: [], metaKey: null, payloadKey: null, errorKey: null, outcomeKey: null };
+  }
+
+  function render() {
+    if (!have) return;
+    if (!ui) build();
+    const v = view;
+    const job = jobLabel(names, v.workspaceId, v.jobName);
+    if (ui.title.textContent !== job) ui.title.textContent = job;
+    ctx.setTitle(`${job} · ${v.status}`);
+    if (v.status !== lastStatus) {
+      fill(ui.status, badge(v.status, { id: "run-status-badge" }));
+      if (lastStatus !== null) announce(`Run ${v.status}`);
+      lastStatus = v.status;
+    }
+    ui.crumbWs.textContent = v.workspaceId;
+    ui.crumbWs.href = `/workspaces/${encodeURIComponent(v.workspaceId)}`;
+    ui.crumbRuns.href = `/workspaces/${encodeURIComponent(v.workspaceId)}/sessions`;
+    ui.cancelButton.hidden = isTerminal(v.status);
+
+    const metaKey = JSON.stringify([v.sessionId, v.trigger, v.signalId, v.startedAt, v.queuedAt, v.status,
+      v.durationMs, v.correlationId, v.depth]);
+    if (metaKey !== ui.metaKey) {
+      ui.metaKey = metaKey;
+      renderMeta(v);
+    }
+    const errorKey = JSON.stringify([v.error, v.errorCode, v.status]);
+    if (errorKey !== ui.errorKey) {
+      ui.errorKey = errorKey;
+      fill(ui.errorBox, v.error || v.errorCode
+        ? h("div", { class: `banner banner-${v.status === "failed" || v.status === "interrupted" ? "error" : "warn"}` },
+          h("strong", {}, `Run ${v.status}: `), v.error || "", v.errorCode ? h("code", {}, ` ${v.errorCode}`) : null)
+        : "");
+    }
+    const outcomeKey = JSON.stringify([v.results, v.aiSummary]);
+    if (outcomeKey !== ui.outcomeKey) {
+      ui.outcomeKey = outcomeKey;
+      fill(ui.outcome, v.aiSummary || v.results
+        ? h("section", { class: "outcome", "aria-labelledby": "outcome-title" },
+          h("h2", { id: "outcome-title" }, "Result"),
+          v.aiSummary?.summary ? h("p", { class: "summary" }, v.aiSummary.summary) : null,
+          Array.isArray(v.aiSummary?.keyDetails) && v.aiSummary.keyDetails.length
+            ? h("dl", { class: "key-details" }, v.aiSummary.keyDetails.flatMap((d) => [
+              h("dt", {}, d.label), h("dd", {}, safeUrl(d.url)
+                ? h("a", { href: d.url, rel: "noopener noreferrer" }, String(d.value)) : String(d.value))]))
+            : null,
+          v.results ? collapsible("results", "Output", v.results, openKeys) : null)
+        : "");
+    }
+    const payloadKey = JSON.stringify(v.payload ?? null);
+    if (payloadKey !== ui.payloadKey) {
+      ui.payloadKey = payloadKey;
+      fill(ui.payload, v.payload === undefined || v.payload === null
+        || (typeof v.payload === "object" && !Array.isArray(v.payload) && !Object.keys(v.payload).length)
+        ? h("p", { class: "muted" }, "No payload")
+        : h("pre", { class: "json" }, json(v.payload)));
+    }
+    renderTimeline(v.agentBlocks || []);
+  }
+
+  function renderMeta(v) {
+    const rows = [
+      ["Session", h("code", { id: "session-id" }, v.sessionId)],
+      ["Trigger", [triggerTag(v.trigger), v.signalId ? h("span", { class: "muted" }, ` signal ${v.signalId}`) : null]],
+      ["Started", v.status === "queued" ? h("span", { class: "muted" }, "waiting to start (queued ", timeAgo(v.queuedAt), ")")
+        : [h("time", { datetime: v.startedAt }, absoluteTime(v.startedAt)), " (", timeAgo(v.startedAt), ")"]],
+      ["Duration", v.status === "queued" ? h("span", { class: "muted" }, "—")
+        : durationEl(v.durationMs, v.status === "active" ? v.startedAt : null, v.status === "active")],
+      ["Correlation id", v.correlationId
+        ? h("span", { class: "id-copy" }, h("code", { id: "correlation-id" }, v.correlationId),
+          copyButton(v.correlationId, "Copy correlation id"),
+          h("a", { href: `/sessions${qs({ q: v.correlationId })}`, class: "small" }, "All runs with this id"))
+        : h("span", { class: "muted" }, "—")],
+    ];
+    fill(ui.meta, ...rows.flatMap(([label, value]) => [h("div", { class: "meta-item" },
+      h("dt", {}, label), h("dd", {}, value))]));
+  }
+
+  function renderTimeline(blocks) {
+    if (!blocks.length) {
+      if (!ui.timeline.dataset.empty) {
+        fill(ui.timeline, h("li", { class: "muted" }, "No steps planned for this run."));
+        ui.timeline.dataset.empty = "1";
+        ui.blocks = [];
+      }
+      return;
+    }
+    if (ui.timeline.dataset.empty) {
+      ui.timeline.replaceChildren();
+      delete ui.timeline.dataset.empty;
+    }
+    const active = document.activeElement;
+    blocks.forEach((block, i) => {
+      const key = JSON.stringify(block);
+      const old = ui.blocks[i];
+      if (old && old.key === key) return;
+      const el = renderBlock(block, i, openKeys);
+      if (old) {
+        const focusKey = old.el.contains(active) ? active.dataset.focusKey : null;
+        old.el.replaceWith(el);
+        if (focusKey) el.querySelector(`[data-focus-key="${CSS.escape(focusKey)}"]`)?.focus();
+      } else {
+        ui.timeline.append(el);
+      }
+      ui.blocks[i] = { key, el };
+    });
+    for (const extra of ui.blocks.splice(blocks.length)) extra.el.remove();
+  }
+
+  // --- lineage: parent, children, the correlation tree ------------------------------------------------------
+
+  let lineageKey = null;
+  let lineageSettled = false;
+  let lineageBusy = false;
+
+  async function refreshLineage() {
+    if (!have || lineageBusy || !ctx.alive) return;
+    if (!ui) build();
+    lineageBusy = true;
+    try {
+      const [children, tree] = await Promise.all([
+        api(`/api/sessions/${enc}/children`, { signal: ctx.signal, cache: "no-cache" }),
+        view.correlationId
+          ? api(`/api/sessions${qs({ correlationId: view.correlationId, limit: 500 })}`, { signal: ctx.signal, cache: "no-cache" })
+          : Promise.resolve({ sessions: [] }),
+      ]);
+      const kids = children.sessions || [];
+      const members = tree.sessions || [];
+      const treeNames = await jobNames([...kids, ...members].map((s) => s.workspaceId));
+      for (const [k, value] of treeNames) names.set(k, value);
+      lineageSettled = isTerminal(view.status) && [...kids, ...members].every((s) => isTerminal(s.status));
+      const key = JSON.stringify([view.parentSessionId, kids, members, [...names]]);
+      if (key === lineageKey) return;
+      lineageKey = key;
+      renderLineage(kids, members);
+      schedule();
+    } catch (exc) {
+      if (isAbort(exc)) return;
+      if (ui && lineageKey === null) fill(ui.lineage, errorState(`Could not load the lineage: ${exc.describe ? exc.describe() : exc.message}`));
+    } finally {
+      lineageBusy = false;
+    }
+  }
+
+  function renderLineage(kids, members) {
+    const parts = [];
+    if (view.parentSessionId) {
+      const parent = members.find((s) => s.sessionId === view.parentSessionId);
+      parts.push(h("p", {}, "Parent: ", h("a", { href: sessionHref(view.parentSessionId) },
+        parent ? jobLabel(names, parent.workspaceId, parent.jobName) : shortId(view.parentSessionId)),
+      parent ? [" ", badge(parent.status)] : null));
+    } else {
+      parts.push(h("p", { class: "muted" }, "Root run (no parent)"));
+    }
+    parts.push(h("h3", {}, "Children"));
+    parts.push(kids.length
+      ? h("ul", { class: "children" }, kids.map((s) => h("li", {}, badge(s.status), " ",
+        h("a", { href: sessionHref(s.sessionId) }, jobLabel(names, s.workspaceId, s.jobName)),
+        h("span", { class: "muted small" }, ` ${s.workspaceId} · ${shortId(s.sessionId)}`))))
+      : h("p", { class: "muted" }, "No child runs"));
+    parts.push(h("h3", {}, "Correlation tree"));
+    parts.push(members.length > 1
+      ? treeList(members, sid, names)
+      : h("p", { class: "muted" }, "This run is the only one with its correlation id."));
+    fill(ui.lineage, ...parts);
+  }
+
+  // --- cancel ---------------------------------------------------------------------------------------------
+
+  async function cancelRun() {
+    const button = ui.cancelButton;
+    button.disabled = true;
+    button.textContent = "Cancelling…";
+    ui.cancelMsg.textContent = "";
+    try {
+      const answer = await api(`/api/sessions/${enc}`, { method: "DELETE", signal: ctx.signal });
+      if (answer?.cancelRequested) ui.cancelMsg.textContent = "Cancel requested — waiting for the run to stop.";
+      if (mode !== "live") await getOnce();
+    } catch (exc) {
+      if (isAbort(exc)) return;
+      if (exc instanceof ApiError && exc.code === "session_not_active") {
+        ui.cancelMsg.textContent = `This run already ended (${exc.details?.status || "terminal"}).`;
+      } else {
+        ui.cancelMsg.textContent = `Could not cancel: ${exc.describe ? exc.describe() : exc.message}`;
+      }
+      button.disabled = false;
+      button.textContent = "Cancel run";
+    }
+  }
+
+  // --- data: stream first, GET as fallback --------------------------------------------------------------------
+
+  let mode = "connecting";
+  const setMode = (next, text) => {
+    mode = next;
+    const labels = { connecting: "Connecting…", live: "● Live", reconnecting: "Reconnecting…", polling: "Updating",
+      done: "", offline: "Could not reach the daemon — retrying" };
+    if (ui) {
+      ui.connection.textContent = text ?? labels[next] ?? "";
+      ui.connection.classList.toggle("offline", next === "offline");
+    }
+  };
+
+  function notFound() {
+    ctx.setTitle("Run not found");
+    fill(root, h("h1", {}, "Run not found"),
+      empty(`No run with id ${sid} is known to this daemon.`, h("p", {}, h("a", { href: "/sessions" }, "See all runs"), ".")));
+  }
+
+  /** One GET of the view; true when it answered. Replaces the folded view when the server is ahead. */
+  async function getOnce() {
+    try {
+      const got = await api(`/api/sessions/${enc}`, { signal: ctx.signal, cache: "no-store" });
+      if (!have || (got.lastSeq ?? 0) > (view.lastSeq ?? 0) || (isTerminal(got.status) && !isTerminal(view.status))) {
+        apply(got);
+      }
+      if (mode === "offline") setMode("polling");
+      return true;
+    } catch (exc) {
+      if (isAbort(exc)) throw exc;
+      if (exc instanceof ApiError && exc.status === 404 && !have) {
+        notFound();
+        throw exc;
+      }
+      if (!have) fill(root, errorState(`Could not load the run: ${exc.describe ? exc.describe() : exc.message}`));
+      setMode("offline");
+      return false;
+    }
+  }
+
+  async function poll() {
+    setMode("polling");
+    while (ctx.alive && !isTerminal(view.status)) {
+      await getOnce();
+      if (isTerminal(view.status)) break;
+      await ctx.sleep(POLL_MS);
+    }
+    finish();
+  }
+
+  function finish() {
+    setMode("done");
+    refreshLineage();
+  }
+
+  async function follow() {
+    let failures = 0;
+    while (ctx.alive) {
+      let ended = false;
+      let frames = 0;
+      try {
+        setMode(failures ? "reconnecting" : "connecting");
+        await readEventStream(`/api/sessions/${enc}/stream`, {
+          lastEventId: view.lastSeq || null,
+          signal: ctx.signal,
+          onOpen: () => setMode("live"),
+          onFrame: ({ event, data }) => {
+            frames += 1;
+            if (event === "end") {
+              ended = true;
+              return;
+            }
+            let parsed;
+            try {
+              parsed = JSON.parse(data);
+            } catch {
+              return;
+            }
+            if (event === "message") apply(reduce(view, parsed));
+            else if (event === "ephemeral") apply(applyChunk(view, parsed));
+          },
+        });
+        if (ended || isTerminal(view.status)) {
+          if (!isTerminal(view.status)) await getOnce();
+          if (isTerminal(view.status)) finish();
+          else await poll(); // an `end` before the last event reached us: poll the view to the end
+          return;
+        }
+        throw new ApiError(0, "network", "The event stream closed before the run ended");
+      } catch (exc) {
+        if (isAbort(exc) || !ctx.alive) return;
+        if (exc instanceof ApiError && (exc.status === 404 || exc.status === 405 || exc.code === "not_a_stream")) {
+          // No stream route on this daemon (or a session it cannot stream): poll the view instead.
+          try {
+            await poll();
+          } catch (inner) {
+            if (!isAbort(inner) && !(inner instanceof ApiError && inner.status === 404)) console.error(inner);
+          }
+          return;
+        }
+        if (exc instanceof ApiError && exc.status === 401) {
+          if (!have) fill(root, errorState("The daemon needs an API token to show this run."));
+          return;
+        }
+        if (frames) failures = 0;
+        try {
+          await getOnce(); // fall back to GET at once, then retry the stream after 1, 2 and 4 s
+        } catch {
+          return; // not found, or navigated away
+        }
+        if (isTerminal(view.status)) {
+          finish();
+          return;
+        }
+        if (failures >= RETRY_DELAYS_MS.length) {
+          await poll();
+          return;
+        }
+        if (mode !== "offline") setMode("reconnecting");
+        await ctx.sleep(RETRY_DELAYS_MS[failures]);
+        failures += 1;
+      }
+    }
+  }
+
+  // Job display names for the header, then lineage (kept fresh while any run of the tree is live).
+  async function firstView() {
+    ctx.every(LINEAGE_POLL_MS, async () => {
+      if (!lineageSettled) await refreshLineage();
+    });
+    const found = await jobNames([view.workspaceId]);
+    for (const [k, value] of found) names.set(k, value);
+    if (ctx.alive) schedule();
+  }
+
+  // Not awaited: the page is usable (and not aria-busy) while the run is followed.
+  follow().catch((exc) => {
+    if (!isAbort(exc)) console.error(exc);
+  });
+}
