@@ -170,3 +170,17 @@ def test_sync_client_disconnect_cancels(daemon: DaemonProcess) -> None:
         return hits[0] if hits else None
 
     assert wait_for(cancelled, 20, what="the disconnected sync session to be cancelled")
+
+
+def test_session_list_etag(daemon: DaemonProcess) -> None:
+    first = httpx.get(f"{daemon.url}/api/sessions", params={"workspaceId": "other", "limit": 5})
+    etag = first.headers["etag"]
+    again = httpx.get(f"{daemon.url}/api/sessions", params={"workspaceId": "other", "limit": 5},
+                      headers={"If-None-Match": etag})
+    assert again.status_code == 304 and again.content == b""
+    post(daemon, "core", "fan", {"payload": {"n": 2}})  # adds a session in `other`
+    changed = wait_for(lambda: (r := httpx.get(f"{daemon.url}/api/sessions",
+                                               params={"workspaceId": "other", "limit": 5},
+                                               headers={"If-None-Match": etag})).status_code == 200 and r,
+                       what="the list to change")
+    assert changed.headers["etag"] != etag

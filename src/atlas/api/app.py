@@ -7,6 +7,7 @@ pipeline and little else (spec §7.4 measures it against a bare publish).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import re
@@ -259,7 +260,13 @@ def create_app(daemon: Daemon) -> FastAPI:
         body: dict[str, Any] = {"sessions": sessions}
         if cursor:
             body["nextCursor"] = cursor
-        return json_response(body)
+        response = json_response(body)
+        # A weak validator over the exact bytes keeps UI polling cheap (spec §7.2): unchanged lists answer 304.
+        etag = 'W/"' + hashlib.blake2b(response.body, digest_size=12).hexdigest() + '"'
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers={"ETag": etag})
+        response.headers["ETag"] = etag
+        return response
 
     def view_or_404(session_id: str) -> dict[str, Any]:
         view = daemon.store.view(session_id) if SESSION_ID.fullmatch(session_id) else None
