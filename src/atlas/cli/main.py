@@ -1,44 +1,51 @@
-"""The `atlas` command line (spec §11). This issue's slice: `daemon start` and `workspace validate`."""
+"""The `atlas` command line (spec §11): Typer + Rich, talking to the daemon over HTTP only.
+
+Commands live in small modules: `commands_daemon` (daemon start|stop|status|restart), `commands_workspace`,
+`commands_signal` (list, trigger), `commands_sessions` (sessions list|show|follow|cancel, follow, ps). The HTTP
+client and URL/token resolution are in `client`, output helpers in `render`, live following in `follow`.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from atlas.config.settings import Settings
+from atlas import __version__
+from atlas.cli.commands_daemon import daemon_app, daemon_start
+from atlas.cli.commands_sessions import follow_command, ps_command, sessions_app
+from atlas.cli.commands_signal import signal_app
+from atlas.cli.commands_workspace import workspace_app, workspace_validate
 
-app = typer.Typer(help="atlas: workspaces, signals, jobs and sessions on a local daemon.", no_args_is_help=True)
-daemon_app = typer.Typer(help="Run and control the atlas daemon.", no_args_is_help=True)
-workspace_app = typer.Typer(help="Workspaces: validate workspace.yml files.", no_args_is_help=True)
+__all__ = ["app", "daemon_main", "daemon_start", "workspace_validate"]
+
+app = typer.Typer(
+    help="atlas: workspaces, signals, jobs and sessions on a local daemon.\n\n"
+         "The daemon is found through --url / ATLAS_URL, else $ATLAS_HOME/daemon.json, else "
+         "http://127.0.0.1:8080; the token comes from --token / ATLAS_TOKEN. Every command takes --json.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 app.add_typer(daemon_app, name="daemon")
 app.add_typer(workspace_app, name="workspace")
+app.add_typer(signal_app, name="signal")
+app.add_typer(sessions_app, name="sessions")
+app.command("follow")(follow_command)
+app.command("ps")(ps_command)
 
 
-@daemon_app.command("start")
-def daemon_start(
-    host: str | None = typer.Option(None, help="Address to bind (default 127.0.0.1, ATLAS_HOST)."),
-    port: int | None = typer.Option(None, help="Port to listen on (default 8080, ATLAS_PORT; 0 = any free)."),
-    home: Path | None = typer.Option(None, help="State directory (default ~/.atlas, ATLAS_HOME)."),
-    workspace: list[Path] = typer.Option([], "--workspace", "-w", help="Workspace directory to load (repeatable)."),
-    nats_url: str | None = typer.Option(None, help="External NATS URL(s); default: start an embedded server."),
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"atlas {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
 ) -> None:
-    """Run the daemon in the foreground until Ctrl-C or SIGTERM, then shut down gracefully."""
-    from atlas.cli.serve import run_daemon
-
-    settings = Settings.from_env().with_overrides(
-        host=host, port=port, home=home.expanduser().resolve() if home else None, nats_url=nats_url,
-        workspaces=tuple(p.expanduser().resolve() for p in workspace) or None,
-    )
-    raise typer.Exit(run_daemon(settings))
-
-
-@workspace_app.command("validate")
-def workspace_validate(path: Path = typer.Argument(..., help="A workspace directory or workspace.yml file.")) -> None:
-    """Check a workspace.yml offline (no daemon); prints file:line:column: path: message per error, exit 5."""
-    from atlas.cli.validate import validate_command
-
-    raise typer.Exit(validate_command(str(path)))
+    """atlas: workspaces, signals, jobs and sessions on a local daemon."""
 
 
 def daemon_main() -> None:

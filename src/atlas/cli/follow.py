@@ -1,0 +1,648 @@
+"""Following runs live (spec §11): `signal trigger --wait`, `sessions follow`, `follow --correlation-id`.
+
+Sources, in order of preference:
+- the SSE streams of spec §9 — `GET /api/sessions/stream?correlationId=X` (the whole tree) and
+  `GET /api/sessions/{id}/stream` (one session) — resumed with `Last-Event-ID` after a dropped connection;
+- when the daemon has no such route (404 `not_found`), polling: `GET /api/sessions?correlationId=` and
+  `GET /api/sessions/{id}` every 200 ms, with the durable events reconstructed from successive views.
+
+Both feed a `Tracker` (the session views, folded with the daemon's own pure reducer) and one of three renderers:
+JSON lines (`--json`), plain lines (not a TTY, or NO_COLOR), or a live Rich tree with a spinner and progress bars.
+Following never changes the run: Ctrl-C only detaches (exit 130) and prints how to resume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Protocol
+
+import httpx
+import typer
+from rich.console import Group, RenderableType
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.spinner import Spinner
+from rich.table import Table
+from rich.text import Text
+from rich.tree import Tree
+
+from atlas.cli.client import (
+    EXIT_DETACHED,
+    EXIT_TIMEOUT,
+    Api,
+    ApiError,
+    CliError,
+    exit_code_for_status,
+    unreachable,
+)
+from atlas.cli.render import (
+    Output,
+    compact,
+    elapsed_ms,
+    fmt_duration,
+    local_time,
+    parse_time,
+    session_label,
+    short_id,
+    status_text,
+)
+from atlas.cli.sse import parse_sse
+from atlas.sessions.events import format_iso, now_iso
+from atlas.sessions.reducer import apply_chunk, initial_view, is_terminal, reduce, summarize
+
+POLL_INTERVAL = 0.2
+MAX_RECONNECTS = 5
+TREE_ROUTE_MISSING = {"not_found", "session_not_found"}  # without the route, "stream" matches /sessions/{id}
+SESSION_ROUTE_MISSING = {"not_found"}
+
+
+class StreamUnavailable(Exception):
+    """The daemon has no stream route: fall back to polling."""
+
+
+class FollowTimeout(Exception):
+    """The caller's --timeout passed; the run continues."""
+
+
+@dataclass
+class Item:
+    kind: str  # "event", "chunk", "end" or "tick"
+    data: Any = None
+
+
+# -------------------------------------------------------------------- state
+
+
+class Tracker:
+    """The views of every session seen so far, keyed by sessionId. Thread-safe (the live view renders from a
+    refresh thread while the main thread applies events)."""
+
+    def __init__(self) -> None:
+        self._views: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+
+    def apply(self, event: dict[str, Any]) -> None:
+        sid = event.get("sessionId")
+        if not isinstance(sid, str) or not sid:
+            return
+        with self._lock:
+            self._views[sid] = reduce(self._views.get(sid) or initial_view(), event)
+
+    def apply_chunk(self, message: dict[str, Any]) -> None:
+        sid = message.get("sessionId")
+        with self._lock:
+            if isinstance(sid, str) and sid in self._views:
+                self._views[sid] = apply_chunk(self._views[sid], message)
+
+    def set_view(self, view: dict[str, Any]) -> list[dict[str, Any]]:
+        """Replace a session's view with a fresher one (polling); returns the events that explain the change."""
+        with self._lock:
+            old = self._views.get(view["sessionId"])
+            self._views[view["sessionId"]] = view
+        return synthesize(old, view)
+
+    def view(self, sid: str) -> dict[str, Any] | None:
+        with self._lock:
+            return self._views.get(sid)
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            return dict(self._views)
+
+    def tree(self) -> list[tuple[int, dict[str, Any]]]:
+        """(nesting level, view) pairs, parents before their children, siblings by queue time."""
+        views = self.snapshot()
+        ordered = sorted(views.values(), key=lambda v: (v.get("queuedAt") or "", v.get("sessionId") or ""))
+        children: dict[str, list[dict[str, Any]]] = {}
+        roots = []
+        for view in ordered:
+            parent = view.get("parentSessionId")
+            if parent and parent in views:
+                children.setdefault(parent, []).append(view)
+            else:
+                roots.append(view)
+        out: list[tuple[int, dict[str, Any]]] = []
+
+        def walk(view: dict[str, Any], level: int) -> None:
+            out.append((level, view))
+            for child in children.get(view.get("sessionId") or "", []):
+                walk(child, level + 1)
+
+        for root in roots:
+            walk(root, 0)
+        return out
+
+
+def _started(view: dict[str, Any] | None) -> bool:
+    if view is None:
+        return False
+    if view.get("status") == "active":
+        return True
+    if any(b.get("stepNumber") is not None for b in view.get("agentBlocks") or []):
+        return True
+    return bool(view.get("startedAt") and view.get("queuedAt") and view["startedAt"] != view["queuedAt"])
+
+
+def _end_time(block: dict[str, Any]) -> str | None:
+    """startedAt + durationMs of a finished block: the time of its step:complete, as near as a view tells."""
+    start = parse_time(block.get("startedAt"))
+    if start is None or not isinstance(block.get("durationMs"), int | float):
+        return None
+    return format_iso(start + timedelta(milliseconds=block["durationMs"]))
+
+
+def synthesize(old: dict[str, Any] | None, new: dict[str, Any]) -> list[dict[str, Any]]:
+    """The durable events (without `seq`) that lead from view `old` to view `new` — polling's stand-in for the
+    event stream, so every output mode works the same way with either source."""
+    sid = new.get("sessionId")
+    out: list[dict[str, Any]] = []
+
+    def emit(kind: str, timestamp: Any, source: dict[str, Any], keys: tuple[str, ...]) -> None:
+        event: dict[str, Any] = {"type": kind, "sessionId": sid}
+        if timestamp:
+            event["timestamp"] = timestamp
+        event.update({k: source[k] for k in keys if source.get(k) is not None})
+        out.append(event)
+
+    identity = ("workspaceId", "jobName", "signalId", "task", "trigger", "correlationId", "parentSessionId",
+                "rootSessionId", "depth")
+    if old is None:
+        emit("session:queued", new.get("queuedAt"), new, (*identity, "payload"))
+    if _started(new) and not _started(old):
+        emit("session:start", new.get("startedAt"), new, identity)
+    old_blocks = (old or {}).get("agentBlocks") or []
+    old_by_step = {b.get("stepNumber"): b for b in old_blocks if b.get("stepNumber") is not None}
+    for index, block in enumerate(new.get("agentBlocks") or []):
+        step = block.get("stepNumber")
+        if step is not None:
+            before = old_by_step.get(step)
+            if before is None:
+                emit("step:start", block.get("startedAt"), block,
+                     ("stepNumber", "agentName", "stateId", "actionType", "task", "outputKey", "input"))
+            if block.get("status") in ("completed", "failed") and (
+                    before is None or before.get("status") not in ("completed", "failed")):
+                emit("step:complete", _end_time(block), block,
+                     ("stepNumber", "status", "durationMs", "toolCalls", "output", "error", "errorCode", "usage",
+                      "childSessionId"))
+        elif block.get("status") == "skipped" and not is_terminal(new.get("status")):
+            before = old_blocks[index] if index < len(old_blocks) else None
+            if before is None or before.get("status") != "skipped":
+                emit("step:skipped", None, block, ("stateId", "agentName"))
+    summary = new.get("aiSummary")
+    if summary and not (old or {}).get("aiSummary"):
+        emit("session:summary", None, summary, ("summary", "keyDetails"))
+    if is_terminal(new.get("status")) and not is_terminal((old or {}).get("status")):
+        emit("session:complete", new.get("completedAt"), new, ("status", "durationMs", "error", "errorCode"))
+    return out
+
+
+# -------------------------------------------------------------------- sources
+
+
+def _loads(data: str) -> Any:
+    try:
+        return json.loads(data) if data else {}
+    except ValueError:
+        return None
+
+
+def _check_deadline(deadline: float | None) -> None:
+    if deadline is not None and time.monotonic() >= deadline:
+        raise FollowTimeout
+
+
+def stream_items(api: Api, path: str, params: dict[str, Any] | None, missing: set[str],
+                 deadline: float | None) -> Iterator[Item]:
+    """Items from an SSE session stream; reconnects with Last-Event-ID when the connection drops."""
+    last_id: str | None = None
+    failures = 0
+    while True:
+        headers = {"Last-Event-ID": last_id} if last_id else None
+        read_timeout = 60.0 if deadline is None else max(0.2, min(60.0, deadline - time.monotonic()))
+        got_frames = False
+        try:
+            with api.stream("GET", path, params=params, headers=headers, read_timeout=read_timeout) as response:
+                for frame in parse_sse(response.iter_lines()):
+                    got_frames = True
+                    if frame.id:
+                        last_id = frame.id
+                    payload = _loads(frame.data)
+                    if frame.event == "end":
+                        yield Item("end", payload or {})
+                        return
+                    if not isinstance(payload, dict):
+                        continue
+                    if frame.event == "ephemeral":
+                        yield Item("chunk", payload)
+                    elif frame.event == "message":
+                        yield Item("event", payload)
+        except ApiError as err:
+            if err.status == 404 and err.code in missing and last_id is None:
+                raise StreamUnavailable from None
+            raise
+        except CliError:
+            failures += 1
+            if failures > MAX_RECONNECTS:
+                raise
+        except httpx.TimeoutException:
+            _check_deadline(deadline)
+        except httpx.TransportError as exc:
+            failures += 1
+            if failures > MAX_RECONNECTS:
+                raise unreachable(api.target, exc) from None
+        else:
+            failures = 0 if got_frames else failures + 1
+            if failures > MAX_RECONNECTS:
+                raise CliError(1, "stream_closed", "the daemon kept closing the session stream")
+        _check_deadline(deadline)
+        time.sleep(min(2.0, 0.1 * 2 ** failures))  # reconnect backoff
+
+
+def poll_items(api: Api, tracker: Tracker, *, correlation_id: str | None, session_id: str | None) -> Iterator[Item]:
+    """Items reconstructed from polling the list and the views every 200 ms."""
+    while True:
+        if correlation_id:
+            summaries = api.list_sessions(correlationId=correlation_id)
+            summaries.sort(key=lambda s: (s.get("depth", 0), s.get("queuedAt") or "", s["sessionId"]))
+            for summary in summaries:
+                known = tracker.view(summary["sessionId"])
+                if known is not None and is_terminal(known.get("status")):
+                    continue
+                for event in tracker.set_view(api.get(f"/api/sessions/{summary['sessionId']}")):
+                    yield Item("event", event)
+            # The list is read before the views: a child accepted before its parent ended is always in it.
+            done = bool(summaries) and all(is_terminal(s["status"]) for s in summaries)
+        else:
+            view = api.get(f"/api/sessions/{session_id}")
+            for event in tracker.set_view(view):
+                yield Item("event", event)
+            done = is_terminal(view["status"])
+        if done:
+            yield Item("end", {})
+            return
+        yield Item("tick")
+        time.sleep(POLL_INTERVAL)
+
+
+# -------------------------------------------------------------------- renderers
+
+
+class Renderer(Protocol):
+    def start(self) -> None: ...
+
+    def event(self, event: dict[str, Any]) -> None: ...
+
+    def chunk(self, message: dict[str, Any]) -> None: ...
+
+    def stop(self, done: bool) -> None: ...
+
+
+class JsonLines:
+    """One JSON line per durable event (chunks are live-only and left out)."""
+
+    def __init__(self, out: Output) -> None:
+        self.out = out
+
+    def start(self) -> None:
+        pass
+
+    def event(self, event: dict[str, Any]) -> None:
+        self.out.emit_json(event)
+
+    def chunk(self, message: dict[str, Any]) -> None:
+        pass
+
+    def stop(self, done: bool) -> None:
+        pass
+
+
+def _block(view: dict[str, Any] | None, step: Any) -> dict[str, Any]:
+    for block in (view or {}).get("agentBlocks") or []:
+        if block.get("stepNumber") == step:
+            return dict(block)
+    return {}
+
+
+def describe(event: dict[str, Any], view: dict[str, Any] | None) -> str | None:
+    """One human line for a durable event."""
+    kind = event.get("type")
+    if kind == "session:queued":
+        text = "queued"
+        if event.get("parentSessionId"):
+            text += f" (child of {short_id(event['parentSessionId'])}, depth {event.get('depth', '?')})"
+        if event.get("payload"):
+            text += f" payload {compact(event['payload'], 80)}"
+        return text
+    if kind == "session:start":
+        return "started"
+    if kind == "step:start":
+        return f"step {event.get('stepNumber')} {event.get('agentName')} ({event.get('actionType', 'agent')}) started"
+    if kind == "step:complete":
+        block = _block(view, event.get("stepNumber"))
+        text = (f"step {event.get('stepNumber')} {block.get('agentName', '?')} {event.get('status')} "
+                f"in {fmt_duration(event.get('durationMs'))}")
+        if event.get("status") == "failed":
+            text += f": {event.get('errorCode') or 'error'}: {event.get('error') or ''}".rstrip()
+        if event.get("childSessionId"):
+            output = event.get("output")
+            child_status = output.get("status") if isinstance(output, dict) else None
+            text += f" → child {short_id(event['childSessionId'])}" + (f" {child_status}" if child_status else "")
+        elif event.get("output") is not None and event.get("status") != "failed":
+            text += f" → {compact(event['output'], 100)}"
+        return text
+    if kind == "step:skipped":
+        return f"step {event.get('agentName') or event.get('stateId')} skipped"
+    if kind == "session:summary":
+        return f"summary: {compact(event.get('summary', ''), 120)}"
+    if kind == "session:complete":
+        text = f"{event.get('status')} in {fmt_duration(event.get('durationMs'))}"
+        if event.get("errorCode") or event.get("error"):
+            text += f": {event.get('errorCode') or 'error'}: {event.get('error') or ''}".rstrip()
+        return text
+    return None
+
+
+def describe_chunk(message: dict[str, Any]) -> str | None:
+    chunk = message.get("chunk") or {}
+    step = message.get("stepNumber")
+    where = f"step {step} " if step is not None else ""
+    if chunk.get("type") == "progress":
+        amount = f"{chunk['current']}/{chunk['total']}" if chunk.get("total") is not None and \
+            chunk.get("current") is not None else ""
+        note = str(chunk.get("message") or "")
+        return f"{where}progress {amount if note in ('', amount) else f'{amount} {note}'}".rstrip()
+    if chunk.get("type") == "log":
+        return f"{where}{chunk.get('stream', 'stdout')}: {chunk.get('line', '')}"
+    return None
+
+
+class Lines:
+    """Plain output: one timestamped line per event, indented by tree depth."""
+
+    def __init__(self, out: Output, tracker: Tracker) -> None:
+        self.out = out
+        self.tracker = tracker
+        self.base_depth: int | None = None  # the depth of the first session seen (the root of what we follow)
+
+    def start(self) -> None:
+        pass
+
+    def _line(self, sid: str, timestamp: Any, text: str) -> None:
+        view = self.tracker.view(sid) or {}
+        raw_depth = view.get("depth")
+        depth = raw_depth if isinstance(raw_depth, int) else 0
+        if self.base_depth is None:
+            self.base_depth = depth
+        level = max(0, depth - self.base_depth)
+        self.out.print(f"{local_time(timestamp or now_iso())}  {short_id(sid)}  "
+                       f"{'  ' * level}{session_label(view)}  {text}")
+
+    def event(self, event: dict[str, Any]) -> None:
+        text = describe(event, self.tracker.view(event.get("sessionId") or ""))
+        if text:
+            self._line(event.get("sessionId") or "", event.get("timestamp"), text)
+
+    def chunk(self, message: dict[str, Any]) -> None:
+        text = describe_chunk(message)
+        if text:
+            self._line(message.get("sessionId") or "", None, text)
+
+    def stop(self, done: bool) -> None:
+        pass
+
+
+class LiveTree:
+    """The rich view: a spinner headline and the tree of sessions with their steps, redrawn live."""
+
+    def __init__(self, out: Output, tracker: Tracker, title: str) -> None:
+        self.out = out
+        self.tracker = tracker
+        self.title = title
+        self.done = False
+        self.started = time.monotonic()
+        self.spinner = Spinner("dots", style="cyan")
+        self.live = Live(self, console=out.console, refresh_per_second=10, transient=False,
+                         redirect_stdout=False, redirect_stderr=False)
+
+    def start(self) -> None:
+        self.live.start()
+
+    def event(self, event: dict[str, Any]) -> None:
+        self.live.refresh()
+
+    def chunk(self, message: dict[str, Any]) -> None:
+        pass  # the next auto refresh shows it
+
+    def stop(self, done: bool) -> None:
+        self.done = True  # the last frame stays on screen, without the spinner
+        self.live.refresh()
+        self.live.stop()
+
+    def __rich__(self) -> RenderableType:
+        tree = self.tracker.tree()
+        active = sum(1 for _, v in tree if not is_terminal(v.get("status")))
+        headline = Text.assemble((self.title, "bold"), (f"  {len(tree)} session{'s' if len(tree) != 1 else ''}"
+                                                         f", {active} in progress  ", "dim"),
+                                 (fmt_duration((time.monotonic() - self.started) * 1000), "dim"))
+        if self.done:
+            top: RenderableType = headline
+        else:
+            spin = Table.grid(padding=(0, 1))
+            spin.add_row(self.spinner, headline)
+            top = spin
+        root = Tree("", hide_root=True, guide_style="dim")
+        nodes: dict[str, Tree] = {}
+        for _, view in tree:
+            parent = nodes.get(view.get("parentSessionId") or "", root)
+            node = parent.add(self._session_label(view))
+            for block in view.get("agentBlocks") or []:
+                node.add(self._block_label(block))
+            nodes[view.get("sessionId") or ""] = node
+        return Group(top, root)
+
+    def _session_label(self, view: dict[str, Any]) -> RenderableType:
+        status = view.get("status") or "queued"
+        text = Text.assemble(status_text(status), "  ", (session_label(view), "bold"), "  ",
+                             (short_id(view.get("sessionId")), "dim"), "  ",
+                             (fmt_duration(elapsed_ms(view)), "dim"))
+        if view.get("error"):
+            text.append(f"  {view.get('errorCode') or 'error'}: {compact(view['error'], 100)}", style="red")
+        return text
+
+    def _block_label(self, block: dict[str, Any]) -> RenderableType:
+        status = block.get("status") or "pending"
+        step = block.get("stepNumber")
+        text = Text.assemble(status_text(status), "  ", f"{step}. " if step is not None else "",
+                             block.get("agentName") or "?", (f" ({block.get('actionType', 'agent')})", "dim"))
+        if block.get("durationMs") is not None:
+            text.append(f"  {fmt_duration(block['durationMs'])}", style="dim")
+        elif status == "running" and block.get("startedAt"):
+            text.append(f"  {fmt_duration(elapsed_ms({'startedAt': block['startedAt']}))}", style="dim")
+        if status == "failed" and (block.get("error") or block.get("errorCode")):
+            text.append(f"  {block.get('errorCode') or 'error'}: {compact(block.get('error') or '', 100)}",
+                        style="red")
+        if block.get("childSessionId"):
+            text.append(f"  → child {short_id(block['childSessionId'])}", style="dim")
+        elif status == "completed" and block.get("output") is not None:
+            text.append(f"  → {compact(block['output'], 60)}", style="dim")
+        if status != "running":
+            return text
+        progress = [c for c in block.get("ephemeral") or [] if c.get("type") == "progress"]
+        logs = [c for c in block.get("ephemeral") or [] if c.get("type") == "log"]
+        extra: list[RenderableType] = []
+        if progress:
+            last = progress[-1]
+            if isinstance(last.get("total"), int | float) and isinstance(last.get("current"), int | float) \
+                    and last["total"] > 0:
+                row = Table.grid(padding=(0, 1))
+                amount = f"{last['current']}/{last['total']}"
+                message = str(last.get("message") or "")
+                row.add_row(ProgressBar(total=float(last["total"]), completed=float(last["current"]), width=30),
+                            Text(amount if message in ("", amount) else f"{amount} {message}"))
+                extra.append(row)
+            elif last.get("message"):
+                extra.append(Text(str(last["message"]), style="cyan"))
+        if logs:
+            extra.append(Text(f"{logs[-1].get('stream', 'stdout')}: {logs[-1].get('line', '')}", style="dim"))
+        return Group(text, *extra) if extra else text
+
+
+# -------------------------------------------------------------------- the follow loop
+
+
+def make_renderer(out: Output, tracker: Tracker, title: str) -> Renderer:
+    if out.json:
+        return JsonLines(out)
+    if out.rich:
+        return LiveTree(out, tracker, title)
+    return Lines(out, tracker)
+
+
+def final_line(out: Output, summary: dict[str, Any], tracker: Tracker) -> None:
+    """The last human line: status, job, id, duration, error, and the tree's tally when it has several sessions."""
+    status = summary.get("status") or "?"
+    parts: list[str | Text] = [status_text(status, out.rich), "  ",
+                               f"{session_label(summary)} ({short_id(summary.get('sessionId'))})",
+                               f" in {fmt_duration(summary.get('durationMs'))}"]
+    if summary.get("error") or summary.get("errorCode"):
+        parts.append(f": {summary.get('errorCode') or 'error'}: {summary.get('error') or ''}".rstrip())
+    views = [v for _, v in tracker.tree()]
+    if len(views) > 1:
+        tally: dict[str, int] = {}
+        for view in views:
+            tally[view.get("status") or "?"] = tally.get(view.get("status") or "?", 0) + 1
+        parts.append(f"; tree: {len(views)} sessions (" + ", ".join(f"{n} {s}" for s, n in sorted(tally.items()))
+                     + ")")
+    out.print(*parts)
+
+
+def final_summary(api: Api, tracker: Tracker, session_id: str, correlation_id: str | None) -> dict[str, Any]:
+    """The session's SessionSummary as the API lists it; the tracker's fold when the list cannot be read."""
+    if correlation_id:
+        try:
+            for summary in api.list_sessions(correlationId=correlation_id):
+                if summary["sessionId"] == session_id and is_terminal(summary.get("status")):
+                    return dict(summary)
+        except CliError:
+            pass
+    view = tracker.view(session_id)
+    if view is None:
+        view = api.get(f"/api/sessions/{session_id}")
+    return summarize(view)
+
+
+@contextlib.contextmanager
+def _watchdog(timeout_s: float | None) -> Iterator[None]:
+    """Raise FollowTimeout in the main thread after `timeout_s`, even in the middle of a blocking read (a stream's
+    keep-alives would otherwise keep resetting any read timeout)."""
+    usable = hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+    if not timeout_s or not usable:
+        yield
+        return
+
+    def fire(_signum: int, _frame: Any) -> None:
+        raise FollowTimeout
+
+    previous = signal.signal(signal.SIGALRM, fire)
+    signal.setitimer(signal.ITIMER_REAL, timeout_s)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def follow_run(api: Api, out: Output, *, session_id: str, correlation_id: str, tree: bool,
+               header: dict[str, Any] | None, resume_hint: str, timeout_s: float | None = None) -> int:
+    """Follow one session (tree=False) or its whole correlation tree until it ends; returns the exit code of
+    `session_id`'s final status. Ctrl-C detaches (exit 130) and prints `resume_hint`."""
+    tracker = Tracker()
+    title = f"correlation {short_id(correlation_id)}" if tree else f"session {short_id(session_id)}"
+    renderer = make_renderer(out, tracker, f"Following {title}")
+    deadline = time.monotonic() + timeout_s if timeout_s else None
+    if out.json and header is not None:
+        out.emit_json(header)
+
+    def handle(item: Item) -> bool:
+        if item.kind == "event":
+            if "seq" in item.data:  # a streamed event; polled ones are already folded into the tracker
+                tracker.apply(item.data)
+            renderer.event(item.data)
+        elif item.kind == "chunk":
+            tracker.apply_chunk(item.data)
+            renderer.chunk(item.data)
+        elif item.kind == "end":
+            return True
+        _check_deadline(deadline)
+        return False
+
+    renderer.start()
+    try:
+        with _watchdog(timeout_s):
+            if tree:
+                source = stream_items(api, "/api/sessions/stream", {"correlationId": correlation_id},
+                                      TREE_ROUTE_MISSING, deadline)
+            else:
+                source = stream_items(api, f"/api/sessions/{session_id}/stream", None, SESSION_ROUTE_MISSING,
+                                      deadline)
+            try:
+                for item in source:
+                    if handle(item):
+                        break
+            except StreamUnavailable:
+                for item in poll_items(api, tracker, correlation_id=correlation_id if tree else None,
+                                       session_id=session_id):
+                    if handle(item):
+                        break
+    except KeyboardInterrupt:
+        renderer.stop(False)
+        out.note(f"Detached: the run keeps going (nothing was cancelled). Resume with: {resume_hint}",
+                 style="yellow")
+        raise typer.Exit(EXIT_DETACHED) from None
+    except FollowTimeout:
+        renderer.stop(False)
+        raise CliError(EXIT_TIMEOUT, "wait_timeout",
+                       f"still running after {fmt_duration((timeout_s or 0) * 1000)}; the run continues",
+                       hint=f"resume with: {resume_hint}") from None
+    except CliError as err:
+        renderer.stop(False)
+        if err.code == "daemon_unreachable":
+            err.hint = f"the daemon went away while following; once it is back, resume with: {resume_hint}"
+        raise
+    except BaseException:
+        renderer.stop(False)
+        raise
+    renderer.stop(True)
+    summary = final_summary(api, tracker, session_id, correlation_id)
+    if out.json:
+        out.emit_json(summary)
+    else:
+        final_line(out, summary, tracker)
+    return exit_code_for_status(summary.get("status") or "")
