@@ -67,18 +67,27 @@ async def _serve(settings: Settings) -> int:
     daemon_json = settings.home / "daemon.json"
     daemon_json.write_text(json.dumps(info))
     os.chmod(daemon_json, 0o600)
+    app = create_app(daemon)
     config = uvicorn.Config(
-        create_app(daemon), loop="none", http="httptools", lifespan="off", access_log=False,
+        app, loop="none", http="httptools", lifespan="off", access_log=False,
         log_level="warning", timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
     )
     server = uvicorn.Server(config)
     logging.getLogger("atlas").info("listening on http://%s:%d", settings.host, port)
     loop = asyncio.get_running_loop()
-    daemon.request_shutdown = lambda: setattr(server, "should_exit", True)
+    def request_exit() -> None:
+        """Stop serving; open SSE streams end at once (clients resume with Last-Event-ID) so they do not hold
+        uvicorn's graceful shutdown for its whole timeout."""
+        server.should_exit = True
+        streams = getattr(app.state, "streams", None)
+        if streams is not None:
+            streams.close_all()
+
+    daemon.request_shutdown = request_exit
     for signum in (signal.SIGINT, signal.SIGTERM):
         # Our own handlers (uvicorn's re-raise the signal after shutdown, which would turn a clean stop into
         # a death by SIGTERM): ask the server to exit, then drain the daemon below.
-        loop.add_signal_handler(signum, lambda: setattr(server, "should_exit", True))
+        loop.add_signal_handler(signum, request_exit)
     try:
         await server._serve(sockets=[sock])
     finally:
