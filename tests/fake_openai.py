@@ -144,7 +144,7 @@ def fake_openai_server() -> Iterator[FakeOpenAI]:
     host, port = server.server_address[:2]
     fake = FakeOpenAI(f"http://{host!s}:{port}/v1")
     server.RequestHandlerClass = _handler(fake)
-    thread = threading.Thread(target=server.serve_forever, name="fake-openai", daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), name="fake-openai", daemon=True)
     thread.start()
     try:
         yield fake

@@ -127,7 +127,9 @@ async def test_usage_is_reported_with_the_served_model(
 ) -> None:
     fake.enqueue(
         FakeResponse(
-            chunks=["ok"], model="gpt-test-2025", usage={"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17}
+            chunks=["ok"],
+            model="gpt-test-2025",
+            usage={"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17},
         )
     )
     output, usage = await call(agent(fake, temperature=0.2, max_tokens=64), tmp_path, chunks, templater)

@@ -23,6 +23,7 @@ from atlas import __version__
 from atlas.api.bench_routes import add_bench_routes
 from atlas.api.openapi import install_openapi
 from atlas.api.responses import error_response, json_response, read_body
+from atlas.api.schedules import add_schedule_routes
 from atlas.api.security import install_security
 from atlas.api.streams import add_stream_routes
 from atlas.api.trigger import add_trigger_route
@@ -307,7 +308,6 @@ def create_app(daemon: Daemon) -> FastAPI:
         return json_response({**body, "status": final["status"]})
 
     add_bench_routes(app, daemon)
-    from atlas.api.schedules import add_schedule_routes  # (scheduler integration; lead to move to the imports)
     add_schedule_routes(app, daemon)
     install_openapi(app)
     mount_ui(app)  # last: its fallback must never shadow /api, /health or /openapi.json
