@@ -13,6 +13,7 @@ import typer
 
 from atlas import __version__
 from atlas.cli.commands_daemon import daemon_app, daemon_start
+from atlas.cli.commands_schedules import schedules_app
 from atlas.cli.commands_sessions import follow_command, ps_command, sessions_app
 from atlas.cli.commands_signal import signal_app
 from atlas.cli.commands_workspace import workspace_app, workspace_validate
@@ -30,6 +31,7 @@ app.add_typer(daemon_app, name="daemon")
 app.add_typer(workspace_app, name="workspace")
 app.add_typer(signal_app, name="signal")
 app.add_typer(sessions_app, name="sessions")
+app.add_typer(schedules_app, name="schedules")
 app.command("follow")(follow_command)
 app.command("ps")(ps_command)
 
