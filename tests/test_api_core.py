@@ -56,7 +56,7 @@ def test_health_and_workspaces(daemon: DaemonProcess) -> None:
     assert health["status"] == "ok" and health["activeWorkspaces"] == 2
     listing = httpx.get(daemon.url + "/api/workspaces").json()
     assert [w["id"] for w in listing] == ["core", "other"]
-    assert listing[0]["jobCount"] == 8 and listing[0]["status"] == "ready"
+    assert listing[0]["jobCount"] == 10 and listing[0]["signalCount"] == 11 and listing[0]["status"] == "ready"
 
 
 def test_nowait_202_shape_and_read_your_writes(daemon: DaemonProcess) -> None:

@@ -184,3 +184,61 @@ def test_session_list_etag(daemon: DaemonProcess) -> None:
                                                headers={"If-None-Match": etag})).status_code == 200 and r,
                        what="the list to change")
     assert changed.headers["etag"] != etag
+
+
+def view_of(d: DaemonProcess, sid: str) -> dict[str, Any]:
+    return httpx.get(f"{d.url}/api/sessions/{sid}", timeout=5).json()
+
+
+def test_replace_policy_cancels_the_older_session(daemon: DaemonProcess) -> None:
+    older = post(daemon, "core", "hold-replace", {"payload": {"duration": "60s"}}).json()
+    wait_for(lambda: view_of(daemon, older["sessionId"])["status"] == "active", what="older session to start")
+    newer = post(daemon, "core", "hold-replace", {"payload": {"duration": "10ms"}}).json()
+    old_view = wait_terminal(daemon, older["sessionId"])
+    assert old_view["status"] == "cancelled" and old_view["errorCode"] == "replaced"
+    assert wait_terminal(daemon, newer["sessionId"])["status"] == "completed"
+
+
+def test_skip_duplicate_in_sync_mode_is_409(daemon: DaemonProcess) -> None:
+    holder = post(daemon, "core", "hold-skip", {"payload": {"duration": "3s"}}).json()
+    wait_for(lambda: view_of(daemon, holder["sessionId"])["status"] == "active", what="holder to start")
+    err = assert_error(post(daemon, "core", "hold-skip", {"payload": {"duration": "1ms"}}, query=""), 409,
+                       "skipped-duplicate")
+    assert err["details"]["status"] == "skipped" and holder["sessionId"] in err["details"]["error"]
+    wait_terminal(daemon, holder["sessionId"])
+
+
+def test_signal_without_job_is_404(daemon: DaemonProcess) -> None:
+    assert_error(post(daemon, "core", "orphan", {}), 404, "no_job_for_signal")
+
+
+def test_cancel_cascades_to_running_child(daemon: DaemonProcess) -> None:
+    parent = post(daemon, "core", "fan-slow", {}).json()
+
+    def child() -> dict[str, Any] | None:
+        kids = httpx.get(f"{daemon.url}/api/sessions/{parent['sessionId']}/children").json()["sessions"]
+        return kids[0] if kids and kids[0]["status"] == "active" else None
+
+    kid = wait_for(child, what="the child to run")
+    r = httpx.delete(f"{daemon.url}/api/sessions/{parent['sessionId']}", timeout=10)
+    assert r.status_code == 200 and r.json()["cancelled"] == [kid["sessionId"]]
+    assert r.json()["status"] == "cancelled"
+    kid_view = wait_terminal(daemon, kid["sessionId"])
+    assert kid_view["status"] == "cancelled" and kid_view["errorCode"] == "parent_cancelled"
+
+
+def test_cancel_queued_session_never_starts(daemon: DaemonProcess) -> None:
+    holder = post(daemon, "core", "hold-queue", {"payload": {"duration": "60s"}}).json()
+    wait_for(lambda: view_of(daemon, holder["sessionId"])["status"] == "active", what="holder to start")
+    waiting = post(daemon, "core", "hold-queue", {"payload": {"duration": "1ms"}}).json()
+    assert view_of(daemon, waiting["sessionId"])["status"] == "queued"
+    r = httpx.delete(f"{daemon.url}/api/sessions/{waiting['sessionId']}", timeout=10)
+    assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    events = []
+    with httpx.stream("GET", f"{daemon.url}/api/sessions/{waiting['sessionId']}/stream", timeout=10) as s:
+        for line in s.iter_lines():
+            if line.startswith("data: ") and '"type"' in line:
+                events.append(json.loads(line[6:])["type"])
+    assert events == ["session:queued", "session:complete"]
+    httpx.delete(f"{daemon.url}/api/sessions/{holder['sessionId']}", timeout=10)
+    wait_terminal(daemon, holder["sessionId"])

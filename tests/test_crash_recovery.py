@@ -111,3 +111,22 @@ def test_leftover_nats_server_is_stopped_before_restart(tmp_path: Path) -> None:
     finally:
         d.kill9()
         second.stop()
+
+
+def test_deleted_sqlite_is_rebuilt_from_the_bus(tmp_path: Path) -> None:
+    d = DaemonProcess(tmp_path / "home", [FIXTURES / "core"], ENV).start()
+    done = [trigger(d, "echo", {"n": i}) for i in range(5)]
+    for t in done:
+        wait_for(lambda t=t: view(d, t["sessionId"])["status"] == "completed", what="session to complete")
+    before = {t["sessionId"]: by_correlation(d, t["correlationId"]) for t in done}
+    assert d.stop() == 0
+    for suffix in ("", "-wal", "-shm"):
+        (tmp_path / "home" / f"atlas.db{suffix}").unlink(missing_ok=True)
+    d.start()
+    try:
+        for t in done:
+            rebuilt = wait_for(lambda t=t: by_correlation(d, t["correlationId"]), what="the summary to be rebuilt")
+            assert rebuilt == before[t["sessionId"]]
+            assert view(d, t["sessionId"])["results"] == {"atlas/echo": {"n": done.index(t)}}
+    finally:
+        d.stop()
