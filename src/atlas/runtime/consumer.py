@@ -129,7 +129,7 @@ class SignalConsumer:
 
         d = self.d
         accepted_at = env.get("acceptedAt")
-        if accepted_at and _age_s(accepted_at) > d.settings.queue_timeout_s:
+        if accepted_at and age_seconds(accepted_at) > d.settings.queue_timeout_s:
             await self._end(writer, env, msg, "failed", "queue_timeout", "Queued longer than ATLAS_QUEUE_TIMEOUT")
             return False
         ws = d.workspaces.get(env["workspaceId"])
@@ -270,7 +270,7 @@ def _task(env: dict[str, Any], job_id: str) -> str:
     return job_id
 
 
-def _age_s(iso: str) -> float:
+def age_seconds(iso: str) -> float:
     try:
         return (datetime.now(UTC) - parse_iso(iso)).total_seconds()
     except ValueError:

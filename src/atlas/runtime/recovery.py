@@ -11,6 +11,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from atlas.bus.client import KV_CONCURRENCY, KV_INFLIGHT, WrongLastSequence
+from atlas.runtime.consumer import age_seconds
 from atlas.sessions.reducer import is_terminal
 
 if TYPE_CHECKING:
@@ -58,17 +59,24 @@ class Recovery:
             return
         if marker.get("state") == "active":
             runner = marker.get("runner")
-            mine_dead = at_start and runner == d.daemon_id
+            # Ours from a previous incarnation (this daemon id, started before this process): dead. Checked on every
+            # pass, not only the first, so one missed pass never leaves a session active forever.
+            previous_life = str(marker.get("startedAt") or "") < d.started_at and sid not in d.runs
+            mine_dead = runner == d.daemon_id and (at_start or previous_life)
             other_dead = runner != d.daemon_id and runner not in live
             if mine_dead or other_dead:
+                await self.interrupt(sid)
+            return
+        if last[0].get("type") != "session:queued":
+            # Started, but the marker still says queued: the runner died before its marker write landed (its ack
+            # may have). Once that is older than any live runner's write could be, the runner is gone.
+            if sid not in d.runs and age_seconds(str(last[0].get("timestamp", ""))) > 2 * d.settings.ack_wait_s:
                 await self.interrupt(sid)
             return
         if marker.get("parked"):
             return
         accepted = marker.get("acceptedAt")
-        from atlas.runtime.consumer import _age_s
-
-        if at_start or (accepted and _age_s(accepted) > 2 * d.settings.ack_wait_s):
+        if at_start or (accepted and age_seconds(accepted) > 2 * d.settings.ack_wait_s):
             await d.bus.publish_envelope(marker["envelope"])
 
     async def _ensure_view(self, sid: str) -> None:
