@@ -40,6 +40,16 @@ def say(msg: str) -> None:
     print(f"[start_latency] {msg}", file=sys.stderr, flush=True)
 
 
+def start_daemon(daemon: DaemonProcess) -> DaemonProcess:
+    """Start it; on failure show its log (the temp home goes away) and make sure the process is gone."""
+    try:
+        return daemon.start(timeout=60)
+    except BaseException:
+        say(f"atlasd did not start; its log:\n{daemon.log()}")
+        daemon.stop()
+        raise
+
+
 def pct(samples: list[float], p: float) -> float:
     """Nearest-rank percentile (p in 0..100) of unsorted samples."""
     ordered = sorted(samples)
@@ -134,7 +144,7 @@ def paced(client: httpx.Client, send: Callable[[], httpx.Response], expect: int,
 def over_http(triggers: int, rate: float) -> tuple[list[float], list[float], int]:
     """202 latency of paced nowait triggers, then GET /health the same way (the client + HTTP floor)."""
     with tempfile.TemporaryDirectory(prefix="atlas-bench-") as tmp:
-        daemon = DaemonProcess(Path(tmp) / "home", [FIXTURES / "core"]).start()
+        daemon = start_daemon(DaemonProcess(Path(tmp) / "home", [FIXTURES / "core"]))
         try:
             url = daemon.url + "/api/workspaces/core/signals/echo"
             headers = {"Content-Type": "application/json"}
