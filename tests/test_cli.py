@@ -561,7 +561,7 @@ def test_shell_completion(daemon: DaemonProcess, env: dict[str, str]) -> None:
     assert "sessions" in complete("atlas sess")
     assert complete("atlas signal tr") == ["trigger"]
     assert complete("atlas signal list -w c") == ["core"]
-    assert sorted(complete("atlas signal trigger -w core fa")) == ["fail", "fan"]
+    assert sorted(complete("atlas signal trigger -w core fa")) == ["fail", "fan", "fan-slow"]
 
 
 # ---------------------------------------------------------------- the building blocks of following

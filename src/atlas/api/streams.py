@@ -70,6 +70,9 @@ log = logging.getLogger("atlas.api.streams")
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 KEEPALIVE_FRAME = b": keep-alive\n\n"
+# Sent at once, before any bus read: the client (and any proxy) sees the stream open even when the replay must
+# first walk a long log to a resume point. A comment, so EventSource and our parsers ignore it.
+OPEN_FRAME = b": stream open\n\n"
 EPHEMERAL_WILDCARD = "ephemeral.sessions.*"
 
 # A session id becomes a NATS subject token (sessions.<sid>.events), so anything that could widen the subject
@@ -391,6 +394,7 @@ async def _session_frames(hub: StreamHub, daemon: Daemon, sid: str, after: int,
     cfg = hub.settings
     cursor = _Cursor(sid)
     last = after  # the highest seq the client has (sent by us, or skipped because of its resume point)
+    yield OPEN_FRAME
 
     async def from_bus() -> AsyncIterator[bytes]:
         nonlocal last
@@ -546,6 +550,7 @@ async def _tree_frames(hub: StreamHub, daemon: Daemon, correlation_id: str, memb
                        feed: _Feed) -> AsyncGenerator[bytes, None]:
     """Replay the whole tree in stream order, then one merged pass per wake-up; `event: end` once all are done."""
     cfg = hub.settings
+    yield OPEN_FRAME
     try:
         while True:
             frames: list[bytes] = []
