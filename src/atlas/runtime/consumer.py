@@ -36,6 +36,7 @@ class SignalConsumer:
         self._stop = asyncio.Event()
         self._handlers: set[asyncio.Task[None]] = set()
         self._held: dict[int, Msg] = {}
+        self._tails: dict[str, asyncio.Future[None]] = {}
 
     async def run(self) -> None:
         sub = await self.d.bus.js.pull_subscribe_bind(durable=CONSUMER, stream=SIGNALS)
@@ -88,7 +89,16 @@ class SignalConsumer:
             self.d.slots.give()
             return
         self._held[id(msg)] = msg
+        # Messages of one non-concurrent key are decided one after another, in the order they were fetched
+        # (= acceptance order on the stream): `queue` runs them in acceptance order, `skip` keeps the first.
+        key = f"{env['workspaceId']}.{env['signalId']}" if self._ordered(env) else None
+        previous = self._tails.get(key) if key else None
+        mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if key:
+            self._tails[key] = mine
         try:
+            if previous is not None:
+                await asyncio.shield(previous)
             started = await self._process(env, msg, deliveries)
         except Exception as exc:
             log.exception("signal %s failed (delivery %d)", env.get("sessionId"), deliveries)
@@ -96,8 +106,16 @@ class SignalConsumer:
             await self._on_error(env, msg, deliveries, exc)
         finally:
             self._held.pop(id(msg), None)
+            mine.set_result(None)
+            if key and self._tails.get(key) is mine:
+                del self._tails[key]
         if not started:
             self.d.slots.give()
+
+    def _ordered(self, env: dict[str, Any]) -> bool:
+        ws = self.d.workspaces.get(env["workspaceId"])
+        signal = ws.config.signals.get(env["signalId"]) if ws is not None else None
+        return signal is not None and signal.concurrency != "concurrent"
 
     async def _on_error(self, env: dict[str, Any], msg: Msg, deliveries: int, exc: Exception) -> None:
         with contextlib.suppress(Exception):

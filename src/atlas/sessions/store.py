@@ -1,8 +1,13 @@
 """The daemon's live picture of sessions: reducer + SQLite read model + waiters, fed by every durable event.
 
-Events this daemon writes are applied at once (write-through, so a 202 is followed by a visible session); events
-from other daemons arrive through the materialiser. Both paths go through `apply`, whose `seq` guard makes a
-second application a no-op.
+Events this daemon writes are applied at once (so a 202 is followed by a visible session); events from other
+daemons arrive through the materialiser. Both paths go through `apply`, whose `seq` guard makes a second
+application a no-op.
+
+SQLite writes are batched: `session:queued` is committed before `apply` returns (read-your-writes for the 202),
+later events of a session only mark its row dirty, and a flush a few milliseconds later writes every dirty row
+(the latest view of each session, once) in one transaction together with the materialiser's resume point. Any read
+through `store.rm` flushes first, so readers never see the read model behind the store.
 """
 
 from __future__ import annotations
@@ -23,33 +28,44 @@ class SessionStore:
 
     _RECENT = 4096
 
+    FLUSH_DELAY_S = 0.01
+
     def __init__(self, readmodel: ReadModel) -> None:
-        self.rm = readmodel
+        self._rm = readmodel
+        self._dirty: dict[str, dict[str, Any]] = {}
+        self._pending_stream_seq = 0
+        self._flush_handle: asyncio.TimerHandle | None = None
         self._live: dict[str, dict[str, Any]] = {}
         self._recent_seq: OrderedDict[str, int] = OrderedDict()
         self._waiters: dict[str, list[asyncio.Future[dict[str, Any]]]] = {}
         self._listeners: set[Listener] = set()
-        self._noted = 0
 
     # ------------------------------------------------------------ reading
 
+    @property
+    def rm(self) -> ReadModel:
+        """The read model, with every pending write flushed first."""
+        if self._dirty or self._pending_stream_seq:
+            self.flush()
+        return self._rm
+
     def view(self, session_id: str) -> dict[str, Any] | None:
-        live = self._live.get(session_id)
+        live = self._live.get(session_id) or self._dirty.get(session_id)
         if live is not None:
             return live
-        return self.rm.get_view(session_id)
+        return self._rm.get_view(session_id)
 
     def live_sessions(self) -> list[dict[str, Any]]:
         return list(self._live.values())
 
     def _last_seq(self, session_id: str) -> int:
-        live = self._live.get(session_id)
+        live = self._live.get(session_id) or self._dirty.get(session_id)
         if live is not None:
             return int(live["lastSeq"])
         recent = self._recent_seq.get(session_id)
         if recent is not None:
             return recent
-        return self.rm.get_last_seq(session_id)
+        return self._rm.get_last_seq(session_id)
 
     # ------------------------------------------------------------ writing
 
@@ -63,11 +79,17 @@ class SessionStore:
             if stream_seq is not None:
                 self._note(stream_seq)
             return None
-        base = self._live.get(sid) or self.rm.get_view(sid) or initial_view()
+        base = self._live.get(sid) or self._dirty.get(sid) or self._rm.get_view(sid) or initial_view()
         view = reduce(base, event)
         if view is base:
             return None
-        self.rm.upsert(view, summarize(view), stream_seq)
+        self._dirty[sid] = view
+        if stream_seq is not None:
+            self._pending_stream_seq = max(self._pending_stream_seq, stream_seq)
+        if event.get("type") == "session:queued":
+            self.flush()  # committed before the caller answers 202 (spec §4.3)
+        else:
+            self._schedule_flush()
         if is_terminal(view["status"]):
             self._live.pop(sid, None)
             self._remember(sid, int(view["lastSeq"]))
@@ -81,10 +103,36 @@ class SessionStore:
         return view
 
     def _note(self, stream_seq: int) -> None:
-        """Duplicates (our own events coming back) move the resume point lazily: one write per 256."""
-        self._noted += 1
-        if self._noted % 256 == 0:
-            self.rm.note_stream_seq(stream_seq)
+        """Duplicates (our own events coming back) move the resume point with the next flush, never before the
+        rows they stand for are written."""
+        self._pending_stream_seq = max(self._pending_stream_seq, stream_seq)
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if self._flush_handle is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        self._flush_handle = loop.call_later(self.FLUSH_DELAY_S, self.flush)
+
+    def flush(self) -> None:
+        """Write every dirty view (once each) and the resume point in one transaction."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        if not self._dirty and not self._pending_stream_seq:
+            return
+        rows = [(view, summarize(view)) for view in self._dirty.values()]
+        seq = self._pending_stream_seq or None
+        self._dirty = {}
+        self._pending_stream_seq = 0
+        if rows:
+            self._rm.upsert_many(rows, seq)
+        elif seq is not None:
+            self._rm.note_stream_seq(seq)
 
     def apply_chunk(self, chunk: dict[str, Any]) -> None:
         """Ephemeral chunks only touch the in-memory live view (never stored, spec §3.3)."""
