@@ -36,6 +36,13 @@ class Materializer:
         )
 
     async def _on_msg(self, msg: Any) -> None:
+        # Most events on this subject are our own, already applied: `Nats-Msg-Id` (`sid:seq`) tells so without
+        # decoding the body.
+        msg_id = (msg.headers or {}).get("Nats-Msg-Id", "")
+        sid, _, seq = msg_id.rpartition(":")
+        if sid and seq.isdigit() and self.store.has_applied(sid, int(seq)):
+            self.store.note_stream_seq(int(msg.metadata.sequence.stream))
+            return
         try:
             event = json.loads(msg.data)
             stream_seq = int(msg.metadata.sequence.stream)

@@ -102,6 +102,13 @@ class SessionStore:
             listener(event)
         return view
 
+    def has_applied(self, session_id: str, seq: int) -> bool:
+        """Whether event `seq` of the session is already folded in (cheap: no JSON involved)."""
+        return seq <= self._last_seq(session_id)
+
+    def note_stream_seq(self, stream_seq: int) -> None:
+        self._note(stream_seq)
+
     def _note(self, stream_seq: int) -> None:
         """Duplicates (our own events coming back) move the resume point with the next flush, never before the
         rows they stand for are written."""
