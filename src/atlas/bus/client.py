@@ -18,6 +18,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import (
     ConsumerConfig,
+    DeliverPolicy,
     DiscardPolicy,
     KeyValueConfig,
     RetentionPolicy,
@@ -224,6 +225,10 @@ class Bus:
             if getattr(exc, "err_code", None) == 10071:
                 raise WrongLastSequence(str(exc)) from exc
             raise
+        if ack.duplicate:
+            # The broker deduplicates by Nats-Msg-Id *before* checking the expected sequence: `sid:seq` was
+            # already written, by another writer unless this is our own retry. Either way: re-read and obey.
+            raise WrongLastSequence(f"event {sid}:{event['seq']} was already written")
         return int(ack.seq)
 
     async def last_event(self, session_id: str) -> tuple[dict[str, Any], int] | None:
@@ -297,9 +302,26 @@ class Bus:
             pass
 
     async def kv_keys(self, bucket: str) -> list[str]:
+        """Live keys of a bucket.
+
+        Not nats-py's `KeyValue.keys()`: its watcher can decide the listing is over before the first key arrives
+        over a cluster route and answer an empty list. Here the stream says how many messages exist, and the
+        ordered consumer is read until a message reports nothing pending.
+        """
+        stream = f"KV_{bucket}"
+        info = await self.js.stream_info(stream)
+        if not info.state.messages:
+            return []
+        prefix = f"$KV.{bucket}."
+        sub = await self.js.subscribe(prefix + ">", stream=stream, ordered_consumer=True,
+                                      deliver_policy=DeliverPolicy.LAST_PER_SUBJECT, headers_only=True)
+        keys: list[str] = []
         try:
-            return list(await self.kv[bucket].keys())
-        except Exception as exc:  # nats-py raises NoKeysError for an empty bucket
-            if type(exc).__name__ == "NoKeysError":
-                return []
-            raise
+            while True:
+                msg = await sub.next_msg(timeout=5)
+                if (msg.headers or {}).get("KV-Operation") not in ("DEL", "PURGE"):
+                    keys.append(msg.subject[len(prefix):])
+                if not msg.metadata.num_pending:
+                    return keys
+        finally:
+            await sub.unsubscribe()

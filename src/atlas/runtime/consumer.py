@@ -235,8 +235,7 @@ class SignalConsumer:
             return False
         marker = await self.d.bus.kv_get(KV_INFLIGHT, sid)
         runner = marker[0].get("runner") if marker else None
-        live = await self.d.live_daemons()
-        if runner is not None and runner != self.d.daemon_id and runner in live:
+        if runner is not None and runner != self.d.daemon_id and await self.d.is_daemon_alive(runner):
             await msg.ack()
             return False
         await self.d.recovery.interrupt(sid)

@@ -281,6 +281,12 @@ class Daemon:
         keys = await self.bus.kv_keys(KV_DAEMONS)
         return set(keys)
 
+    async def is_daemon_alive(self, daemon_id: str | None) -> bool:
+        """A daemon is alive while its heartbeat entry has not expired (one direct read, no listing)."""
+        if not daemon_id:
+            return False
+        return daemon_id == self.daemon_id or await self.bus.kv_get(KV_DAEMONS, daemon_id) is not None
+
     # ------------------------------------------------------------ lineage helpers
 
     def _is_alive(self, sid: str) -> bool:
@@ -308,16 +314,22 @@ class Daemon:
 
     async def _run(self, ws: Workspace, job_id: str, envelope: dict[str, Any], writer: SessionWriter,
                    run: Run) -> None:
+        ended = False
         try:
             await Engine(self, ws, job_id, envelope, writer, run).execute()
+            ended = True
         except WrongLastSequence:
             log.warning("session %s was ended by another writer", run.session_id)
+            ended = True
         except Exception:
-            log.exception("session %s: runner failed", run.session_id)
+            # No terminal event (e.g. the bus is down): keep the marker, so recovery ends the session as
+            # `interrupted` once the bus is back (spec §4.4) instead of leaving it active forever.
+            log.exception("session %s: runner failed before its terminal event", run.session_id)
         finally:
             self.runs.pop(run.session_id, None)
             self.slots.give()
-        await self.finalize(envelope, job_signal_policy(ws, envelope["signalId"]))
+        if ended:
+            await self.finalize(envelope, job_signal_policy(ws, envelope["signalId"]))
 
     async def finalize(self, envelope: dict[str, Any], policy: str) -> None:
         """After `session:complete`: summary to KV, marker removed, hold released, next parked session started."""

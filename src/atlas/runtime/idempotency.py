@@ -65,7 +65,7 @@ class Idempotency:
                                "This Idempotency-Key was used with a different request body")
             if record.get("state") == "accepted":
                 return Reservation(k, body_hash, replay=record)
-            if record.get("owner") != self.d.daemon_id and record.get("owner") not in await self.d.live_daemons():
+            if record.get("owner") != self.d.daemon_id and not await self.d.is_daemon_alive(record.get("owner")):
                 await self.d.bus.kv_delete(KV_IDEMPOTENCY, k)  # its owner is gone: the key counts as released
                 continue
             if time.monotonic() > deadline:

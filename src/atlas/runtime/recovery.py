@@ -35,19 +35,18 @@ class Recovery:
 
     async def run_once(self, *, at_start: bool) -> None:
         d = self.d
-        live = await d.live_daemons()
         for sid in await d.bus.kv_keys(KV_INFLIGHT):
             found = await d.bus.kv_get(KV_INFLIGHT, sid)
             if found is None:
                 continue
             marker = found[0]
             try:
-                await self._settle(sid, marker, live, at_start)
+                await self._settle(sid, marker, at_start)
             except Exception:
                 log.exception("recovering %s failed", sid)
         await self._start_orphaned_parked()
 
-    async def _settle(self, sid: str, marker: dict[str, Any], live: set[str], at_start: bool) -> None:
+    async def _settle(self, sid: str, marker: dict[str, Any], at_start: bool) -> None:
         d = self.d
         last = await d.bus.last_event(sid)
         if last is None:
@@ -61,9 +60,12 @@ class Recovery:
             runner = marker.get("runner")
             # Ours from a previous incarnation (this daemon id, started before this process): dead. Checked on every
             # pass, not only the first, so one missed pass never leaves a session active forever.
-            previous_life = str(marker.get("startedAt") or "") < d.started_at and sid not in d.runs
-            mine_dead = runner == d.daemon_id and (at_start or previous_life)
-            other_dead = runner != d.daemon_id and runner not in live
+            started_at = str(marker.get("startedAt") or "")
+            previous_life = started_at < d.started_at and sid not in d.runs
+            # A run of this very process that ended without its terminal event (the bus was down then).
+            orphan = sid not in d.runs and age_seconds(started_at) > 2 * d.settings.ack_wait_s
+            mine_dead = runner == d.daemon_id and (at_start or previous_life or orphan)
+            other_dead = runner != d.daemon_id and not await d.is_daemon_alive(runner)
             if mine_dead or other_dead:
                 await self.interrupt(sid)
             return
