@@ -296,9 +296,11 @@ class Bus:
             raise WrongLastSequence(str(exc)) from exc
 
     async def kv_delete(self, bucket: str, key: str) -> None:
+        """Remove a key without a trace. A KV delete or purge leaves a marker message per key, so buckets with a
+        key per session (SESSION_INFLIGHT) would grow forever and every listing would walk all of them."""
         try:
-            await self.kv[bucket].purge(key)
-        except KeyNotFoundError:
+            await self.js.purge_stream(f"KV_{bucket}", subject=f"$KV.{bucket}.{key}")
+        except NotFoundError:
             pass
 
     async def kv_keys(self, bucket: str) -> list[str]:
