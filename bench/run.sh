@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 OUT_DIR=bench/results
 OUT=$OUT_DIR/latest.md
-BUDGET=${BENCH_BUDGET:-450}
+BUDGET=${BENCH_BUDGET:-700}
 START=$(date +%s)
 FAILED=0
 
@@ -70,6 +70,7 @@ run_bench() {
 
 run_bench 240 bench/trigger_throughput.py
 run_bench 120 bench/start_latency.py
+run_bench 240 bench/api_streams.py
 emit "## Read-model correlationId lookup (1 000 vs 1 000 000 stored sessions)"
 emit ""
 run_bench 240 bench/readmodel_lookup.py
