@@ -180,7 +180,13 @@ class AcceptPipeline:
             raise ApiError(400, "invalid_body", f"Payload cannot be stored: {exc}") from None
         try:
             # The marker and session:queued are independent: write them concurrently, then the envelope.
-            await asyncio.gather(self.d.bus.kv_put(KV_INFLIGHT, sid, marker), writer.append("session:queued", queued))
+            # Both are awaited to the end even if one fails, so a failure below always knows whether
+            # session:queued exists (and then ends it) — never a `queued` session without a marker.
+            results = await asyncio.gather(self.d.bus.kv_put(KV_INFLIGHT, sid, marker),
+                                           writer.append("session:queued", queued), return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
             limit_code = self._cascade_limit(depth, correlation_id)
             if limit_code is not None:
                 await self._end_unstarted(writer, limit_code)
