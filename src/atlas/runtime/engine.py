@@ -15,6 +15,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from nats.errors import Error as NatsError
+
 from atlas.agents.base import AgentContext, StepError
 from atlas.agents.llm import LlmCallConfig, run_llm
 from atlas.agents.runner import run_agent_with_usage
@@ -120,6 +122,11 @@ class Engine:
             # Keep going: the terminal event must be written even though this task was cancelled.
             if task is not None:
                 task.uncancel()
+        except NatsError as exc:
+            # The bus failed under the run (e.g. a stream electing a leader): progress could not be recorded and
+            # steps may have had effects, so the run ends like one whose daemon died, never re-run (spec §8.1).
+            log.warning("session %s: bus failure while running: %s", self.env["sessionId"], exc)
+            status, code, message = "interrupted", "interrupted", f"The message bus failed: {type(exc).__name__}"
         except Exception as exc:  # a bug in atlas itself: still end the session with one terminal record
             log.exception("session %s crashed", self.env["sessionId"])
             status, code, message = "failed", "internal_error", f"Internal error: {type(exc).__name__}"

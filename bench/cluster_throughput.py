@@ -1,0 +1,290 @@
+"""Nowait trigger throughput with 1, 2 and 3 daemons on one 3-node JetStream cluster (issue 7), as ratios to the
+single daemon measured in the same run.
+
+Usage: python bench/cluster_throughput.py [--duration 10] [--rounds 2] [--connections 32] [--drain-timeout 180]
+
+1. Starts a 3-node nats-server cluster on 127.0.0.1 (``tests/cluster/harness.NatsCluster``; streams and buckets
+   with 3 replicas) and real atlasd processes on it (``ClusterDaemon``, workspace ``tests/fixtures/cluster``,
+   ``ATLAS_MAX_CONCURRENT_SESSIONS=64``, default timeouts).
+2. Each round measures n = 1, 2, 3 daemons: only n daemons run (the others are started as n grows and stopped at
+   the end of the round), and ``--connections`` wrk connections are split over them — one
+   ``wrk -t1 -c<connections/n> --latency`` per daemon, all at once, against
+   ``POST /api/workspaces/cluster/signals/echo?nowait=true``. Requests per second are summed over the n wrk
+   processes. After each run the backlog is awaited (every accepted session completed, as seen by daemon 1's
+   read model, which materialises all of them) and sessions completed per second are reported, first trigger to
+   last completion. A last run per round keeps all 3 daemons up but sends every trigger to daemon 1: what two
+   extra daemons cost when they accept nothing (they still run sessions and materialise every event).
+3. A baseline in the same run: one ``js.publish`` and a 202 in daemon 1 (``ATLAS_BENCH_BASELINE=1``,
+   ``POST /__bench/publish``, an R1 memory stream), so the 1-daemon number can be compared with the single-daemon
+   benchmark's ratio.
+4. CPU seconds of the daemons and of the three nats-servers during each wrk run (``/proc/<pid>/stat``) show where
+   the machine's cores went: on a 2-core machine, 3 nats-servers, n daemons and wrk share the same two cores,
+   so adding daemons can only help as far as one daemon leaves CPU idle.
+
+Markdown goes to stdout, progress to stderr. Nothing asserts a number: the ratios are the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.cluster.harness import ClusterDaemon, NatsCluster  # noqa: E402
+from tests.daemon_proc import FIXTURES  # noqa: E402
+
+BODY = '{"payload":{"n":1}}'
+PATH = "/api/workspaces/cluster/signals/echo?nowait=true"
+BASELINE_PATH = "/__bench/publish"
+LUA = f"""wrk.method = "POST"
+wrk.body = '{BODY}'
+wrk.headers["Content-Type"] = "application/json"
+"""
+# Production-like timeouts (the tests' short ones would redeliver envelopes that merely wait for a slot).
+ENV = {"ATLAS_MAX_CONCURRENT_SESSIONS": "64", "ATLAS_ACK_WAIT": "30s", "ATLAS_HEARTBEAT_TTL": "30s",
+       "ATLAS_SHUTDOWN_GRACE": "10s", "ATLAS_LOG_LEVEL": "warning"}
+
+
+def say(msg: str) -> None:
+    print(f"[cluster_throughput] {msg}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------------------ wrk
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
+
+
+@dataclass
+class Wrk:
+    rps: float = 0.0
+    requests: int = 0
+    non2xx: int = 0
+    socket_errors: int = 0
+    latency_ms: dict[str, float] = field(default_factory=dict)
+
+
+def parse_wrk(out: str) -> Wrk:
+    res = Wrk()
+    if m := re.search(r"Requests/sec:\s+([\d.]+)", out):
+        res.rps = float(m.group(1))
+    if m := re.search(r"(\d+) requests in", out):
+        res.requests = int(m.group(1))
+    if m := re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out):
+        res.non2xx = int(m.group(1))
+    if m := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out):
+        res.socket_errors = sum(int(g) for g in m.groups())
+    for m in re.finditer(r"^\s+(50|90|99)%\s+([\d.]+)(us|ms|s|m)\s*$", out, re.MULTILINE):
+        res.latency_ms[m.group(1)] = float(m.group(2)) * _UNITS[m.group(3)]
+    return res
+
+
+def run_wrk_parallel(urls: list[str], script: Path, duration: int, connections: int) -> list[Wrk]:
+    """One wrk per URL, all started together; connections split evenly (at least one each)."""
+    per = max(1, connections // len(urls))
+    procs = [subprocess.Popen(["wrk", "-t1", f"-c{per}", f"-d{duration}s", "--latency", "-s", str(script), url],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for url in urls]
+    out = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=duration + 60)
+        if p.returncode != 0:
+            raise RuntimeError(f"wrk failed ({p.returncode}): {stderr.strip() or stdout.strip()}")
+        out.append(parse_wrk(stdout))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ CPU, store
+
+def cpu_s(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def completed(db: Path) -> int:
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    try:
+        row = con.execute("SELECT COUNT(*) FROM sessions WHERE status = 'completed'").fetchone()
+        return int(row[0])
+    finally:
+        con.close()
+
+
+def wait_completed(db: Path, target: int, timeout: float) -> float:
+    """Poll daemon 1's read model until `target` sessions are completed; returns when (monotonic)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if completed(db) >= target:
+            return time.monotonic()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"backlog not drained after {timeout:.0f} s ({completed(db)} of {target} completed)")
+        time.sleep(0.05)
+
+
+@dataclass
+class Run:
+    n: int  # daemons running
+    targets: int  # daemons wrk sent triggers to
+    wrks: list[Wrk]
+    seconds: float
+    drained_s: float
+    sessions: int
+    cpu_daemons: float
+    cpu_nats: float
+
+    @property
+    def rps(self) -> float:
+        return sum(w.rps for w in self.wrks)
+
+    @property
+    def session_rate(self) -> float:
+        return self.sessions / self.drained_s if self.drained_s else 0.0
+
+    def latency(self, key: str) -> float:
+        return max((w.latency_ms.get(key, 0.0) for w in self.wrks), default=0.0)
+
+    @property
+    def bad(self) -> int:
+        return sum(w.non2xx + w.socket_errors for w in self.wrks)
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    parser.add_argument("--rounds", type=int, default=2, help="how many times to measure 1, 2 and 3 daemons")
+    parser.add_argument("--connections", type=int, default=32, help="wrk connections in total")
+    parser.add_argument("--drain-timeout", type=float, default=180.0)
+    args = parser.parse_args(argv)
+
+    print("## Multi-daemon: nowait trigger throughput with 1, 2 and 3 daemons on a 3-node cluster\n")
+    print(f"Run {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}; load average at start "
+          f"{' '.join(Path('/proc/loadavg').read_text().split()[:3])}.\n")
+    if shutil.which("wrk") is None:
+        print("wrk is not installed: skipped (`make bench-cluster` installs it with apt-get).\n")
+        return 1
+    with tempfile.TemporaryDirectory(prefix="atlas-bench-cluster-") as tmp:
+        root = Path(tmp)
+        script = root / "post.lua"
+        script.write_text(LUA)
+        say("starting the 3-node nats cluster")
+        cluster = NatsCluster(root / "nats").start()
+        daemons = [ClusterDaemon(root / f"d{i + 1}", [FIXTURES / "cluster"], cluster,
+                                 {**ENV, "ATLAS_BENCH_BASELINE": "1"} if i == 0 else ENV) for i in range(3)]
+        runs: list[Run] = []
+        baselines: list[float] = []
+        try:
+            say("starting daemon 1")
+            daemons[0].start(timeout=60)
+            db = daemons[0].home / "atlas.db"
+            with httpx.Client() as client:
+                for url in (daemons[0].url + PATH, daemons[0].url + BASELINE_PATH):
+                    r = client.post(url, content=BODY, headers={"Content-Type": "application/json"})
+                    if r.status_code != 202:
+                        raise RuntimeError(f"{url} answered {r.status_code}: {r.text[:200]}")
+            say("warm-up")
+            run_wrk_parallel([daemons[0].url + PATH], script, 3, args.connections)
+            for rnd in range(args.rounds):
+                base = run_wrk_parallel([daemons[0].url + BASELINE_PATH], script, args.duration, args.connections)
+                baselines.append(base[0].rps)
+                say(f"round {rnd + 1}: baseline {base[0].rps:,.0f} req/s")
+                for n in (1, 2, 3):
+                    for d in daemons[:n]:
+                        if not d.running:
+                            say(f"starting {d.name}")
+                            d.start(timeout=60)
+                    runs.append(measure(daemons[:n], daemons[:n], cluster, db, script, args))
+                    say(f"round {rnd + 1}, {n} daemon(s): {runs[-1].rps:,.0f} req/s, "
+                        f"{runs[-1].session_rate:,.0f} sessions/s")
+                # What the extra daemons cost without taking any triggers: they still run sessions and
+                # materialise every event.
+                runs.append(measure(daemons, daemons[:1], cluster, db, script, args))
+                say(f"round {rnd + 1}, 3 daemons, triggers to daemon 1 only: {runs[-1].rps:,.0f} req/s, "
+                    f"{runs[-1].session_rate:,.0f} sessions/s")
+                for d in daemons[1:]:
+                    d.stop()
+        except Exception as exc:
+            say(f"failed: {type(exc).__name__}: {exc}")
+            for d in daemons:
+                say(f"{d.name} log:\n{d.log()}")
+            print(f"**Failed:** `{type(exc).__name__}: {exc}`\n")
+            return 1
+        finally:
+            for d in daemons:
+                d.terminate()
+            for d in daemons:
+                d.stop()
+            cluster.stop()
+    report(runs, baselines, args)
+    return 0
+
+
+def measure(ds: list[ClusterDaemon], targets: list[ClusterDaemon], cluster: NatsCluster, db: Path, script: Path,
+            args: argparse.Namespace) -> Run:
+    """wrk against `targets` while the daemons `ds` run; CPU over all of `ds`."""
+    pids = [d.proc.pid for d in ds if d.proc is not None]
+    nats_pids = [n.proc.pid for n in cluster.nodes if n.proc is not None]
+    before = completed(db)
+    c0 = (sum(cpu_s(p) for p in pids), sum(cpu_s(p) for p in nats_pids))
+    t0 = time.monotonic()
+    wrks = run_wrk_parallel([d.url + PATH for d in targets], script, args.duration, args.connections)
+    t1 = time.monotonic()
+    c1 = (sum(cpu_s(p) for p in pids), sum(cpu_s(p) for p in nats_pids))
+    ok = sum(w.requests - w.non2xx for w in wrks)
+    t_end = wait_completed(db, before + ok, args.drain_timeout)
+    return Run(len(ds), len(targets), wrks, t1 - t0, t_end - t0, ok, c1[0] - c0[0], c1[1] - c0[1])
+
+
+def report(runs: list[Run], baselines: list[float], args: argparse.Namespace) -> None:
+    kinds = [(n, n) for n in (1, 2, 3)] + [(3, 1)]
+    best = {k: max((r for r in runs if (r.n, r.targets) == k), key=lambda r: r.rps) for k in kinds}
+    one = best[(1, 1)]
+    cores = os.cpu_count() or 1
+    print(f"{cores} cores; 3 nats-servers (R3 streams and buckets), n daemons and the wrk processes all share them. "
+          f"{args.rounds} round(s); each measures n = 1, 2, 3 with `wrk -t1 -c{args.connections}/n -d{args.duration}s` "
+          f"per daemon, all at once, POST `{BODY}` to `…/signals/echo?nowait=true`; best run per n shown (all runs: "
+          + "; ".join(f"n={n}: " + ", ".join(f"{r.rps:,.0f}" for r in runs if (r.n, r.targets) == (n, n))
+                      for n in (1, 2, 3))
+          + " req/s). The last row keeps 3 daemons running but sends every trigger to daemon 1 (all "
+          f"{args.connections} connections): the cost of the other two without any accepting.\n")
+    print("| daemons | 202/s (sum) | vs 1 daemon | p50 | p99 | sessions completed/s | vs 1 daemon "
+          "| daemons CPU (cores) | nats CPU (cores) | daemon CPU per 202 | non-2xx + socket errors |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for k in kinds:
+        r = best[k]
+        requests = max(1, sum(w.requests for w in r.wrks))
+        label = str(r.n) if r.n == r.targets else f"{r.n}, triggers to daemon 1 only"
+        print(f"| {label} | {r.rps:,.0f} | **{r.rps / one.rps:.2f}×** "
+              f"| {r.latency('50'):.1f} ms | {r.latency('99'):.1f} ms "
+              f"| {r.session_rate:,.0f} | {r.session_rate / one.session_rate:.2f}× "
+              f"| {r.cpu_daemons / r.seconds:.2f} | {r.cpu_nats / r.seconds:.2f} "
+              f"| {r.cpu_daemons * 1e3 / requests:.2f} ms | {r.bad} |")
+    print()
+    if baselines:
+        b = max(baselines)
+        print(f"Baseline in the same run (daemon 1, `POST /__bench/publish`: one `js.publish` to an R1 memory stream "
+              f"→ 202): {b:,.0f} req/s; the 1-daemon trigger rate is **{one.rps / b:.2f}×** of it.\n")
+    print("\"sessions completed/s\" counts from the first trigger to the last completion of the run's sessions (as "
+          "daemon 1's read model sees them); \"CPU (cores)\" is CPU seconds per wall second during the wrk run, summed "
+          "over the daemons and over the three nats-servers; \"daemon CPU per 202\" is the daemons' CPU during the run "
+          "divided by the requests wrk sent.\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
