@@ -8,7 +8,6 @@ and returns once `/health` answers `ok`. The other commands talk to the daemon o
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import os
 import subprocess
 import sys
@@ -32,7 +31,7 @@ from atlas.cli.client import (
 )
 from atlas.cli.common import JsonOpt, TokenOpt, UrlOpt, handle_errors
 from atlas.cli.render import Output, fmt_duration, local_time, session_label, short_id
-from atlas.config.settings import Settings
+from atlas.config.settings import Settings, is_loopback
 
 daemon_app = typer.Typer(help="Run and control the atlas daemon (atlasd).", no_args_is_help=True)
 
@@ -81,13 +80,7 @@ def running_on_home(home: Path) -> dict[str, Any] | None:
 
 
 def _is_loopback_url(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback(urlsplit(url).hostname or "")
 
 
 # -------------------------------------------------------------------- start

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import json
 import logging
 import os
@@ -20,18 +19,9 @@ import uvicorn
 
 from atlas.api.app import create_app
 from atlas.bus.server import BusError
-from atlas.config.settings import Settings
+from atlas.config.settings import Settings, is_loopback
 from atlas.errors import ApiError
 from atlas.runtime.daemon import Daemon
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -100,7 +90,7 @@ async def _serve(settings: Settings) -> int:
 
 
 def run_daemon(settings: Settings) -> int:
-    if not _is_loopback(settings.host) and not (settings.token and len(settings.token) >= 32):
+    if not is_loopback(settings.host) and not (settings.token and len(settings.token) >= 32):
         print(f"atlasd: refusing to bind {settings.host} (not loopback) without ATLAS_TOKEN "
               "(at least 32 characters)", file=sys.stderr)
         return 2

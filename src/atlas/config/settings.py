@@ -5,6 +5,7 @@ Read once at start into a frozen dataclass so the rest of the code never reads `
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field, replace
@@ -21,6 +22,16 @@ def parse_size(text: str) -> int:
     if not match:
         raise ValueError(f"invalid size {text!r}: expected e.g. 1MiB, 512KiB or a number of bytes")
     return int(match.group(1)) * _SIZE_UNITS[(match.group(2) or "b").lower()]
+
+
+def is_loopback(host: str) -> bool:
+    """`localhost` or a loopback address (the default bind; anything else needs a token, spec §10)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _seconds(name: str, default: str, *, allow_zero: bool = False) -> float:
