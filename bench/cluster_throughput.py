@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +54,9 @@ BASELINE_PATH = "/__bench/publish"
 LUA = f"""wrk.method = "POST"
 wrk.body = '{BODY}'
 wrk.headers["Content-Type"] = "application/json"
+response = function(status, headers, body)
+  if status ~= 202 then io.write("NON2XX ", status, " ", string.sub(body, 1, 160), "\\n") end
+end
 """
 # Production-like timeouts (the tests' short ones would redeliver envelopes that merely wait for a slot).
 ENV = {"ATLAS_MAX_CONCURRENT_SESSIONS": "64", "ATLAS_ACK_WAIT": "30s", "ATLAS_HEARTBEAT_TTL": "30s",
@@ -75,6 +79,7 @@ class Wrk:
     non2xx: int = 0
     socket_errors: int = 0
     latency_ms: dict[str, float] = field(default_factory=dict)
+    errors: Counter[str] = field(default_factory=Counter)  # "status error-code" of every non-202 answer
 
 
 def parse_wrk(out: str) -> Wrk:
@@ -89,6 +94,9 @@ def parse_wrk(out: str) -> Wrk:
         res.socket_errors = sum(int(g) for g in m.groups())
     for m in re.finditer(r"^\s+(50|90|99)%\s+([\d.]+)(us|ms|s|m)\s*$", out, re.MULTILINE):
         res.latency_ms[m.group(1)] = float(m.group(2)) * _UNITS[m.group(3)]
+    for m in re.finditer(r"^NON2XX (\d+) (.*)$", out, re.MULTILINE):
+        code = re.search(r'"code":"([^"]+)"', m.group(2))
+        res.errors[f"{m.group(1)} {code.group(1) if code else m.group(2)[:40]}"] += 1
     return res
 
 
@@ -276,6 +284,12 @@ def report(runs: list[Run], baselines: list[float], args: argparse.Namespace) ->
               f"| {r.cpu_daemons / r.seconds:.2f} | {r.cpu_nats / r.seconds:.2f} "
               f"| {r.cpu_daemons * 1e3 / requests:.2f} ms | {r.bad} |")
     print()
+    errors: Counter[str] = Counter()
+    for r in runs:
+        for w in r.wrks:
+            errors.update(w.errors)
+    if errors:
+        print(f"Non-202 answers over all runs: {dict(errors)}.\n")
     if baselines:
         b = max(baselines)
         print(f"Baseline in the same run (daemon 1, `POST /__bench/publish`: one `js.publish` to an R1 memory stream "

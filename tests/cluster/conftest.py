@@ -97,4 +97,5 @@ def stop_all(ds: list[ClusterDaemon]) -> list[int]:
 @pytest.fixture
 def probe(nats_cluster: NatsCluster) -> Iterator[BusProbe]:
     with BusProbe(nats_cluster) as p:
+        p.start_diagnostics()
         yield p

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import itertools
 import json
 import os
 import signal
@@ -432,6 +433,39 @@ class BusProbe:
         self._run(op())
         return seen
 
+    def watch_heartbeats(self) -> dict[str, list[float]]:
+        """Start recording when each daemon's heartbeat lands in DAEMONS (monotonic times per daemonId)."""
+        beats: dict[str, list[float]] = {}
+
+        async def on_beat(msg: Any) -> None:
+            beats.setdefault(msg.subject.rsplit(".", 1)[-1], []).append(time.monotonic())
+
+        async def op() -> None:
+            await self._js()
+            await self._nc.subscribe("$KV.DAEMONS.>", cb=on_beat)
+            await self._nc.flush()
+
+        self._run(op())
+        return beats
+
+    def start_diagnostics(self) -> None:
+        """Record heartbeats and acks from now on, for `diagnostics()` (the `probe` fixture calls this)."""
+        self._beats = self.watch_heartbeats()
+        self._acks = self.watch_acks()
+
+    def diagnostics(self) -> str:
+        """What explains an unexpected `interrupted`: the longest gap between two heartbeats of each daemon (longer
+        than ATLAS_HEARTBEAT_TTL means a live daemon was rightly taken for dead, e.g. a CPU-starved event loop;
+        deliberate kills and stops show too) and how many envelopes were redelivered (acked later than
+        ATLAS_ACK_WAIT)."""
+        beats = getattr(self, "_beats", None)
+        acks = getattr(self, "_acks", None)
+        if beats is None or acks is None:
+            return "no diagnostics recorded"
+        gaps = {k[:8]: round(max(b - a for a, b in itertools.pairwise(v)), 2) for k, v in beats.items() if len(v) > 1}
+        return (f"longest heartbeat silence per daemon (s): {gaps}; redelivered envelopes: "
+                f"{len({seq for n, seq, _ in acks if n > 1})}")
+
     def consumer_idle(self) -> bool:
         """`atlas-signals` has nothing left to deliver and nothing delivered but unacknowledged."""
 
@@ -824,7 +858,7 @@ def check_exactly_once(outcomes: list[Outcome], load: TriggerLoad, probe: BusPro
             assert s["status"] in TERMINAL, f"{out.daemon}: {sid} is {s['status']}"
             refused = sid in extra and s["status"] == "failed" and s.get("errorCode") == "bus_unavailable"
             assert refused or allowed(sid, s["status"]), \
-                f"{out.daemon}: {sid} ended {s['status']} ({s.get('errorCode')})"
+                f"{out.daemon}: {sid} ended {s['status']} ({s.get('errorCode')}); {probe.diagnostics()}"
         same = {k: v["status"] for k, v in out.sessions.items()}
         ref = {k: v["status"] for k, v in first.sessions.items()}
         assert same == ref, f"{out.daemon} and {first.daemon} disagree: " + str(

@@ -6,6 +6,7 @@ They drive atlas's own `Bus` (src/atlas/bus/client.py) or real daemons; nothing 
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 
@@ -71,6 +72,45 @@ async def test_second_writer_of_the_same_seq_loses(shared_cluster: NatsCluster) 
                                 "errorCode": "interrupted"}, s1)
         with pytest.raises(WrongLastSequence):
             await bus.append_event({**base, "type": "step:complete", "seq": 2, "status": "completed"}, s1)
+    finally:
+        await bus.close()
+
+
+CLUSTERED_WRONG_LAST_SEQUENCE = (
+    "daemon bug: on a cluster, a conditional write that loses a *concurrent* race is refused with codes that "
+    "Bus.append_event (src/atlas/bus/client.py) does not map to WrongLastSequence (it maps only 10071): err 10158 "
+    "'duplicate message id is in process' when both writers send the same Nats-Msg-Id sid:seq (the usual case: "
+    "the same next seq), and err 10164 'wrong last sequence' (no number) when the ids differ. So a lost race of "
+    "a session's single writer (runner vs recovery or cancel, start vs cancel-while-queued, duplicate start) "
+    "surfaces as a generic APIError/BadRequestError instead of 're-read and obey' (spec §6.3)"
+)
+
+
+async def test_concurrent_writers_of_the_same_seq_one_loses_cleanly(shared_cluster: NatsCluster) -> None:
+    """Two writers append seq 2 of one session at the same moment (a runner and a recovery pass, a start and a
+    cancel): one wins, the other must get WrongLastSequence (re-read and obey, spec §6.3), whatever the broker's
+    error code for it. A sequential loser is refused with 10071 or deduplicated (both handled); a concurrent one
+    on a cluster gets 10158 (same Nats-Msg-Id still being proposed)."""
+    bus = await connect(shared_cluster)
+    try:
+        outcomes: list[str] = []
+        for _ in range(20):
+            sid = str(uuid.uuid4())
+            base = {"sessionId": sid, "timestamp": now_iso()}
+            s1 = await bus.append_event({**base, "type": "session:queued", "seq": 1}, 0)
+
+            async def write(kind: str, s1: int = s1, base: dict[str, str] = base) -> str:
+                try:
+                    await bus.append_event({**base, "type": kind, "seq": 2}, s1)
+                    return "won"
+                except WrongLastSequence:
+                    return "lost"
+                except Exception as exc:
+                    return f"{type(exc).__name__} {getattr(exc, 'err_code', '')}"
+
+            outcomes.append(" / ".join(sorted(await asyncio.gather(write("session:start"),
+                                                                   write("session:complete")))))
+        assert set(outcomes) == {"lost / won"}, outcomes
     finally:
         await bus.close()
 

@@ -25,7 +25,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import APIError, BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
 log = logging.getLogger("atlas.bus")
@@ -221,8 +221,10 @@ class Bus:
             headers["Nats-Expected-Last-Subject-Sequence"] = str(expected_last_subject_seq)
         try:
             ack = await self.js.publish(events_subject(sid), dumps(event), headers=headers)
-        except BadRequestError as exc:
-            if getattr(exc, "err_code", None) == 10071:
+        except APIError as exc:
+            # 10071: wrong last sequence; on a cluster a *concurrent* loser gets 10164 (wrong last sequence, no
+            # number) or 10158 (the same Nats-Msg-Id is still being proposed). All mean: someone else wrote first.
+            if getattr(exc, "err_code", None) in (10071, 10158, 10164):
                 raise WrongLastSequence(str(exc)) from exc
             raise
         if ack.duplicate:
