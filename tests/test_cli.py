@@ -273,14 +273,14 @@ def test_sessions_show_human(daemon: DaemonProcess, env: dict[str, str]) -> None
     assert f"correlationId  {accepted['correlationId']}" in out
     assert "lineage        root session (depth 0)" in out
     assert f"child          {child}  other/child  completed" in out
-    assert re.search(rf"^1  child  signal  completed  \d+ms\s+child {child[:8]} completed$", out, re.M), out
+    assert re.search(rf"^1  child  signal  completed  [\d.]+m?s\s+child {child[:8]} completed$", out, re.M), out
     r = atlas(daemon, env, "sessions", "show", child)
     assert f"parent         {accepted['sessionId']} (depth 1)" in r.stdout
     failed = nowait(daemon, "fail", {})
     wait_status(daemon, failed["sessionId"], TERMINAL)
     r = atlas(daemon, env, "sessions", "show", failed["sessionId"])
     assert "error          exit_status: command exited with status 3" in r.stdout
-    assert re.search(r"^1  failing  agent  failed  \d+ms\s+exit_status: command exited with status 3 → ", r.stdout,
+    assert re.search(r"^1  failing  agent  failed  [\d.]+m?s\s+exit_status: command exited with status 3 → ", r.stdout,
                      re.M), r.stdout
 
 
