@@ -334,17 +334,35 @@ class Daemon:
     async def finalize(self, envelope: dict[str, Any], policy: str) -> None:
         """After `session:complete`: summary to KV, marker removed, hold released, next parked session started."""
         sid = envelope["sessionId"]
-        view = self.store.view(sid)
         try:
-            ops: list[Any] = [self.bus.kv_delete(KV_INFLIGHT, sid)]
-            if view is not None:
-                ops.append(self.bus.kv_put(KV_METADATA, sid, summarize(view)))
-            await asyncio.gather(*ops)
+            try:
+                await self._write_final(sid)
+            except Exception:
+                self.spawn(self._retry_final(sid))
+                raise
             nxt = await self.concurrency.release(envelope["workspaceId"], envelope["signalId"], sid, policy)
             if nxt is not None:
                 await self.consumer.start_parked(nxt)
         except Exception:
             log.exception("finalising %s failed; recovery will retry", sid)
+
+    async def _write_final(self, sid: str) -> None:
+        """Summary to KV SESSION_METADATA and the inflight marker removed (spec §3.2, finalisation)."""
+        view = self.store.view(sid)
+        ops: list[Any] = [self.bus.kv_delete(KV_INFLIGHT, sid)]
+        if view is not None:
+            ops.append(self.bus.kv_put(KV_METADATA, sid, summarize(view)))
+        await asyncio.gather(*ops)
+
+    async def _retry_final(self, sid: str) -> None:
+        for delay in (0.5, 1, 2, 5, 10, 10, 10, 30, 30, 60):
+            await asyncio.sleep(delay)  # backoff while the bus recovers (not a synchronisation)
+            try:
+                await self._write_final(sid)
+                return
+            except Exception as exc:
+                log.debug("finalising %s: %s", sid, exc)
+        log.error("finalising %s kept failing; recovery will retry", sid)
 
     async def finalize_unstarted(self, writer: SessionWriter, status: str, code: str, message: str,
                                  envelope: dict[str, Any] | None = None) -> bool:
@@ -355,11 +373,10 @@ class Daemon:
         except WrongLastSequence:
             return False
         sid = writer.session_id
-        view = self.store.view(sid)
-        ops: list[Any] = [self.bus.kv_delete(KV_INFLIGHT, sid)]
-        if view is not None:
-            ops.append(self.bus.kv_put(KV_METADATA, sid, summarize(view)))
-        await asyncio.gather(*ops)
+        try:
+            await self._write_final(sid)
+        except Exception:  # the bus is failing: keep trying in the background, the terminal event is durable
+            self.spawn(self._retry_final(sid))
         if envelope is not None:
             ws = self.workspaces.get(envelope["workspaceId"])
             if ws is not None and envelope["signalId"] in ws.config.signals:
