@@ -1,5 +1,5 @@
-"""Focused reproductions, on a real 3-node cluster, of the daemon bugs the chaos tests found; all four were fixed
-(08c7599, def6671) and these stay as regression tests. Each says what the bug was.
+"""Focused reproductions, on a real 3-node cluster, of the daemon bugs the chaos tests found; all were fixed
+(08c7599, def6671, 143b7e4) and these stay as regression tests. Each says what the bug was.
 
 They drive atlas's own `Bus` (src/atlas/bus/client.py) or real daemons; nothing is mocked.
 """
@@ -76,21 +76,15 @@ async def test_second_writer_of_the_same_seq_loses(shared_cluster: NatsCluster) 
         await bus.close()
 
 
-CLUSTERED_WRONG_LAST_SEQUENCE = (
-    "daemon bug: on a cluster, a conditional write that loses a *concurrent* race is refused with codes that "
-    "Bus.append_event (src/atlas/bus/client.py) does not map to WrongLastSequence (it maps only 10071): err 10158 "
-    "'duplicate message id is in process' when both writers send the same Nats-Msg-Id sid:seq (the usual case: "
-    "the same next seq), and err 10164 'wrong last sequence' (no number) when the ids differ. So a lost race of "
-    "a session's single writer (runner vs recovery or cancel, start vs cancel-while-queued, duplicate start) "
-    "surfaces as a generic APIError/BadRequestError instead of 're-read and obey' (spec §6.3)"
-)
-
-
 async def test_concurrent_writers_of_the_same_seq_one_loses_cleanly(shared_cluster: NatsCluster) -> None:
     """Two writers append seq 2 of one session at the same moment (a runner and a recovery pass, a start and a
     cancel): one wins, the other must get WrongLastSequence (re-read and obey, spec §6.3), whatever the broker's
-    error code for it. A sequential loser is refused with 10071 or deduplicated (both handled); a concurrent one
-    on a cluster gets 10158 (same Nats-Msg-Id still being proposed)."""
+    error code for it. A sequential loser is refused with 10071 or deduplicated; a concurrent one on a cluster gets
+    10158 ('duplicate message id is in process', same Nats-Msg-Id still being proposed) or, with different ids,
+    10164 ('wrong last sequence' without a number).
+
+    Was: `Bus.append_event` mapped only 10071, so on a cluster a lost race surfaced as a generic error (a runner
+    "failed before its terminal event", a cancel answered 500, a recovery pass failed). Fixed in 143b7e4."""
     bus = await connect(shared_cluster)
     try:
         outcomes: list[str] = []
