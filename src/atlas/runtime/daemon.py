@@ -320,7 +320,13 @@ class Daemon:
             ended = True
         except WrongLastSequence:
             log.warning("session %s was ended by another writer", run.session_id)
-            ended = True
+            # The summary written at finalisation must come from the log, not from a local view that has not seen
+            # the other writer's session:complete yet (spec §8.1).
+            try:
+                await self.rebuild_view(run.session_id)
+                ended = True
+            except Exception:
+                log.warning("session %s: could not re-read its log", run.session_id)
         except Exception:
             # No terminal event (e.g. the bus is down): keep the marker, so recovery ends the session as
             # `interrupted` once the bus is back (spec §4.4) instead of leaving it active forever.
