@@ -40,6 +40,7 @@ import nats.js.errors
 from nats.js.api import DeliverPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
+from atlas.cli.sse import parse_sse
 from tests.daemon_proc import ATLAS, ROOT, DaemonProcess, wait_for
 
 NATS_SERVER = str(Path(sys.executable).parent / "nats-server")
@@ -896,24 +897,8 @@ def check_exactly_once(outcomes: list[Outcome], load: TriggerLoad, probe: BusPro
 
 def sse_frames(url: str, params: dict[str, str] | None = None, timeout: float = 30.0) -> list[dict[str, Any]]:
     """Every frame of an SSE stream the server closes by itself (the replay of something finished):
-    `{"id", "event", "data"}` per frame, comments dropped."""
-    frames: list[dict[str, Any]] = []
-    cur: dict[str, Any] = {}
-    data: list[str] = []
+    `{"id", "event", "data"}` per frame (`event` None for plain data frames), comments dropped."""
     with http.stream("GET", url, params=params, timeout=timeout) as r:
         assert r.status_code == 200, r.read()
-        for line in r.iter_lines():
-            if line == "":
-                if cur or data:
-                    frames.append({"id": cur.get("id"), "event": cur.get("event"), "data": "\n".join(data)})
-                cur, data = {}, []
-                continue
-            if line.startswith(":"):
-                continue
-            name, _, value = line.partition(":")
-            value = value[1:] if value.startswith(" ") else value
-            if name == "data":
-                data.append(value)
-            else:
-                cur[name] = value
-    return frames
+        return [{"id": f.id, "event": None if f.event == "message" else f.event, "data": f.data}
+                for f in parse_sse(r.iter_lines())]
