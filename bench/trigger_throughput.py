@@ -251,16 +251,16 @@ async def in_process(accepts: int) -> tuple[list[tuple[str, list[float], float]]
             marker = b'{"sessionId":"x","state":"queued","envelope":{"payload":{"n":1}}}' * 4
 
             upserts: list[float] = []
-            real_upsert = d.store.rm.upsert
+            real_upsert = d.store.rm.upsert_many
 
-            def timed_upsert(*args: Any, **kwargs: Any) -> bool:
+            def timed_upsert(*args: Any, **kwargs: Any) -> int:
                 t0 = time.perf_counter()
                 try:
                     return real_upsert(*args, **kwargs)
                 finally:
                     upserts.append((time.perf_counter() - t0) * 1e3)
 
-            d.store.rm.upsert = timed_upsert  # type: ignore[method-assign]
+            d.store.rm.upsert_many = timed_upsert  # type: ignore[method-assign]
 
             def req() -> TriggerRequest:
                 return TriggerRequest(workspace_id="core", signal_id="echo", payload={"n": 1}, trigger="http")

@@ -28,6 +28,8 @@ from nats.js.api import (
 from nats.js.errors import APIError, BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
+from atlas.bus.acks import Ack, AckedPublisher
+
 log = logging.getLogger("atlas.bus")
 
 SIGNALS = "SIGNALS"
@@ -90,6 +92,7 @@ class Bus:
         self.settings = settings
         self.nc: Client | None = None
         self._js: JetStreamContext | None = None
+        self._acks: AckedPublisher | None = None
         self.kv: dict[str, KeyValue] = {}
 
     @property
@@ -119,6 +122,8 @@ class Bus:
             opts["reconnected_cb"] = on_reconnect
         self.nc = await nats.connect(**opts)
         self._js = self.nc.jetstream(timeout=10)
+        self._acks = AckedPublisher(self.nc, timeout=10)
+        await self._acks.start()
         await self._declare()
 
     async def close(self) -> None:
@@ -220,7 +225,7 @@ class Bus:
         if expected_last_subject_seq is not None:
             headers["Nats-Expected-Last-Subject-Sequence"] = str(expected_last_subject_seq)
         try:
-            ack = await self.js.publish(events_subject(sid), dumps(event), headers=headers)
+            ack = await self.publish(events_subject(sid), dumps(event), headers)
         except APIError as exc:
             # 10071: wrong last sequence; on a cluster a *concurrent* loser gets 10164 (wrong last sequence, no
             # number) or 10158 (the same Nats-Msg-Id is still being proposed). All mean: someone else wrote first.
@@ -258,10 +263,16 @@ class Bus:
 
     # ------------------------------------------------------------ signals
 
-    async def publish_envelope(self, envelope: dict[str, Any]) -> None:
-        await self.js.publish(
+    async def publish(self, subject: str, data: bytes, headers: dict[str, str] | None = None) -> Ack:
+        """One JetStream publish, acknowledged (see `atlas.bus.acks` for why not `js.publish`)."""
+        assert self._acks is not None, "bus not connected"
+        return await self._acks.publish(subject, data, headers)
+
+    async def publish_envelope(self, envelope: dict[str, Any], data: bytes | None = None) -> None:
+        """Publish to SIGNALS, deduplicated by sessionId (`data`: the envelope already encoded)."""
+        await self.publish(
             signal_subject(envelope["workspaceId"], envelope["signalId"]),
-            dumps(envelope),
+            data if data is not None else dumps(envelope),
             headers={"Nats-Msg-Id": envelope["sessionId"], "Atlas-Schema-Version": "1"},
         )
 
@@ -281,7 +292,8 @@ class Bus:
         return json.loads(entry.value), int(entry.revision or 0)
 
     async def kv_put(self, bucket: str, key: str, value: Any) -> int:
-        return int(await self.kv[bucket].put(key, dumps(value)))
+        """Put a key; the revision is the stream sequence (what `KeyValue.put` does, through our publisher)."""
+        return (await self.publish(f"$KV.{bucket}.{key}", dumps(value))).seq
 
     async def kv_create(self, bucket: str, key: str, value: Any) -> int:
         """Atomic create-if-absent; WrongLastSequence when the key exists."""

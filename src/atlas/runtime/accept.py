@@ -1,20 +1,22 @@
 """The accept pipeline (spec §6.4): every trigger — HTTP, cron or cascade — becomes a durable queued session here.
 
-Before `accept` returns, the inflight marker and `session:queued` are acknowledged by JetStream, the local read
-model has the row, and the envelope is acknowledged on SIGNALS. That ordering is what lets a caller find its
-session by correlationId the instant it gets the 202 (spec §4.3), and what guarantees that an accepted trigger is
-never lost (§8.2).
+Before `accept` returns, the envelope is acknowledged on SIGNALS, then `session:queued` is acknowledged on
+SESSION_EVENTS and applied to the local store. The envelope goes first because it is what makes the trigger
+durable: a crash after it is redelivered and run, and the consumer writes `session:queued` itself if it is
+missing (§8.2). `session:queued` before the 202 is what lets a caller find its session by correlationId the
+instant it gets the answer (spec §4.3).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from atlas.bus.client import KV_INFLIGHT, dumps
+from atlas.bus.client import dumps
 from atlas.errors import ApiError
 from atlas.runtime.workspaces import Workspace
 from atlas.sessions.events import now_iso
@@ -22,6 +24,8 @@ from atlas.sessions.writer import SessionWriter
 
 if TYPE_CHECKING:
     from atlas.runtime.daemon import Daemon
+
+log = logging.getLogger("atlas.accept")
 
 MAX_DEPTH = 32
 MAX_VALUES = 100_000
@@ -80,9 +84,32 @@ def schema_errors(ws: Workspace, signal_id: str, payload: Any) -> list[dict[str,
     ]
 
 
+def queued_fields(envelope: dict[str, Any], ws: Workspace | None, job_id: str) -> dict[str, Any]:
+    """The body of `session:queued`, from the envelope (the accept pipeline and, as a fallback, the consumer)."""
+    payload = envelope.get("payload")
+    task = payload.get("task") if isinstance(payload, dict) and isinstance(payload.get("task"), str) else job_id
+    return {
+        "workspaceId": envelope["workspaceId"],
+        "jobName": job_id,
+        "signalId": envelope["signalId"],
+        "task": task,
+        "trigger": envelope["trigger"],
+        "correlationId": envelope["correlationId"],
+        "parentSessionId": envelope.get("parentSessionId"),
+        "rootSessionId": envelope["rootSessionId"],
+        "depth": envelope["depth"],
+        "plannedSteps": ws.plans.get(job_id, []) if ws is not None else [],
+        "payload": payload,
+    }
+
+
 class AcceptPipeline:
+    TAILS_KEPT = 100_000
+
     def __init__(self, daemon: Daemon) -> None:
         self.d = daemon
+        self._pending: dict[str, asyncio.Future[int]] = {}
+        self._tails: dict[str, int] = {}
 
     def resolve(self, workspace_id: str, signal_id: str) -> tuple[Workspace, str]:
         """The workspace and the job handling the signal, or the 404 of spec §5.3 (3)–(4)."""
@@ -118,7 +145,7 @@ class AcceptPipeline:
 
     async def accept(self, req: TriggerRequest,
                      validated: tuple[Workspace, str, dict[str, Any] | None] | None = None) -> Accepted:
-        """Validate (unless the caller did), mint ids, make the session durable and hand the envelope to SIGNALS."""
+        """Validate (unless the caller did), mint ids, hand the envelope to SIGNALS, then write `session:queued`."""
         ws, job_id, parent = validated or self.validate(req)
         self.d.ensure_accepting()
 
@@ -129,9 +156,6 @@ class AcceptPipeline:
             depth = int(parent.get("depth", 0)) + 1
         else:
             correlation_id, root, depth = str(uuid.uuid4()), sid, 0
-        payload = req.payload
-        task = payload.get("task") if isinstance(payload, dict) and isinstance(payload.get("task"), str) else job_id
-        accepted_at = now_iso()
         envelope: dict[str, Any] = {
             "workspaceId": ws.id,
             "signalId": req.signal_id,
@@ -140,8 +164,8 @@ class AcceptPipeline:
             "rootSessionId": root,
             "depth": depth,
             "trigger": req.trigger,
-            "payload": payload,
-            "acceptedAt": accepted_at,
+            "payload": req.payload,
+            "acceptedAt": now_iso(),
             "acceptedBy": self.d.daemon_id,
         }
         if parent is not None:
@@ -150,58 +174,64 @@ class AcceptPipeline:
             envelope["streamId"] = req.stream_id
         if req.webhook is not None:
             envelope["webhook"] = req.webhook
-        queued = {
-            "workspaceId": ws.id,
-            "jobName": job_id,
-            "signalId": req.signal_id,
-            "task": task,
-            "trigger": req.trigger,
-            "correlationId": correlation_id,
-            "parentSessionId": envelope.get("parentSessionId"),
-            "rootSessionId": root,
-            "depth": depth,
-            "plannedSteps": ws.plans[job_id],
-            "payload": payload,
-        }
-        marker = {
-            "sessionId": sid,
-            "workspaceId": ws.id,
-            "signalId": req.signal_id,
-            "correlationId": correlation_id,
-            "state": "queued",
-            "acceptedBy": self.d.daemon_id,
-            "acceptedAt": accepted_at,
-            "envelope": envelope,
-        }
-        writer = SessionWriter(self.d.bus, self.d.store, sid)
         try:
-            dumps(marker)  # anything unencodable fails here, before a single write
+            data = dumps(envelope)  # anything unencodable fails here, before a single write
         except (TypeError, ValueError) as exc:
             raise ApiError(400, "invalid_body", f"Payload cannot be stored: {exc}") from None
+        limit_code = self._cascade_limit(depth, correlation_id)
+        if limit_code is not None:
+            return await self._refuse(ws, job_id, envelope, limit_code)
+
+        # The envelope first: once SIGNALS has it the trigger cannot be lost, whatever happens next. The consumer
+        # that takes it waits for our `session:queued` (or writes it itself if we never could, spec §8.2).
+        tail: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._pending[sid] = tail
         try:
-            # The marker and session:queued are independent: write them concurrently, then the envelope.
-            # Both are awaited to the end even if one fails, so a failure below always knows whether
-            # session:queued exists (and then ends it) — never a `queued` session without a marker.
-            results = await asyncio.gather(self.d.bus.kv_put(KV_INFLIGHT, sid, marker),
-                                           writer.append("session:queued", queued), return_exceptions=True)
-            for result in results:
-                if isinstance(result, BaseException):
-                    raise result
-            limit_code = self._cascade_limit(depth, correlation_id)
-            if limit_code is not None:
-                await self._end_unstarted(writer, limit_code)
-                return Accepted(sid, correlation_id, ws.id, req.signal_id, job_id, "failed", limit_code)
-            envelope["queuedStreamSeq"] = writer.stream_seq
-            await self.d.bus.publish_envelope(envelope)
-        except ApiError:
-            raise
+            try:
+                await self.d.bus.publish_envelope(envelope, data)
+            except Exception as exc:
+                raise ApiError(503, "bus_unavailable",
+                               f"The message bus is unavailable: {type(exc).__name__}") from exc
+            writer = SessionWriter(self.d.bus, self.d.store, sid)
+            try:
+                await writer.append("session:queued", queued_fields(envelope, ws, job_id))
+            except Exception:
+                # Lost to the consumer (it wrote `session:queued` first) or the bus failed after the envelope was
+                # durable: the session exists or will, so this is still an accepted trigger.
+                log.debug("session:queued of %s not written here", sid, exc_info=True)
+                tail.set_result(0)
+            else:
+                tail.set_result(writer.stream_seq)
+                self._tails[sid] = writer.stream_seq
+                while len(self._tails) > self.TAILS_KEPT:
+                    self._tails.pop(next(iter(self._tails)))
+        finally:
+            self._pending.pop(sid, None)
+            if not tail.done():
+                tail.set_result(0)
+        return Accepted(sid, correlation_id, ws.id, req.signal_id, job_id, "queued")
+
+    async def queued_tail(self, sid: str) -> int:
+        """The stream sequence of `session:queued` when this daemon wrote it (0 if unknown): the consumer's first
+        write expects it, which saves a read per session. Waits while this daemon is still writing it."""
+        pending = self._pending.get(sid)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        return self._tails.pop(sid, 0)
+
+    async def _refuse(self, ws: Workspace, job_id: str, envelope: dict[str, Any], code: str) -> Accepted:
+        """A cascade over a limit leaves a `failed` session record and no envelope (nothing to run)."""
+        sid = envelope["sessionId"]
+        writer = SessionWriter(self.d.bus, self.d.store, sid)
+        try:
+            await writer.append("session:queued", queued_fields(envelope, ws, job_id))
+            await self._end_unstarted(writer, code)
         except Exception as exc:
             if writer.seq > 0:  # session:queued is durable: end it rather than leave it queued forever
                 with contextlib.suppress(Exception):
-                    await self.d.finalize_unstarted(writer, "failed", "bus_unavailable",
-                                                    f"Acceptance did not finish: {type(exc).__name__}")
+                    await self.d.finalize_unstarted(writer, "failed", code, f"{code}: {type(exc).__name__}")
             raise ApiError(503, "bus_unavailable", f"The message bus is unavailable: {type(exc).__name__}") from exc
-        return Accepted(sid, correlation_id, ws.id, req.signal_id, job_id, "queued")
+        return Accepted(sid, envelope["correlationId"], ws.id, envelope["signalId"], job_id, "failed", code)
 
     def _cascade_limit(self, depth: int, correlation_id: str) -> str | None:
         if depth > self.d.settings.max_cascade_depth:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from nats.aio.msg import Msg
 
 from atlas.bus.client import CONSUMER, KV_INFLIGHT, SIGNALS, WrongLastSequence
+from atlas.runtime.accept import queued_fields
 from atlas.runtime.workspaces import Workspace
 from atlas.sessions.events import now_iso, parse_iso
 from atlas.sessions.reducer import is_terminal
@@ -134,14 +135,11 @@ class SignalConsumer:
             await msg.nak()  # shutting down: leave it queued for the next daemon (spec §8.4)
             return False
         sid = env["sessionId"]
-        queued_seq = env.get("queuedStreamSeq")
-        if isinstance(queued_seq, int) and queued_seq > 0 and not deliveries > 1:
-            writer = SessionWriter(self.d.bus, self.d.store, sid, seq=1, stream_seq=queued_seq)
+        tail = await self.d.accept.queued_tail(sid)
+        if tail > 0 and deliveries == 1:
+            writer = SessionWriter(self.d.bus, self.d.store, sid, seq=1, stream_seq=tail)
         else:
-            writer = await SessionWriter.resume(self.d.bus, self.d.store, sid)
-            if writer.seq == 0:
-                await msg.ack()  # no session:queued: acceptance never finished (spec §8.1)
-                return False
+            writer = await self._writer_after_queued(env)
             if writer.seq > 1:
                 return await self._already_started(env, msg)
 
@@ -188,6 +186,23 @@ class SignalConsumer:
             await d.cancel_and_wait(decision.victims, "replaced", "Replaced by a newer trigger",
                                     d.settings.shutdown_grace_s)
         return await self._start(ws, job_id, env, writer, msg)
+
+    async def _writer_after_queued(self, env: dict[str, Any]) -> SessionWriter:
+        """A writer positioned after the session's last event; writes `session:queued` first when the accepting
+        daemon never could (it died, or the bus failed, right after the envelope was durable)."""
+        sid = env["sessionId"]
+        for _ in range(3):
+            writer = await SessionWriter.resume(self.d.bus, self.d.store, sid)
+            if writer.seq > 0:
+                return writer
+            ws = self.d.workspaces.get(env["workspaceId"])
+            job_id = (ws.job_for_signal.get(env["signalId"]) if ws is not None else None) or env["signalId"]
+            try:
+                await writer.append("session:queued", queued_fields(env, ws, job_id))
+                return writer
+            except WrongLastSequence:
+                continue  # the accepting daemon's write landed meanwhile: read it
+        raise RuntimeError(f"could not position a writer on session {sid}")
 
     async def _start(self, ws: Workspace, job_id: str, env: dict[str, Any], writer: SessionWriter,
                      msg: Msg | None) -> bool:

@@ -4,10 +4,11 @@ Events this daemon writes are applied at once (so a 202 is followed by a visible
 daemons arrive through the materialiser. Both paths go through `apply`, whose `seq` guard makes a second
 application a no-op.
 
-SQLite writes are batched: `session:queued` is committed before `apply` returns (read-your-writes for the 202),
-later events of a session only mark its row dirty, and a flush a few milliseconds later writes every dirty row
-(the latest view of each session, once) in one transaction together with the materialiser's resume point. Any read
-through `store.rm` flushes first, so readers never see the read model behind the store.
+SQLite writes are batched: an event only marks its session's row dirty, and a flush a few milliseconds later writes
+every dirty row (the latest view of each session, once) in one transaction together with the materialiser's resume
+point. Any read through `store.rm` flushes first, so readers never see the read model behind the store: a
+session is findable by correlationId the moment `apply` has returned (spec §4.3), without a commit per trigger.
+The bus, not SQLite, is what makes an event durable; the read model is rebuilt from it after a crash.
 """
 
 from __future__ import annotations
@@ -69,27 +70,36 @@ class SessionStore:
 
     # ------------------------------------------------------------ writing
 
-    def apply(self, event: dict[str, Any], stream_seq: int | None = None) -> dict[str, Any] | None:
-        """Apply one durable event; returns the new view, or None when the event was already applied."""
+    def apply(self, event: dict[str, Any], stream_seq: int | None = None, *,
+              new: bool = False) -> dict[str, Any] | None:
+        """Apply one durable event; returns the new view, or None when the event was already applied.
+
+        `new`: the caller knows the session had no event before this one on the bus (its writer's first append
+        was accepted with an expected last sequence of 0), so only memory can already hold it (the materialiser
+        may have applied the same event first) and SQLite need not be asked.
+        """
         sid = event.get("sessionId")
         seq = event.get("seq")
         if not isinstance(sid, str) or not isinstance(seq, int):
             return None
-        if seq <= self._last_seq(sid) and event.get("type") != "session:summary":
-            if stream_seq is not None:
-                self._note(stream_seq)
-            return None
-        base = self._live.get(sid) or self._dirty.get(sid) or self._rm.get_view(sid) or initial_view()
+        if new:
+            known = self._live.get(sid) or self._dirty.get(sid)
+            if known is not None and seq <= int(known["lastSeq"]):
+                return None
+            base = known or initial_view()
+        else:
+            if seq <= self._last_seq(sid) and event.get("type") != "session:summary":
+                if stream_seq is not None:
+                    self._note(stream_seq)
+                return None
+            base = self._live.get(sid) or self._dirty.get(sid) or self._rm.get_view(sid) or initial_view()
         view = reduce(base, event)
         if view is base:
             return None
         self._dirty[sid] = view
         if stream_seq is not None:
             self._pending_stream_seq = max(self._pending_stream_seq, stream_seq)
-        if event.get("type") == "session:queued":
-            self.flush()  # committed before the caller answers 202 (spec §4.3)
-        else:
-            self._schedule_flush()
+        self._schedule_flush()
         if is_terminal(view["status"]):
             self._live.pop(sid, None)
             self._remember(sid, int(view["lastSeq"]))

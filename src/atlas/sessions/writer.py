@@ -41,7 +41,8 @@ class SessionWriter:
         }
         # Optional fields are omitted when None; `payload` is kept (a non-JSON webhook body is `null`, spec §5.2).
         event.update({k: v for k, v in fields.items() if v is not None or k == "payload"})
+        first = self.seq == 0 and self.stream_seq == 0
         self.stream_seq = await self.bus.append_event(event, self.stream_seq)
         self.seq += 1
-        self.store.apply(event)
+        self.store.apply(event, new=first)
         return event
