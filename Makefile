@@ -35,12 +35,13 @@ bench: install
 test-cluster: install
 	ATLAS_CLUSTER_LONG=1 $(BIN)/pytest tests/cluster -m "cluster"
 
-# Trigger throughput with 1, 2 and 3 daemons on one cluster; markdown in bench/results/cluster.md.
+# Trigger throughput with 1, 2 and 3 daemons on one cluster, then the cascade hop; markdown in bench/results/cluster.md.
 bench-cluster: install
 	command -v wrk >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq wrk)
 	mkdir -p bench/results
 	timeout --kill-after=10 900 $(BIN)/python bench/cluster_throughput.py > bench/results/cluster.md; \
-		rc=$$?; cat bench/results/cluster.md; exit $$rc
+		rc=$$?; timeout --kill-after=10 120 $(BIN)/python bench/cascade_hop.py --cascades 300 >> bench/results/cluster.md \
+		|| rc=1; cat bench/results/cluster.md; exit $$rc
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
