@@ -48,6 +48,8 @@ from atlas.sessions.reducer import is_terminal, summarize
 from atlas.sessions.store import SessionStore
 from atlas.sessions.writer import SessionWriter
 
+HELLO_SUBJECT = "atlas.daemons.hello"
+
 log = logging.getLogger("atlas.daemon")
 
 
@@ -143,8 +145,11 @@ class Daemon:
         await self._heartbeat_once()
         await self._load_workspaces()
         self.check_retention()
-        self.materializer = Materializer(self.bus, self.store)
+        # An embedded bus is private to this daemon (token, loopback): nobody else writes its log (see Materializer).
+        self.materializer = Materializer(self.bus, self.store, follow=bool(s.nats_url))
+        await self.bus.nc.subscribe(HELLO_SUBJECT, cb=self._on_hello)  # type: ignore[union-attr]
         await self.materializer.start()
+        await self.bus.nc.publish(HELLO_SUBJECT, self.daemon_id.encode())  # type: ignore[union-attr]
         await self.bus.nc.subscribe("atlas.cancel.sessions.*", cb=self._on_cancel_msg)  # type: ignore[union-attr]
         self.recovery = Recovery(self)
         await self.recovery.run_once(at_start=True)
@@ -274,8 +279,18 @@ class Daemon:
             await asyncio.sleep(self.settings.heartbeat_ttl_s / 6)
             try:
                 await self._heartbeat_once()
+                if not self.materializer.follow and await self.live_daemons() - {self.daemon_id}:
+                    await self._share_the_log("in the heartbeats")
             except Exception as exc:
                 log.warning("heartbeat failed: %s", exc)
+
+    async def _on_hello(self, msg: Any) -> None:
+        if msg.data.decode(errors="replace") != self.daemon_id and not self.materializer.follow:
+            await self._share_the_log("said hello")
+
+    async def _share_the_log(self, how: str) -> None:
+        log.info("another daemon shares the embedded bus (%s): following the session log", how)
+        await self.materializer.follow_now()
 
     async def live_daemons(self) -> set[str]:
         keys = await self.bus.kv_keys(KV_DAEMONS)

@@ -35,6 +35,8 @@ class Recovery:
 
     async def run_once(self, *, at_start: bool) -> None:
         d = self.d
+        if not d.materializer.follow:
+            await d.materializer.fill_gaps()
         for sid in await d.bus.kv_keys(KV_INFLIGHT):
             found = await d.bus.kv_get(KV_INFLIGHT, sid)
             if found is None:

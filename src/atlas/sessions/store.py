@@ -40,6 +40,56 @@ class SessionStore:
         self._recent_seq: OrderedDict[str, int] = OrderedDict()
         self._waiters: dict[str, list[asyncio.Future[dict[str, Any]]]] = {}
         self._listeners: set[Listener] = set()
+        # Sole-writer mode (see `own_the_log`): the resume point is the highest stream sequence below which every
+        # message is applied; acknowledged writes above it wait in `_ahead` until the sequences between are filled.
+        self.sole_writer = False
+        self._mark = 0
+        self._ahead: set[int] = set()
+
+    # ------------------------------------------------------------ sole writer
+
+    def own_the_log(self, caught_up_to: int) -> None:
+        """From now on this daemon is the only writer of SESSION_EVENTS (an embedded bus): no materialiser follows
+        the stream, so the resume point moves with this daemon's own acknowledged writes (`note_written`)."""
+        self.sole_writer = True
+        self.caught_up_to(caught_up_to)
+
+    def share_the_log(self) -> int:
+        """Leave sole-writer mode (a materialiser follows from now on); returns the resume point to follow from."""
+        self.sole_writer = False
+        self._ahead.clear()
+        return self._mark
+
+    def caught_up_to(self, stream_seq: int) -> None:
+        """Every message up to `stream_seq` is applied (or no longer exists)."""
+        if stream_seq > self._mark:
+            self._mark = stream_seq
+            self._ahead = {seq for seq in self._ahead if seq > stream_seq}
+            self._advance(moved=True)
+
+    def note_written(self, stream_seq: int) -> None:
+        """The message at `stream_seq` is applied; only meaningful for a sole writer."""
+        if self.sole_writer and stream_seq > self._mark:
+            self._ahead.add(stream_seq)
+            self._advance()
+
+    def gaps(self, limit: int = 1000) -> list[int]:
+        """Stream sequences below the highest written one that were never noted: writes whose acknowledgement
+        was lost (the message may exist). The daemon reads them back so the resume point can move on."""
+        if not self._ahead:
+            return []
+        top = min(max(self._ahead), self._mark + limit)
+        return [seq for seq in range(self._mark + 1, top) if seq not in self._ahead]
+
+    def _advance(self, moved: bool = False) -> None:
+        ahead = self._ahead
+        while ahead and self._mark + 1 in ahead:
+            self._mark += 1
+            ahead.discard(self._mark)
+            moved = True
+        if moved:
+            self._pending_stream_seq = max(self._pending_stream_seq, self._mark)
+            self._schedule_flush()
 
     # ------------------------------------------------------------ reading
 
@@ -98,7 +148,7 @@ class SessionStore:
             return None
         self._dirty[sid] = view
         if stream_seq is not None:
-            self._pending_stream_seq = max(self._pending_stream_seq, stream_seq)
+            self._note_applied(stream_seq)
         self._schedule_flush()
         if is_terminal(view["status"]):
             self._live.pop(sid, None)
@@ -122,8 +172,14 @@ class SessionStore:
     def _note(self, stream_seq: int) -> None:
         """Duplicates (our own events coming back) move the resume point with the next flush, never before the
         rows they stand for are written."""
-        self._pending_stream_seq = max(self._pending_stream_seq, stream_seq)
+        self._note_applied(stream_seq)
         self._schedule_flush()
+
+    def _note_applied(self, stream_seq: int) -> None:
+        if self.sole_writer:
+            self.note_written(stream_seq)  # out-of-order sources (recovery, rebuilds) must not skip a gap
+        else:
+            self._pending_stream_seq = max(self._pending_stream_seq, stream_seq)
 
     def _schedule_flush(self) -> None:
         if self._flush_handle is not None:

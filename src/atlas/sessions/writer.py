@@ -45,4 +45,5 @@ class SessionWriter:
         self.stream_seq = await self.bus.append_event(event, self.stream_seq)
         self.seq += 1
         self.store.apply(event, new=first)
+        self.store.note_written(self.stream_seq)
         return event
