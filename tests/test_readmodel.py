@@ -20,6 +20,7 @@ from atlas.sessions.readmodel import (
     decode_cursor,
     encode_cursor,
     normalize_timestamp,
+    open_read_model,
 )
 
 STATUSES = ["queued", "active", "completed", "failed", "skipped", "cancelled", "interrupted"]
@@ -172,6 +173,38 @@ def test_survives_reopening(tmp_path: Path) -> None:
         assert second.get_stream_seq() == 9
     finally:
         second.close()
+
+
+def test_an_unclean_stop_is_checked_and_a_healthy_file_kept(tmp_path: Path) -> None:
+    first = ReadModel(tmp_path / "atlas.db")
+    first.upsert(*session("s1", seq=2), stream_seq=9)
+    # No close(): like a daemon killed with -9. The next open runs quick_check, finds the file healthy, keeps it.
+    first._conn.close()
+    second = open_read_model(tmp_path / "atlas.db")
+    try:
+        assert second.get_last_seq("s1") == 2 and second.get_stream_seq() == 9
+        assert not list(tmp_path.glob("*.corrupt-*"))
+    finally:
+        second.close()
+
+
+def test_a_damaged_file_is_moved_aside_and_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "atlas.db"
+    first = ReadModel(path)
+    for i in range(200):
+        first.upsert(*session(f"s{i}", seq=1))
+    first.close()
+    data = bytearray(path.read_bytes())
+    data[4096:] = b"\xff" * (len(data) - 4096)  # every page after the first is garbage: what a lost write-back leaves
+    path.write_bytes(bytes(data))
+    rm = open_read_model(path)
+    try:
+        assert rm.get_view("s1") is None and rm.get_stream_seq() == 0  # empty: the bus will refill it
+        rm.upsert(*session("new", seq=1))
+        assert rm.get_last_seq("new") == 1
+        assert len(list(tmp_path.glob("atlas.db.corrupt-*"))) == 1
+    finally:
+        rm.close()
 
 
 def test_concurrent_writers_from_threads(rm: ReadModel) -> None:

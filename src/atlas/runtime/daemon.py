@@ -43,7 +43,7 @@ from atlas.runtime.templating import Templater
 from atlas.runtime.workspaces import Workspace, WorkspaceRegistry
 from atlas.sessions.events import format_iso, now_iso
 from atlas.sessions.materializer import Materializer
-from atlas.sessions.readmodel import ReadModel
+from atlas.sessions.readmodel import open_read_model
 from atlas.sessions.reducer import is_terminal, summarize
 from atlas.sessions.store import SessionStore
 from atlas.sessions.writer import SessionWriter
@@ -140,7 +140,7 @@ class Daemon:
                                    retention_s=s.session_retention_s, ack_wait_s=s.ack_wait_s,
                                    idempotency_ttl_s=s.idempotency_ttl_s, heartbeat_ttl_s=s.heartbeat_ttl_s))
         await self.bus.connect()
-        self.store = SessionStore(ReadModel(self.home / "atlas.db"))
+        self.store = SessionStore(open_read_model(self.home / "atlas.db"))
         self.concurrency = ConcurrencyControl(self.bus, self._is_alive, self._ancestors)
         await self._heartbeat_once()
         await self._load_workspaces()
