@@ -227,7 +227,7 @@ class Daemon:
         if self.embedded is not None:
             await self.embedded.stop()
         if hasattr(self, "store"):
-            self.store.rm.close()
+            self.store.close()
 
     @property
     def nats_mode(self) -> str:

@@ -14,12 +14,18 @@ The bus, not SQLite, is what makes an event durable; the read model is rebuilt f
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import queue
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 from atlas.sessions.readmodel import ReadModel
 from atlas.sessions.reducer import apply_chunk, initial_view, is_terminal, reduce, summarize
+
+log = logging.getLogger("atlas.store")
 
 Listener = Callable[[dict[str, Any]], None]
 
@@ -40,6 +46,10 @@ class SessionStore:
         self._recent_seq: OrderedDict[str, int] = OrderedDict()
         self._waiters: dict[str, list[asyncio.Future[dict[str, Any]]]] = {}
         self._listeners: set[Listener] = set()
+        # Batches handed to the writer thread, and their views until committed.
+        self._batches: queue.Queue[Any] = queue.Queue()
+        self._writing: dict[str, dict[str, Any]] = {}
+        self._writer: threading.Thread | None = None
         # Sole-writer mode (see `own_the_log`): the resume point is the highest stream sequence below which every
         # message is applied; acknowledged writes above it wait in `_ahead` until the sequences between are filled.
         self.sole_writer = False
@@ -95,13 +105,15 @@ class SessionStore:
 
     @property
     def rm(self) -> ReadModel:
-        """The read model, with every pending write flushed first."""
+        """The read model, with every pending write flushed (and committed) first."""
         if self._dirty or self._pending_stream_seq:
             self.flush()
+        if self._writing:
+            self._batches.join()  # a few milliseconds at most: the writer thread is committing them now
         return self._rm
 
     def view(self, session_id: str) -> dict[str, Any] | None:
-        live = self._live.get(session_id) or self._dirty.get(session_id)
+        live = self._live.get(session_id) or self._dirty.get(session_id) or self._writing.get(session_id)
         if live is not None:
             return live
         return self._rm.get_view(session_id)
@@ -110,7 +122,7 @@ class SessionStore:
         return list(self._live.values())
 
     def _last_seq(self, session_id: str) -> int:
-        live = self._live.get(session_id) or self._dirty.get(session_id)
+        live = self._live.get(session_id) or self._dirty.get(session_id) or self._writing.get(session_id)
         if live is not None:
             return int(live["lastSeq"])
         recent = self._recent_seq.get(session_id)
@@ -133,7 +145,7 @@ class SessionStore:
         if not isinstance(sid, str) or not isinstance(seq, int):
             return None
         if new:
-            known = self._live.get(sid) or self._dirty.get(sid)
+            known = self._live.get(sid) or self._dirty.get(sid) or self._writing.get(sid)
             if known is not None and seq <= int(known["lastSeq"]):
                 return None
             base = known or initial_view()
@@ -142,7 +154,8 @@ class SessionStore:
                 if stream_seq is not None:
                     self._note(stream_seq)
                 return None
-            base = self._live.get(sid) or self._dirty.get(sid) or self._rm.get_view(sid) or initial_view()
+            base = (self._live.get(sid) or self._dirty.get(sid) or self._writing.get(sid) or self._rm.get_view(sid)
+                    or initial_view())
         view = reduce(base, event)
         if view is base:
             return None
@@ -192,20 +205,68 @@ class SessionStore:
         self._flush_handle = loop.call_later(self.FLUSH_DELAY_S, self.flush)
 
     def flush(self) -> None:
-        """Write every dirty view (once each) and the resume point in one transaction."""
+        """Write every dirty view (once each) and the resume point in one transaction.
+
+        In an event loop the transaction runs on the writer thread: SQLite releases the GIL while it updates
+        indexes and writes pages, so the loop goes on serving requests meanwhile. Until the thread has committed,
+        the batch's views stay readable from memory (`_writing`); `rm` waits for it (read-your-writes)."""
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
         if not self._dirty and not self._pending_stream_seq:
             return
-        rows = [(view, summarize(view)) for view in self._dirty.values()]
+        batch = self._dirty
+        rows = [(view, summarize(view)) for view in batch.values()]
         seq = self._pending_stream_seq or None
         self._dirty = {}
         self._pending_stream_seq = 0
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._write(rows, seq)
+            return
+        if self._writer is None:
+            self._writer = threading.Thread(target=self._write_forever, name="atlas-readmodel-writer", daemon=True)
+            self._writer.start()
+        self._writing.update(batch)
+        self._batches.put((loop, batch, rows, seq))
+
+    def _write(self, rows: list[tuple[dict[str, Any], dict[str, Any]]], seq: int | None) -> None:
         if rows:
             self._rm.upsert_many(rows, seq)
         elif seq is not None:
             self._rm.note_stream_seq(seq)
+
+    def _write_forever(self) -> None:
+        while True:
+            item = self._batches.get()
+            try:
+                if item is None:
+                    return
+                loop, batch, rows, seq = item
+                try:
+                    self._write(rows, seq)
+                except Exception:
+                    log.exception("read-model write of %d sessions failed", len(rows))
+                with contextlib.suppress(RuntimeError):  # the loop is gone: nobody reads `_writing` any more
+                    loop.call_soon_threadsafe(self._written, batch)
+            finally:
+                self._batches.task_done()
+
+    def _written(self, batch: dict[str, dict[str, Any]]) -> None:
+        for sid, view in batch.items():
+            if self._writing.get(sid) is view:
+                del self._writing[sid]
+
+    def close(self) -> None:
+        """Write what is pending, stop the writer thread and close the read model."""
+        self.flush()
+        if self._writer is not None:
+            self._batches.put(None)
+            self._writer.join()
+            self._writer = None
+        self._writing.clear()
+        self._rm.close()
 
     def apply_chunk(self, chunk: dict[str, Any]) -> None:
         """Ephemeral chunks only touch the in-memory live view (never stored, spec §3.3)."""
