@@ -216,6 +216,8 @@ class SignalConsumer:
             "rootSessionId": env["rootSessionId"],
             "depth": env["depth"],
             "plannedSteps": ws.plans[job_id],
+            # Who runs it: recovery needs it when the marker write after this event never lands.
+            "runner": self.d.daemon_id,
         }
         try:
             await writer.append("session:start", start)

@@ -37,7 +37,8 @@ class Recovery:
         d = self.d
         if not d.materializer.follow:
             await d.materializer.fill_gaps()
-        for sid in await d.bus.kv_keys(KV_INFLIGHT):
+        marked = await d.bus.kv_keys(KV_INFLIGHT)
+        for sid in marked:
             found = await d.bus.kv_get(KV_INFLIGHT, sid)
             if found is None:
                 continue
@@ -46,7 +47,34 @@ class Recovery:
                 await self._settle(sid, marker, at_start)
             except Exception:
                 log.exception("recovering %s failed", sid)
+        await self._settle_unmarked(set(marked), at_start)
         await self._start_orphaned_parked()
+
+    async def _settle_unmarked(self, marked: set[str], at_start: bool) -> None:
+        """Active sessions without a marker: the runner's `session:start` landed but its marker write did not (the
+        bus failed, or the runner died, in between). `session:start` names the runner, so the rules for a marked
+        active session apply. Only sessions started more than 2 × ATLAS_ACK_WAIT ago are looked at: a younger
+        one's marker may still be on its way."""
+        d = self.d
+        for summary in d.store.rm.non_terminal(("active",)):
+            sid = summary.get("sessionId", "")
+            if sid in marked or sid in d.runs:
+                continue
+            if age_seconds(str(summary.get("startedAt") or "")) <= 2 * d.settings.ack_wait_s:
+                continue
+            try:
+                if await d.bus.kv_get(KV_INFLIGHT, sid) is not None:
+                    continue  # marked since the listing
+                start = next((e for e, _ in await d.bus.read_events(sid) if e.get("type") == "session:start"), None)
+                if start is None:
+                    continue
+                marker = {
+                    "state": "active", "runner": start.get("runner"), "startedAt": start.get("timestamp"),
+                    "envelope": {k: summary.get(k) for k in ("sessionId", "workspaceId", "signalId")},
+                }
+                await self._settle(sid, marker, at_start)
+            except Exception:
+                log.exception("recovering unmarked %s failed", sid)
 
     async def _settle(self, sid: str, marker: dict[str, Any], at_start: bool) -> None:
         d = self.d
@@ -69,7 +97,7 @@ class Recovery:
             mine_dead = runner == d.daemon_id and (at_start or previous_life or orphan)
             other_dead = runner != d.daemon_id and not await d.is_daemon_alive(runner)
             if mine_dead or other_dead:
-                await self.interrupt(sid)
+                await self.interrupt(sid, marker["envelope"])
             return
         if last[0].get("type") != "session:queued":
             # Started, but the marker still says queued: the runner died before its marker write landed (its ack
@@ -94,8 +122,9 @@ class Recovery:
         sig = ws.config.signals.get(envelope.get("signalId", "")) if ws is not None else None
         return sig.concurrency if sig is not None else "concurrent"
 
-    async def interrupt(self, sid: str) -> None:
-        """End an active session whose runner is gone as `interrupted`, keeping its correlationId and lineage."""
+    async def interrupt(self, sid: str, envelope: dict[str, Any] | None = None) -> None:
+        """End an active session whose runner is gone as `interrupted`, keeping its correlationId and lineage.
+        `envelope` finalises it when there is no marker to take the envelope from."""
         d = self.d
         from atlas.sessions.writer import SessionWriter
 
@@ -117,7 +146,9 @@ class Recovery:
                 continue
         marker = await d.bus.kv_get(KV_INFLIGHT, sid)
         if marker is not None:
-            await d.finalize(marker[0]["envelope"], self._policy(marker[0]["envelope"]))
+            envelope = marker[0]["envelope"]
+        if envelope is not None:
+            await d.finalize(envelope, self._policy(envelope))
 
     async def _start_orphaned_parked(self) -> None:
         """Keys with parked sessions and no live holder: promote the head (compare-and-set: one daemon wins)."""

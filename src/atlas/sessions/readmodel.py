@@ -479,11 +479,13 @@ class ReadModel:
         )
         return [row[0] for row in rows]
 
-    def non_terminal(self) -> list[dict[str, Any]]:
-        """Summaries of every session still ``queued`` or ``active``, oldest first (never pruned, §7.3)."""
+    def non_terminal(self, statuses: Sequence[str] = NON_TERMINAL) -> list[dict[str, Any]]:
+        """Summaries of every session still ``queued`` or ``active`` (or only those of `statuses`), oldest first
+        (never pruned, §7.3)."""
+        marks = ", ".join("?" for _ in statuses)
         rows = self._query(
-            "SELECT summary_json FROM sessions WHERE status IN (?, ?) ORDER BY queued_at, session_id",
-            NON_TERMINAL,
+            f"SELECT summary_json FROM sessions WHERE status IN ({marks}) ORDER BY queued_at, session_id",
+            tuple(statuses),
         )
         return [json.loads(row[0]) for row in rows]
 
