@@ -368,10 +368,17 @@ class Daemon:
             log.exception("finalising %s failed; recovery will retry", sid)
 
     async def _write_final(self, sid: str) -> None:
-        """Summary to KV SESSION_METADATA and the inflight marker removed (spec §3.2, finalisation)."""
+        """Summary to KV SESSION_METADATA and the inflight marker removed (spec §3.2, finalisation).
+
+        Only a terminal summary is stored, and the log decides what it is: a local view that is not terminal yet
+        (another daemon's `session:complete` not materialised here) is brought up to date from the log first."""
         view = self.store.view(sid)
+        if view is None or not is_terminal(view["status"]):
+            last = await self.bus.last_event(sid)
+            if last is not None and last[0].get("type") == "session:complete":
+                view = await self.rebuild_view(sid)  # every event in order, not just the last: no holes
         ops: list[Any] = [self.bus.kv_delete(KV_INFLIGHT, sid)]
-        if view is not None:
+        if view is not None and is_terminal(view["status"]):
             ops.append(self.bus.kv_put(KV_METADATA, sid, summarize(view)))
         await asyncio.gather(*ops)
 
