@@ -71,6 +71,7 @@ run_bench() {
 run_bench 300 bench/trigger_throughput.py
 run_bench 120 bench/start_latency.py
 run_bench 90 bench/cascade_hop.py --cascades 300
+run_bench 180 bench/end_to_end.py
 run_bench 240 bench/api_streams.py
 emit "## Read-model correlationId lookup (1 000 vs 1 000 000 stored sessions)"
 emit ""

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
+from atlas.bus.client import dumps
 from atlas.errors import ApiError
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    data = dumps(body)
     return Response(data, status_code=status, media_type="application/json", headers=headers)
 
 

@@ -64,8 +64,14 @@ def cancel_subject(session_id: str) -> str:
     return f"atlas.cancel.sessions.{session_id}"
 
 
+# One shared encoder: `json.dumps` with keyword arguments builds a new encoder per call, and every event, envelope
+# and API answer goes through here.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def dumps(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    """Compact UTF-8 JSON, the wire form of everything atlas publishes and answers."""
+    return _ENCODER.encode(value).encode()
 
 
 class WrongLastSequence(Exception):
