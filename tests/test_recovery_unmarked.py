@@ -11,28 +11,25 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from atlas.bus.client import KV_INFLIGHT
-from atlas.config.settings import Settings
-from atlas.runtime.daemon import Daemon
 from atlas.sessions.events import format_iso
 from tests.daemon_proc import FIXTURES
+from tests.inproc import running
 
 
 async def test_active_session_without_marker_of_a_dead_runner_is_interrupted(tmp_path: Path) -> None:
-    settings = Settings.from_env().with_overrides(home=tmp_path / "home", workspaces=(FIXTURES / "core",),
-                                                  ack_wait_s=1.0)
-    d = Daemon(settings)
-    await d.start()
-    try:
+    async with running(tmp_path / "home", (FIXTURES / "core",), ack_wait_s=1.0) as d:
         sid, dead_runner = str(uuid.uuid4()), str(uuid.uuid4())
         started = format_iso(datetime.now(UTC) - timedelta(seconds=30))  # well past 2 × ATLAS_ACK_WAIT
         common = {"workspaceId": "core", "jobName": "slow", "signalId": "slow", "task": "slow", "trigger": "http",
                   "correlationId": str(uuid.uuid4()), "rootSessionId": sid, "depth": 0, "plannedSteps": []}
         # The dead runner's writes, as they reach this daemon's store (as the materialiser would apply them).
         tail = 0
-        for seq, (kind, extra) in enumerate((("session:queued", {"payload": {}}),
-                                             ("session:start", {"runner": dead_runner})), start=1):
+        steps: list[tuple[str, dict[str, Any]]] = [("session:queued", {"payload": {}}),
+                                                   ("session:start", {"runner": dead_runner})]
+        for seq, (kind, extra) in enumerate(steps, start=1):
             event = {"type": kind, "sessionId": sid, "seq": seq, "timestamp": started, **common, **extra}
             tail = await d.bus.append_event(event, tail)
             d.store.apply(event, tail)
@@ -46,22 +43,17 @@ async def test_active_session_without_marker_of_a_dead_runner_is_interrupted(tmp
         assert final is not None and final["status"] == "interrupted" and final["errorCode"] == "interrupted"
         assert final["correlationId"] == common["correlationId"]
         assert (await d.bus.last_event(sid) or ({}, 0))[0].get("status") == "interrupted"
-    finally:
-        await d.stop()
 
 
 async def test_a_young_unmarked_session_is_left_alone(tmp_path: Path) -> None:
-    settings = Settings.from_env().with_overrides(home=tmp_path / "home", workspaces=(FIXTURES / "core",),
-                                                  ack_wait_s=30.0)
-    d = Daemon(settings)
-    await d.start()
-    try:
+    async with running(tmp_path / "home", (FIXTURES / "core",), ack_wait_s=30.0) as d:
         sid = str(uuid.uuid4())
         common = {"workspaceId": "core", "jobName": "slow", "signalId": "slow", "task": "slow", "trigger": "http",
                   "correlationId": str(uuid.uuid4()), "rootSessionId": sid, "depth": 0, "plannedSteps": []}
         tail = 0
-        for seq, (kind, extra) in enumerate((("session:queued", {"payload": {}}),
-                                             ("session:start", {"runner": str(uuid.uuid4())})), start=1):
+        steps: list[tuple[str, dict[str, Any]]] = [("session:queued", {"payload": {}}),
+                                                   ("session:start", {"runner": str(uuid.uuid4())})]
+        for seq, (kind, extra) in enumerate(steps, start=1):
             event = {"type": kind, "sessionId": sid, "seq": seq, "timestamp": format_iso(datetime.now(UTC)),
                      **common, **extra}
             tail = await d.bus.append_event(event, tail)
@@ -69,5 +61,3 @@ async def test_a_young_unmarked_session_is_left_alone(tmp_path: Path) -> None:
         await d.recovery.run_once(at_start=False)
         view = d.store.view(sid)
         assert view is not None and view["status"] == "active"  # its marker may still be on the way
-    finally:
-        await d.stop()

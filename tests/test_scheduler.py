@@ -8,13 +8,12 @@ waiting for real time.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,9 +23,9 @@ import pytest
 
 from atlas.api.app import create_app
 from atlas.bus.client import KV_CRON_CLAIMS, KV_CRON_STATE
-from atlas.config.settings import Settings
 from atlas.runtime.daemon import Daemon
 from atlas.runtime.scheduler import Scheduler
+from tests import inproc
 from tests.daemon_proc import FIXTURES
 
 WS = "cron"
@@ -70,15 +69,8 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     return fake
 
 
-@asynccontextmanager
-async def running(home: Path, nats_url: str | None = None) -> AsyncIterator[Daemon]:
-    settings = Settings.from_env().with_overrides(home=home, workspaces=(FIXTURES / "cron",))
-    daemon = Daemon(dataclasses.replace(settings, nats_url=nats_url))
-    try:
-        await daemon.start()
-        yield daemon
-    finally:
-        await daemon.stop()
+def running(home: Path, nats_url: str | None = None) -> AbstractAsyncContextManager[Daemon]:
+    return inproc.running(home, (FIXTURES / "cron",), nats_url)
 
 
 def sessions(daemon: Daemon, signal_id: str) -> list[dict[str, Any]]:

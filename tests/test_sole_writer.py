@@ -9,31 +9,22 @@ directly only to stand for "a write that landed without its acknowledgement" and
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import dataclasses
 import time
 import uuid
-from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
 from atlas.bus.client import SESSION_EVENTS, dumps, events_subject
-from atlas.config.settings import Settings
 from atlas.runtime.accept import TriggerRequest
 from atlas.runtime.daemon import Daemon
 from atlas.sessions.events import now_iso
+from tests import inproc
 from tests.daemon_proc import FIXTURES
 
 
-@contextlib.asynccontextmanager
-async def running(home: Path, nats_url: str | None = None) -> AsyncIterator[Daemon]:
-    settings = Settings.from_env().with_overrides(home=home, workspaces=(FIXTURES / "core",))
-    daemon = Daemon(dataclasses.replace(settings, nats_url=nats_url))
-    try:
-        await daemon.start()
-        yield daemon
-    finally:
-        await daemon.stop()
+def running(home: Path, nats_url: str | None = None) -> AbstractAsyncContextManager[Daemon]:
+    return inproc.running(home, (FIXTURES / "core",), nats_url)
 
 
 async def run_echo(d: Daemon, n: int) -> list[str]:
