@@ -252,7 +252,7 @@ async def in_process(accepts: int) -> tuple[list[tuple[str, list[float], float]]
             marker = b'{"sessionId":"x","state":"queued","envelope":{"payload":{"n":1}}}' * 4
 
             upserts: list[float] = []
-            real_upsert = d.store.rm.upsert_many
+            real_upsert = d.store.rm.upsert_encoded
 
             def timed_upsert(*args: Any, **kwargs: Any) -> int:
                 t0 = time.perf_counter()
@@ -261,7 +261,7 @@ async def in_process(accepts: int) -> tuple[list[tuple[str, list[float], float]]
                 finally:
                     upserts.append((time.perf_counter() - t0) * 1e3)
 
-            d.store.rm.upsert_many = timed_upsert  # type: ignore[method-assign]
+            d.store.rm.upsert_encoded = timed_upsert  # type: ignore[method-assign]
 
             def req() -> TriggerRequest:
                 return TriggerRequest(workspace_id="core", signal_id="echo", payload={"n": 1}, trigger="http")

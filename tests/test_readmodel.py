@@ -153,6 +153,26 @@ def test_upsert_many_applies_a_batch_in_order(rm: ReadModel) -> None:
     assert rm.get_stream_seq() == 42
 
 
+def test_a_batch_larger_than_one_statement_is_split_and_stays_in_order(rm: ReadModel) -> None:
+    """Batches go in as multi-row statements; across the chunk boundaries rows still apply in order."""
+    rm._rows_per_statement = 2
+    rows = [session("a", seq=1), session("b", seq=1), session("a", seq=2, status="active"),
+            session("c", seq=1), session("a", seq=3, status="completed")]
+    assert rm.upsert_many(rows, stream_seq=5) == 5
+    assert (rm.get_summary("a") or {})["status"] == "completed" and rm.get_last_seq("a") == 3
+    assert rm.get_view("b") is not None and rm.get_view("c") is not None
+    assert rm.get_stream_seq() == 5
+
+
+def test_stored_documents_are_the_compact_json_of_the_view_and_summary(rm: ReadModel) -> None:
+    view, summary = session("u", seq=1)
+    view["payload"] = {"text": "é\u2028\n\"\\ \u0001 😀", "big": 12345678901234567890, "f": 1e-7}
+    rm.upsert_many([(view, summary)])
+    stored = rm._conn.execute("SELECT view_json, summary_json FROM sessions WHERE session_id = 'u'").fetchone()
+    assert stored[0] == json.dumps(view, separators=(",", ":"), ensure_ascii=False)
+    assert json.loads(stored[1]) == summary
+
+
 def test_a_failed_batch_writes_nothing(rm: ReadModel) -> None:
     bad_view, bad_summary = session("x")
     del bad_view["sessionId"], bad_summary["sessionId"]

@@ -84,9 +84,7 @@ _COLUMNS = (
     "status, started_at, queued_at, last_seq, summary_json, view_json"
 )
 
-# The guard of spec §7.1: a row only moves forward. rowcount is 0 when the WHERE refuses the update.
-_UPSERT = f"""
-INSERT INTO sessions ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+_SET_LATEST = """
 ON CONFLICT (session_id) DO UPDATE SET
     workspace_id = excluded.workspace_id,
     correlation_id = excluded.correlation_id,
@@ -102,6 +100,21 @@ ON CONFLICT (session_id) DO UPDATE SET
     view_json = excluded.view_json
 WHERE excluded.last_seq > sessions.last_seq
 """
+
+# The guard of spec §7.1: a row only moves forward. rowcount is 0 when the WHERE refuses the update.
+_UPSERT = f"INSERT INTO sessions ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)" + _SET_LATEST
+
+# A whole batch in one statement: `INSERT … VALUES (…), (…), …` with every row's parameters. One sqlite3_step per
+# statement instead of one per row (executemany) matters on the writer thread: the module takes the GIL back after
+# every step, and while the event loop is busy each of those waits up to the interpreter's switch interval (5 ms),
+# which capped the read model at a few hundred rows a second under load. Rows go in order, so a later pair for the
+# same session is applied after an earlier one.
+_ROW_MARKS = "(" + ", ".join("?" * 13) + ")"
+
+
+def _upsert_rows_sql(n: int) -> str:
+    return f"INSERT INTO sessions ({_COLUMNS}) VALUES " + ", ".join([_ROW_MARKS] * n) + _SET_LATEST
+
 
 # The stream sequence only moves forward too, so a late write-through batch cannot rewind the consumer.
 _SET_STREAM_SEQ = """
@@ -159,8 +172,9 @@ def normalize_timestamp(value: str) -> str:
     return parsed.strftime("%Y-%m-%dT%H:%M:%S.") + f"{parsed.microsecond // 1000:03d}Z"
 
 
-def _row(view: dict[str, Any], summary: dict[str, Any]) -> Row:
-    """Column values for one session; identity comes from the summary, falling back to the view."""
+def _columns(view: dict[str, Any], summary: dict[str, Any]) -> list[Any]:
+    """The indexed column values of one session (every column but the two documents); identity comes from the
+    summary, falling back to the view."""
 
     def pick(key: str) -> Any:
         value = summary.get(key)
@@ -170,7 +184,7 @@ def _row(view: dict[str, Any], summary: dict[str, Any]) -> Row:
     if not session_id:
         raise ValueError("a session row needs a sessionId")
     queued_at = pick("queuedAt") or ""
-    return (
+    return [
         session_id,
         pick("workspaceId") or "",
         pick("correlationId") or "",
@@ -182,9 +196,23 @@ def _row(view: dict[str, Any], summary: dict[str, Any]) -> Row:
         pick("startedAt") or queued_at,
         queued_at,
         int(view.get("lastSeq") or 0),
-        _dumps(summary),
-        _dumps(view),
-    )
+    ]
+
+
+def _row(view: dict[str, Any], summary: dict[str, Any]) -> Row:
+    """Column values for one session, documents included."""
+    return (*_columns(view, summary), _dumps(summary), _dumps(view))
+
+
+def encode_rows(rows: Iterable[tuple[dict[str, Any], dict[str, Any]]]) -> list[Any]:
+    """A batch of (view, summary) pairs as the flat parameter list `ReadModel.upsert_encoded` takes (13 values a
+    row, documents encoded). Raises ValueError for a pair without a sessionId, before anything is written."""
+    flat: list[Any] = []
+    for view, summary in rows:
+        flat += _columns(view, summary)
+        flat.append(_dumps(summary))
+        flat.append(_dumps(view))
+    return flat
 
 
 def open_read_model(path: Path) -> ReadModel:
@@ -238,6 +266,8 @@ class ReadModel:
         # 16 MiB of page cache: index pages of a large store stay hot, and the daemon's RSS levels off within a
         # minute of load (a bigger cache reads as slow growth for as long as it takes to fill).
         self._conn.execute("PRAGMA cache_size=-16384")
+        # Rows per multi-row upsert: as many as the build's limit on bound parameters allows, at most 500.
+        self._rows_per_statement = max(1, min(500, self._conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // 13))
         with self._lock:
             self._conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
         if self.get_meta(CLEAN_KEY) == "0":  # the last process using this file did not close it
@@ -305,10 +335,18 @@ class ReadModel:
         Batching is what makes replaying a large stream fast: one commit per batch instead of per event.
         Pairs for the same session are applied in order, so the newest view of the batch wins.
         """
-        values = [_row(view, summary) for view, summary in rows]
+        return self.upsert_encoded(encode_rows(rows), stream_seq)
+
+    def upsert_encoded(self, params: list[Any], stream_seq: int | None = None) -> int:
+        """:meth:`upsert_many` for a batch already encoded by :func:`encode_rows` (which needs no lock, so the
+        store encodes on the event loop and its writer thread runs only this: one statement per chunk of rows)."""
+        per = self._rows_per_statement * 13
         with self._write() as cur:
-            cur.executemany(_UPSERT, values)
-            written = max(cur.rowcount, 0)
+            written = 0
+            for start in range(0, len(params), per):
+                chunk = params[start:start + per]
+                cur.execute(_upsert_rows_sql(len(chunk) // 13), chunk)
+                written += max(cur.rowcount, 0)
             if stream_seq is not None:
                 cur.execute(_SET_STREAM_SEQ, (STREAM_SEQ_KEY, str(stream_seq)))
         return written

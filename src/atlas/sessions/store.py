@@ -8,6 +8,8 @@ SQLite writes are batched: an event only marks its session's row dirty, and a fl
 every dirty row (the latest view of each session, once) in one transaction together with the materialiser's resume
 point. Any read through `store.rm` flushes first, so readers never see the read model behind the store: a
 session is findable by correlationId the moment `apply` has returned (spec §4.3), without a commit per trigger.
+The transaction runs on a writer thread, one batch at a time: rows that turn dirty while a batch is being written
+wait for the next one, so batches grow with the load instead of queueing up behind a busy thread.
 The bus, not SQLite, is what makes an event durable; the read model is rebuilt from it after a crash.
 """
 
@@ -22,7 +24,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from atlas.sessions.readmodel import ReadModel
+from atlas.sessions.readmodel import ReadModel, encode_rows
 from atlas.sessions.reducer import apply_chunk, initial_view, is_terminal, reduce, summarize
 
 log = logging.getLogger("atlas.store")
@@ -46,9 +48,12 @@ class SessionStore:
         self._recent_seq: OrderedDict[str, int] = OrderedDict()
         self._waiters: dict[str, list[asyncio.Future[dict[str, Any]]]] = {}
         self._listeners: set[Listener] = set()
-        # Batches handed to the writer thread, and their views until committed.
+        # The batch on the writer thread (its views stay readable until committed); at most one at a time.
         self._batches: queue.Queue[Any] = queue.Queue()
         self._writing: dict[str, dict[str, Any]] = {}
+        self._idle = threading.Event()
+        self._idle.set()
+        self._flush_when_written = False
         self._writer: threading.Thread | None = None
         # Sole-writer mode (see `own_the_log`): the resume point is the highest stream sequence below which every
         # message is applied; acknowledged writes above it wait in `_ahead` until the sequences between are filled.
@@ -105,11 +110,12 @@ class SessionStore:
 
     @property
     def rm(self) -> ReadModel:
-        """The read model, with every pending write flushed (and committed) first."""
-        if self._dirty or self._pending_stream_seq:
-            self.flush()
+        """The read model, with every pending write committed first: the batch on the writer thread (one
+        transaction, milliseconds) is waited for, and what is still dirty is written here and now."""
         if self._writing:
-            self._batches.join()  # a few milliseconds at most: the writer thread is committing them now
+            self._idle.wait()
+        if self._dirty or self._pending_stream_seq:
+            self._write(*self._take_dirty()[1:])
         return self._rm
 
     def view(self, session_id: str) -> dict[str, Any] | None:
@@ -209,63 +215,77 @@ class SessionStore:
 
         In an event loop the transaction runs on the writer thread: SQLite releases the GIL while it updates
         indexes and writes pages, so the loop goes on serving requests meanwhile. Until the thread has committed,
-        the batch's views stay readable from memory (`_writing`); `rm` waits for it (read-your-writes)."""
+        the batch's views stay readable from memory (`_writing`); `rm` waits for it (read-your-writes). While a
+        batch is being written, new dirty rows wait for it to finish and then go together."""
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
         if not self._dirty and not self._pending_stream_seq:
             return
-        batch = self._dirty
-        rows = [(view, summarize(view)) for view in batch.values()]
-        seq = self._pending_stream_seq or None
-        self._dirty = {}
-        self._pending_stream_seq = 0
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            self._write(rows, seq)
+            self._write(*self._take_dirty()[1:])
             return
+        if not self._idle.is_set():
+            self._flush_when_written = True
+            return
+        batch, encoded, seq = self._take_dirty()
         if self._writer is None:
             self._writer = threading.Thread(target=self._write_forever, name="atlas-readmodel-writer", daemon=True)
             self._writer.start()
-        self._writing.update(batch)
-        self._batches.put((loop, batch, rows, seq))
+        self._writing = batch
+        self._idle.clear()
+        self._batches.put((loop, batch, encoded, seq))
 
-    def _write(self, rows: list[tuple[dict[str, Any], dict[str, Any]]], seq: int | None) -> None:
-        if rows:
-            self._rm.upsert_many(rows, seq)
+    def _take_dirty(self) -> tuple[dict[str, dict[str, Any]], list[Any] | None, int | None]:
+        """The dirty views, encoded for `upsert_encoded` (on the caller's thread: JSON needs the GIL, and the
+        writer thread should hold it as little as possible), and the resume point to store with them."""
+        batch = self._dirty
+        encoded = encode_rows((view, summarize(view)) for view in batch.values()) if batch else None
+        seq = self._pending_stream_seq or None
+        self._dirty = {}
+        self._pending_stream_seq = 0
+        return batch, encoded, seq
+
+    def _write(self, encoded: list[Any] | None, seq: int | None) -> None:
+        if encoded is not None:
+            self._rm.upsert_encoded(encoded, seq)
         elif seq is not None:
             self._rm.note_stream_seq(seq)
 
     def _write_forever(self) -> None:
         while True:
             item = self._batches.get()
+            if item is None:
+                return
+            loop, batch, encoded, seq = item
             try:
-                if item is None:
-                    return
-                loop, batch, rows, seq = item
-                try:
-                    self._write(rows, seq)
-                except Exception:
-                    log.exception("read-model write of %d sessions failed", len(rows))
-                with contextlib.suppress(RuntimeError):  # the loop is gone: nobody reads `_writing` any more
-                    loop.call_soon_threadsafe(self._written, batch)
+                self._write(encoded, seq)
+            except Exception:
+                log.exception("read-model write of %d sessions failed", len(batch))
             finally:
-                self._batches.task_done()
+                self._idle.set()
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody reads `_writing` any more
+                loop.call_soon_threadsafe(self._written, batch)
 
     def _written(self, batch: dict[str, dict[str, Any]]) -> None:
-        for sid, view in batch.items():
-            if self._writing.get(sid) is view:
-                del self._writing[sid]
+        if self._writing is batch:
+            self._writing = {}
+        if self._flush_when_written:
+            self._flush_when_written = False
+            self.flush()
 
     def close(self) -> None:
         """Write what is pending, stop the writer thread and close the read model."""
-        self.flush()
         if self._writer is not None:
+            self._idle.wait()
             self._batches.put(None)
             self._writer.join()
             self._writer = None
-        self._writing.clear()
+        self._writing = {}
+        if self._dirty or self._pending_stream_seq:
+            self._write(*self._take_dirty()[1:])
         self._rm.close()
 
     def apply_chunk(self, chunk: dict[str, Any]) -> None:

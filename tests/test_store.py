@@ -1,0 +1,85 @@
+"""The session store's batched read-model writes (spec §4.3 read-your-writes, §7.1): one batch on the writer
+thread at a time, the rest waits in memory, and nothing is lost or read stale on the way."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from atlas.sessions.readmodel import ReadModel
+from atlas.sessions.store import SessionStore
+
+
+def queued(sid: str, n: int) -> dict[str, Any]:
+    return {"type": "session:queued", "sessionId": sid, "seq": 1, "timestamp": f"2026-11-25T10:00:{n % 60:02d}.000Z",
+            "workspaceId": "w", "jobName": "j", "signalId": "s", "task": "j", "trigger": "http",
+            "correlationId": f"c-{sid}", "rootSessionId": sid, "depth": 0, "plannedSteps": [], "payload": {"n": n}}
+
+
+def started(sid: str) -> dict[str, Any]:
+    return {"type": "session:start", "sessionId": sid, "seq": 2, "timestamp": "2026-11-25T10:01:00.000Z",
+            "workspaceId": "w", "jobName": "j", "signalId": "s", "correlationId": f"c-{sid}", "rootSessionId": sid,
+            "depth": 0, "plannedSteps": []}
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SessionStore:
+    return SessionStore(ReadModel(tmp_path / "atlas.db"))
+
+
+async def test_rows_dirtied_during_a_write_wait_for_it_and_go_in_one_next_batch(store: SessionStore) -> None:
+    rm = store._rm
+    store.apply(queued("first", 0), new=True)
+    with rm._lock:  # the writer thread blocks inside its transaction until this is released
+        store.flush()
+        assert not store._idle.is_set() and "first" in store._writing
+        for n in range(200):
+            store.apply(queued(f"s{n}", n), new=True)
+            store.flush()  # what the timer would do: nothing new is handed over while a batch is in flight
+        store.apply(started("first"))
+        assert store._batches.qsize() <= 1
+        assert len(store._dirty) == 201
+        # Every session is readable meanwhile, the one being written included (with its newest view).
+        assert all(store.view(f"s{n}") is not None for n in range(200))
+        assert (store.view("first") or {})["status"] == "active"
+    # Read-your-writes through `rm`: the batch in flight is committed, the rest written before the read.
+    assert sum(store.rm.count_by_status().values()) == 201
+    assert (store.rm.get_view("first") or {})["status"] == "active"
+    await wait_until(lambda: not store._writing)
+    store.close()
+
+
+async def test_a_burst_of_applies_is_all_in_sqlite_once_the_writer_is_idle(store: SessionStore) -> None:
+    for n in range(2000):
+        store.apply(queued(f"b{n}", n), new=True)
+        if n % 50 == 0:
+            await asyncio.sleep(0)  # let the flush timer and the writer's callbacks run, as under real load
+    await wait_until(lambda: not store._dirty and not store._writing and store._idle.is_set(), timeout=30)
+    assert sum(store._rm.count_by_status().values()) == 2000  # straight from SQLite, no flush on the way
+    store.close()
+
+
+def test_close_writes_what_is_pending(tmp_path: Path) -> None:
+    async def fill() -> SessionStore:
+        s = SessionStore(ReadModel(tmp_path / "atlas.db"))
+        for n in range(10):
+            s.apply(queued(f"c{n}", n), new=True)
+        return s
+
+    s = asyncio.run(fill())
+    s.close()
+    again = ReadModel(tmp_path / "atlas.db")
+    try:
+        assert sum(again.count_by_status().values()) == 10
+    finally:
+        again.close()
+
+
+async def wait_until(predicate: Any, timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.005)
