@@ -130,11 +130,13 @@ class Recovery:
 
         await self._ensure_view(sid)
         for _ in range(3):
+            # One read decides and positions the writer: the write below expects exactly that last event, so a
+            # terminal event landing in between makes it fail instead of ending the session twice.
             last = await d.bus.last_event(sid)
             if last is not None and last[0].get("type") == "session:complete":
                 d.store.apply(*last)  # the log, not the local view, decides: a write may have landed unacked
                 break
-            writer = await SessionWriter.resume(d.bus, d.store, sid)
+            writer = SessionWriter.after(d.bus, d.store, sid, last)
             view = d.store.view(sid)
             if view is not None and is_terminal(view["status"]):
                 break

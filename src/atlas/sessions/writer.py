@@ -3,36 +3,52 @@
 It numbers events (`seq` 1, 2, 3… without gaps), stamps them, publishes each with the stream sequence of the
 previous one as `Nats-Expected-Last-Subject-Sequence`, and applies it to the local store once JetStream has
 acknowledged it. Losing that condition means another writer (a cancel, another daemon) got there first: the caller
-re-reads and obeys (WrongLastSequence propagates).
+re-reads and obeys (WrongLastSequence propagates). A writer that knows its session's log already ends with
+`session:complete` refuses to append anything but `session:summary` the same way: whoever positioned it read the
+log after another writer's terminal event, and a second terminal record would break spec §4.4.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from atlas.bus.client import Bus
+from atlas.bus.client import Bus, WrongLastSequence
 from atlas.sessions.events import now_iso
 from atlas.sessions.store import SessionStore
 
 
 class SessionWriter:
-    def __init__(self, bus: Bus, store: SessionStore, session_id: str, seq: int = 0, stream_seq: int = 0) -> None:
+    def __init__(self, bus: Bus, store: SessionStore, session_id: str, seq: int = 0, stream_seq: int = 0,
+                 last_type: str | None = None) -> None:
         self.bus = bus
         self.store = store
         self.session_id = session_id
         self.seq = seq
         self.stream_seq = stream_seq
+        self.last_type = last_type  # type of the event at `seq`, when known
 
     @classmethod
     async def resume(cls, bus: Bus, store: SessionStore, session_id: str) -> SessionWriter:
         """A writer positioned after the session's current last event."""
-        last = await bus.last_event(session_id)
+        return cls.after(bus, store, session_id, await bus.last_event(session_id))
+
+    @classmethod
+    def after(cls, bus: Bus, store: SessionStore, session_id: str,
+              last: tuple[dict[str, Any], int] | None) -> SessionWriter:
+        """A writer positioned after `last` (the session's last event and its stream sequence, as read)."""
         if last is None:
             return cls(bus, store, session_id)
         event, stream_seq = last
-        return cls(bus, store, session_id, seq=int(event["seq"]), stream_seq=stream_seq)
+        return cls(bus, store, session_id, seq=int(event["seq"]), stream_seq=stream_seq, last_type=event.get("type"))
+
+    @property
+    def ended(self) -> bool:
+        """The log this writer is positioned on already ends with `session:complete`."""
+        return self.last_type == "session:complete"
 
     async def append(self, event_type: str, fields: dict[str, Any]) -> dict[str, Any]:
+        if self.ended and event_type != "session:summary":
+            raise WrongLastSequence(f"session {self.session_id} has already ended")
         event: dict[str, Any] = {
             "type": event_type,
             "sessionId": self.session_id,
@@ -44,6 +60,7 @@ class SessionWriter:
         first = self.seq == 0 and self.stream_seq == 0
         self.stream_seq = await self.bus.append_event(event, self.stream_seq)
         self.seq += 1
+        self.last_type = event_type
         self.store.apply(event, new=first)
         self.store.note_written(self.stream_seq)
         return event
