@@ -7,11 +7,12 @@ daemon stays paused on all of them and across restarts. Errors go through `ApiEr
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from starlette.responses import Response
+
+from atlas.api.responses import json_response
 
 if TYPE_CHECKING:
     from atlas.runtime.daemon import Daemon
@@ -21,24 +22,19 @@ _NOT_FOUND: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _json(body: Any, status: int = 200) -> Response:
-    data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
-    return Response(data, status_code=status, media_type="application/json")
-
-
 def add_schedule_routes(app: FastAPI, daemon: Daemon) -> None:
     """Add GET /api/schedules and POST /api/schedules/{ws}/{sig}/pause|resume."""
 
     @app.get("/api/schedules", summary="List cron schedules with next fire time and last result")
     async def list_schedules() -> Response:
-        return _json({"schedules": await daemon.scheduler.entries()})
+        return json_response({"schedules": await daemon.scheduler.entries()})
 
     @app.post("/api/schedules/{workspace_id}/{signal_id}/pause", summary="Pause a cron schedule",
               responses=_NOT_FOUND)
     async def pause_schedule(workspace_id: str, signal_id: str) -> Response:
-        return _json(await daemon.scheduler.set_paused(workspace_id, signal_id, True))
+        return json_response(await daemon.scheduler.set_paused(workspace_id, signal_id, True))
 
     @app.post("/api/schedules/{workspace_id}/{signal_id}/resume", summary="Resume a paused cron schedule",
               responses=_NOT_FOUND)
     async def resume_schedule(workspace_id: str, signal_id: str) -> Response:
-        return _json(await daemon.scheduler.set_paused(workspace_id, signal_id, False))
+        return json_response(await daemon.scheduler.set_paused(workspace_id, signal_id, False))

@@ -29,6 +29,7 @@ from nats.js.errors import APIError, BadRequestError, KeyNotFoundError, KeyWrong
 from nats.js.kv import KeyValue
 
 from atlas.bus.acks import Ack, AckedPublisher
+from atlas.sessions.events import to_json
 
 log = logging.getLogger("atlas.bus")
 
@@ -64,14 +65,9 @@ def cancel_subject(session_id: str) -> str:
     return f"atlas.cancel.sessions.{session_id}"
 
 
-# One shared encoder: `json.dumps` with keyword arguments builds a new encoder per call, and every event, envelope
-# and API answer goes through here.
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
-
-
 def dumps(value: Any) -> bytes:
     """Compact UTF-8 JSON, the wire form of everything atlas publishes and answers."""
-    return _ENCODER.encode(value).encode()
+    return to_json(value).encode()
 
 
 class WrongLastSequence(Exception):

@@ -175,6 +175,16 @@ def format_iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+# One shared encoder: `json.dumps` with keyword arguments builds a new encoder per call, and every event, envelope,
+# read-model document and API answer is encoded with these settings.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
+def to_json(value: Any) -> str:
+    """Compact JSON text (UTF-8 kept as is): the one encoding of events, envelopes, documents and answers."""
+    return _ENCODER.encode(value)
+
+
 _second_text: tuple[int, str] = (-1, "")
 
 

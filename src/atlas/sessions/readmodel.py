@@ -30,6 +30,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from atlas.sessions.events import to_json
+
 __all__ = [
     "STREAM_SEQ_KEY",
     "ReadModel",
@@ -84,6 +86,7 @@ _COLUMNS = (
     "status, started_at, queued_at, last_seq, summary_json, view_json"
 )
 
+# The guard of spec §7.1: a row only moves forward (rowcount is 0 when the WHERE refuses the update).
 _SET_LATEST = """
 ON CONFLICT (session_id) DO UPDATE SET
     workspace_id = excluded.workspace_id,
@@ -100,9 +103,6 @@ ON CONFLICT (session_id) DO UPDATE SET
     view_json = excluded.view_json
 WHERE excluded.last_seq > sessions.last_seq
 """
-
-# The guard of spec §7.1: a row only moves forward. rowcount is 0 when the WHERE refuses the update.
-_UPSERT = f"INSERT INTO sessions ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)" + _SET_LATEST
 
 # A whole batch in one statement: `INSERT … VALUES (…), (…), …` with every row's parameters. One sqlite3_step per
 # statement instead of one per row (executemany) matters on the writer thread: the module takes the GIL back after
@@ -122,18 +122,6 @@ INSERT INTO meta (key, value) VALUES (?, ?)
 ON CONFLICT (key) DO UPDATE SET value = excluded.value
 WHERE CAST(excluded.value AS INTEGER) > CAST(meta.value AS INTEGER)
 """
-
-Row = tuple[str, str, str, str, str, str | None, str | None, str, str, str, int, str, str]
-
-
-# One shared encoder: json.dumps with keyword arguments builds a new encoder per call, which is a quarter of
-# the cost of encoding a summary, and replaying a large stream encodes two documents per event.
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
-
-
-def _dumps(value: dict[str, Any]) -> str:
-    return _ENCODER.encode(value)
-
 
 def encode_cursor(started_at: str, session_id: str) -> str:
     """Opaque keyset cursor for the page after (started_at, session_id): clients must not parse it."""
@@ -199,19 +187,14 @@ def _columns(view: dict[str, Any], summary: dict[str, Any]) -> list[Any]:
     ]
 
 
-def _row(view: dict[str, Any], summary: dict[str, Any]) -> Row:
-    """Column values for one session, documents included."""
-    return (*_columns(view, summary), _dumps(summary), _dumps(view))
-
-
 def encode_rows(rows: Iterable[tuple[dict[str, Any], dict[str, Any]]]) -> list[Any]:
     """A batch of (view, summary) pairs as the flat parameter list `ReadModel.upsert_encoded` takes (13 values a
     row, documents encoded). Raises ValueError for a pair without a sessionId, before anything is written."""
     flat: list[Any] = []
     for view, summary in rows:
         flat += _columns(view, summary)
-        flat.append(_dumps(summary))
-        flat.append(_dumps(view))
+        flat.append(to_json(summary))
+        flat.append(to_json(view))
     return flat
 
 
@@ -321,13 +304,7 @@ class ReadModel:
         Returns whether the row was written. ``stream_seq``, when given, is stored (if higher than the stored
         one) in the same transaction, so the consumer resumes exactly after what was applied.
         """
-        row = _row(view, summary)
-        with self._write() as cur:
-            cur.execute(_UPSERT, row)
-            written = cur.rowcount > 0
-            if stream_seq is not None:
-                cur.execute(_SET_STREAM_SEQ, (STREAM_SEQ_KEY, str(stream_seq)))
-        return written
+        return self.upsert_many([(view, summary)], stream_seq) > 0
 
     def upsert_many(self, rows: Iterable[tuple[dict[str, Any], dict[str, Any]]], stream_seq: int | None = None) -> int:
         """:meth:`upsert` for a batch of (view, summary) pairs in one transaction; returns rows written.

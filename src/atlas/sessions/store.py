@@ -118,8 +118,12 @@ class SessionStore:
             self._write(*self._take_dirty()[1:])
         return self._rm
 
+    def _in_memory(self, session_id: str) -> dict[str, Any] | None:
+        """The newest view held in memory: running, dirty, or in the batch being written."""
+        return self._live.get(session_id) or self._dirty.get(session_id) or self._writing.get(session_id)
+
     def view(self, session_id: str) -> dict[str, Any] | None:
-        live = self._live.get(session_id) or self._dirty.get(session_id) or self._writing.get(session_id)
+        live = self._in_memory(session_id)
         if live is not None:
             return live
         return self._rm.get_view(session_id)
@@ -128,7 +132,7 @@ class SessionStore:
         return list(self._live.values())
 
     def _last_seq(self, session_id: str) -> int:
-        live = self._live.get(session_id) or self._dirty.get(session_id) or self._writing.get(session_id)
+        live = self._in_memory(session_id)
         if live is not None:
             return int(live["lastSeq"])
         recent = self._recent_seq.get(session_id)
@@ -151,7 +155,7 @@ class SessionStore:
         if not isinstance(sid, str) or not isinstance(seq, int):
             return None
         if new:
-            known = self._live.get(sid) or self._dirty.get(sid) or self._writing.get(sid)
+            known = self._in_memory(sid)
             if known is not None and seq <= int(known["lastSeq"]):
                 return None
             base = known or initial_view()
@@ -160,8 +164,7 @@ class SessionStore:
                 if stream_seq is not None:
                     self._note(stream_seq)
                 return None
-            base = (self._live.get(sid) or self._dirty.get(sid) or self._writing.get(sid) or self._rm.get_view(sid)
-                    or initial_view())
+            base = self._in_memory(sid) or self._rm.get_view(sid) or initial_view()
         view = reduce(base, event)
         if view is base:
             return None
