@@ -15,7 +15,8 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
-from atlas.bus.client import SESSION_EVENTS, dumps, events_subject
+from atlas.bus.client import SESSION_EVENTS, events_subject
+from atlas.jsoncodec import dumps
 from atlas.runtime.accept import TriggerRequest
 from atlas.runtime.daemon import Daemon
 from atlas.sessions.events import now_iso

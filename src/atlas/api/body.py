@@ -6,11 +6,15 @@ Kept apart from the route so the precedence rules are one small pure function, t
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from atlas.errors import ApiError
 
@@ -21,11 +25,32 @@ REDACTED = {"authorization", "cookie"}
 
 
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_LONG_DIGITS = re.compile(rb"\d{19}")  # integers beyond 64 bits: orjson would make them floats
 
 
 def _reject_constant(name: str) -> Any:
     """NaN and Infinity are not JSON: refusing them keeps every stored event valid JSON."""
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite(text: str) -> float:
+    """`1e400` would decode to infinity, which is no more JSON than `Infinity` is."""
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"{text} is out of range for a JSON number")
+    return value
+
+
+def _decode(raw: bytes) -> Any:
+    """The body as JSON (RFC 8259, UTF-8). orjson takes what it can, and that is always what `json` would return
+    (`atlas.jsoncodec`); everything else — including every malformed body — gets `json`'s answer and message."""
+    if not _LONG_DIGITS.search(raw):
+        with contextlib.suppress(orjson.JSONDecodeError):
+            return orjson.loads(raw)
+    data = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite)
+    if _SURROGATE_ESCAPE.search(raw):
+        json.dumps(data, ensure_ascii=False).encode()  # a lone surrogate cannot be stored as UTF-8
+    return data
 
 
 @dataclass
@@ -55,9 +80,7 @@ def parse_trigger_body(raw: bytes, headers: Mapping[str, str]) -> TriggerBody:
     if not _is_json(content_type):
         return TriggerBody(payload=None, webhook=webhook_record(raw, headers))
     try:
-        data = json.loads(raw, parse_constant=_reject_constant)
-        if _SURROGATE_ESCAPE.search(raw):
-            json.dumps(data, ensure_ascii=False).encode()  # a lone surrogate cannot be stored as UTF-8
+        data = _decode(raw)
     except UnicodeEncodeError:
         raise ApiError(400, "invalid_json", "Malformed JSON body: lone surrogate escape in a string") from None
     except (ValueError, UnicodeDecodeError) as exc:

@@ -7,8 +7,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from atlas.bus.client import dumps
 from atlas.errors import ApiError
+from atlas.jsoncodec import dumps
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:

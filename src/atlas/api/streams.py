@@ -44,7 +44,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
-import json
 import logging
 import re
 from collections import deque
@@ -59,8 +58,9 @@ from nats.js.errors import NotFoundError
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from atlas.bus.client import SESSION_EVENTS, Bus, dumps, ephemeral_subject, events_subject
+from atlas.bus.client import SESSION_EVENTS, Bus, ephemeral_subject, events_subject
 from atlas.errors import ApiError
+from atlas.jsoncodec import dumps, loads
 from atlas.sessions.reducer import is_terminal
 
 if TYPE_CHECKING:
@@ -211,7 +211,7 @@ class _Subscriptions:
         data: bytes = msg.data
         if b"\n" in data or b"\r" in data:  # one SSE data line: re-encode whatever a foreign publisher sent
             try:
-                data = dumps(json.loads(data))
+                data = dumps(loads(data))
             except ValueError:
                 return
         self.feed.put_chunk(data)
@@ -299,7 +299,7 @@ class _Cursor:
 
 
 def _stored(stream_seq: int, data: bytes) -> Stored:
-    event = json.loads(data)
+    event = loads(data)
     if b"\n" in data or b"\r" in data:  # a frame's data is one line; only a foreign writer could do this
         data = dumps(event)
     return stream_seq, data, event

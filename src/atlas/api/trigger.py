@@ -22,6 +22,7 @@ from atlas.bus.client import ephemeral_subject
 from atlas.config.durations import parse_duration
 from atlas.config.model import HttpSignal
 from atlas.errors import ApiError
+from atlas.jsoncodec import loads
 from atlas.runtime.accept import Accepted, TriggerRequest
 from atlas.runtime.idempotency import Idempotency, Reservation
 from atlas.runtime.workspaces import Workspace
@@ -218,7 +219,7 @@ async def _sse(daemon: Daemon, request: Request, accepted: Accepted, ws_id: str,
 
     async def on_chunk(msg: Any) -> None:
         with contextlib.suppress(asyncio.QueueFull, ValueError):
-            queue.put_nowait(("chunk", json.loads(msg.data)))
+            queue.put_nowait(("chunk", loads(msg.data)))
 
     daemon.store.add_listener(on_event)
     sub = await daemon.bus.nc.subscribe(ephemeral_subject(sid), cb=on_chunk)  # type: ignore[union-attr]

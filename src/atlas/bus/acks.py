@@ -11,7 +11,6 @@ so callers handle them as before.
 from __future__ import annotations
 
 import asyncio
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +18,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import APIError, NoStreamResponseError
+
+from atlas.jsoncodec import loads
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ class AckedPublisher:
             if msg.headers and msg.headers.get("Status") == "503":
                 raise NoStreamResponseError
             raise APIError(description=f"empty JetStream answer for {subject}")
-        resp: dict[str, Any] = json.loads(msg.data)
+        resp: dict[str, Any] = loads(msg.data)
         error = resp.get("error")
         if error is not None:
             APIError.from_error(error)  # raises the matching subclass

@@ -7,7 +7,6 @@ the rest of the code never builds subjects or headers by hand.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from nats.js.errors import APIError, BadRequestError, KeyNotFoundError, KeyWrong
 from nats.js.kv import KeyValue
 
 from atlas.bus.acks import Ack, AckedPublisher
-from atlas.sessions.events import to_json
+from atlas.jsoncodec import dumps, loads
 
 log = logging.getLogger("atlas.bus")
 
@@ -63,11 +62,6 @@ def ephemeral_subject(session_id: str) -> str:
 
 def cancel_subject(session_id: str) -> str:
     return f"atlas.cancel.sessions.{session_id}"
-
-
-def dumps(value: Any) -> bytes:
-    """Compact UTF-8 JSON, the wire form of everything atlas publishes and answers."""
-    return to_json(value).encode()
 
 
 class WrongLastSequence(Exception):
@@ -247,7 +241,7 @@ class Bus:
         except NotFoundError:
             return None
         assert msg.data is not None
-        return json.loads(msg.data), int(msg.seq or 0)
+        return loads(msg.data), int(msg.seq or 0)
 
     async def read_events(self, session_id: str) -> list[tuple[dict[str, Any], int]]:
         """Every durable event of one session in order, with stream sequences (used by recovery and rebuilds)."""
@@ -260,7 +254,7 @@ class Bus:
             except NotFoundError:
                 return out
             assert msg.data is not None and msg.seq is not None
-            out.append((json.loads(msg.data), int(msg.seq)))
+            out.append((loads(msg.data), int(msg.seq)))
             seq = int(msg.seq) + 1
 
     # ------------------------------------------------------------ signals
@@ -291,7 +285,7 @@ class Bus:
             return None
         if entry.value is None or entry.value == b"":
             return None
-        return json.loads(entry.value), int(entry.revision or 0)
+        return loads(entry.value), int(entry.revision or 0)
 
     async def kv_put(self, bucket: str, key: str, value: Any) -> int:
         """Put a key; the revision is the stream sequence (what `KeyValue.put` does, through our publisher)."""

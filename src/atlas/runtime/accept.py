@@ -16,8 +16,8 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from atlas.bus.client import dumps
 from atlas.errors import ApiError
+from atlas.jsoncodec import dumps
 from atlas.runtime.workspaces import Workspace
 from atlas.sessions.events import now_iso
 from atlas.sessions.writer import SessionWriter

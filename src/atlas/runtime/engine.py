@@ -20,7 +20,7 @@ from nats.errors import Error as NatsError
 from atlas.agents.base import AgentContext, StepError
 from atlas.agents.llm import LlmCallConfig, run_llm
 from atlas.agents.runner import run_agent_with_usage
-from atlas.bus.client import dumps, ephemeral_subject
+from atlas.bus.client import ephemeral_subject
 from atlas.config.durations import parse_duration
 from atlas.config.model import (
     Action,
@@ -32,6 +32,7 @@ from atlas.config.model import (
     Transition,
 )
 from atlas.errors import ApiError
+from atlas.jsoncodec import dumps
 from atlas.runtime.accept import TriggerRequest
 from atlas.runtime.fsm import planned_step
 from atlas.runtime.templating import TemplateError

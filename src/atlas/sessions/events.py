@@ -15,12 +15,13 @@ are referenced, not copied: events are meant to be serialised right away.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final, Literal, NotRequired, TypedDict
+
+from atlas.jsoncodec import dumps
 
 __all__ = [
     "ACTION_TYPES",
@@ -175,16 +176,6 @@ def format_iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-# One shared encoder: `json.dumps` with keyword arguments builds a new encoder per call, and every event, envelope,
-# read-model document and API answer is encoded with these settings.
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
-
-
-def to_json(value: Any) -> str:
-    """Compact JSON text (UTF-8 kept as is): the one encoding of events, envelopes, documents and answers."""
-    return _ENCODER.encode(value)
-
-
 _second_text: tuple[int, str] = (-1, "")
 
 
@@ -235,7 +226,7 @@ def truncate_recorded(value: Any) -> Any:
     JSON text. ``value`` must be JSON-serialisable; the runtime rejects other outputs (``invalid_output``)
     before recording them.
     """
-    encoded = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    encoded = dumps(value)
     if len(encoded) <= RECORD_LIMIT_BYTES:
         return value
     preview = encoded[:PREVIEW_BYTES].decode("utf-8", errors="ignore")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from typing import Any
 
@@ -24,6 +23,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from atlas.bus.client import SESSION_EVENTS, Bus
+from atlas.jsoncodec import loads
 from atlas.sessions.store import SessionStore
 
 log = logging.getLogger("atlas.materializer")
@@ -70,7 +70,7 @@ class Materializer:
             self.store.note_stream_seq(int(msg.metadata.sequence.stream))
             return
         try:
-            event = json.loads(msg.data)
+            event = loads(msg.data)
             stream_seq = int(msg.metadata.sequence.stream)
         except Exception:
             log.warning("skipping unreadable event on %s", msg.subject)
@@ -126,7 +126,7 @@ class Materializer:
                 continue
             if msg.data:
                 with contextlib.suppress(ValueError):
-                    self.store.apply(json.loads(msg.data), seq)
+                    self.store.apply(loads(msg.data), seq)
             self.store.note_written(seq)
             settled += 1
         return settled

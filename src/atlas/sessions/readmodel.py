@@ -30,7 +30,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from atlas.sessions.events import to_json
+from atlas.jsoncodec import loads, to_json
 
 __all__ = [
     "STREAM_SEQ_KEY",
@@ -349,11 +349,11 @@ class ReadModel:
 
     def get_view(self, sid: str) -> dict[str, Any] | None:
         rows = self._query("SELECT view_json FROM sessions WHERE session_id = ?", (sid,))
-        return json.loads(rows[0][0]) if rows else None
+        return loads(rows[0][0]) if rows else None
 
     def get_summary(self, sid: str) -> dict[str, Any] | None:
         rows = self._query("SELECT summary_json FROM sessions WHERE session_id = ?", (sid,))
-        return json.loads(rows[0][0]) if rows else None
+        return loads(rows[0][0]) if rows else None
 
     def get_last_seq(self, sid: str) -> int:
         """``lastSeq`` of the stored view, 0 for an unknown session (the reducer's initial value)."""
@@ -452,7 +452,7 @@ class ReadModel:
         if len(rows) > limit:
             rows = rows[:limit]
             next_cursor = encode_cursor(rows[-1][1], rows[-1][2])
-        return [json.loads(row[0]) for row in rows], next_cursor
+        return [loads(row[0]) for row in rows], next_cursor
 
     def explain(self, sql: str, params: Sequence[Any] = ()) -> list[str]:
         """``EXPLAIN QUERY PLAN`` details for ``sql``: how tests and benches prove a lookup is a SEARCH."""
@@ -473,7 +473,7 @@ class ReadModel:
             "SELECT summary_json FROM sessions WHERE parent_session_id = ? ORDER BY queued_at, session_id",
             (parent_id,),
         )
-        return [json.loads(row[0]) for row in rows]
+        return [loads(row[0]) for row in rows]
 
     def descendants(self, sid: str) -> list[str]:
         """Session ids of every descendant of ``sid`` (children, grandchildren...), excluding ``sid``.
@@ -502,7 +502,7 @@ class ReadModel:
             f"SELECT summary_json FROM sessions WHERE status IN ({marks}) ORDER BY queued_at, session_id",
             tuple(statuses),
         )
-        return [json.loads(row[0]) for row in rows]
+        return [loads(row[0]) for row in rows]
 
     def count_by_status(self) -> dict[str, int]:
         """Number of stored sessions per status (for health and metrics)."""
