@@ -1,10 +1,15 @@
 """The accept pipeline (spec §6.4): every trigger — HTTP, cron or cascade — becomes a durable queued session here.
 
-Before `accept` returns, the envelope is acknowledged on SIGNALS, then `session:queued` is acknowledged on
-SESSION_EVENTS and applied to the local store. The envelope goes first because it is what makes the trigger
-durable: a crash after it is redelivered and run, and the consumer writes `session:queued` itself if it is
-missing (§8.2). `session:queued` before the 202 is what lets a caller find its session by correlationId the
-instant it gets the answer (spec §4.3).
+Before `accept` returns, the envelope is acknowledged on SIGNALS and `session:queued` on SESSION_EVENTS (and
+applied to the local store). The envelope is what makes the trigger durable: a crash after it is redelivered and
+run, and the consumer writes `session:queued` itself if it is missing (§8.2). `session:queued` before the 202 is
+what lets a caller find its session by correlationId the instant it gets the answer (spec §4.3).
+
+The two publishes are in flight together (one flush, one read of both acks): a trigger's loop time is what limits
+intake, and waiting for one ack before sending the other cost a tenth of it. So `session:queued` can land while
+the envelope does not (a SIGNALS leader lost on a cluster): the caller gets 503, the session is ended `failed` /
+`bus_unavailable` if the bus lets us, and otherwise recovery republishes an envelope rebuilt from the log
+(`Recovery._republish_stranded`), so no queued record is left without work behind it.
 """
 
 from __future__ import annotations
@@ -103,6 +108,11 @@ def queued_fields(envelope: dict[str, Any], ws: Workspace | None, job_id: str) -
     }
 
 
+def _consume_exception(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
 class AcceptPipeline:
     TAILS_KEPT = 100_000
 
@@ -182,22 +192,18 @@ class AcceptPipeline:
         if limit_code is not None:
             return await self._refuse(ws, job_id, envelope, limit_code)
 
-        # The envelope first: once SIGNALS has it the trigger cannot be lost, whatever happens next. The consumer
-        # that takes it waits for our `session:queued` (or writes it itself if we never could, spec §8.2).
+        # Both writes at once. Once SIGNALS has the envelope the trigger cannot be lost, whatever happens next; the
+        # consumer that takes it waits for our `session:queued` (or writes it itself if we never could, §8.2).
         tail: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._pending[sid] = tail
+        writer = SessionWriter(self.d.bus, self.d.store, sid)
+        envelope_sent = asyncio.ensure_future(self.d.bus.publish_envelope(envelope, data))
         try:
-            try:
-                await self.d.bus.publish_envelope(envelope, data)
-            except Exception as exc:
-                raise ApiError(503, "bus_unavailable",
-                               f"The message bus is unavailable: {type(exc).__name__}") from exc
-            writer = SessionWriter(self.d.bus, self.d.store, sid)
             try:
                 await writer.append("session:queued", queued_fields(envelope, ws, job_id))
             except Exception:
-                # Lost to the consumer (it wrote `session:queued` first) or the bus failed after the envelope was
-                # durable: the session exists or will, so this is still an accepted trigger.
+                # Lost to the consumer (it wrote `session:queued` first) or the bus failed: if the envelope is
+                # durable the session exists or will, so this is still an accepted trigger.
                 log.debug("session:queued of %s not written here", sid, exc_info=True)
                 tail.set_result(0)
             else:
@@ -205,11 +211,29 @@ class AcceptPipeline:
                 self._tails[sid] = writer.stream_seq
                 while len(self._tails) > self.TAILS_KEPT:
                     self._tails.pop(next(iter(self._tails)))
+            try:
+                await envelope_sent
+            except Exception as exc:
+                await self._strand(writer, exc)
+                raise ApiError(503, "bus_unavailable",
+                               f"The message bus is unavailable: {type(exc).__name__}") from exc
         finally:
             self._pending.pop(sid, None)
             if not tail.done():
                 tail.set_result(0)
+            if not envelope_sent.done():  # cancelled (the client went away mid-write): let it land or fail
+                envelope_sent.add_done_callback(_consume_exception)
         return Accepted(sid, correlation_id, ws.id, req.signal_id, job_id, "queued")
+
+    async def _strand(self, writer: SessionWriter, exc: BaseException) -> None:
+        """The envelope did not land (the caller gets 503). A `session:queued` that did is ended `failed` here;
+        if even that write fails, recovery republishes the envelope from the log, so the session still ends."""
+        self._tails.pop(writer.session_id, None)
+        if writer.seq == 0:
+            return
+        with contextlib.suppress(Exception):
+            await self.d.finalize_unstarted(writer, "failed", "bus_unavailable",
+                                            f"The trigger could not be queued: {type(exc).__name__}")
 
     async def queued_tail(self, sid: str) -> int:
         """The stream sequence of `session:queued` when this daemon wrote it (0 if unknown): the consumer's first

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from atlas.bus.client import KV_CONCURRENCY, KV_INFLIGHT, WrongLastSequence
 from atlas.runtime.consumer import age_seconds
+from atlas.sessions.events import format_iso
 from atlas.sessions.reducer import is_terminal
 
 if TYPE_CHECKING:
@@ -22,8 +24,12 @@ INTERRUPTED = "Daemon stopped before the session finished"
 
 
 class Recovery:
+    STRANDED_PER_PASS = 200
+    REPUBLISHED_KEPT = 100_000
+
     def __init__(self, daemon: Daemon) -> None:
         self.d = daemon
+        self._republished: dict[str, None] = {}  # queued sessions whose envelope this process republished
 
     async def loop(self) -> None:
         while True:
@@ -48,6 +54,7 @@ class Recovery:
             except Exception:
                 log.exception("recovering %s failed", sid)
         await self._settle_unmarked(set(marked), at_start)
+        await self._republish_stranded(set(marked))
         await self._start_orphaned_parked()
 
     async def _settle_unmarked(self, marked: set[str], at_start: bool) -> None:
@@ -75,6 +82,36 @@ class Recovery:
                 await self._settle(sid, marker, at_start)
             except Exception:
                 log.exception("recovering unmarked %s failed", sid)
+
+    async def _republish_stranded(self, marked: set[str]) -> None:
+        """Queued sessions older than 2 × ATLAS_ACK_WAIT whose envelope may never have landed: acceptance writes the
+        envelope and `session:queued` at once, and if only the second landed and the failed session could not be
+        ended either, nothing would ever run or end it. An envelope rebuilt from `session:queued` is republished
+        (once per session and process): where the original is still in SIGNALS the broker drops the copy
+        (`Nats-Msg-Id` = sessionId, 1 h window), and a copy that does get through finds the session started or
+        ended and is dropped by the consumer (started sessions are never run twice, spec §6.5). Parked sessions
+        (they have a marker) are waiting on purpose."""
+        d = self.d
+        cutoff = format_iso(datetime.now(UTC) - timedelta(seconds=2 * d.settings.ack_wait_s))
+        done = 0
+        for summary in d.store.rm.non_terminal(("queued",), queued_before=cutoff):
+            sid = str(summary.get("sessionId", ""))
+            if sid in marked or sid in self._republished:
+                continue
+            if done >= self.STRANDED_PER_PASS:
+                return
+            try:
+                events = await d.bus.read_events(sid)
+                if len(events) != 1 or events[0][0].get("type") != "session:queued":
+                    continue  # moved on since the read model looked
+                await d.bus.publish_envelope(envelope_from_queued(events[0][0]))
+            except Exception:
+                log.exception("republishing the envelope of %s failed", sid)
+                continue
+            done += 1
+            self._republished[sid] = None
+            while len(self._republished) > self.REPUBLISHED_KEPT:
+                self._republished.pop(next(iter(self._republished)))
 
     async def _settle(self, sid: str, marker: dict[str, Any], at_start: bool) -> None:
         d = self.d
@@ -166,3 +203,16 @@ class Recovery:
             nxt = await d.concurrency.release(ws_id, sig_id, "", "queue")
             if nxt is not None:
                 await d.consumer.start_parked(nxt)
+
+
+ENVELOPE_FROM_QUEUED = ("workspaceId", "signalId", "sessionId", "correlationId", "parentSessionId", "rootSessionId",
+                        "depth", "trigger", "payload")
+
+
+def envelope_from_queued(event: dict[str, Any]) -> dict[str, Any]:
+    """The envelope of a session, rebuilt from its `session:queued` (which carries everything the consumer needs;
+    a webhook's raw body and an SSE stream id are not kept there, and a session republished this way runs
+    without them)."""
+    envelope = {k: event[k] for k in ENVELOPE_FROM_QUEUED if event.get(k) is not None or k == "payload"}
+    envelope["acceptedAt"] = event.get("timestamp")
+    return envelope

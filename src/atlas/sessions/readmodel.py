@@ -494,13 +494,15 @@ class ReadModel:
         )
         return [row[0] for row in rows]
 
-    def non_terminal(self, statuses: Sequence[str] = NON_TERMINAL) -> list[dict[str, Any]]:
-        """Summaries of every session still ``queued`` or ``active`` (or only those of `statuses`), oldest first
-        (never pruned, §7.3)."""
+    def non_terminal(self, statuses: Sequence[str] = NON_TERMINAL,
+                     queued_before: str | None = None) -> list[dict[str, Any]]:
+        """Summaries of every session still ``queued`` or ``active`` (or only those of `statuses`, and queued
+        before `queued_before`), oldest first (never pruned, §7.3)."""
         marks = ", ".join("?" for _ in statuses)
+        age = "" if queued_before is None else " AND queued_at < ?"
         rows = self._query(
-            f"SELECT summary_json FROM sessions WHERE status IN ({marks}) ORDER BY queued_at, session_id",
-            tuple(statuses),
+            f"SELECT summary_json FROM sessions WHERE status IN ({marks}){age} ORDER BY queued_at, session_id",
+            (*statuses, *(() if queued_before is None else (queued_before,))),
         )
         return [loads(row[0]) for row in rows]
 
