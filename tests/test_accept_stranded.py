@@ -86,3 +86,27 @@ async def test_a_young_queued_session_is_not_republished(tmp_path: Path) -> None
         await d.recovery.run_once(at_start=False)
         assert (await d.bus.js.stream_info(SIGNALS)).state.messages == before == 1
         assert accepted.session_id not in d.recovery._republished
+
+
+async def test_stranded_sessions_are_swept_a_page_per_pass(tmp_path: Path) -> None:
+    """Each pass reads one bounded page of old queued sessions; consecutive passes reach all of them."""
+    async with running(tmp_path / "home", (FIXTURES / "core",), ack_wait_s=1.0) as d:
+        d.recovery.STRANDED_PER_PASS = 2
+        old = datetime.now(UTC) - timedelta(seconds=30)
+        sids = []
+        for i in range(5):
+            sid = str(uuid.uuid4())
+            event = {"type": "session:queued", "sessionId": sid, "seq": 1,
+                     "timestamp": format_iso(old + timedelta(milliseconds=i)),
+                     "workspaceId": "core", "jobName": "echo", "signalId": "echo", "task": "echo",
+                     "trigger": "http", "correlationId": str(uuid.uuid4()), "rootSessionId": sid, "depth": 0,
+                     "plannedSteps": [], "payload": {"n": i}}
+            d.store.apply(event, await d.bus.append_event(event, 0))
+            sids.append(sid)
+        await d.recovery.run_once(at_start=False)
+        assert len(d.recovery._republished) == 2
+        for _ in range(3):
+            await d.recovery.run_once(at_start=False)
+        assert set(d.recovery._republished) == set(sids)
+        for sid in sids:
+            assert (await d.store.wait_terminal(sid, 20))["status"] == "completed"

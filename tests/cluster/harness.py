@@ -502,31 +502,51 @@ class BusProbe:
 
         return self._run(op())
 
-    def event_counts(self, sids: set[str] | None = None, timeout: float = 60.0) -> dict[str, Counter[str]]:
-        """Per event type, how many of each session SESSION_EVENTS holds (one ordered scan of the stream)."""
+    def all_events(self, timeout: float = 60.0) -> list[dict[str, Any]]:
+        """Every durable event of SESSION_EVENTS, in stream order (one ordered scan of the stream)."""
 
-        async def op() -> dict[str, Counter[str]]:
+        async def op() -> list[dict[str, Any]]:
             js = await self._js()
-            counts: dict[str, Counter[str]] = {}
+            out: list[dict[str, Any]] = []
             last = (await js.stream_info("SESSION_EVENTS")).state.last_seq
             if not last:
-                return counts
+                return out
             sub = await js.subscribe("sessions.*.events", ordered_consumer=True)
             try:
                 deadline = time.monotonic() + timeout
                 while time.monotonic() < deadline:
                     msg = await sub.next_msg(timeout=5)
-                    event = json.loads(msg.data)
-                    sid = event.get("sessionId")
-                    if sids is None or sid in sids:
-                        counts.setdefault(event.get("type"), Counter())[sid] += 1
+                    out.append(json.loads(msg.data))
                     if msg.metadata.sequence.stream >= last:
-                        return counts
+                        return out
                 raise AssertionError("scanning SESSION_EVENTS timed out")
             finally:
                 await sub.unsubscribe()
 
         return self._run(op(), timeout + 10)
+
+    def event_counts(self, sids: set[str] | None = None, timeout: float = 60.0) -> dict[str, Counter[str]]:
+        """Per event type, how many of each session SESSION_EVENTS holds."""
+        counts: dict[str, Counter[str]] = {}
+        for event in self.all_events(timeout):
+            sid = event.get("sessionId")
+            if sids is None or sid in sids:
+                counts.setdefault(event.get("type"), Counter())[sid] += 1
+        return counts
+
+    def runs(self) -> dict[str, tuple[str, str | None]]:
+        """Per session, its state from the log (`queued`, `active` or `ended`) and the runner its `session:start`
+        names (running sessions have no marker: the log is where the runner is written)."""
+        out: dict[str, tuple[str, str | None]] = {}
+        for event in self.all_events():
+            sid, kind = event.get("sessionId"), event.get("type")
+            if kind == "session:queued":
+                out.setdefault(sid, ("queued", None))
+            elif kind == "session:start":
+                out[sid] = ("active", event.get("runner"))
+            elif kind == "session:complete":
+                out[sid] = ("ended", out.get(sid, ("", None))[1])
+        return out
 
     def terminal_events(self, sids: set[str] | None = None) -> Counter[str]:
         """Per session, how many `session:complete` events SESSION_EVENTS holds."""

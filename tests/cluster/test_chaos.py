@@ -79,33 +79,29 @@ def freeze(d: ClusterDaemon) -> None:
 
 @dataclass
 class Snapshot:
-    """Who was doing what when a daemon was frozen, from the SESSION_INFLIGHT markers and the session logs."""
+    """Who was doing what when a daemon was frozen, from the session logs (`session:start` names the runner)."""
 
     active_on_victim: set[str]
     active_elsewhere: set[str]
-    started_unmarked: set[str]  # marker still `queued` but session:start already written (the victim's race window)
     queued: set[str]
 
     @classmethod
     def take(cls, probe: BusProbe, victim: ClusterDaemon) -> Snapshot:
-        markers = probe.inflight()
-        snap = cls(set(), set(), set(), set())
-        for sid, m in markers.items():
-            if m.get("state") == "active":
-                (snap.active_on_victim if m.get("runner") == victim.daemon_id else snap.active_elsewhere).add(sid)
-            elif any(e["type"] == "session:start" for e in probe.events(sid)):
-                snap.started_unmarked.add(sid)
-            else:
+        snap = cls(set(), set(), set())
+        for sid, (state, runner) in probe.runs().items():
+            if state == "active":
+                (snap.active_on_victim if runner == victim.daemon_id else snap.active_elsewhere).add(sid)
+            elif state == "queued":
                 snap.queued.add(sid)
         return snap
 
     def may_be_interrupted(self, sid: str) -> bool:
-        return sid in self.active_on_victim or sid in self.started_unmarked
+        return sid in self.active_on_victim
 
 
 def wait_running_on(probe: BusProbe, d: ClusterDaemon, timeout: float = 20) -> None:
-    wait_for(lambda: any(m.get("state") == "active" and m.get("runner") == d.daemon_id
-                         for m in probe.inflight().values()), timeout, 0.05, f"{d.name} to run a session")
+    wait_for(lambda: any(state == "active" and runner == d.daemon_id for state, runner in probe.runs().values()),
+             timeout, 0.05, f"{d.name} to run a session")
 
 
 def freeze_while_running(probe: BusProbe, victim: ClusterDaemon, attempts: int = 10) -> Snapshot:

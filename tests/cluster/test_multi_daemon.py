@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from atlas.runtime.recovery import envelope_from_queued
 from tests.cluster.conftest import stop_all
 from tests.cluster.harness import BusProbe, ClusterDaemon, NatsCluster, http, list_all, sse_frames
 from tests.daemon_proc import FIXTURES, wait_for
@@ -118,16 +119,14 @@ def test_work_is_shared_and_runs_once(trio: tuple[list[ClusterDaemon], BusProbe]
     ds, probe = trio
     ids = {d.daemon_id: d.name for d in ds}
     bodies = [trigger(ds[0], "slow", {"duration": "1500ms"}) for _ in range(36)]
+    sids = {b["sessionId"] for b in bodies}
     runners: set[str] = set()
 
     def all_ran_somewhere() -> bool:
-        for marker in probe.inflight().values():
-            if marker.get("state") == "active" and marker.get("runner"):
-                runners.add(marker["runner"])
+        runners.update(runner for sid, (_, runner) in probe.runs().items() if sid in sids and runner)
         return runners >= ids.keys()
 
     wait_for(all_ran_somewhere, 20, 0.1, "every daemon to run one of the sessions")
-    sids = {b["sessionId"] for b in bodies}
     wait_for(lambda: all(s["status"] == "completed" for s in list_all(ds[2].url) if s["sessionId"] in sids)
              and sids <= {s["sessionId"] for s in list_all(ds[2].url)}, 30, 0.1, "all completed")
     counts = probe.event_counts(sids)
@@ -143,8 +142,8 @@ def test_duplicate_envelopes_run_once(trio: tuple[list[ClusterDaemon], BusProbe]
     ds, probe = trio
     files = [tmp_path / f"effect-{i}.txt" for i in range(12)]
     bodies = [trigger(ds[i % 3], "effect", {"file": str(f)}) for i, f in enumerate(files)]
-    # The envelopes, from the inflight markers (there from acceptance until the session is finalised, > 1 s here).
-    envelopes = [probe.inflight()[b["sessionId"]]["envelope"] for b in bodies]
+    # The envelopes, rebuilt from `session:queued` the way recovery rebuilds one (same ids, payload and lineage).
+    envelopes = [envelope_from_queued(probe.events(b["sessionId"])[0]) for b in bodies]
 
     def copy(env: dict[str, Any]) -> None:
         data = json.dumps(env).encode()

@@ -243,12 +243,13 @@ class Bus:
         assert msg.data is not None
         return loads(msg.data), int(msg.seq or 0)
 
-    async def read_events(self, session_id: str) -> list[tuple[dict[str, Any], int]]:
-        """Every durable event of one session in order, with stream sequences (used by recovery and rebuilds)."""
+    async def read_events(self, session_id: str, limit: int | None = None) -> list[tuple[dict[str, Any], int]]:
+        """Every durable event of one session in order (or its first `limit`), with stream sequences (used by
+        recovery and rebuilds)."""
         out: list[tuple[dict[str, Any], int]] = []
         seq = 1
         subject = events_subject(session_id)
-        while True:
+        while limit is None or len(out) < limit:
             try:
                 msg = await self.js.get_msg(SESSION_EVENTS, seq=seq, subject=subject, next=True, direct=True)
             except NotFoundError:
@@ -256,6 +257,7 @@ class Bus:
             assert msg.data is not None and msg.seq is not None
             out.append((loads(msg.data), int(msg.seq)))
             seq = int(msg.seq) + 1
+        return out
 
     # ------------------------------------------------------------ signals
 

@@ -18,7 +18,7 @@ from nats.aio.msg import Msg
 from atlas.bus.client import CONSUMER, KV_INFLIGHT, SIGNALS, WrongLastSequence
 from atlas.runtime.accept import queued_fields
 from atlas.runtime.workspaces import Workspace
-from atlas.sessions.events import now_iso, parse_iso
+from atlas.sessions.events import parse_iso
 from atlas.sessions.reducer import is_terminal
 from atlas.sessions.writer import SessionWriter
 
@@ -230,11 +230,15 @@ class SignalConsumer:
                 policy = ws.config.signals[env["signalId"]].concurrency
                 await self.d.concurrency.release(ws.id, env["signalId"], env["sessionId"], policy)
             return False
-        marker = _marker(env, "active", runner=self.d.daemon_id)
-        ops: list[Any] = [self.d.bus.kv_put(KV_INFLIGHT, env["sessionId"], marker)]
+        # No marker for a running session: `session:start` names the runner, and recovery finds active sessions in
+        # the read model (spec §8.1 as amended in docs/decisions.md). A parked session's marker has done its job.
         if msg is not None:
-            ops.append(msg.ack())
-        await asyncio.gather(*ops)
+            await msg.ack()
+        else:
+            try:
+                await self.d.bus.kv_delete(KV_INFLIGHT, env["sessionId"])
+            except Exception:  # recovery drops the marker of a started session
+                log.debug("marker of %s not removed", env["sessionId"], exc_info=True)
         self.d.launch(ws, job_id, env, writer)
         return True
 
@@ -250,12 +254,11 @@ class SignalConsumer:
         if sid in self.d.runs or (view is not None and is_terminal(view["status"])):
             await msg.ack()
             return False
-        marker = await self.d.bus.kv_get(KV_INFLIGHT, sid)
-        runner = marker[0].get("runner") if marker else None
+        runner = await self.d.recovery.runner_of(sid)
         if runner is not None and runner != self.d.daemon_id and await self.d.is_daemon_alive(runner):
             await msg.ack()
             return False
-        await self.d.recovery.interrupt(sid)
+        await self.d.recovery.interrupt(sid, env)
         await msg.ack()
         return False
 
@@ -271,14 +274,14 @@ class SignalConsumer:
         if ws is None or job_id is None or writer.seq != 1:
             if writer.seq == 1:
                 await self.d.finalize_unstarted(writer, "failed", "workspace_unavailable",
-                                                "Workspace or job no longer available", env)
+                                                "Workspace or job no longer available", env, drop_marker=True)
             return
         await self.d.slots.take()
         if not await self._start(ws, job_id, env, writer, None):
             self.d.slots.give()
 
 
-def _marker(env: dict[str, Any], state: str, *, runner: str | None = None, parked: bool = False) -> dict[str, Any]:
+def _marker(env: dict[str, Any], state: str, *, parked: bool = False) -> dict[str, Any]:
     marker = {
         "sessionId": env["sessionId"],
         "workspaceId": env["workspaceId"],
@@ -289,9 +292,6 @@ def _marker(env: dict[str, Any], state: str, *, runner: str | None = None, parke
         "acceptedAt": env.get("acceptedAt"),
         "envelope": env,
     }
-    if runner is not None:
-        marker["runner"] = runner
-        marker["startedAt"] = now_iso()
     if parked:
         marker["parked"] = True
     return marker

@@ -343,8 +343,8 @@ class Daemon:
             except Exception:
                 log.warning("session %s: could not re-read its log", run.session_id)
         except Exception:
-            # No terminal event (e.g. the bus is down): keep the marker, so recovery ends the session as
-            # `interrupted` once the bus is back (spec §4.4) instead of leaving it active forever.
+            # No terminal event (e.g. the bus is down): the session stays active in the read model, and recovery
+            # ends it `interrupted` once the bus is back (spec §4.4) instead of leaving it active forever.
             log.exception("session %s: runner failed before its terminal event", run.session_id)
         finally:
             self.runs.pop(run.session_id, None)
@@ -352,14 +352,15 @@ class Daemon:
         if ended:
             await self.finalize(envelope, job_signal_policy(ws, envelope["signalId"]))
 
-    async def finalize(self, envelope: dict[str, Any], policy: str) -> None:
-        """After `session:complete`: summary to KV, marker removed, hold released, next parked session started."""
+    async def finalize(self, envelope: dict[str, Any], policy: str, drop_marker: bool = False) -> None:
+        """After `session:complete`: summary to KV, hold released, next parked session started (and the marker
+        removed, for a session that has one: `drop_marker`)."""
         sid = envelope["sessionId"]
         try:
             try:
-                await self._write_final(sid)
+                await self._write_final(sid, drop_marker)
             except Exception:
-                self.spawn(self._retry_final(sid))
+                self.spawn(self._retry_final(sid, drop_marker))
                 raise
             nxt = await self.concurrency.release(envelope["workspaceId"], envelope["signalId"], sid, policy)
             if nxt is not None:
@@ -367,8 +368,9 @@ class Daemon:
         except Exception:
             log.exception("finalising %s failed; recovery will retry", sid)
 
-    async def _write_final(self, sid: str) -> None:
-        """Summary to KV SESSION_METADATA and the inflight marker removed (spec §3.2, finalisation).
+    async def _write_final(self, sid: str, drop_marker: bool = False) -> None:
+        """Summary to KV SESSION_METADATA (spec §3.2, finalisation), and the marker removed if asked: only parked
+        sessions and leftovers found by recovery have one.
 
         Only a terminal summary is stored, and the log decides what it is: a local view that is not terminal yet
         (another daemon's `session:complete` not materialised here) is brought up to date from the log first."""
@@ -377,23 +379,23 @@ class Daemon:
             last = await self.bus.last_event(sid)
             if last is not None and last[0].get("type") == "session:complete":
                 view = await self.rebuild_view(sid)  # every event in order, not just the last: no holes
-        ops: list[Any] = [self.bus.kv_delete(KV_INFLIGHT, sid)]
+        ops: list[Any] = [self.bus.kv_delete(KV_INFLIGHT, sid)] if drop_marker else []
         if view is not None and is_terminal(view["status"]):
             ops.append(self.bus.kv_put(KV_METADATA, sid, summarize(view)))
         await asyncio.gather(*ops)
 
-    async def _retry_final(self, sid: str) -> None:
+    async def _retry_final(self, sid: str, drop_marker: bool) -> None:
         for delay in (0.5, 1, 2, 5, 10, 10, 10, 30, 30, 60):
             await asyncio.sleep(delay)  # backoff while the bus recovers (not a synchronisation)
             try:
-                await self._write_final(sid)
+                await self._write_final(sid, drop_marker)
                 return
             except Exception as exc:
                 log.debug("finalising %s: %s", sid, exc)
         log.error("finalising %s kept failing; recovery will retry", sid)
 
     async def finalize_unstarted(self, writer: SessionWriter, status: str, code: str, message: str,
-                                 envelope: dict[str, Any] | None = None) -> bool:
+                                 envelope: dict[str, Any] | None = None, drop_marker: bool = False) -> bool:
         """End a session that never started (policy skip, limits, cancel while queued). False if it lost a race."""
         try:
             await writer.append("session:complete", {"status": status, "durationMs": 0, "error": message,
@@ -402,9 +404,9 @@ class Daemon:
             return False
         sid = writer.session_id
         try:
-            await self._write_final(sid)
+            await self._write_final(sid, drop_marker)
         except Exception:  # the bus is failing: keep trying in the background, the terminal event is durable
-            self.spawn(self._retry_final(sid))
+            self.spawn(self._retry_final(sid, drop_marker))
         if envelope is not None:
             ws = self.workspaces.get(envelope["workspaceId"])
             if ws is not None and envelope["signalId"] in ws.config.signals:
@@ -438,7 +440,7 @@ class Daemon:
             writer = await SessionWriter.resume(self.bus, self.store, sid)
             marker = await self.bus.kv_get(KV_INFLIGHT, sid)
             envelope = marker[0].get("envelope") if marker else None
-            if await self.finalize_unstarted(writer, status, code, message, envelope):
+            if await self.finalize_unstarted(writer, status, code, message, envelope, drop_marker=marker is not None):
                 return
         request = {"status": status, "errorCode": code, "reason": message, "requestedAt": now_iso()}
         await self.bus.nc.publish(cancel_subject(sid), dumps(request))  # type: ignore[union-attr]

@@ -1,7 +1,10 @@
 """Crash recovery (spec §8.1): settle what a dead daemon (or this one, before a restart) left in flight.
 
-It runs once at start, before the consumer takes work, then every 10 s. Interrupted sessions are never re-run:
-their steps may have had side effects. Queued ones are republished (deduplicated by sessionId), so they run.
+It runs once at start, before the consumer takes work, then every 10 s. Running sessions have no marker: the read
+model lists the active ones and `session:start` names each one's runner, so a session whose runner is gone is
+found without a write per session at start and end. Interrupted sessions are never re-run: their steps may have
+had side effects. Queued ones are republished (deduplicated by sessionId), so they run. Markers are left only for
+parked sessions (and by older versions).
 """
 
 from __future__ import annotations
@@ -26,10 +29,13 @@ INTERRUPTED = "Daemon stopped before the session finished"
 class Recovery:
     STRANDED_PER_PASS = 200
     REPUBLISHED_KEPT = 100_000
+    RUNNERS_KEPT = 100_000
 
     def __init__(self, daemon: Daemon) -> None:
         self.d = daemon
         self._republished: dict[str, None] = {}  # queued sessions whose envelope this process republished
+        self._runners: dict[str, str] = {}  # sessionId -> the daemon that started it
+        self._sweep_from = ""  # queuedAt where the next page of the stranded-session sweep starts
 
     async def loop(self) -> None:
         while True:
@@ -48,58 +54,100 @@ class Recovery:
             found = await d.bus.kv_get(KV_INFLIGHT, sid)
             if found is None:
                 continue
-            marker = found[0]
             try:
-                await self._settle(sid, marker, at_start)
+                await self._settle_marker(sid, found[0], at_start)
             except Exception:
                 log.exception("recovering %s failed", sid)
-        await self._settle_unmarked(set(marked), at_start)
+        await self._settle_active(at_start)
         await self._republish_stranded(set(marked))
         await self._start_orphaned_parked()
 
-    async def _settle_unmarked(self, marked: set[str], at_start: bool) -> None:
-        """Active sessions without a marker: the runner's `session:start` landed but its marker write did not (the
-        bus failed, or the runner died, in between). `session:start` names the runner, so the rules for a marked
-        active session apply. Only sessions started more than 2 × ATLAS_ACK_WAIT ago are looked at: a younger
-        one's marker may still be on its way."""
+    async def runner_of(self, sid: str) -> str | None:
+        """The daemon that started the session, from its `session:start` (seq 2); None if it has not started.
+        A session's runner never changes, so it is read once per process."""
+        runner = self._runners.get(sid)
+        if runner is None:
+            start = next((e for e, _ in await self.d.bus.read_events(sid, limit=2)
+                          if e.get("type") == "session:start"), None)
+            if start is None or not start.get("runner"):
+                return None
+            runner = self._runners[sid] = str(start["runner"])
+            while len(self._runners) > self.RUNNERS_KEPT:
+                self._runners.pop(next(iter(self._runners)))
+        return runner
+
+    async def _settle_active(self, at_start: bool) -> None:
+        """Active sessions whose runner is gone end `interrupted` (spec §8.1). Another daemon is gone when its
+        heartbeat has expired. This daemon's own sessions that it is not running are dead at start, when they
+        started before this process, or when a run of this process ended without its terminal event (the bus was
+        down) — the last only after 2 × ATLAS_ACK_WAIT, since a session is started just before its run is
+        registered."""
         d = self.d
+        alive: dict[str, bool] = {}
         for summary in d.store.rm.non_terminal(("active",)):
-            sid = summary.get("sessionId", "")
-            if sid in marked or sid in d.runs:
-                continue
-            if age_seconds(str(summary.get("startedAt") or "")) <= 2 * d.settings.ack_wait_s:
+            sid = str(summary.get("sessionId", ""))
+            if sid in d.runs:
                 continue
             try:
-                if await d.bus.kv_get(KV_INFLIGHT, sid) is not None:
-                    continue  # marked since the listing
-                start = next((e for e, _ in await d.bus.read_events(sid) if e.get("type") == "session:start"), None)
-                if start is None:
+                runner = await self.runner_of(sid)
+                if runner is None:
                     continue
-                marker = {
-                    "state": "active", "runner": start.get("runner"), "startedAt": start.get("timestamp"),
-                    "envelope": {k: summary.get(k) for k in ("sessionId", "workspaceId", "signalId")},
-                }
-                await self._settle(sid, marker, at_start)
+                if runner == d.daemon_id:
+                    started_at = str(summary.get("startedAt") or "")
+                    previous_life = started_at < d.started_at
+                    orphan = age_seconds(started_at) > 2 * d.settings.ack_wait_s
+                    if not (at_start or previous_life or orphan) or sid in d.runs:
+                        continue
+                else:
+                    if runner not in alive:
+                        alive[runner] = await d.is_daemon_alive(runner)
+                    if alive[runner]:
+                        continue
+                await self.interrupt(sid, {k: summary.get(k) for k in ("sessionId", "workspaceId", "signalId")})
             except Exception:
-                log.exception("recovering unmarked %s failed", sid)
+                log.exception("recovering active %s failed", sid)
+
+    async def _settle_marker(self, sid: str, marker: dict[str, Any], at_start: bool) -> None:
+        """A marker: a parked session, or a leftover (a crash between a parked session's start and the removal of
+        its marker, or a marker of an older version)."""
+        d = self.d
+        last = await d.bus.last_event(sid)
+        if last is None:
+            await d.bus.kv_delete(KV_INFLIGHT, sid)  # acceptance never finished
+            return
+        if last[0].get("type") == "session:complete":
+            await self._ensure_view(sid)
+            await d.finalize(marker["envelope"], self._policy(marker["envelope"]), drop_marker=True)
+            return
+        if last[0].get("type") != "session:queued":
+            # Started: the session is in the read model as active, where `_settle_active` looks after it.
+            await d.bus.kv_delete(KV_INFLIGHT, sid)
+            return
+        if marker.get("parked"):
+            return
+        accepted = marker.get("acceptedAt")
+        if at_start or (accepted and age_seconds(accepted) > 2 * d.settings.ack_wait_s):
+            await d.bus.publish_envelope(marker["envelope"])
 
     async def _republish_stranded(self, marked: set[str]) -> None:
         """Queued sessions older than 2 × ATLAS_ACK_WAIT whose envelope may never have landed: acceptance writes the
         envelope and `session:queued` at once, and if only the second landed and the failed session could not be
         ended either, nothing would ever run or end it. An envelope rebuilt from `session:queued` is republished
-        (once per session and process): where the original is still in SIGNALS the broker drops the copy
-        (`Nats-Msg-Id` = sessionId, 1 h window), and a copy that does get through finds the session started or
-        ended and is dropped by the consumer (started sessions are never run twice, spec §6.5). Parked sessions
-        (they have a marker) are waiting on purpose."""
+        (once per session and process, a page of 200 sessions a pass): where the original is still in SIGNALS
+        the broker drops the copy (`Nats-Msg-Id` = sessionId, 1 h window), and a copy that does get through finds
+        the session started or ended and is dropped by the consumer (started sessions are never run twice, spec
+        §6.5). Parked sessions (they have a marker) are waiting on purpose."""
         d = self.d
         cutoff = format_iso(datetime.now(UTC) - timedelta(seconds=2 * d.settings.ack_wait_s))
-        done = 0
-        for summary in d.store.rm.non_terminal(("queued",), queued_before=cutoff):
+        # A sweep over the old queued sessions, a page per pass: a long backlog or many parked sessions cost each
+        # pass a bounded read, and every session is looked at once per sweep.
+        page = d.store.rm.non_terminal(("queued",), queued_after=self._sweep_from, queued_before=cutoff,
+                                       limit=self.STRANDED_PER_PASS)
+        self._sweep_from = str(page[-1].get("queuedAt") or "") if len(page) == self.STRANDED_PER_PASS else ""
+        for summary in page:
             sid = str(summary.get("sessionId", ""))
             if sid in marked or sid in self._republished:
                 continue
-            if done >= self.STRANDED_PER_PASS:
-                return
             try:
                 events = await d.bus.read_events(sid)
                 if len(events) != 1 or events[0][0].get("type") != "session:queued":
@@ -108,45 +156,9 @@ class Recovery:
             except Exception:
                 log.exception("republishing the envelope of %s failed", sid)
                 continue
-            done += 1
             self._republished[sid] = None
             while len(self._republished) > self.REPUBLISHED_KEPT:
                 self._republished.pop(next(iter(self._republished)))
-
-    async def _settle(self, sid: str, marker: dict[str, Any], at_start: bool) -> None:
-        d = self.d
-        last = await d.bus.last_event(sid)
-        if last is None:
-            await d.bus.kv_delete(KV_INFLIGHT, sid)  # acceptance never finished
-            return
-        if last[0].get("type") == "session:complete":
-            await self._ensure_view(sid)
-            await d.finalize(marker["envelope"], self._policy(marker["envelope"]))
-            return
-        if marker.get("state") == "active":
-            runner = marker.get("runner")
-            # Ours from a previous incarnation (this daemon id, started before this process): dead. Checked on every
-            # pass, not only the first, so one missed pass never leaves a session active forever.
-            started_at = str(marker.get("startedAt") or "")
-            previous_life = started_at < d.started_at and sid not in d.runs
-            # A run of this very process that ended without its terminal event (the bus was down then).
-            orphan = sid not in d.runs and age_seconds(started_at) > 2 * d.settings.ack_wait_s
-            mine_dead = runner == d.daemon_id and (at_start or previous_life or orphan)
-            other_dead = runner != d.daemon_id and not await d.is_daemon_alive(runner)
-            if mine_dead or other_dead:
-                await self.interrupt(sid, marker["envelope"])
-            return
-        if last[0].get("type") != "session:queued":
-            # Started, but the marker still says queued: the runner died before its marker write landed (its ack
-            # may have). Once that is older than any live runner's write could be, the runner is gone.
-            if sid not in d.runs and age_seconds(str(last[0].get("timestamp", ""))) > 2 * d.settings.ack_wait_s:
-                await self.interrupt(sid)
-            return
-        if marker.get("parked"):
-            return
-        accepted = marker.get("acceptedAt")
-        if at_start or (accepted and age_seconds(accepted) > 2 * d.settings.ack_wait_s):
-            await d.bus.publish_envelope(marker["envelope"])
 
     async def _ensure_view(self, sid: str) -> None:
         """A read model that lacks the session (e.g. a deleted SQLite file) is refilled from the log."""
@@ -161,7 +173,7 @@ class Recovery:
 
     async def interrupt(self, sid: str, envelope: dict[str, Any] | None = None) -> None:
         """End an active session whose runner is gone as `interrupted`, keeping its correlationId and lineage.
-        `envelope` finalises it when there is no marker to take the envelope from."""
+        `envelope` (at least sessionId, workspaceId, signalId) finalises it; a leftover marker's is used if none."""
         d = self.d
         from atlas.sessions.writer import SessionWriter
 
@@ -183,11 +195,11 @@ class Recovery:
                 break
             except WrongLastSequence:
                 continue
-        marker = await d.bus.kv_get(KV_INFLIGHT, sid)
+        marker = await d.bus.kv_get(KV_INFLIGHT, sid) if envelope is None else None
         if marker is not None:
             envelope = marker[0]["envelope"]
         if envelope is not None:
-            await d.finalize(envelope, self._policy(envelope))
+            await d.finalize(envelope, self._policy(envelope), drop_marker=marker is not None)
 
     async def _start_orphaned_parked(self) -> None:
         """Keys with parked sessions and no live holder: promote the head (compare-and-set: one daemon wins)."""

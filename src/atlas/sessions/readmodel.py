@@ -494,15 +494,19 @@ class ReadModel:
         )
         return [row[0] for row in rows]
 
-    def non_terminal(self, statuses: Sequence[str] = NON_TERMINAL,
-                     queued_before: str | None = None) -> list[dict[str, Any]]:
-        """Summaries of every session still ``queued`` or ``active`` (or only those of `statuses`, and queued
-        before `queued_before`), oldest first (never pruned, §7.3)."""
+    def non_terminal(self, statuses: Sequence[str] = NON_TERMINAL, *, queued_after: str | None = None,
+                     queued_before: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        """Summaries of every session still ``queued`` or ``active`` (or only those of `statuses`, queued in the
+        open interval (`queued_after`, `queued_before`), at most `limit`), oldest first (never pruned, §7.3)."""
         marks = ", ".join("?" for _ in statuses)
-        age = "" if queued_before is None else " AND queued_at < ?"
+        where, params = f"status IN ({marks})", list(statuses)
+        if queued_after is not None:
+            where, params = where + " AND queued_at > ?", [*params, queued_after]
+        if queued_before is not None:
+            where, params = where + " AND queued_at < ?", [*params, queued_before]
+        tail = "" if limit is None else f" LIMIT {int(limit)}"
         rows = self._query(
-            f"SELECT summary_json FROM sessions WHERE status IN ({marks}){age} ORDER BY queued_at, session_id",
-            (*statuses, *(() if queued_before is None else (queued_before,))),
+            f"SELECT summary_json FROM sessions WHERE {where} ORDER BY queued_at, session_id{tail}", params,
         )
         return [loads(row[0]) for row in rows]
 
