@@ -179,7 +179,7 @@ class SignalConsumer:
                             f"Queued behind its own ancestor {decision.holder}")
             return False
         if decision.action == "park":
-            await d.bus.kv_put(KV_INFLIGHT, sid, _marker(env, "queued", parked=True))
+            await d.bus.kv_put(KV_INFLIGHT, sid, _parked_marker(env))
             await msg.ack()
             return False
         if decision.victims:
@@ -281,20 +281,19 @@ class SignalConsumer:
             self.d.slots.give()
 
 
-def _marker(env: dict[str, Any], state: str, *, parked: bool = False) -> dict[str, Any]:
-    marker = {
+def _parked_marker(env: dict[str, Any]) -> dict[str, Any]:
+    """The SESSION_INFLIGHT record of a session parked in its key's queue (the only sessions that have one)."""
+    return {
         "sessionId": env["sessionId"],
         "workspaceId": env["workspaceId"],
         "signalId": env["signalId"],
         "correlationId": env["correlationId"],
-        "state": state,
+        "state": "queued",
         "acceptedBy": env.get("acceptedBy"),
         "acceptedAt": env.get("acceptedAt"),
         "envelope": env,
+        "parked": True,
     }
-    if parked:
-        marker["parked"] = True
-    return marker
 
 
 def _task(env: dict[str, Any], job_id: str) -> str:
