@@ -133,6 +133,7 @@ def python_agent(module: str, function: str, params: dict[str, Any] | None = Non
     )
 
 
+@pytest.mark.both_loops
 async def test_python_sync_runs_in_a_thread_and_streams_progress(
     tmp_path: Path, chunks: Chunks, templater: Templater
 ) -> None:
@@ -206,6 +207,7 @@ async def test_python_missing_entrypoint_is_agent_error(
         assert info.value.code == "agent_error"
 
 
+@pytest.mark.both_loops
 async def test_python_sync_cancellation_sets_ctx_cancelled(
     tmp_path: Path, chunks: Chunks, templater: Templater
 ) -> None:
@@ -224,6 +226,7 @@ async def test_python_sync_cancellation_sets_ctx_cancelled(
     assert ctx.cancelled.is_set()
 
 
+@pytest.mark.both_loops
 async def test_python_async_cancellation_sets_ctx_cancelled(
     tmp_path: Path, chunks: Chunks, templater: Templater
 ) -> None:
@@ -254,6 +257,7 @@ PRINT_ARGV = "import sys, json; print(json.dumps(sys.argv[1:]))"
 NASTY = "\"; rm -rf / $(whoami) `id` | cat > /tmp/x && echo 'pwned' \\ \n $HOME *"
 
 
+@pytest.mark.both_loops
 async def test_shell_metacharacters_reach_the_process_as_one_literal_argument(
     tmp_path: Path, chunks: Chunks, templater: Templater
 ) -> None:
@@ -265,6 +269,7 @@ async def test_shell_metacharacters_reach_the_process_as_one_literal_argument(
     assert "truncated" not in output
 
 
+@pytest.mark.both_loops
 async def test_shell_input_arrives_on_stdin_as_json(
     tmp_path: Path, chunks: Chunks, templater: Templater
 ) -> None:
@@ -277,6 +282,7 @@ async def test_shell_input_arrives_on_stdin_as_json(
     assert (await run(no_stdin, ctx, templater))["stdout"] == "''\n"
 
 
+@pytest.mark.both_loops
 async def test_shell_non_zero_exit_is_exit_status_with_output(
     tmp_path: Path, chunks: Chunks, templater: Templater
 ) -> None:
@@ -290,6 +296,7 @@ async def test_shell_non_zero_exit_is_exit_status_with_output(
     assert {"type": "log", "stream": "stderr", "line": "err line"} in logs
 
 
+@pytest.mark.both_loops
 async def test_shell_streams_are_capped(tmp_path: Path, chunks: Chunks, templater: Templater) -> None:
     script = "import sys; sys.stdout.write('x' * (2 * 1024 * 1024)); print(); print('tail')"
     output = await run(shell_agent([PY, "-c", script]), make_ctx(tmp_path, chunks), templater)
@@ -304,6 +311,7 @@ def parse_env(stdout: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in stdout.splitlines() if "=" in line)
 
 
+@pytest.mark.both_loops
 async def test_shell_environment_is_isolated(
     tmp_path: Path, chunks: Chunks, templater: Templater, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -338,6 +346,7 @@ def same_path(printed: str, expected: Path) -> bool:
     return Path(printed).resolve() == expected.resolve()
 
 
+@pytest.mark.both_loops
 async def test_shell_cwd_is_relative_to_the_workspace(
     tmp_path: Path, chunks: Chunks, templater: Templater
 ) -> None:
@@ -349,6 +358,7 @@ async def test_shell_cwd_is_relative_to_the_workspace(
     assert same_path(output["stdout"].strip(), tmp_path)
 
 
+@pytest.mark.both_loops
 async def test_shell_unknown_program_is_agent_error(
     tmp_path: Path, chunks: Chunks, templater: Templater
 ) -> None:
@@ -357,6 +367,7 @@ async def test_shell_unknown_program_is_agent_error(
     assert info.value.code == "agent_error"
 
 
+@pytest.mark.both_loops
 async def test_shell_template_error_is_template_error(
     tmp_path: Path, chunks: Chunks, templater: Templater
 ) -> None:
@@ -380,6 +391,7 @@ def read_pids(workspace: Path) -> list[int]:
     return [int(pid) for pid in (workspace / "pids").read_text().split()]
 
 
+@pytest.mark.both_loops
 async def test_shell_timeout_kills_the_process_group(
     tmp_path: Path, chunks: Chunks, templater: Templater
 ) -> None:
@@ -393,6 +405,7 @@ async def test_shell_timeout_kills_the_process_group(
     await assert_gone(read_pids(tmp_path))
 
 
+@pytest.mark.both_loops
 async def test_shell_cancellation_kills_the_process_group(
     tmp_path: Path, chunks: Chunks, templater: Templater
 ) -> None:
@@ -406,6 +419,7 @@ async def test_shell_cancellation_kills_the_process_group(
     await assert_gone(read_pids(tmp_path))
 
 
+@pytest.mark.both_loops
 async def test_shell_sigterm_ignored_then_sigkilled(
     tmp_path: Path, chunks: Chunks, templater: Templater, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -533,6 +547,7 @@ async def test_http_only_http_urls(tmp_path: Path, chunks: Chunks, templater: Te
 # ---------------------------------------------------------------- built-ins
 
 
+@pytest.mark.both_loops
 async def test_count_emits_progress_and_outputs_counted(
     tmp_path: Path, chunks: Chunks, templater: Templater
 ) -> None:
@@ -554,6 +569,7 @@ async def test_count_config_is_overridden_by_input_keys(
     assert [chunk["current"] for chunk in chunks.of_type("progress")] == [1, 2]
 
 
+@pytest.mark.both_loops
 async def test_count_is_cancellable(tmp_path: Path, chunks: Chunks, templater: Templater) -> None:
     # wait_for cancels the agent inside its first hour-long sleep and waits for it to finish.
     with pytest.raises(TimeoutError):

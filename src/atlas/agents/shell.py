@@ -46,6 +46,25 @@ def _as_text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
+def _refuse_nul(argv: list[str], env: Mapping[str, str]) -> None:
+    """Fail the step when a rendered argv element or env entry holds a NUL (bug #19.10).
+
+    exec() takes C strings, so a NUL silently ends the value: uvloop passed `/data/../../etc/passwd\\0.csv` on as
+    `/data/../../etc/passwd`, letting payload data cut a path short. The standard loop refuses with a bare
+    ValueError; this check gives both loops the same clear error. The value itself is not quoted, as it may be
+    payload data or a secret (env values are redacted everywhere, spec §10.7).
+    """
+    for index, element in enumerate(argv):
+        if "\0" in element:
+            raise StepError("agent_error", f"command[{index}] contains a NUL character once rendered; a program "
+                            "cannot receive it")
+    for name, value in env.items():
+        if "\0" in name or "\0" in value:
+            shown = name.replace("\0", "\\0")
+            raise StepError("agent_error", f"env {shown!r} contains a NUL character once rendered; a program "
+                            "cannot receive it")
+
+
 def _environment(
     config: ShellAgentConfig, ctx: AgentContext, templater: Templater, variables: Mapping[str, Any]
 ) -> dict[str, str]:
@@ -114,13 +133,21 @@ class _Capture:
 
 
 async def _feed_stdin(stdin: asyncio.StreamWriter | None, data: bytes | None) -> None:
+    """Write the input and close stdin; a command that exits without reading it is no error (bug #19.4).
+
+    Not reading the input is the command's business, so every way the pipe can be gone is swallowed here: the
+    standard loop reports it as `BrokenPipeError`/`ConnectionResetError`, but uvloop closes the transport once
+    the child has exited and then raises `RuntimeError` ("the handler is closed") from `write()`, which used to
+    fail a step whose command had succeeded. Only this writer's own transport is touched in the `try`.
+    """
     if stdin is None or data is None:
         return
     try:
-        stdin.write(data)
-        await stdin.drain()
-    except (BrokenPipeError, ConnectionResetError):
-        pass  # the command does not read its input: that is its business
+        if not stdin.is_closing():
+            stdin.write(data)
+            await stdin.drain()
+    except (BrokenPipeError, ConnectionResetError, RuntimeError):
+        pass  # the pipe is gone: the command did not read (all of) its input
     finally:
         stdin.close()
 
@@ -168,6 +195,7 @@ async def run_shell(
     """Run the command; return `{exitCode, stdout, stderr, truncated?}` or raise `exit_status` / `timeout`."""
     argv = [_as_text(templater.render(element, variables)) for element in config.command]
     env = _environment(config, ctx, templater, variables)
+    _refuse_nul(argv, env)
     cwd = ctx.workspace_dir / config.cwd if config.cwd else ctx.workspace_dir
     timeout = parse_duration(config.timeout) if config.timeout else None
     stdin_data = json.dumps(ctx.input).encode() if config.stdin == "input" else None
