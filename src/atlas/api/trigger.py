@@ -18,11 +18,12 @@ from starlette.routing import Route
 
 from atlas.api.body import parse_trigger_body
 from atlas.api.responses import json_response, read_body
+from atlas.api.streams import StreamHub, _Cursor, _Feed
 from atlas.bus.client import ephemeral_subject
 from atlas.config.durations import parse_duration
 from atlas.config.model import HttpSignal
 from atlas.errors import ApiError
-from atlas.jsoncodec import loads
+from atlas.jsoncodec import dumps, loads
 from atlas.runtime.accept import Accepted, TriggerRequest
 from atlas.runtime.idempotency import Idempotency, Reservation
 from atlas.runtime.workspaces import Workspace
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 TRIGGER_PATH = "/api/workspaces/{workspace_id}/signals/{signal_id}"
 TRUE_VALUES = {"true", "1", "yes"}
 FALSE_VALUES = {"false", "0", "no"}
+FINAL_VIEW_WAIT_S = 30.0
 
 
 def _nowait(raw: str | None) -> bool:
@@ -206,48 +208,130 @@ def _frame(kind: str, data: Any) -> bytes:
     return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
 
 
+def _raw_frame(kind: bytes, data: bytes) -> bytes:
+    """A frame around JSON that is already encoded (an event as the log stores it, a chunk as published)."""
+    return b'data: {"type":"' + kind + b'","data":' + data + b"}\n\n"
+
+
+def _one_line_json(raw: bytes) -> bytes | None:
+    """`raw` if it is JSON on one line (what a frame needs), re-encoded if it spans lines, None if not JSON."""
+    try:
+        parsed = loads(raw)
+    except ValueError:
+        return None
+    return dumps(parsed) if b"\n" in raw or b"\r" in raw else raw
+
+
+def _stream_hub(request: Request) -> StreamHub:
+    """The app's stream tunables and counters (`add_stream_routes`); a default hub where that route is absent."""
+    hub = getattr(request.app.state, "streams", None)
+    return hub if isinstance(hub, StreamHub) else StreamHub()
+
+
+async def _final_view(daemon: Daemon, sid: str) -> dict[str, Any]:
+    """The session's terminal view once its `session:complete` was sent.
+
+    The log is ahead of the store (the writer appends before it applies; the materialiser applies what the log
+    holds), so an end read from the log may not be folded in yet: wait for it, and rebuild from the log if the
+    store never gets there."""
+    view = daemon.store.view(sid)
+    if view is not None and is_terminal(view.get("status", "")):
+        return view
+    try:
+        return await daemon.store.wait_terminal(sid, FINAL_VIEW_WAIT_S)
+    except TimeoutError:
+        rebuilt = await daemon.rebuild_view(sid)
+        return rebuilt if rebuilt is not None else (daemon.store.view(sid) or {})
+
+
 async def _sse(daemon: Daemon, request: Request, accepted: Accepted, ws_id: str,
                signal_id: str) -> AsyncIterator[bytes]:
-    """SSE mode (spec §5.4): accepted → start → every durable event and chunk → finish → result → [DONE]."""
+    """SSE mode (spec §5.4): accepted → start → every durable event and chunk → finish → result → [DONE].
+
+    Live events and chunks reach the generator through a bounded `_Feed` (the per-session stream's hand-off,
+    see `atlas.api.streams` "Slow clients"): a client that does not read blocks the generator in `yield`, and
+    the callbacks must not pile up without bound meanwhile. On overflow chunks are dropped (live-only, §3.3)
+    while durable events are not: the feed marks the stream for a resync and the generator re-reads the log
+    after the last event it read there, skipping what it already sent. So however slow the reader, it gets
+    every durable event once and in order, and the stream always ends with the result and `[DONE]`.
+    """
     sid = accepted.session_id
-    queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue(maxsize=10_000)
+    hub = _stream_hub(request)
+    cfg = hub.settings
+    feed = _Feed(hub)
 
     def on_event(event: dict[str, Any]) -> None:
         if event.get("sessionId") == sid:
-            with contextlib.suppress(asyncio.QueueFull):
-                queue.put_nowait(("event", event))
+            feed.put_event(event)
 
     async def on_chunk(msg: Any) -> None:
-        with contextlib.suppress(asyncio.QueueFull, ValueError):
-            queue.put_nowait(("chunk", loads(msg.data)))
+        data = _one_line_json(msg.data)
+        if data is not None:
+            feed.put_chunk(data)
 
     daemon.store.add_listener(on_event)
-    sub = await daemon.bus.nc.subscribe(ephemeral_subject(sid), cb=on_chunk)  # type: ignore[union-attr]
+    sub = await daemon.bus.nc.subscribe(ephemeral_subject(sid), cb=on_chunk,  # type: ignore[union-attr]
+                                        pending_msgs_limit=cfg.chunk_backlog)
+    cursor = _Cursor(sid)
+    last = 0  # the seq of the last durable event sent
+    done = False  # session:complete was sent (it is always the last event, spec §3.2)
     finished = False
+
+    def event_frames(event: dict[str, Any], data: bytes) -> bytes:
+        nonlocal last, done
+        last = event["seq"]
+        done = event.get("type") == "session:complete"
+        frame = _raw_frame(b"data-session-event", data)
+        if event.get("type") == "session:start":
+            return _frame("data-session-start", {"sessionId": sid}) + frame
+        return frame
+
+    async def from_log() -> AsyncIterator[bytes]:
+        """Every event after the cursor that was not sent yet, one write per page, up to the end of the log."""
+        while not done:
+            batch, at_end = await cursor.read(daemon, cfg.read_page, cfg.page_bytes)
+            frames = []
+            for _, data, event in batch:
+                seq = event.get("seq")
+                if isinstance(seq, int) and seq > last:
+                    frames.append(event_frames(event, data))
+            if frames:
+                yield b"".join(frames)
+            if at_end:
+                return
+
     try:
         yield _frame("data-session-accepted", {"workspaceId": ws_id, "signalId": signal_id, "sessionId": sid,
                                                "correlationId": accepted.correlation_id})
-        sent = 0
-        for event, _ in await daemon.bus.read_events(sid):
-            if event["type"] == "session:start":
-                yield _frame("data-session-start", {"sessionId": sid})
-            yield _frame("data-session-event", event)
-            sent = event["seq"]
-        view = daemon.store.view(sid) or {}
-        while not is_terminal(view.get("status", "")) or sent < int(view.get("lastSeq", 0)):
-            kind, item = await queue.get()
-            if kind == "chunk":
-                yield _frame("data-ephemeral", item)
+        async for frame in from_log():
+            yield frame
+        while not done:
+            if last == 0 and is_terminal((daemon.store.view(sid) or {}).get("status", "")):
+                break  # an old session (an idempotent replay) whose events passed retention: answer from the view
+            if not await feed.wait(cfg.keepalive_s):
+                if is_terminal((daemon.store.view(sid) or {}).get("status", "")):
+                    feed.resync = True  # a quiet end: make sure nothing was missed, from the log
                 continue
-            if item["seq"] <= sent:
+            if feed.resync:
+                feed.resync = False
+                async for frame in from_log():
+                    yield frame
                 continue
-            if item["type"] == "session:start":
-                yield _frame("data-session-start", {"sessionId": sid})
-            yield _frame("data-session-event", item)
-            sent = item["seq"]
-            view = daemon.store.view(sid) or {}
-        yield _frame("data-session-finish", {"sessionId": sid, "workspaceId": ws_id, "status": view["status"]})
-        if view["status"] == "completed":
+            while feed.items and not feed.resync and not done:
+                kind, item = feed.items.popleft()
+                if kind == "chunk":
+                    yield _raw_frame(b"data-ephemeral", item)
+                    continue
+                seq = item.get("seq")
+                if not isinstance(seq, int) or seq <= last:
+                    continue  # already sent from the log
+                if seq != last + 1:
+                    feed.resync = True  # a gap: the log has the missing events
+                    break
+                yield event_frames(item, dumps(item))
+        view = await _final_view(daemon, sid)
+        yield _frame("data-session-finish", {"sessionId": sid, "workspaceId": ws_id, "status": view.get("status")})
+        if view.get("status") == "completed":
             yield _frame("job-complete", {
                 "success": True, "sessionId": sid, "correlationId": accepted.correlation_id, "status": "completed",
                 "output": view.get("results") or {}, "artifactIds": [],
@@ -259,6 +343,7 @@ async def _sse(daemon: Daemon, request: Request, accepted: Accepted, ws_id: str,
         finished = True
     finally:
         daemon.store.remove_listener(on_event)
+        feed.close()
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
         if not finished:
