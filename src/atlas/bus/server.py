@@ -8,6 +8,8 @@ broker. That choice brings three obligations this module exists to meet:
 * **One server per store.** nats-server takes no lock on its JetStream store, and two servers on one store
   corrupt it. The child's pid is recorded in ``$ATLAS_HOME/nats/nats.pid`` and a leftover child still running
   on this store is stopped before a new one starts. Only a process that provably *is* that server is touched.
+  That stop is safe only because a live daemon's server is never a "leftover": `atlas daemon start` holds an
+  flock on the home for the daemon's whole life (:mod:`atlas.cli.homelock`), so two daemons never share a store.
 * **Never outlive the daemon.** On Linux the child gets ``PR_SET_PDEATHSIG(SIGTERM)``, so even a ``kill -9``
   of the daemon takes the broker down with it, and the daemon supervises the child: an unexpected death is
   answered by a restart on the same store (and preferably the same port, so connected clients reconnect by

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 from urllib.parse import urlsplit
 
 import httpx
@@ -30,6 +30,7 @@ from atlas.cli.client import (
     resolve_target,
 )
 from atlas.cli.common import JsonOpt, TokenOpt, UrlOpt, handle_errors
+from atlas.cli.homelock import HomeLock, lock_holder
 from atlas.cli.render import Output, fmt_duration, local_time, session_label, short_id
 from atlas.config.settings import Settings, is_loopback
 
@@ -98,7 +99,11 @@ def start_detached(settings: Settings, workspaces: list[Path], nats_url: str | N
         argv += ["--nats-url", nats_url]
     log_path = home / "daemon.log"
     pid_path = home / "daemon.pid"
-    (home / "daemon.json").unlink(missing_ok=True)  # stale: we checked that no daemon runs on this home
+    lock = HomeLock.acquire(home)
+    if lock is None:
+        _home_taken(home)
+    with lock:
+        (home / "daemon.json").unlink(missing_ok=True)  # stale: the free lock says no daemon runs on this home
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     with os.fdopen(fd, "ab") as log:
         log.write(f"--- atlas daemon start --detach, {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n".encode())
@@ -127,6 +132,16 @@ def start_detached(settings: Settings, workspaces: list[Path], nats_url: str | N
                            f"the daemon (pid {proc.pid}) did not report healthy within {START_TIMEOUT_S:.0f}s; "
                            f"it may still be starting, see {log_path}")
         time.sleep(0.05)
+
+
+def _home_taken(home: Path) -> NoReturn:
+    """Another process holds the home's lock but no healthy daemon answers for it: it is still starting (or
+    stopping). Touch nothing and say so; waiting for it is the caller's choice, not a silent retry here."""
+    pid = lock_holder(home)
+    holder = f"another atlasd (pid {pid})" if pid is not None else "another atlasd"
+    raise CliError(EXIT_ERROR, "daemon_starting",
+                   f"{holder} holds {home} and is still starting (or stopping); nothing was changed",
+                   hint="run `atlas daemon status` in a moment")
 
 
 def _print_started(out: Output, started: dict[str, Any]) -> None:
@@ -160,25 +175,31 @@ def daemon_start(
 
     The foreground daemon shuts down gracefully on Ctrl-C or SIGTERM. --detach starts it as a background process
     (log in $ATLAS_HOME/daemon.log, pid in $ATLAS_HOME/daemon.pid), waits until /health is ok, then prints its URL
-    and pid. If a daemon already runs on the same home, prints its status and exits 0.
+    and pid. If a daemon already runs on the same home, prints its status and exits 0; if one is still starting
+    there, exits 1 and changes nothing.
     """
     settings = Settings.from_env().with_overrides(
         host=host, port=port, home=home.expanduser().resolve() if home else None, nats_url=nats_url,
         workspaces=tuple(p.expanduser().resolve() for p in workspace) or None,
     )
     out = Output(json_out)
-    info = running_on_home(settings.home)
-    if info is not None:
+    lock = HomeLock.acquire(settings.home)
+    if lock is None:
+        info = running_on_home(settings.home)
+        holder = lock_holder(settings.home)
+        if info is None or (holder is not None and info["pid"] != holder):
+            _home_taken(settings.home)  # the holder is not serving yet: a stale daemon.json is not its status
         out.note(f"A daemon is already running on {settings.home} (pid {info['pid']}).")
         with Api(Target(info["url"], settings.token, "daemon.json")) as api:
             show_status(out, api)
         raise typer.Exit(EXIT_OK)
     if detach:
+        lock.release()  # the detached child takes it for itself
         _print_started(out, start_detached(settings, [p.expanduser().resolve() for p in workspace], nats_url))
         return
     from atlas.cli.serve import run_daemon
 
-    raise typer.Exit(run_daemon(settings))
+    raise typer.Exit(run_daemon(settings, lock))
 
 
 # -------------------------------------------------------------------- status

@@ -19,6 +19,7 @@ import uvicorn
 
 from atlas.api.app import create_app
 from atlas.bus.server import BusError
+from atlas.cli.homelock import HomeLock
 from atlas.config.settings import Settings, is_loopback
 from atlas.errors import ApiError
 from atlas.runtime.daemon import Daemon
@@ -89,18 +90,28 @@ async def _serve(settings: Settings) -> int:
     return 1 if daemon.fatal else 0
 
 
-def run_daemon(settings: Settings) -> int:
+def run_daemon(settings: Settings, lock: HomeLock | None = None) -> int:
+    """Run the daemon on `settings.home`, holding the home's lock (`lock`, else taken here) until it has stopped.
+
+    The lock is released only after the daemon and its nats-server are down, so the next daemon on this home never
+    meets a broker that is still ours.
+    """
     if not is_loopback(settings.host) and not (settings.token and len(settings.token) >= 32):
         print(f"atlasd: refusing to bind {settings.host} (not loopback) without ATLAS_TOKEN "
               "(at least 32 characters)", file=sys.stderr)
         return 2
+    lock = lock if lock is not None and lock.held else HomeLock.acquire(settings.home)
+    if lock is None:
+        print(f"atlasd: another atlasd holds {settings.home}", file=sys.stderr)
+        return 1
     logging.basicConfig(
         level=getattr(logging, settings.log_level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    try:
-        import uvloop
+    with lock:
+        try:
+            import uvloop
 
-        return uvloop.run(_serve(settings))
-    except ImportError:
-        return asyncio.run(_serve(settings))
+            return uvloop.run(_serve(settings))
+        except ImportError:
+            return asyncio.run(_serve(settings))
