@@ -1,13 +1,34 @@
-"""Shared fixtures: one real daemon per test module for the API tests (starting one costs ~1 s)."""
+"""Shared fixtures: one real daemon per test module for the API tests (starting one costs ~1 s), and the event loops.
+
+Async tests run on uvloop, the loop `atlasd` runs on (`cli/serve.py`), so an in-process daemon in a test behaves
+like the real one: two uvloop-only bugs (a stdin write after the child exited, a NUL in an argv element) once got
+through a suite that ran on the standard loop only. Tests marked `both_loops` run twice, on uvloop and on the
+standard library's loop, for the code whose behaviour differs between them (subprocesses, cancellation, streams).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
+import uvloop
 
 from tests.daemon_proc import FIXTURES, DaemonProcess
+
+_UVLOOP: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {"uvloop": uvloop.new_event_loop}
+_BOTH: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {**_UVLOOP, "asyncio": asyncio.new_event_loop}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "both_loops: run this async test on uvloop and on the standard asyncio loop")
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    return _BOTH if item.get_closest_marker("both_loops") is not None else _UVLOOP
 
 
 @pytest.fixture(scope="module")
