@@ -105,6 +105,13 @@ class Daemon:
         self.workspaces = WorkspaceRegistry()
         self.templater = Templater()
         self.accept = AcceptPipeline(self)
+        self.slots = Slots(settings.max_concurrent_sessions)
+        # Built before `start()` runs anything: start-up recovery may promote a parked session, which the consumer
+        # starts, so the consumer must exist before recovery's first pass (a half-built daemon once left such a
+        # session queued for good).
+        self.recovery = Recovery(self)
+        self.consumer = SignalConsumer(self)
+        self.scheduler = Scheduler(self)
         self.status = "starting"
         self.started_at = now_iso()
         self._t0 = time.monotonic()
@@ -127,7 +134,6 @@ class Daemon:
 
     async def start(self) -> None:
         s = self.settings
-        self.slots = Slots(s.max_concurrent_sessions)
         token = None
         if s.nats_url:
             url = s.nats_url
@@ -151,10 +157,7 @@ class Daemon:
         await self.materializer.start()
         await self.bus.nc.publish(HELLO_SUBJECT, self.daemon_id.encode())  # type: ignore[union-attr]
         await self.bus.nc.subscribe("atlas.cancel.sessions.*", cb=self._on_cancel_msg)  # type: ignore[union-attr]
-        self.recovery = Recovery(self)
         await self.recovery.run_once(at_start=True)
-        self.consumer = SignalConsumer(self)
-        self.scheduler = Scheduler(self)
         await self.scheduler.start()
         self._tasks = [
             asyncio.create_task(self.consumer.run(), name="consumer"),
@@ -198,10 +201,9 @@ class Daemon:
             return
         self._stopping = True
         self.status = "stopping"
-        if hasattr(self, "scheduler"):
-            await self.scheduler.stop()
-        if hasattr(self, "consumer"):
-            await self.consumer.stop()
+        await self.scheduler.stop()
+        await self.consumer.stop()
+        if self._tasks:
             self._tasks[0].cancel()  # the fetch loop: no new work from here on
         pending = [r.task for r in self.runs.values() if r.task is not None]
         if pending:

@@ -202,13 +202,21 @@ class Recovery:
             await d.finalize(envelope, self._policy(envelope), drop_marker=marker is not None)
 
     async def _start_orphaned_parked(self) -> None:
-        """Keys with parked sessions and no live holder: promote the head (compare-and-set: one daemon wins)."""
+        """Keys with parked sessions and no live holder: promote the head (compare-and-set: one daemon wins).
+
+        A holder still `queued` was promoted but never started (its promoter failed between the hold and the
+        start): it is started here. Starting is safe to race, since `session:start` expects the log to end at
+        `session:queued` and only one writer can get that."""
         d = self.d
         for key in await d.bus.kv_keys(KV_CONCURRENCY):
             found = await d.bus.kv_get(KV_CONCURRENCY, key)
             if found is None:
                 continue
             rec = found[0]
+            for holder in rec.get("holders", []):
+                view = d.store.view(holder)
+                if view is not None and view["status"] == "queued" and holder not in d.runs:
+                    await d.consumer.start_parked(holder)
             if not rec.get("queue") or any(d._is_alive(h) for h in rec.get("holders", [])):
                 continue
             ws_id, _, sig_id = key.partition(".")
