@@ -210,9 +210,7 @@ class Daemon:
             _, still = await asyncio.wait(pending, timeout=self.settings.shutdown_grace_s)
             for run in list(self.runs.values()):
                 if run.task is not None and not run.task.done():
-                    run.cancel = CancelRequest("interrupted", "daemon_shutdown", "Daemon shut down")
-                    run.cancelled_flag.set()
-                    run.task.cancel()
+                    _request_cancel(run, CancelRequest("interrupted", "daemon_shutdown", "Daemon shut down"))
             if still:
                 await asyncio.wait(still, timeout=5)
         for task in self._tasks:
@@ -434,9 +432,7 @@ class Daemon:
             return
         run = self.runs.get(sid)
         if run is not None and run.task is not None:
-            run.cancel = CancelRequest(status, code, message)
-            run.cancelled_flag.set()
-            run.task.cancel()
+            _request_cancel(run, CancelRequest(status, code, message))
             return
         if view["status"] == "queued":
             writer = await SessionWriter.resume(self.bus, self.store, sid)
@@ -455,10 +451,8 @@ class Daemon:
         if run is None or run.task is None:
             return
         data = json.loads(msg.data or b"{}")
-        run.cancel = CancelRequest(data.get("status", "cancelled"), data.get("errorCode", "cancelled_by_user"),
-                                   data.get("reason", "Cancelled"))
-        run.cancelled_flag.set()
-        run.task.cancel()
+        _request_cancel(run, CancelRequest(data.get("status", "cancelled"), data.get("errorCode", "cancelled_by_user"),
+                                           data.get("reason", "Cancelled")))
 
     async def cancel_tree(self, sid: str, code: str, message: str) -> list[str]:
         """Cancel a session and every non-terminal descendant (`parent_cancelled`, spec §8.3)."""
@@ -475,6 +469,18 @@ class Daemon:
         if waits:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.gather(*waits, return_exceptions=True), timeout)
+
+
+def _request_cancel(run: Run, request: CancelRequest) -> None:
+    """Cancel a run once: the first request's reason wins and later ones change nothing.
+
+    Cancelling the task again would interrupt the runner while it records the first cancel (its shielded
+    `step:complete`, then `session:complete`), and the session would lose its terminal event."""
+    if run.cancel is not None or run.task is None:
+        return
+    run.cancel = request
+    run.cancelled_flag.set()
+    run.task.cancel()
 
 
 def job_signal_policy(ws: Workspace, signal_id: str) -> str:
