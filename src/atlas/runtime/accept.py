@@ -120,6 +120,7 @@ class AcceptPipeline:
         self.d = daemon
         self._pending: dict[str, asyncio.Future[int]] = {}
         self._tails: dict[str, int] = {}
+        self._cascading: dict[str, int] = {}  # correlationId -> cascades being accepted here right now
 
     def resolve(self, workspace_id: str, signal_id: str) -> tuple[Workspace, str]:
         """The workspace and the job handling the signal, or the 404 of spec §5.3 (3)–(4)."""
@@ -189,8 +190,13 @@ class AcceptPipeline:
         except (TypeError, ValueError) as exc:
             raise ApiError(400, "invalid_body", f"Payload cannot be stored: {exc}") from None
         limit_code = self._cascade_limit(depth, correlation_id)
+        if limit_code == "cascade_limit_exceeded":
+            # No record: a record per refused child is what let fan-out loops grow a tree far past its cap.
+            raise ApiError(409, limit_code, self._limit_message(limit_code))
         if limit_code is not None:
             return await self._refuse(ws, job_id, envelope, limit_code)
+        if depth > 0:  # counted until its `session:queued` is in the read model, so racing cascades see it
+            self._cascading[correlation_id] = self._cascading.get(correlation_id, 0) + 1
 
         # Both writes at once. Once SIGNALS has the envelope the trigger cannot be lost, whatever happens next; the
         # consumer that takes it waits for our `session:queued` (or writes it itself if we never could, §8.2).
@@ -218,6 +224,8 @@ class AcceptPipeline:
                 raise ApiError(503, "bus_unavailable",
                                f"The message bus is unavailable: {type(exc).__name__}") from exc
         finally:
+            if depth > 0:
+                self._uncount_cascade(correlation_id)
             self._pending.pop(sid, None)
             if not tail.done():
                 tail.set_result(0)
@@ -258,17 +266,26 @@ class AcceptPipeline:
         return Accepted(sid, envelope["correlationId"], ws.id, envelope["signalId"], job_id, "failed", code)
 
     def _cascade_limit(self, depth: int, correlation_id: str) -> str | None:
+        """Spec §6.6. The tree cap counts the correlation's sessions in the read model plus the cascades this
+        daemon is accepting into it, so it holds exactly on one daemon; daemons of a cluster that accept into one
+        tree at the same instant can each add their in-flight cascades to it (docs/decisions.md)."""
         if depth > self.d.settings.max_cascade_depth:
             return "cascade_depth_exceeded"
-        if depth > 0 and self.d.store.rm.count_correlation(correlation_id) > self.d.settings.max_tree_sessions:
-            return "cascade_limit_exceeded"
+        if depth > 0:
+            size = self.d.store.rm.count_correlation(correlation_id) + self._cascading.get(correlation_id, 0)
+            if size >= self.d.settings.max_tree_sessions:
+                return "cascade_limit_exceeded"
         return None
 
+    def _uncount_cascade(self, correlation_id: str) -> None:
+        left = self._cascading.pop(correlation_id, 1) - 1
+        if left > 0:
+            self._cascading[correlation_id] = left
+
+    def _limit_message(self, code: str) -> str:
+        if code == "cascade_depth_exceeded":
+            return f"Cascade depth exceeds ATLAS_MAX_CASCADE_DEPTH ({self.d.settings.max_cascade_depth})"
+        return f"Correlation tree exceeds ATLAS_MAX_TREE_SESSIONS ({self.d.settings.max_tree_sessions})"
+
     async def _end_unstarted(self, writer: SessionWriter, code: str) -> None:
-        messages = {
-            "cascade_depth_exceeded": f"Cascade depth exceeds ATLAS_MAX_CASCADE_DEPTH "
-            f"({self.d.settings.max_cascade_depth})",
-            "cascade_limit_exceeded": f"Correlation tree exceeds ATLAS_MAX_TREE_SESSIONS "
-            f"({self.d.settings.max_tree_sessions})",
-        }
-        await self.d.finalize_unstarted(writer, "failed", code, messages[code])
+        await self.d.finalize_unstarted(writer, "failed", code, self._limit_message(code))
