@@ -3,7 +3,8 @@
 Most tests drive a daemon in a child process over HTTP, like a browser's EventSource would, and parse the SSE wire
 format themselves. A few need to look inside the daemon (listeners left behind, resyncs of a slow client, the
 shutdown hook), so they run a real `Daemon` with uvicorn in the test's own event loop: still the real
-nats-server, SQLite and HTTP, only in-process.
+nats-server, SQLite and HTTP, only in-process. Those run on both event loops (`both_loops`): uvloop, which atlasd
+runs on, and the standard library's, whose stream and cancellation behaviour differs in places.
 """
 
 from __future__ import annotations
@@ -374,6 +375,7 @@ async def next_frame(lines: AsyncIterator[str]) -> Frame:
 
 
 @pytest.mark.asyncio(loop_scope="module")
+@pytest.mark.both_loops
 async def test_client_disconnect_releases_listener_and_subscription(inproc: InProcess) -> None:
     base = inproc.baseline()
     async with httpx.AsyncClient(base_url=inproc.url, timeout=30) as client:
@@ -391,6 +393,7 @@ async def test_client_disconnect_releases_listener_and_subscription(inproc: InPr
 
 
 @pytest.mark.asyncio(loop_scope="module")
+@pytest.mark.both_loops
 async def test_keep_alive_comment_during_silence(inproc: InProcess) -> None:
     inproc.hub.settings.keepalive_s = 0.2  # the spec's 15 s, shortened
     try:
@@ -404,6 +407,7 @@ async def test_keep_alive_comment_during_silence(inproc: InProcess) -> None:
 
 
 @pytest.mark.asyncio(loop_scope="module")
+@pytest.mark.both_loops
 async def test_slow_client_is_resynced_from_the_bus(inproc: InProcess) -> None:
     """A client that stops reading fills its socket; the stream's queue overflows and is refilled from the bus."""
     inproc.hub.settings.queue_capacity = 2
@@ -430,6 +434,7 @@ async def test_slow_client_is_resynced_from_the_bus(inproc: InProcess) -> None:
 
 
 @pytest.mark.asyncio(loop_scope="module")
+@pytest.mark.both_loops
 async def test_close_all_ends_open_streams(inproc: InProcess) -> None:
     async with httpx.AsyncClient(base_url=inproc.url, timeout=30) as client:
         sid = (await apost(client, "core", "slow", {"duration": "1s"}))["sessionId"]
