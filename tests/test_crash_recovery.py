@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -95,24 +97,27 @@ def test_sigterm_drains_and_leaves_nothing_active(tmp_path: Path) -> None:
 
 
 def test_leftover_nats_server_is_stopped_before_restart(tmp_path: Path) -> None:
-    """A nats-server left on the store (simulated: SIGSTOP the daemon so it cannot react) is replaced."""
+    """A nats-server left on the store by a daemon that is gone is replaced. Simulated: SIGSTOP the broker, so the
+    parent-death signal cannot end it, then kill -9 its daemon. (A daemon that is merely frozen still holds the
+    home's lock, and its broker is not a leftover: see tests/test_home_lock.py.)"""
     d = DaemonProcess(tmp_path / "home", [FIXTURES / "core"], ENV).start()
     first = trigger(d, "echo", {"n": 1})
     wait_for(lambda: view(d, first["sessionId"])["status"] == "completed", what="first session")
     old_nats = d.nats_pid()
     assert old_nats is not None
-    assert d.proc is not None
-    d.proc.send_signal(19)  # SIGSTOP: the daemon is frozen, its nats-server child lives on
-    second = DaemonProcess(tmp_path / "home", [FIXTURES / "core"], ENV)
+    os.kill(old_nats, signal.SIGSTOP)
     try:
-        second.start()
-        assert not pid_alive(old_nats)
-        assert second.nats_pid() != old_nats
-        # The data survived the takeover.
-        assert view(second, first["sessionId"])["status"] == "completed"
-    finally:
         d.kill9()
-        second.stop()
+        assert pid_alive(old_nats)
+        d.start()
+        assert not pid_alive(old_nats)
+        assert d.nats_pid() != old_nats
+        # The data survived the takeover.
+        assert view(d, first["sessionId"])["status"] == "completed"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(old_nats, signal.SIGKILL)
+        d.stop()
 
 
 def test_deleted_sqlite_is_rebuilt_from_the_bus(tmp_path: Path) -> None:

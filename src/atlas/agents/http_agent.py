@@ -67,12 +67,13 @@ async def run_http(
     config: HttpAgentConfig, ctx: AgentContext, templater: Templater, variables: Mapping[str, Any]
 ) -> dict[str, Any]:
     """Send the request; return `{status, headers, body}` or raise `http_error` / `http_status`."""
-    url = _url(templater.render(config.url, variables))
+    # Rendered on the template threads: a payload-driven template must not stall the loop (bug 11).
+    url = _url(await templater.render_async(config.url, variables))
     headers = {
         name: value if isinstance(value, str) else json.dumps(value)
-        for name, value in templater.render(dict(config.headers), variables).items()
+        for name, value in (await templater.render_async(dict(config.headers), variables)).items()
     }
-    body = templater.render(config.json_, variables) if config.json_ is not None else None
+    body = await templater.render_async(config.json_, variables) if config.json_ is not None else None
     timeout = parse_duration(config.timeout)
     request_args: dict[str, Any] = {"headers": headers}
     if body is not None:

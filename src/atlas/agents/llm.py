@@ -179,7 +179,7 @@ async def run_llm(
     api_key = _api_key(cfg.api_key_env, templater)
     if cfg.output_schema is not None:
         _check_schema(cfg.output_schema)
-    body = _request_body(cfg, _messages(cfg, ctx, templater, variables))
+    body = _request_body(cfg, await _messages(cfg, ctx, templater, variables))
     headers = {"Accept": "text/event-stream"}
     if api_key is not None:
         headers["Authorization"] = f"Bearer {api_key}"
@@ -233,16 +233,16 @@ def _as_text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
-def _messages(
+async def _messages(
     cfg: LlmCallConfig, ctx: AgentContext, templater: Templater, variables: Mapping[str, Any]
 ) -> list[dict[str, str]]:
-    """Build `[system?, user]`.
+    """Build `[system?, user]`, rendering the prompt and system templates off the loop (bug 11).
 
     The user message is the rendered prompt, plus the `agent` action's prompt for an agent. When both are empty
     the agent's input is sent instead (as JSON unless it is a string), so an agent in a sequential `execution`
     chain still has something to answer.
     """
-    parts = [_as_text(templater.render(cfg.prompt, variables))] if cfg.prompt else []
+    parts = [_as_text(await templater.render_async(cfg.prompt, variables))] if cfg.prompt else []
     if cfg.include_action_prompt and ctx.prompt:
         parts.append(ctx.prompt)
     user = "\n\n".join(part for part in parts if part)
@@ -253,7 +253,7 @@ def _messages(
 
     system_parts: list[str] = []
     if cfg.system:
-        system_parts.append(_as_text(templater.render(cfg.system, variables)))
+        system_parts.append(_as_text(await templater.render_async(cfg.system, variables)))
     if cfg.wants_json:
         system_parts.append(_JSON_INSTRUCTION)
         if cfg.output_schema is not None:

@@ -77,7 +77,7 @@ def running_on_home(home: Path) -> dict[str, Any] | None:
     if info is None or not isinstance(info.get("pid"), int) or not pid_alive(info["pid"]):
         return None
     health = _health(info["url"], os.environ.get("ATLAS_TOKEN"))
-    return info if health is not None and health.get("status") in ("ok", "starting") else None
+    return info if health is not None and health.get("status") in ("ok", "starting", "degraded") else None
 
 
 def _is_loopback_url(url: str) -> bool:
@@ -140,7 +140,8 @@ def _home_taken(home: Path) -> NoReturn:
     pid = lock_holder(home)
     holder = f"another atlasd (pid {pid})" if pid is not None else "another atlasd"
     raise CliError(EXIT_ERROR, "daemon_starting",
-                   f"{holder} holds {home} and is still starting (or stopping); nothing was changed",
+                   f"{holder} holds {home} but is not serving (it is still starting, or stopping); "
+                   "nothing was changed",
                    hint="run `atlas daemon status` in a moment")
 
 

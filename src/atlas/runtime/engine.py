@@ -158,9 +158,10 @@ class Engine:
         text = spec.text if isinstance(spec, SummarySpec) else spec
         details = spec.keyDetails if isinstance(spec, SummarySpec) else []
         try:
-            summary = str(self.d.templater.render(text, self._vars()))
+            summary = str(await self.d.templater.render_async(text, self._vars()))
             key_details = [
-                {k: v for k, v in {"label": kd.label, "value": str(self.d.templater.render(kd.value, self._vars())),
+                {k: v for k, v in {"label": kd.label,
+                                   "value": str(await self.d.templater.render_async(kd.value, self._vars())),
                                    "url": kd.url}.items() if v is not None}
                 for kd in details
             ]
@@ -194,7 +195,7 @@ class Engine:
                 raise SessionEnd("failed", "fsm_stalled", f"No events left in state \"{state_id}\"")
             name, data = queue.popleft()
             is_trigger, trigger_pending = trigger_pending, False
-            transition = self._match(state.on.get(name), name, data)
+            transition = await self._match(state.on.get(name), name, data)
             if transition is None:
                 if is_trigger and state_id == self.fsm.initial:
                     raise SessionEnd(
@@ -209,14 +210,15 @@ class Engine:
             state_id = transition.target
             await self._enter(state_id, queue)
 
-    def _match(self, spec: Transition | list[Transition] | None, name: str, data: Any) -> Transition | None:
+    async def _match(self, spec: Transition | list[Transition] | None, name: str, data: Any) -> Transition | None:
+        """The first transition whose `cond` holds; conditions render off the loop (they may be expensive)."""
         if spec is None:
             return None
         for tr in spec if isinstance(spec, list) else [spec]:
             if tr.cond is None:
                 return tr
             try:
-                if self.d.templater.truthy(tr.cond, self._vars(event={"name": name, "data": data})):
+                if await self.d.templater.truthy_async(tr.cond, self._vars(event={"name": name, "data": data})):
                     return tr
             except TemplateError as exc:
                 raise SessionEnd("failed", "template_error", str(exc)) from exc
@@ -232,7 +234,7 @@ class Engine:
                 continue
             if action.if_ is not None:
                 try:
-                    runs = self.d.templater.truthy(action.if_, self._vars())
+                    runs = await self.d.templater.truthy_async(action.if_, self._vars())
                 except TemplateError as exc:
                     raise SessionEnd("failed", "template_error", str(exc)) from exc
                 if not runs:
@@ -276,7 +278,7 @@ class Engine:
             input_value = self._input(action)
             raw_prompt = getattr(action, "prompt", None)
             if raw_prompt is not None and not isinstance(action, SignalAction):
-                prompt = str(self.d.templater.render(raw_prompt, self._vars(input=input_value)))
+                prompt = str(await self.d.templater.render_async(raw_prompt, self._vars(input=input_value)))
         except TemplateError as exc:
             await self._step_start(number, plan, action, None, None)
             await self._step_failed(number, started, "template_error", str(exc), None)
@@ -402,7 +404,7 @@ class Engine:
 
     async def _cascade(self, action: SignalAction) -> tuple[Any, str | None]:
         try:
-            payload = self.d.templater.render(action.payload or {}, self._vars())
+            payload = await self.d.templater.render_async(action.payload or {}, self._vars())
         except TemplateError as exc:
             raise StepError("template_error", str(exc)) from exc
         req = TriggerRequest(

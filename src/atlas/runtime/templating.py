@@ -3,7 +3,14 @@
 Workspace templates come from trusted files but render untrusted payload data, and a bad template must fail
 its step (`template_error`), never the daemon. Hence a `SandboxedEnvironment` (no `__class__`/`__mro__`
 escapes), `StrictUndefined` (a typo is an error, not an empty string), no autoescaping (we render JSON, argv
-and URLs, not HTML), and caps on `**` and sequence `*` so that `{{ 2 ** 10 ** 9 }}` cannot stall the loop.
+and URLs, not HTML).
+
+A payload can still make a template expensive (`range(payload.n)` in two nested loops, `**` chained on its own
+result), so every render has a budget (bug 11): at most `MAX_ITERATIONS` loop iterations, `MAX_OUTPUT_CHARS` of
+output, values built inside the template (namespace attributes, call arguments and results, `+`, `*`, `**`
+results) of at most `MAX_VALUE_LENGTH` items or `MAX_INT_BITS` bits, and `MAX_RENDER_SECONDS` of time. Exceeding
+any of them is a `TemplateError`. The async entry points (`render_async`, `truthy_async`) render on a small
+thread pool so that even a render that uses its whole budget never stalls the event loop.
 
 A string that is exactly one `{{ expr }}` renders to the expression's native value (A), so that
 `"{{ results.x.n }}"` stays an integer when it crosses into a child payload.
@@ -14,56 +21,224 @@ log lines (§10.7).
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
 import os
 import re
 import threading
+import time
 import types
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import jinja2
-from jinja2 import StrictUndefined, Undefined
+from jinja2 import StrictUndefined, Undefined, nodes
 from jinja2.runtime import Context
 from jinja2.sandbox import SandboxedEnvironment, SecurityError
+from jinja2.utils import Namespace
 
-__all__ = ["REDACTED", "TemplateError", "Templater"]
+__all__ = [
+    "MAX_ITERATIONS",
+    "MAX_OUTPUT_CHARS",
+    "MAX_RENDER_SECONDS",
+    "REDACTED",
+    "TemplateError",
+    "Templater",
+]
 
 REDACTED = "***"
 #: Strings (after native rendering) that `truthy` treats as false, compared case-insensitively.
 FALSY_STRINGS = frozenset({"", "false", "0", "no", "none", "null"})
 
+#: Loop iterations one render may run, over all its `for` loops together (jinja caps one `range` at 100 000).
+MAX_ITERATIONS = 100_000
+#: Characters a text template may produce (a native `{{ expr }}` may hand out larger data that already exists).
+MAX_OUTPUT_CHARS = 1024 * 1024
+#: Time one render may take: a step fails with `template_error` "within about a second" (bug 11).
+MAX_RENDER_SECONDS = 1.0
+#: Items (characters for a string) of a value built inside a template and kept, passed or returned.
+MAX_VALUE_LENGTH = 4 * 1024 * 1024
+#: Bits of an integer built by `**` or `*` (about 20 000 digits): far below anything that costs time.
+MAX_INT_BITS = 65_536
+
 _MAX_POWER_EXPONENT = 1024
 _MAX_REPEAT_LENGTH = 1_000_000
 _MAX_SOURCE_IN_MESSAGE = 200
 _SINGLE_EXPRESSION = re.compile(r"^\s*\{\{(?P<expr>.*)\}\}\s*$", re.DOTALL)
+#: Name of the filter that `_Sandbox._generate` wraps around every `{% for %}` iterable.
+_METER_FILTER = "atlas_metered"
+#: Worker threads for `render_async`: renders are short, so a few suffice; a runaway one holds its thread for
+#: at most MAX_RENDER_SECONDS.
+_RENDER_THREADS = 4
+
+_T = TypeVar("_T")
 
 
 class TemplateError(Exception):
     """A template failed to compile or render; the step fails with errorCode `template_error`."""
 
 
-class _Sandbox(SandboxedEnvironment):
-    """The stock sandbox plus limits on the two operators that can allocate unbounded memory or CPU."""
+class _LimitExceeded(Exception):
+    """A render went over its budget; `_render_str` turns it into a TemplateError naming the template."""
 
-    intercepted_binops = frozenset({"**", "*"})
+
+class _Budget:
+    """What one top-level render may still spend; lives in a thread-local while that render runs.
+
+    `cancelled` is set from the event loop when the task awaiting `render_async` is cancelled (job timeout,
+    cancel), so the worker thread gives up at its next check instead of running out its time.
+    """
+
+    __slots__ = ("cancelled", "deadline", "iterations")
+
+    def __init__(self) -> None:
+        self.deadline = time.monotonic() + MAX_RENDER_SECONDS
+        self.iterations = 0
+        self.cancelled = False
+
+    def check(self) -> None:
+        if self.cancelled:
+            raise _LimitExceeded("rendering was cancelled")
+        if time.monotonic() > self.deadline:
+            raise _LimitExceeded(f"rendering took longer than {MAX_RENDER_SECONDS:g}s")
+
+    def iteration(self) -> None:
+        self.iterations += 1
+        if self.iterations > MAX_ITERATIONS:
+            raise _LimitExceeded(f"more than {MAX_ITERATIONS} loop iterations")
+        self.check()
+
+
+_local = threading.local()
+
+
+def _budget() -> _Budget | None:
+    """The budget of the render running on this thread, None outside `Templater` (e.g. a bare jinja call)."""
+    budget: _Budget | None = getattr(_local, "budget", None)
+    return budget
+
+
+def _check_size(value: Any) -> None:
+    """Refuse a value too large to have been built cheaply: this bounds doubling through loop state."""
+    if isinstance(value, str | bytes | list | tuple | dict | set | frozenset):
+        if len(value) > MAX_VALUE_LENGTH:
+            raise _LimitExceeded(f"a value of {len(value)} items (limit {MAX_VALUE_LENGTH})")
+    elif isinstance(value, int) and value.bit_length() > MAX_INT_BITS:
+        raise _LimitExceeded(f"an integer of {value.bit_length()} bits (limit {MAX_INT_BITS})")
+
+
+def _metered(iterable: Iterable[_T]) -> Iterable[_T]:
+    """The `{% for %}` filter: charge every iteration to the running render's budget."""
+    budget = _budget()
+    if budget is None:
+        return iterable
+    return _metered_iter(iterable, budget)
+
+
+def _metered_iter(iterable: Iterable[_T], budget: _Budget) -> Iterator[_T]:
+    for item in iterable:
+        budget.iteration()
+        yield item
+
+
+class _MeteredNamespace(Namespace):
+    """`namespace()`, whose attributes are the only state a loop can carry from one iteration to the next."""
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        _check_size(value)
+        budget = _budget()
+        if budget is not None:
+            budget.check()
+        super().__setitem__(name, value)
+
+
+class _Sandbox(SandboxedEnvironment):
+    """The stock sandbox plus a budget: metered loops, calls and operators, and caps on what they build."""
+
+    intercepted_binops = frozenset({"**", "*", "+"})
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.filters[_METER_FILTER] = _metered
+        self.globals["namespace"] = _MeteredNamespace
+
+    def _generate(
+        self, source: nodes.Template, name: str | None, filename: str | None, defer_init: bool = False
+    ) -> str:
+        """Wrap every `{% for %}` iterable in the metering filter before jinja generates Python code.
+
+        Jinja's loops are plain Python `for` statements that no sandbox hook sees, so this is the one place where
+        the iterations of nested loops over payload data can be counted.
+        """
+        for loop in list(source.find_all(nodes.For)):
+            loop.iter = nodes.Filter(loop.iter, _METER_FILTER, [], [], None, None, lineno=loop.iter.lineno)
+        return super()._generate(source, name, filename, defer_init=defer_init)
+
+    def call(self, context: Context, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
+        """Every call (functions, methods, macros, recursive `loop()`) checks the clock and the sizes it moves."""
+        budget = _budget()
+        if budget is not None:
+            budget.check()
+            for value in itertools.chain(args, kwargs.values()):
+                _check_size(value)
+        result = super().call(context, obj, *args, **kwargs)
+        if budget is not None:
+            _check_size(result)
+            receiver = getattr(obj, "__self__", None)
+            if isinstance(receiver, list | dict | set):  # `l.extend(l)` grows its receiver, not its result
+                _check_size(receiver)
+        return result
 
     def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        budget = _budget()
+        if budget is not None:
+            budget.check()
         if operator == "**":
-            if (
-                isinstance(right, int)
-                and right > _MAX_POWER_EXPONENT
-                and isinstance(left, int)
-                and abs(left) > 1
-            ):
-                raise SecurityError(f"exponent {right} is too large (limit {_MAX_POWER_EXPONENT})")
+            if isinstance(right, int) and isinstance(left, int) and abs(left) > 1:
+                if right > _MAX_POWER_EXPONENT:
+                    raise SecurityError(f"exponent {right} is too large (limit {_MAX_POWER_EXPONENT})")
+                if abs(left).bit_length() * right > MAX_INT_BITS:  # `(2 ** 1000) ** 1000`: chained powers
+                    raise _LimitExceeded(f"power result too large (limit {MAX_INT_BITS} bits)")
         elif operator == "*":
             for seq, count in ((left, right), (right, left)):
                 if isinstance(seq, str | list | tuple) and isinstance(count, int):
                     if len(seq) * count > _MAX_REPEAT_LENGTH:
                         raise SecurityError(f"repetition result too long (limit {_MAX_REPEAT_LENGTH})")
+            if isinstance(left, int) and isinstance(right, int):
+                if left.bit_length() + right.bit_length() > MAX_INT_BITS:
+                    raise _LimitExceeded(f"product too large (limit {MAX_INT_BITS} bits)")
+        elif operator == "+":
+            if isinstance(left, str | list | tuple) and isinstance(right, str | list | tuple):
+                if len(left) + len(right) > MAX_VALUE_LENGTH:
+                    raise _LimitExceeded(f"concatenation too long (limit {MAX_VALUE_LENGTH})")
         return super().call_binop(context, operator, left, right)
+
+
+_executor_lock = threading.Lock()
+_executor: ThreadPoolExecutor | None = None
+
+
+def _render_executor() -> ThreadPoolExecutor:
+    """One small pool per process, made on first use, kept apart from the loop's default executor."""
+    global _executor
+    with _executor_lock:
+        if _executor is None:
+            _executor = ThreadPoolExecutor(max_workers=_RENDER_THREADS, thread_name_prefix="atlas-template")
+        return _executor
+
+
+def _has_template(value: Any) -> bool:
+    """Whether rendering `value` would evaluate anything (plain config needs no thread hop)."""
+    if isinstance(value, str):
+        return "{{" in value or "{%" in value
+    if isinstance(value, Mapping):
+        return any(_has_template(item) for item in value.values())
+    if isinstance(value, list | tuple):
+        return any(_has_template(item) for item in value)
+    return False
 
 
 def _short(source: str) -> str:
@@ -94,8 +269,8 @@ def _to_plain(value: Any) -> Any:
 class Templater:
     """One sandboxed environment, its compiled-template caches and the secrets it has revealed.
 
-    Thread-safe: the caches are `functools.lru_cache` and the secret set is guarded by a lock, because
-    `redact` may be called from worker threads while the event loop renders.
+    Thread-safe: the caches are `functools.lru_cache`, the secret set is guarded by a lock and a render's budget
+    is thread-local, because renders run on worker threads (`render_async`) while the loop redacts.
     """
 
     def __init__(self, *, cache_size: int = 1024, environ: Mapping[str, str] | None = None) -> None:
@@ -156,16 +331,13 @@ class Templater:
     def render(self, value: Any, variables: Mapping[str, Any]) -> Any:
         """Render every str leaf of `value` (dicts and lists recursively); other leaves come back unchanged.
 
-        Raises TemplateError for a syntax error, an undefined variable, an unsafe attribute or any error
-        raised while evaluating.
+        Runs on the calling thread, within one budget for the whole value; on the event loop prefer
+        `render_async`. Raises TemplateError for a syntax error, an undefined variable, an unsafe attribute, an
+        exceeded limit or any error raised while evaluating.
         """
-        if isinstance(value, str):
-            return self._render_str(value, variables)
-        if isinstance(value, Mapping):
-            return {key: self.render(item, variables) for key, item in value.items()}
-        if isinstance(value, list | tuple):
-            return [self.render(item, variables) for item in value]
-        return value
+        if isinstance(value, str) and "{{" not in value and "{%" not in value:
+            return value  # the common case, without a budget
+        return self._metered_call(self._render_value, value, variables)
 
     def truthy(self, value: Any, variables: Mapping[str, Any]) -> bool:
         """Evaluate an `if` / `cond`. Callers treat an absent condition as true before calling this.
@@ -180,6 +352,54 @@ class Templater:
             return rendered.strip().lower() not in FALSY_STRINGS
         return bool(rendered)
 
+    async def render_async(self, value: Any, variables: Mapping[str, Any]) -> Any:
+        """`render` on the template thread pool, so a render that spends its whole budget never stalls the loop.
+
+        Values without template markers are returned (copied) at once, without a thread hop. Cancelling the
+        awaiting task stops the render at its next budget check.
+        """
+        if not _has_template(value):
+            return self._render_value(value, variables)
+        return await self._off_loop(self._render_value, value, variables)
+
+    async def truthy_async(self, value: Any, variables: Mapping[str, Any]) -> bool:
+        """`truthy` on the template thread pool (see `render_async`)."""
+        if not _has_template(value):
+            return self.truthy(value, variables)
+        return await self._off_loop(self.truthy, value, variables)
+
+    async def _off_loop(self, fn: Callable[[Any, Mapping[str, Any]], _T], value: Any,
+                        variables: Mapping[str, Any]) -> _T:
+        budget = _Budget()
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(_render_executor(), self._metered_call, fn, value, variables, budget)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            budget.cancelled = True  # the thread cannot be interrupted, but it stops at its next check
+            raise
+
+    @staticmethod
+    def _metered_call(fn: Callable[[Any, Mapping[str, Any]], _T], value: Any, variables: Mapping[str, Any],
+                      budget: _Budget | None = None) -> _T:
+        """Run `fn` under a budget: a fresh one, unless a render on this thread already has one (nested calls)."""
+        if _budget() is not None:
+            return fn(value, variables)
+        _local.budget = budget or _Budget()
+        try:
+            return fn(value, variables)
+        finally:
+            _local.budget = None
+
+    def _render_value(self, value: Any, variables: Mapping[str, Any]) -> Any:
+        if isinstance(value, str):
+            return self._render_str(value, variables)
+        if isinstance(value, Mapping):
+            return {key: self._render_value(item, variables) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._render_value(item, variables) for item in value]
+        return value
+
     def _render_str(self, source: str, variables: Mapping[str, Any]) -> Any:
         if "{{" not in source and "{%" not in source:
             return source
@@ -190,9 +410,11 @@ class Templater:
                 expression = self._compile_expression(match.group("expr"))
                 if expression is not None:
                     return _to_plain(expression(context))
-            return self._compile_template(source).render(context)
+            return _bounded_text(self._compile_template(source), context)
         except TemplateError:
             raise
+        except _LimitExceeded as exc:
+            raise TemplateError(f"template {_short(source)!r} is too expensive: {exc}") from None
         except SecurityError as exc:
             raise TemplateError(f"unsafe template {_short(source)!r}: {exc}") from exc
         except jinja2.UndefinedError as exc:
@@ -215,3 +437,22 @@ class Templater:
             return self._env.compile_expression(expr, undefined_to_none=False)
         except jinja2.TemplateSyntaxError:
             return None  # e.g. "{{ a }} and {{ b }}" matched the regex: render it as a text template
+
+
+def _bounded_text(template: jinja2.Template, context: dict[str, Any]) -> str:
+    """Render a text template piece by piece, stopping at MAX_OUTPUT_CHARS instead of building it all first.
+
+    Pieces are not timed: without a loop or a call (which are) their number is bounded by the source.
+    """
+    parts: list[str] = []
+    size = 0
+    chunks = cast(Generator[str, None, None], template.root_render_func(template.new_context(context)))
+    try:
+        for chunk in chunks:
+            size += len(chunk)
+            if size > MAX_OUTPUT_CHARS:
+                raise _LimitExceeded(f"output longer than {MAX_OUTPUT_CHARS} characters")
+            parts.append(chunk)
+    finally:
+        chunks.close()
+    return "".join(parts)
