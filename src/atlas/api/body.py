@@ -1,6 +1,7 @@
-"""Envelope or webhook? (spec §5.2) — parses a trigger body into payload, lineage and webhook record.
+"""Request bodies: reading one within ATLAS_MAX_BODY, and (spec §5.2) telling an envelope from a webhook.
 
-Kept apart from the route so the precedence rules are one small pure function, tested on their own.
+The envelope rules are kept apart from the route so the precedence rules are one small pure function, tested on
+their own. How long a client may take to send its body is the HTTP server's business (`atlas.cli.serve`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from starlette.requests import ClientDisconnect, Request
 
 from atlas.errors import ApiError
 
@@ -51,6 +53,30 @@ def _decode(raw: bytes) -> Any:
     if _SURROGATE_ESCAPE.search(raw):
         json.dumps(data, ensure_ascii=False).encode()  # a lone surrogate cannot be stored as UTF-8
     return data
+
+
+async def read_body(request: Request, max_body: int) -> bytes:
+    """Read the body, refusing more than ATLAS_MAX_BODY from Content-Length or while streaming (413).
+
+    A client that goes away before its body is complete (or is cut off by the server's read deadline) is not an
+    error of ours: it becomes a plain `client_disconnected` ApiError, which nobody will read, rather than an
+    exception the catch-all handler would log as an internal error with a traceback.
+    """
+    length = request.headers.get("content-length")
+    too_big = ApiError(413, "body_too_large", f"Request body exceeds {max_body} bytes")
+    if length is not None and length.isdigit() and int(length) > max_body:
+        raise too_big
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_body:
+                raise too_big
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ApiError(400, "client_disconnected", "The client went away before sending the whole body") from None
+    return b"".join(chunks)
 
 
 @dataclass
