@@ -47,8 +47,8 @@ class TimedHttpToolsProtocol(HttpToolsProtocol):
     when one passes, the client gets a 408 `request_timeout` error (unless a response is already on its way) and
     the connection is closed. Waiting for the *app* is never timed: once the request is read, the deadline is off.
 
-    The deadline is checked by one timer per connection that is armed only while a request is incomplete after a
-    read, so a request that arrives in one packet costs no timer at all.
+    The deadline is checked by one timer per connection, armed when the connection opens and afterwards only while
+    a request is still incomplete after a read: a request that arrives in one read costs no timer of its own.
     """
 
     header_timeout_s = HEADER_TIMEOUT_S
