@@ -25,6 +25,8 @@ from atlas.runtime.templating import _RENDER_THREADS, TemplateError, Templater
 from tests.daemon_proc import FIXTURES, DaemonProcess, wait_for
 from tests.test_api_core import post
 
+#: A workspace secret the `leak` job reads with `secret()` and transforms before it is recorded.
+SECRET = "Tpl-s3cr3t-Value"
 #: Liveness bound for a render that the sandbox must stop "within about a second".
 LIVENESS_S = 10.0
 
@@ -165,7 +167,7 @@ async def test_cancelling_render_async_frees_its_worker_at_once(templater: Templ
 @pytest.fixture(scope="module")
 def tdaemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
     home: Path = tmp_path_factory.mktemp("templates-home")
-    d = DaemonProcess(home, [FIXTURES / "templates"]).start()
+    d = DaemonProcess(home, [FIXTURES / "templates"], env={"TPL_TEST_SECRET": SECRET}).start()
     yield d
     d.stop()
 
@@ -229,3 +231,18 @@ def test_the_job_timeout_fires_while_a_template_renders(tdaemon: DaemonProcess) 
     assert view["error"] == "Job timed out after 200ms"
     assert view["durationMs"] < 1000, view["durationMs"]  # a render on the loop holds the timer for its 1 s
 
+
+def test_secrets_in_prompts_and_summaries_are_redacted_in_any_case(tdaemon: DaemonProcess) -> None:
+    """A rendered prompt is recorded as the step's `task`, and the summary as `session:summary`: both redacted."""
+    view = _run_watching_health(tdaemon, "leak", {})
+    assert view["status"] == "completed", view
+    sid = view["sessionId"]
+    events = []
+    with httpx.stream("GET", f"{tdaemon.url}/api/sessions/{sid}/stream", timeout=10) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: ") and line[6:].startswith('{"type"'):
+                events.append(line[6:])
+    recorded = "\n".join(events) + httpx.get(f"{tdaemon.url}/api/sessions/{sid}", timeout=5).text
+    assert SECRET.lower() not in recorded.lower(), recorded
+    assert "key=***" in recorded and "used ***" in recorded
+    assert SECRET.lower() not in tdaemon.log().lower()

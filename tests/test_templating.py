@@ -146,3 +146,36 @@ def test_compiled_templates_are_cached(templater: Templater) -> None:
     compile_expression: Any = templater._compile_expression
     assert compile_template.cache_info().hits == 2
     assert compile_expression.cache_info().hits == 2
+
+
+@pytest.mark.parametrize("name", ["ATLAS_TOKEN", "ATLAS_NATS_CREDS", "ATLAS_NATS_URL"])
+def test_secret_refuses_the_daemons_own_credentials(
+    templater: Templater, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    monkeypatch.setenv(name, "daemon-credential-value")
+    with pytest.raises(TemplateError, match=name) as caught:
+        templater.render(f"Bearer {{{{ secret('{name}') }}}}", {})
+    assert "daemon-credential-value" not in str(caught.value)
+    assert templater.redact("daemon-credential-value") == "daemon-credential-value"  # never revealed, never noted
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ secret('ATLAS_TEST_SECRET') | upper }}",
+        "{{ secret('ATLAS_TEST_SECRET') | lower }}",
+        "{{ secret('ATLAS_TEST_SECRET') | title }}",
+        "{{ secret('ATLAS_TEST_SECRET') | capitalize }}",
+        "{{ secret('ATLAS_TEST_SECRET').swapcase() }}",
+        "{{ secret('ATLAS_TEST_SECRET') | reverse | join }}",
+    ],
+)
+def test_redaction_catches_case_changes_and_reversal_of_a_secret(
+    templater: Templater, monkeypatch: pytest.MonkeyPatch, source: str
+) -> None:
+    monkeypatch.setenv("ATLAS_TEST_SECRET", "Mixed-Case-s3cr3t")
+    rendered = templater.render("token=" + source, {})
+    assert isinstance(rendered, str) and rendered != "token=***"
+    assert templater.redact({"line": rendered, "json": f'{{"v": "{rendered}"}}'}) == {
+        "line": "token=***", "json": '{"v": "token=***"}'
+    }

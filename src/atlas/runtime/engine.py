@@ -168,7 +168,9 @@ class Engine:
         except TemplateError as exc:
             log.warning("summary template failed for %s: %s", self.env["sessionId"], exc)
             return
-        await self.writer.append("session:summary", {"summary": summary, "keyDetails": key_details})
+        # The summary is recorded, so a secret() it rendered must show as *** (spec §10.7).
+        await self.writer.append("session:summary", self.d.templater.redact({"summary": summary,
+                                                                             "keyDetails": key_details}))
 
     # ------------------------------------------------------------ FSM
 
@@ -318,7 +320,7 @@ class Engine:
                 "agentName": plan["agentName"],
                 "stateId": plan["stateId"],
                 "actionType": action.type,
-                "task": prompt or plan["task"],
+                "task": str(self.d.templater.redact(prompt)) if prompt else plan["task"],  # may hold a secret()
                 "outputKey": plan["outputKey"],
                 "input": truncate_recorded(self.d.templater.redact(input_value)),
             },

@@ -16,7 +16,7 @@ A string that is exactly one `{{ expr }}` renders to the expression's native val
 `"{{ results.x.n }}"` stays an integer when it crosses into a child payload.
 
 Every value handed out by `secret("NAME")` is remembered so that the recorder can `redact` it from events and
-log lines (§10.7).
+log lines (§10.7), in any letter case and reversed too; `secret()` refuses the daemon's own credentials.
 """
 
 from __future__ import annotations
@@ -73,6 +73,10 @@ _METER_FILTER = "atlas_metered"
 #: Worker threads for `render_async`: renders are short, so a few suffice; a runaway one holds its thread for
 #: at most MAX_RENDER_SECONDS.
 _RENDER_THREADS = 4
+
+#: Variables that carry the daemon's own credentials: `secret()` refuses them (spec §10.7, bug 11).
+_DAEMON_CREDENTIALS = frozenset({"ATLAS_TOKEN", "ATLAS_NATS_CREDS", "ATLAS_NATS_URL"})
+_DAEMON_CREDENTIAL_SUFFIXES = ("_TOKEN", "_CREDS", "_PASSWORD", "_NKEY")
 
 _T = TypeVar("_T")
 
@@ -293,6 +297,12 @@ class Templater:
         environ = os.environ if self._environ is None else self._environ
         if not isinstance(name, str) or not name:
             raise TemplateError("secret() takes the name of an environment variable")
+        upper = name.upper()
+        if upper in _DAEMON_CREDENTIALS or (
+            upper.startswith("ATLAS_") and upper.endswith(_DAEMON_CREDENTIAL_SUFFIXES)
+        ):
+            # A workspace reads its own secrets; the daemon's token and bus credentials are not among them.
+            raise TemplateError(f"secret({name!r}): the daemon's own credentials are not available to templates")
         value = environ.get(name)
         if value is None:
             raise TemplateError(f"secret({name!r}): environment variable is not set")
@@ -300,16 +310,23 @@ class Templater:
         return value
 
     def add_secret(self, value: str) -> None:
-        """Remember a value that must never be recorded (also for LLM keys, shell env values, tokens)."""
+        """Remember a value that must never be recorded (also for LLM keys, shell env values, tokens).
+
+        The pattern matches regardless of letter case (so `|upper`, `|title`, `|capitalize` are caught) and also
+        matches the value reversed, each also as it appears inside a serialised JSON string. Slices, encodings
+        and other transformations are not caught (see docs/decisions.md).
+        """
         if not value:
             return  # redacting "" would replace every gap between characters
-        variants = {value, json.dumps(value)[1:-1]}  # also catch it inside an already-serialised JSON string
+        forms = {value, value[::-1]}
+        forms |= {form.upper() for form in forms} | {form.lower() for form in forms}  # JSON escapes keep case
+        variants = forms | {json.dumps(form)[1:-1] for form in forms}  # also inside a serialised JSON string
         with self._secrets_lock:
             if variants <= self._secrets:
                 return
             self._secrets |= variants
             ordered = sorted(self._secrets, key=len, reverse=True)  # longest first: overlapping secrets
-            self._secret_pattern = re.compile("|".join(re.escape(s) for s in ordered))
+            self._secret_pattern = re.compile("|".join(re.escape(s) for s in ordered), re.IGNORECASE)
 
     def redact(self, obj: Any) -> Any:
         """Return a copy of `obj` in which every remembered secret inside any string (keys too) is `***`."""
