@@ -668,17 +668,22 @@ class TriggerLoad:
         ("echo", {"n": 1}), ("slow", {"duration": "2s"}), ("slow", {"duration": "2s"}), ("echo", {"n": 2}),
         ("slow", {"duration": "2s"})])
     workspace: str = "cluster"
+    # Long enough for an accept that rides through a JetStream leader election (nats-server waits 4-9 s for a
+    # lost leader before it campaigns): such a trigger is late, not lost or refused.
+    client_timeout: float = 30.0
     accepted: list[AcceptedTrigger] = field(default_factory=list)
     refused: Counter[str] = field(default_factory=Counter)
     ambiguous: int = 0
     sent: int = 0
+    # Every request as (sent at, answered at, outcome): "accepted", an error code, "connect" or "ambiguous".
+    answers: list[tuple[float, float, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._pool = ThreadPoolExecutor(max_workers=12, thread_name_prefix="load")
-        self._client = httpx.Client(timeout=httpx.Timeout(8.0, connect=2.0),
+        self._client = httpx.Client(timeout=httpx.Timeout(self.client_timeout, connect=2.0),
                                     limits=httpx.Limits(max_connections=64, max_keepalive_connections=32))
 
     def remove_target(self, d: ClusterDaemon) -> None:
@@ -714,28 +719,55 @@ class TriggerLoad:
     def _fire(self, d: ClusterDaemon, url: str, sig: str, payload: dict[str, Any]) -> None:
         with self._lock:
             self.sent += 1
+        sent = time.monotonic()
         try:
             r = self._client.post(f"{url}/api/workspaces/{self.workspace}/signals/{sig}?nowait=true",
                                   json={"payload": payload})
         except httpx.ConnectError:
             with self._lock:
                 self.refused["connect"] += 1
+                self.answers.append((sent, time.monotonic(), "connect"))
             return
         except httpx.TransportError:
             with self._lock:
                 self.ambiguous += 1
+                self.answers.append((sent, time.monotonic(), "ambiguous"))
             return
         with self._lock:
+            now = time.monotonic()
             if r.status_code == 202:
                 body = r.json()
-                self.accepted.append(AcceptedTrigger(body["sessionId"], body["correlationId"], d.name, sig,
-                                                     time.monotonic()))
+                self.accepted.append(AcceptedTrigger(body["sessionId"], body["correlationId"], d.name, sig, now))
+                self.answers.append((sent, now, "accepted"))
             else:
                 try:
                     code = r.json()["error"]["code"]
                 except Exception:
                     code = str(r.status_code)
                 self.refused[code] += 1
+                self.answers.append((sent, now, code))
+
+    def refused_window(self, since: float = 0.0, slot: float = 1.0) -> float:
+        """The longest stretch, in seconds, during which most triggers were not accepted (issue 19, bug 14).
+
+        Answers (by the time they came) are counted in `slot`-second slots from `since`; a slot is *refused* when
+        most of its answers are not a 202. A stretch runs from a refused slot to a later one with no slot of
+        mostly-202 answers in between (slots without answers, e.g. while every caller waits, do not break it)."""
+        with self._lock:
+            answers = [(at, outcome) for _, at, outcome in self.answers if at >= since]
+        slots: dict[int, Counter[bool]] = {}
+        for at, outcome in answers:
+            slots.setdefault(int((at - since) // slot), Counter())[outcome == "accepted"] += 1
+        longest, start, last = 0.0, None, None
+        for k in sorted(slots):
+            c = slots[k]
+            if c[False] > c[True]:
+                start = k if start is None else start
+                last = k
+                longest = max(longest, (last - start + 1) * slot)
+            else:
+                start = None
+        return longest
 
     @property
     def unknown_outcome(self) -> int:

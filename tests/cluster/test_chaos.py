@@ -50,8 +50,6 @@ def nats_cluster(shared_nats: NatsCluster) -> NatsCluster:
             shared_nats.restart(i)
     return shared_nats
 
-STREAMS = ["SIGNALS", "SESSION_EVENTS", "DEAD_LETTERS", "KV_SESSION_INFLIGHT", "KV_SESSION_METADATA", "KV_DAEMONS",
-           "KV_CONCURRENCY"]
 
 
 @dataclass(frozen=True)
@@ -293,73 +291,4 @@ def test_frozen_daemon_forced_redelivery(daemons: DaemonFactory, probe: BusProbe
     report("frozen daemon", load, counts, clock, f"(envelopes redelivered: {len(redelivered)})")
 
 
-# ------------------------------------------------------------------------------------------------ kill -9 nats node
-
-def stream_leader(probe: BusProbe, stream: str) -> str:
-    async def op() -> str:
-        info = await (await probe._js()).stream_info(stream)
-        assert info.cluster is not None and info.cluster.leader is not None
-        return str(info.cluster.leader)
-
-    return probe._run(op())
-
-
-@pytest.mark.parametrize("size", SIZES)
-def test_kill9_nats_node_under_load(nats_cluster: NatsCluster, daemons: DaemonFactory, probe: BusProbe,
-                                    workspace: Path, size: Size) -> None:
-    """kill -9 of one nats-server of three (the SESSION_EVENTS leader; the long variant then also kills the new
-    SIGNALS leader after the first one is back): no accepted trigger is lost, the daemons keep accepting and
-    reconnect, and the cluster recovers (every replica current again)."""
-    clock = Clock()
-    ds = daemons(size.daemons, [workspace])
-    load = TriggerLoad(list(ds), workspace=workspace.name).start()
-    clock.mark("start")
-    victims = ["SESSION_EVENTS", "SIGNALS"] if size is LONG else ["SESSION_EVENTS"]
-    try:
-        load.wait_accepted(size.before)
-        clock.mark("load")
-        for stream in victims:
-            leader = stream_leader(probe, stream)
-            idx = next(i for i, n in enumerate(nats_cluster.nodes) if n.name == leader)
-            nats_cluster.kill9(idx)
-            # Two nodes of three keep quorum: triggers are accepted again once leaders are re-elected.
-            load.wait_accepted(len(load.accepted) + size.after // 2, timeout=60)
-            clock.mark(f"kill {leader}, accepting again")
-            nats_cluster.restart(idx)
-            nats_cluster.wait_streams_current(STREAMS)
-            back = time.monotonic()
-            clock.mark(f"{leader} back, replicas current")
-            load.wait_accepted(len(load.accepted) + size.after // 2, timeout=60)
-            clock.mark("load")
-    finally:
-        load.stop()
-    # The daemons reconnected: every one is healthy, has its heartbeat in DAEMONS, and accepted triggers after
-    # the last node came back.
-    # Heartbeats written while the DAEMONS stream had no leader were lost and the 3 s TTL may have run out: give
-    # the next beats (every 0.5 s) time to land.
-    wait_for(lambda: probe.live_daemons() >= {d.daemon_id for d in ds}, 30, 0.5, "every daemon's heartbeat")
-    for d in ds:
-        assert http.get(f"{d.url}/health").json()["status"] == "ok"
-        assert any(a.daemon == d.name and a.at > back for a in load.accepted), f"{d.name} accepted nothing"
-    # A run whose writes failed during the elections ends `interrupted` by recovery (2 × ATLAS_ACK_WAIT after its
-    # start, at the next 10 s pass): nothing accepted may stay active longer than that with no daemon running
-    # anything.
-    outcomes = settle(ds, load, timeout=90, stall=20, accepted_only=True)
-    # Triggers refused with 503 may have left a session record; like every record, it must end (before def6671 one
-    # could stay `queued` forever: see test_bus_cluster.py::test_a_refused_trigger_leaves_no_session_behind).
-    outcomes = settle(ds, load, timeout=30)
-    clock.mark("settle")
-    accepted = {a.session_id for a in load.accepted}
-
-    def allowed(sid: str, status: str) -> bool:
-        # A 503'd trigger whose envelope reached SIGNALS although its acknowledgement did not reach the daemon is
-        # durable after all: it runs like any other (the client was told to retry; spec §6.4).
-        return status in ("completed", "interrupted")
-
-    # Once a bug (a runner that lost its session to another writer stored its stale `active` summary in
-    # SESSION_METADATA); `_write_final` now brings a non-terminal local view up to date from the log first.
-    counts = check_exactly_once(outcomes, load, probe, allowed)
-    clock.mark("checks")
-    interrupted = counts.get("interrupted", 0)
-    report("kill9 nats node", load, counts, clock,
-           f"(records of 503'd triggers: {len(set(outcomes[0].sessions) - accepted)}; interrupted: {interrupted})")
+# kill -9 of a nats node: tests/cluster/test_nats_node_loss.py (a cluster of its own, see there).

@@ -7,10 +7,12 @@ the rest of the code never builds subjects or headers by hand.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import nats
 from nats.aio.client import Client
@@ -27,10 +29,11 @@ from nats.js.api import (
 from nats.js.errors import APIError, BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
-from atlas.bus.acks import Ack, AckedPublisher
+from atlas.bus.acks import Ack, AckedPublisher, AckLost, transient
 from atlas.jsoncodec import dumps, loads
 
 log = logging.getLogger("atlas.bus")
+T = TypeVar("T")
 
 SIGNALS = "SIGNALS"
 SESSION_EVENTS = "SESSION_EVENTS"
@@ -79,6 +82,9 @@ class BusSettings:
     max_deliver: int = 5
     heartbeat_ttl_s: float = 30.0
     idempotency_ttl_s: float = DAY
+    # How long a write is retried while JetStream does not answer (a leader election takes 4–9 s) before the
+    # caller gets the error; 0 = one attempt. See `atlas.bus.acks`.
+    write_retry_s: float = 30.0
 
 
 class Bus:
@@ -112,8 +118,7 @@ class Bus:
             opts["token"] = self.settings.token
         if self.settings.creds:
             opts["user_credentials"] = self.settings.creds
-        if on_disconnect:
-            opts["disconnected_cb"] = on_disconnect
+        opts["disconnected_cb"] = self._disconnected(on_disconnect)
         if on_reconnect:
             opts["reconnected_cb"] = on_reconnect
         self.nc = await nats.connect(**opts)
@@ -133,6 +138,30 @@ class Bus:
     @property
     def connected(self) -> bool:
         return self.nc is not None and self.nc.is_connected
+
+    def _disconnected(self, then: Callable[[], Awaitable[None]] | None) -> Callable[[], Awaitable[None]]:
+        """The client's disconnect callback: nothing sent on the lost connection will be answered, so nothing
+        keeps waiting for it (issue 19, bug 14: a request pinned to a dead node sat out its whole timeout)."""
+
+        async def on_disconnect() -> None:
+            if self._acks is not None:
+                self._acks.connection_lost()
+            self._unpin_requests()
+            if then is not None:
+                await then()
+
+        return on_disconnect
+
+    def _unpin_requests(self) -> None:
+        """Fail nats-py's pending requests (JetStream API calls: reads, KV creates) with `AckLost`, a timeout, at
+        once rather than after theirs. nats-py keeps them in `_resp_map` (nats-py is pinned; a version without it
+        just keeps its timeouts)."""
+        pending = getattr(self.nc, "_resp_map", None)
+        if not isinstance(pending, dict):
+            return
+        for fut in list(pending.values()):
+            if isinstance(fut, asyncio.Future) and not fut.done():
+                fut.set_exception(AckLost())
 
     async def _declare(self) -> None:
         r = self.settings.replicas
@@ -210,29 +239,74 @@ class Bus:
 
     # ------------------------------------------------------------ events
 
-    async def append_event(self, event: dict[str, Any], expected_last_subject_seq: int | None) -> int:
+    async def append_event(self, event: dict[str, Any], expected_last_subject_seq: int | None,
+                           retry_for: float | None = None) -> int:
         """Append one durable event; returns its stream sequence.
 
         `expected_last_subject_seq` is the stream sequence of the session's previous event (0 for the first), so a
-        session has one writer at a time (spec §6.3). A lost race raises WrongLastSequence.
+        session has one writer at a time (spec §6.3). A lost race raises WrongLastSequence. While JetStream does not
+        answer the append is sent again, same `Nats-Msg-Id`, for up to `retry_for` seconds (default: the bus's
+        `write_retry_s`); a copy of ours that landed unacknowledged is recognised by its bytes, so it counts once.
         """
         sid = event["sessionId"]
+        subject = events_subject(sid)
+        data = dumps(event)
         headers = {"Nats-Msg-Id": f"{sid}:{event['seq']}"}
         if expected_last_subject_seq is not None:
             headers["Nats-Expected-Last-Subject-Sequence"] = str(expected_last_subject_seq)
         try:
-            ack = await self.publish(events_subject(sid), dumps(event), headers)
+            ack = await self.publish(subject, data, headers, retry_for=retry_for)
         except APIError as exc:
             # 10071: wrong last sequence; on a cluster a *concurrent* loser gets 10164 (wrong last sequence, no
-            # number) or 10158 (the same Nats-Msg-Id is still being proposed). All mean: someone else wrote first.
+            # number) or 10158 (the same Nats-Msg-Id is still being proposed). All mean: someone else wrote first —
+            # unless that someone is an earlier copy of this very append whose ack was lost.
             if getattr(exc, "err_code", None) in (10071, 10158, 10164):
+                ours = await self._landed(subject, data, None, retry_for)
+                if ours is not None:
+                    return ours
                 raise WrongLastSequence(str(exc)) from exc
             raise
         if ack.duplicate:
             # The broker deduplicates by Nats-Msg-Id *before* checking the expected sequence: `sid:seq` was
-            # already written, by another writer unless this is our own retry. Either way: re-read and obey.
+            # already written — by our own earlier copy (its ack lost in an election: then it is our event, the
+            # same bytes), or by another writer (re-read and obey).
+            ours = await self._landed(subject, data, int(ack.seq) or None, retry_for)
+            if ours is not None:
+                return ours
             raise WrongLastSequence(f"event {sid}:{event['seq']} was already written")
         return int(ack.seq)
+
+    async def _landed(self, subject: str, data: bytes, seq: int | None, retry_for: float | None) -> int | None:
+        """The stream sequence of `data` if it is the last event on `subject`, else None (`seq`: where the broker
+        said the earlier copy is, only reported when it is not that).
+
+        Events carry a timestamp and their writer's view, so two writers never produce the same bytes: equal bytes
+        are our own copy; anything after it means another writer moved on, and the caller re-reads and obeys
+        either way. Read from the stream's leader, not with a direct get: any replica answers those, and one still
+        catching up (the node that just came back) may not have the message yet."""
+        try:
+            msg = await self._read_retrying(lambda: self.js.get_last_msg(SESSION_EVENTS, subject), retry_for)
+        except NotFoundError:
+            log.warning("%s: duplicate at %s but the subject is empty", subject, seq)
+            return None
+        if msg.data == data and msg.seq:
+            return int(msg.seq)
+        log.debug("%s: the last event (stream seq %s) is another writer's, not ours (duplicate at %s)", subject,
+                  msg.seq, seq)
+        return None
+
+    async def _read_retrying(self, read: Callable[[], Awaitable[T]], retry_for: float | None) -> T:
+        """An idempotent JetStream read, repeated while the bus does not answer (as `AckedPublisher.publish`)."""
+        deadline = time.monotonic() + (self.settings.write_retry_s if retry_for is None else retry_for)
+        pause = 0.05
+        while True:
+            try:
+                return await read()
+            except Exception as exc:
+                if not transient(exc) or time.monotonic() >= deadline:
+                    raise
+            await asyncio.sleep(pause)  # a backoff while a leader is elected (not a synchronisation)
+            pause = min(0.25, pause * 2)
 
     async def last_event(self, session_id: str) -> tuple[dict[str, Any], int] | None:
         """The session's latest durable event and its stream sequence, or None for an unknown session."""
@@ -261,17 +335,22 @@ class Bus:
 
     # ------------------------------------------------------------ signals
 
-    async def publish(self, subject: str, data: bytes, headers: dict[str, str] | None = None) -> Ack:
-        """One JetStream publish, acknowledged (see `atlas.bus.acks` for why not `js.publish`)."""
+    async def publish(self, subject: str, data: bytes, headers: dict[str, str] | None = None,
+                      retry_for: float | None = None) -> Ack:
+        """One JetStream publish, acknowledged (see `atlas.bus.acks` for why not `js.publish`), sent again while
+        JetStream does not answer for up to `retry_for` seconds (default: `write_retry_s`; 0: one attempt)."""
         assert self._acks is not None, "bus not connected"
-        return await self._acks.publish(subject, data, headers)
+        budget = self.settings.write_retry_s if retry_for is None else retry_for
+        return await self._acks.publish(subject, data, headers, retry_for=budget)
 
-    async def publish_envelope(self, envelope: dict[str, Any], data: bytes | None = None) -> None:
+    async def publish_envelope(self, envelope: dict[str, Any], data: bytes | None = None,
+                               retry_for: float | None = None) -> None:
         """Publish to SIGNALS, deduplicated by sessionId (`data`: the envelope already encoded)."""
         await self.publish(
             signal_subject(envelope["workspaceId"], envelope["signalId"]),
             data if data is not None else dumps(envelope),
             headers={"Nats-Msg-Id": envelope["sessionId"], "Atlas-Schema-Version": "1"},
+            retry_for=retry_for,
         )
 
     async def dead_letter(self, envelope: dict[str, Any], error: str, deliveries: int) -> None:

@@ -59,6 +59,7 @@ class Settings:
     idempotency_ttl_s: float = 86400.0
     ack_wait_s: float = 30.0
     heartbeat_ttl_s: float = 30.0
+    bus_retry_s: float = 30.0  # ATLAS_BUS_RETRY: how long writes ride through a silent bus (leader elections)
     llm_base_url: str | None = None
     log_level: str = "info"
     workspaces: tuple[Path, ...] = field(default_factory=tuple)
@@ -88,6 +89,7 @@ class Settings:
             idempotency_ttl_s=_seconds("ATLAS_IDEMPOTENCY_TTL", "24h"),
             ack_wait_s=_seconds("ATLAS_ACK_WAIT", "30s"),
             heartbeat_ttl_s=_seconds("ATLAS_HEARTBEAT_TTL", "30s"),
+            bus_retry_s=_seconds("ATLAS_BUS_RETRY", "30s", allow_zero=True),
             llm_base_url=env.get("ATLAS_LLM_BASE_URL") or None,
             log_level=(env.get("ATLAS_LOG_LEVEL") or "info").lower(),
         )

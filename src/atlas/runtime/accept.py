@@ -10,6 +10,12 @@ intake, and waiting for one ack before sending the other cost a tenth of it. So 
 the envelope does not (a SIGNALS leader lost on a cluster): the caller gets 503, the session is ended `failed` /
 `bus_unavailable` if the bus lets us, and otherwise recovery republishes an envelope rebuilt from the log
 (`Recovery._republish_stranded`), so no queued record is left without work behind it.
+
+Both writes ride through a leader election (issue 19, bug 14): on a cluster that lost one node of three, a stream
+led there answers nothing for the 4–9 s nats-server takes to elect another leader, and refusing every trigger
+meanwhile stopped the whole cluster for that long. Each write is sent again (same dedupe id) until JetStream
+answers, for up to half the bus's `write_retry_s` (15 s by default: one election, with room); only a bus that stays
+silent that long — no quorum — makes the caller get 503 `bus_unavailable`.
 """
 
 from __future__ import annotations
@@ -202,8 +208,9 @@ class AcceptPipeline:
         # consumer that takes it waits for our `session:queued` (or writes it itself if we never could, §8.2).
         tail: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._pending[sid] = tail
-        writer = SessionWriter(self.d.bus, self.d.store, sid)
-        envelope_sent = asyncio.ensure_future(self.d.bus.publish_envelope(envelope, data))
+        budget = self.ride_through_s()
+        writer = SessionWriter(self.d.bus, self.d.store, sid, retry_for=budget)
+        envelope_sent = asyncio.ensure_future(self.d.bus.publish_envelope(envelope, data, retry_for=budget))
         try:
             try:
                 await writer.append("session:queued", queued_fields(envelope, ws, job_id))
@@ -233,6 +240,11 @@ class AcceptPipeline:
                 envelope_sent.add_done_callback(_consume_exception)
         return Accepted(sid, correlation_id, ws.id, req.signal_id, job_id, "queued")
 
+    def ride_through_s(self) -> float:
+        """How long an accept keeps sending its writes while the bus does not answer: half a run's patience, so a
+        caller is answered (202 or 503) well before a client's usual 30–60 s timeout."""
+        return self.d.bus.settings.write_retry_s / 2
+
     async def _strand(self, writer: SessionWriter, exc: BaseException) -> None:
         """The envelope did not land (the caller gets 503). A `session:queued` that did is ended `failed` here;
         if even that write fails, recovery republishes the envelope from the log, so the session still ends."""
@@ -254,7 +266,7 @@ class AcceptPipeline:
     async def _refuse(self, ws: Workspace, job_id: str, envelope: dict[str, Any], code: str) -> Accepted:
         """A cascade over a limit leaves a `failed` session record and no envelope (nothing to run)."""
         sid = envelope["sessionId"]
-        writer = SessionWriter(self.d.bus, self.d.store, sid)
+        writer = SessionWriter(self.d.bus, self.d.store, sid, retry_for=self.ride_through_s())
         try:
             await writer.append("session:queued", queued_fields(envelope, ws, job_id))
             await self._end_unstarted(writer, code)

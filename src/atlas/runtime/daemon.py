@@ -144,7 +144,8 @@ class Daemon:
         self.nats_url = url
         self.bus = Bus(BusSettings(url=url, token=token, creds=s.nats_creds, replicas=s.nats_replicas,
                                    retention_s=s.session_retention_s, ack_wait_s=s.ack_wait_s,
-                                   idempotency_ttl_s=s.idempotency_ttl_s, heartbeat_ttl_s=s.heartbeat_ttl_s))
+                                   idempotency_ttl_s=s.idempotency_ttl_s, heartbeat_ttl_s=s.heartbeat_ttl_s,
+                                   write_retry_s=s.bus_retry_s))
         await self.bus.connect()
         self.store = SessionStore(open_read_model(self.home / "atlas.db"))
         self.concurrency = ConcurrencyControl(self.bus, self._is_alive, self._ancestors)

@@ -124,9 +124,12 @@ class Engine:
             if task is not None:
                 task.uncancel()
         except NatsError as exc:
-            # The bus failed under the run (e.g. a stream electing a leader): progress could not be recorded and
-            # steps may have had effects, so the run ends like one whose daemon died, never re-run (spec §8.1).
-            log.warning("session %s: bus failure while running: %s", self.env["sessionId"], exc)
+            # The bus failed under the run for longer than a write rides through (ATLAS_BUS_RETRY: every append is
+            # resent with its dedupe id that long, which outlasts a leader election, so losing one nats node of
+            # three no longer lands here): progress could not be recorded and steps may have had effects, so the
+            # run ends like one whose daemon died, never re-run (spec §8.1).
+            log.warning("session %s: bus failure while running (no answer for %g s): %s", self.env["sessionId"],
+                        self.d.bus.settings.write_retry_s, exc)
             status, code, message = "interrupted", "interrupted", f"The message bus failed: {type(exc).__name__}"
         except Exception as exc:  # a bug in atlas itself: still end the session with one terminal record
             log.exception("session %s crashed", self.env["sessionId"])

@@ -6,6 +6,10 @@ acknowledged it. Losing that condition means another writer (a cancel, another d
 re-reads and obeys (WrongLastSequence propagates). A writer that knows its session's log already ends with
 `session:complete` refuses to append anything but `session:summary` the same way: whoever positioned it read the
 log after another writer's terminal event, and a second terminal record would break spec §4.4.
+
+While JetStream does not answer (a leader election on a cluster that lost a node), an append is sent again with
+the same `Nats-Msg-Id` for up to `retry_for` seconds (the bus's `write_retry_s` unless the writer was given less:
+the accept pipeline answers an HTTP caller, a run can wait longer); see `Bus.append_event`.
 """
 
 from __future__ import annotations
@@ -19,13 +23,14 @@ from atlas.sessions.store import SessionStore
 
 class SessionWriter:
     def __init__(self, bus: Bus, store: SessionStore, session_id: str, seq: int = 0, stream_seq: int = 0,
-                 last_type: str | None = None) -> None:
+                 last_type: str | None = None, retry_for: float | None = None) -> None:
         self.bus = bus
         self.store = store
         self.session_id = session_id
         self.seq = seq
         self.stream_seq = stream_seq
         self.last_type = last_type  # type of the event at `seq`, when known
+        self.retry_for = retry_for  # how long an append rides through a silent bus (None: the bus's default)
 
     @classmethod
     async def resume(cls, bus: Bus, store: SessionStore, session_id: str) -> SessionWriter:
@@ -58,7 +63,7 @@ class SessionWriter:
         # Optional fields are omitted when None; `payload` is kept (a non-JSON webhook body is `null`, spec §5.2).
         event.update({k: v for k, v in fields.items() if v is not None or k == "payload"})
         first = self.seq == 0 and self.stream_seq == 0
-        self.stream_seq = await self.bus.append_event(event, self.stream_seq)
+        self.stream_seq = await self.bus.append_event(event, self.stream_seq, self.retry_for)
         self.seq += 1
         self.last_type = event_type
         self.store.apply(event, new=first)
