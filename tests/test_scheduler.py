@@ -168,7 +168,7 @@ async def test_a_workspace_added_between_ticks_fires_its_first_slot(tmp_path: Pa
     )
     async with running(tmp_path / "home") as d:
         clock.advance(timedelta(seconds=20))  # 12:00:50: the workspace arrives between ticks
-        d.workspaces.add(late)
+        await d.workspaces.add(late)
         clock.advance(timedelta(seconds=10))  # 12:01:00
         await d.scheduler.tick()
         rows, _ = d.store.rm.list_sessions(workspace_id="late", limit=10)

@@ -188,7 +188,7 @@ def create_app(daemon: Daemon) -> FastAPI:
                 or not _encodable(path):
             raise ApiError(400, "invalid_body", "Body must be {\"path\": <absolute path>}",
                            [{"path": "path", "message": "must be an absolute path"}])
-        ws, created = daemon.workspaces.add(Path(path))
+        ws, created = await daemon.workspaces.add(Path(path), daemon.settings.workspace_roots)
         await daemon.bus.kv_put(KV_WORKSPACES, ws.id, {"path": str(ws.path), "configDigest": ws.loaded.digest,
                                                        "addedAt": ws.created_at})
         entry = ws.entry()
@@ -225,7 +225,9 @@ def create_app(daemon: Daemon) -> FastAPI:
         out = []
         for sig_id, sig in ws.config.signals.items():
             spec = {"id": sig_id, **sig.model_dump(mode="json", by_alias=True, exclude_none=True)}
-            jobs = [job_id for job_id, job in ws.config.jobs.items() if any(t.signal == sig_id for t in job.triggers)]
+            # A signal triggers at most one job (checked at load): a look-up, not a scan of every job per signal,
+            # which made this route quadratic and held the event loop for tens of seconds on a 1 MiB workspace.
+            jobs = [ws.job_for_signal[sig_id]] if sig_id in ws.job_for_signal else []
             out.append({"name": sig_id, "signal": spec, "jobs": jobs})
         return json_response({"signals": out})
 

@@ -132,7 +132,10 @@ ERROR_CODES: dict[str, str] = {
     "payload_too_complex": "the payload is nested deeper than 32, has over 100 000 values or a string over 256 KiB",
     "invalid_idempotency_key": "`Idempotency-Key` is not 1–255 printable ASCII characters",
     "path_not_found": "nothing exists at the given path",
-    "unauthorized": "`ATLAS_TOKEN` is set and the request has no valid `Authorization: Bearer <token>`",
+    "not_a_workspace": "the path is a file not named `workspace.yml` / `workspace.yaml` (it is not read)",
+    "path_not_allowed": "the path (symlinks resolved) is outside `ATLAS_WORKSPACE_ROOTS` (`details.roots`)",
+    "unauthorized": "`ATLAS_TOKEN` (or `ATLAS_REQUIRE_TOKEN`) is set and the request has no valid "
+                    "`Authorization: Bearer <token>`",
     "host_not_allowed": "the `Host` header is not a loopback name, the bind address or in `ATLAS_ALLOWED_HOSTS`",
     "forbidden_origin": "a state-changing request from a foreign `Origin` (or `Sec-Fetch-Site: cross-site`)",
     "forbidden": "this daemon was not started by `atlasd` and cannot be shut down over HTTP",
@@ -178,6 +181,7 @@ ERROR_DETAILS: dict[str, Schema] = {
     "session_skipped": ref("SessionErrorDetails"),
     "session_not_active": obj({"status": enum(TERMINAL_STATUSES)}),
     "workspace_busy": obj({"activeSessionIds": array(string())}),
+    "path_not_allowed": obj({"roots": array(string())}),
     "wait_timeout": obj({"sessionId": string(), "correlationId": string()}),
     "internal_error": obj({"requestId": string()}),
 }
@@ -659,12 +663,15 @@ def _paths() -> dict[str, Any]:
     )}
     p["/api/workspaces/add"] = {"post": _op(
         "addWorkspace", "workspaces", "Register (or reload) a workspace",
-        "Loads the `workspace.yml` at `path`. 201 for a new workspace, 200 when the same path was registered "
+        "Loads the `workspace.yml` at `path` (a directory, or the file itself when it is named `workspace.yml` or "
+        "`workspace.yaml`; with `ATLAS_WORKSPACE_ROOTS` set, only from under one of those directories). 201 for a "
+        "new workspace, 200 when the same path was registered "
         "already (its config is reloaded). The body is read as JSON whatever its `Content-Type`.",
         {"200": response("Existing workspace reloaded", ref("WorkspaceAdded")),
          "201": response("Workspace registered", ref("WorkspaceAdded")),
          **errors(method="post", reads_body=True, extra={
-             400: ["invalid_json", "invalid_body", "path_not_found"],
+             400: ["invalid_json", "invalid_body", "path_not_found", "not_a_workspace"],
+             403: ["path_not_allowed"],
              409: ["workspace_exists"],
              422: ["workspace_invalid"],
          })},

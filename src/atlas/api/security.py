@@ -16,7 +16,9 @@ read, a session is created or an Idempotency-Key is reserved:
    that need no preflight, so a state-changing request from a foreign page is refused (403 `forbidden_origin`).
    Requests without `Origin` (CLI, curl, webhooks) pass: they are not a browser acting for someone.
 4. **Token**: with `ATLAS_TOKEN` set, everything but `GET /health` and the UI's static files needs
-   `Authorization: Bearer <token>` (401 `unauthorized`). The token is compared in constant time and never logged.
+   `Authorization: Bearer <token>` (401 `unauthorized`), from loopback too. The token is compared in constant time
+   and never logged. `ATLAS_REQUIRE_TOKEN` makes a token mandatory (`atlasd` refuses to start without one); should
+   an app be built with it but no token, this fails closed: every request that needs a token is refused.
 """
 
 from __future__ import annotations
@@ -108,6 +110,7 @@ class SecurityMiddleware:
         self.allowed_hosts = allowed_host_names(settings)
         self.cors = _cors_origins(settings.cors_origins)
         self.token = settings.token.encode() if settings.token else None
+        self.token_required = self.token is not None or settings.require_token
         self._host_ok: dict[bytes, bool] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -145,10 +148,10 @@ class SecurityMiddleware:
         elif method in _STATE_CHANGING and headers.get(b"sec-fetch-site") == b"cross-site":
             await self._deny(scope, send, 403, "forbidden_origin")
             return
-        if self.token is not None and not self._open(kind, method, scope["path"]):
+        if self.token_required and not self._open(kind, method, scope["path"]):
             auth = headers.get(b"authorization")
-            if auth is None or auth[:7].lower() != b"bearer " or not hmac.compare_digest(auth[7:].strip(),
-                                                                                         self.token):
+            if auth is None or self.token is None or auth[:7].lower() != b"bearer " or \
+                    not hmac.compare_digest(auth[7:].strip(), self.token):
                 await self._deny(scope, send, 401, "unauthorized", origin if listed else None)
                 return
         if listed:
@@ -220,6 +223,8 @@ async def _respond(send: Send, status: int, body: bytes, headers: list[tuple[byt
 def install_security(app: FastAPI, settings: Settings) -> None:
     """Install the security middleware on `app`, and say at start which protections are on (never the token)."""
     app.add_middleware(SecurityMiddleware, settings=settings)
-    log.info("API token %s; CORS %s", "required" if settings.token else "not required",
+    if settings.require_token and not settings.token:
+        log.error("ATLAS_REQUIRE_TOKEN is set but ATLAS_TOKEN is not: every API request will be refused")
+    log.info("API token %s; CORS %s", "required" if settings.token or settings.require_token else "not required",
              "for " + ", ".join(sorted(o.decode() for o in _cors_origins(settings.cors_origins)))
              if settings.cors_origins else "off")

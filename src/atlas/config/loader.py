@@ -2,7 +2,8 @@
 
 Loading happens in four layers, each of which stops the next one from running on garbage:
 
-1. **Read** at most 1 MiB of UTF-8.
+1. **Read** at most 1 MiB of UTF-8, from a regular file only: a FIFO, a device or a socket is refused before a
+   byte is read (opening a FIFO would wait for a writer forever), and so is a file whose size is over the cap.
 2. **Parse** YAML 1.2 with ruamel.yaml's round-trip loader, which keeps the line and column of every key,
    so every later error can point into the file. The composed node tree is checked before anything is
    constructed: only core-schema tags, no duplicate keys, no recursive or exploding aliases.
@@ -13,15 +14,20 @@ Loading happens in four layers, each of which stops the next one from running on
    schemas, cron expressions, time zones.
 
 Nothing here raises for a bad file: every problem becomes a `ConfigError`, so the CLI and the API can report
-all of them at once.
+all of them at once. Messages quote the file as little as they can, because the API returns them to a client that
+may not be allowed to read the file (issue #19): a document that is not a mapping is described by its kind only
+(a key or an env file would otherwise come back whole), and a quoted key or value is cut to a few dozen
+characters.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import stat
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -61,6 +67,11 @@ MAX_ALIAS_EXPANSION = 100_000
 # jsonschema, the conversion to plain values) far from Python's recursion limit.
 MAX_DEPTH = 64
 CRON_MACROS = ("@hourly", "@daily", "@weekly", "@monthly")
+# How much of a value or a key a message quotes. Ids are at most 64 characters, so a genuine id is never cut.
+MAX_QUOTED_VALUE = 32
+MAX_QUOTED_KEY = 64
+MAX_MESSAGE = 240
+_TOO_LARGE = f"file is larger than {MAX_FILE_BYTES} bytes (1 MiB)"
 
 _CORE_TAG_PREFIX = "tag:yaml.org,2002:"
 _CORE_TAGS = frozenset(_CORE_TAG_PREFIX + t for t in ("str", "int", "float", "bool", "null", "map", "seq"))
@@ -183,10 +194,8 @@ def _load(file: Path, report: _Reporter, outcome: _Outcome) -> None:
         report.errors.append(ConfigError(report.file, 1, 1, "", read_error or "cannot read file"))
         return
     outcome.digest = hashlib.sha256(data).hexdigest()
-    if len(data) > MAX_FILE_BYTES:
-        report.errors.append(
-            ConfigError(report.file, 1, 1, "", f"file is larger than {MAX_FILE_BYTES} bytes (1 MiB)")
-        )
+    if len(data) > MAX_FILE_BYTES:  # it grew since it was opened, or its size says 0 (procfs)
+        report.errors.append(ConfigError(report.file, 1, 1, "", _TOO_LARGE))
         return
     raw = _parse(data, report)
     if report.errors:
@@ -194,7 +203,7 @@ def _load(file: Path, report: _Reporter, outcome: _Outcome) -> None:
     report.root = raw
     outcome.id = _raw_workspace_id(raw) or outcome.id
     if not isinstance(raw, CommentedMap):
-        got = "an empty file" if raw is None else _describe(_plain(raw))
+        got = "an empty file" if raw is None else _kind(_plain(raw))
         report.at_root(f"expected a mapping with 'version' and 'workspace', got {got}")
         return
     try:
@@ -223,16 +232,30 @@ def workspace_file(given: Path) -> Path:
 
 
 def _read(file: Path) -> tuple[bytes | None, str | None]:
-    """Read at most one byte past the limit, so a huge file is refused without being read whole."""
+    """The bytes of a regular file of at most MAX_FILE_BYTES, or why not.
+
+    The file is opened non-blocking and checked on the open descriptor (no race with a swapped path): opening a
+    FIFO blocks until a writer comes, which froze the daemon's event loop for good. A file whose size is over the
+    cap is refused unread; otherwise at most one byte past the cap is read, for files that grow or report no size.
+    """
     try:
-        with file.open("rb") as handle:
-            return handle.read(MAX_FILE_BYTES + 1), None
+        fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return None, "file not found"
-    except IsADirectoryError:
-        return None, "is a directory, not a file"
     except OSError as exc:
         return None, f"cannot read file: {exc.strerror or exc}"
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            return None, "is a directory, not a file"
+        if not stat.S_ISREG(info.st_mode):
+            return None, "not a regular file"
+        if info.st_size > MAX_FILE_BYTES:
+            return None, _TOO_LARGE
+        try:
+            return handle.read(MAX_FILE_BYTES + 1), None
+        except OSError as exc:
+            return None, f"cannot read file: {exc.strerror or exc}"
 
 
 def _parse(data: bytes, report: _Reporter) -> Any:
@@ -341,6 +364,7 @@ class _NodeChecker:
             node.tag = _STR_TAG
         elif tag not in _CORE_TAGS and tag != _MERGE_TAG:
             shown = "!!" + tag.removeprefix(_CORE_TAG_PREFIX) if tag.startswith(_CORE_TAG_PREFIX) else tag
+            shown = _clip(shown, MAX_QUOTED_KEY)
             self._error(node, path, f"unsupported tag '{shown}': only plain YAML values are allowed")
 
     def _walk_mapping(self, node: MappingNode, path: tuple[Segment, ...]) -> None:
@@ -349,7 +373,8 @@ class _NodeChecker:
             if isinstance(key, ScalarNode) and key.tag != _MERGE_TAG:
                 identity = (key.tag or "", key.value)
                 if identity in first_line:
-                    message = f"duplicate key '{key.value}' (first defined on line {first_line[identity]})"
+                    shown = _clip(str(key.value), MAX_QUOTED_KEY)
+                    message = f"duplicate key '{shown}' (first defined on line {first_line[identity]})"
                     self._error(key, (*path, key.value), message)
                 else:
                     first_line[identity] = key.start_mark.line + 1
@@ -426,14 +451,28 @@ def _raw_workspace_id(raw: Any) -> str | None:
 
 
 def _format_path(segments: Iterable[Segment]) -> str:
-    """`("jobs", "x", "entry", 0, "agentId")` → `jobs.x.entry[0].agentId` (ints are list indices)."""
+    """`("jobs", "x", "entry", 0, "agentId")` → `jobs.x.entry[0].agentId` (ints are list indices).
+
+    A key longer than MAX_QUOTED_KEY is cut: a path names where the problem is, it does not copy the file.
+    """
     out = ""
     for seg in segments:
         if isinstance(seg, int) and not isinstance(seg, bool):
             out += f"[{seg}]"
         else:
-            out += f".{seg}" if out else str(seg)
+            key = _clip(str(seg), MAX_QUOTED_KEY)
+            out += f".{key}" if out else key
     return out
+
+
+def _clip(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters, with `…` where it was cut."""
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _quote(value: Any, limit: int = MAX_QUOTED_VALUE) -> str:
+    """A value as a message quotes it: repr-quoted, cut to `limit` characters."""
+    return repr(_clip(str(value), limit))
 
 
 @dataclass
@@ -524,7 +563,8 @@ def _finish(items: Sequence[ConfigError]) -> list[ConfigError]:
     """Drop exact duplicates, order by position (the order a reader scans the file in), cap the list."""
     unique = list(dict.fromkeys(items))
     unique.sort(key=lambda e: (e.line, e.column))
-    return unique[:MAX_ERRORS]
+    return [e if len(e.message) <= MAX_MESSAGE else replace(e, message=_clip(e.message, MAX_MESSAGE))
+            for e in unique[:MAX_ERRORS]]
 
 
 # ---------------------------------------------------------------- pydantic errors → ConfigError
@@ -640,12 +680,29 @@ def _describe(value: Any) -> str:
     if isinstance(value, float):
         return f"the number {value}"
     if isinstance(value, str):
-        return f"the string {value!r}"
+        return f"the string {_quote(value)}"
     if isinstance(value, dict):
         return "a mapping"
     if isinstance(value, list):
         return "a list"
     return type(value).__name__
+
+
+def _kind(value: Any) -> str:
+    """What a value is, never what it says: how a document that is not a mapping is described.
+
+    Any file given as a workspace file lands here whole when it is not a YAML mapping (a private key, an env file,
+    /etc/shadow are one multi-line string to YAML), so quoting it, even in part, would hand it to the caller.
+    """
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    return "a mapping" if isinstance(value, dict) else "a value"
 
 
 def _union_message(items: Sequence[_Translated]) -> str:
@@ -662,7 +719,7 @@ def _message(item: _Translated) -> str:
     ctx = error.get("ctx") or {}
     value = error.get("input")
     segments = item.located.segments
-    name = segments[-1] if segments else ""
+    name = _clip(str(segments[-1]), MAX_QUOTED_KEY) if segments else ""
     if kind == "missing":
         return f"missing required key '{name}'"
     if kind == "extra_forbidden":
@@ -678,7 +735,8 @@ def _message(item: _Translated) -> str:
     if kind in _EXPECTED:
         return f"expected {_EXPECTED[kind]}, got {_describe(value)}"
     if kind == "value_error":
-        return str(error["msg"]).removeprefix("Value error, ")
+        text = str(error["msg"]).removeprefix("Value error, ")
+        return text.replace(repr(value), _quote(value)) if isinstance(value, str) else text
     if kind == "string_too_short":
         minimum = ctx.get("min_length", 1)
         return "must not be empty" if minimum == 1 else f"must be at least {minimum} characters"
@@ -712,7 +770,7 @@ def _tag_message(item: _Translated) -> str:
             item.located.column,
         )
     item.located.segments.append(key)
-    return f"unknown {key} '{ctx.get('tag')}': expected one of {ctx.get('expected_tags')}"
+    return f"unknown {key} {_quote(ctx.get('tag'))}: expected one of {ctx.get('expected_tags')}"
 
 
 def _literal_message(name: Segment, value: Any, expected: str) -> str:
@@ -720,24 +778,25 @@ def _literal_message(name: Segment, value: Any, expected: str) -> str:
         return "strategy 'parallel' is not supported: only 'sequential' is"
     if name == "version" and not isinstance(value, str):
         return f'expected the string "1.0", got {_describe(value)} (quote it: version: "1.0")'
-    shown = repr(value) if isinstance(value, str) else _describe(value)
+    shown = _quote(value) if isinstance(value, str) else _describe(value)
     return f"invalid value {shown}: expected {expected}"
 
 
 def _pattern_message(error: ErrorDetails, value: Any, pattern: str) -> str:
     if pattern == ID_PATTERN:
         kind = "id" if error["loc"][-1:] == ("[key]",) else "signal id"
-        return f"invalid {kind} {value!r}: use 1-64 letters, digits, '_' or '-'"
+        return f"invalid {kind} {_quote(value, MAX_QUOTED_KEY)}: use 1-64 letters, digits, '_' or '-'"
     if pattern == WORKSPACE_ID_PATTERN:
         return (
-            f"invalid workspace id {value!r}: use at most 63 lower-case letters, digits, '_' or '-',"
+            f"invalid workspace id {_quote(value, MAX_QUOTED_KEY)}: use at most 63 lower-case letters, digits, '_'"
+            " or '-',"
             " starting with a letter or digit"
         )
     if pattern == "^/":
-        return f"invalid path {value!r}: must start with '/'"
+        return f"invalid path {_quote(value)}: must start with '/'"
     if "[A-Za-z_]" in pattern and ":" in pattern:
-        return f"invalid entrypoint {value!r}: expected 'package.module:function'"
-    return f"invalid value {value!r}: must match {pattern}"
+        return f"invalid entrypoint {_quote(value)}: expected 'package.module:function'"
+    return f"invalid value {_quote(value)}: must match {pattern}"
 
 
 # ---------------------------------------------------------------- cross-references

@@ -34,6 +34,33 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"", "0", "false", "no", "off"})
+
+
+def parse_flag(name: str, value: str | None) -> bool:
+    """A boolean setting; anything unrecognised is an error, since a typo must not leave a protection off."""
+    text = (value or "").strip().lower()
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise ValueError(f"{name} must be 1/0, true/false, yes/no or on/off, not {value!r}")
+
+
+def parse_roots(value: str | None) -> tuple[Path, ...]:
+    """`ATLAS_WORKSPACE_ROOTS`: os.pathsep-separated absolute directories, resolved (symlinks followed) now, so
+    the check compares resolved paths with resolved paths."""
+    roots = []
+    for entry in (value or "").split(os.pathsep):
+        entry = entry.strip()
+        if not entry:
+            continue
+        path = Path(entry).expanduser()
+        if not path.is_absolute():
+            raise ValueError(f"ATLAS_WORKSPACE_ROOTS entries must be absolute directories, not {entry!r}")
+        roots.append(path.resolve())
+    return tuple(roots)
+
+
 def _seconds(name: str, default: str, *, allow_zero: bool = False) -> float:
     return parse_duration(os.environ.get(name) or default, allow_days=True, allow_zero=allow_zero)
 
@@ -44,6 +71,10 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     token: str | None = None
+    # The token is needed even on loopback (shared hosts): atlasd refuses to start without one.
+    require_token: bool = False
+    # When set, API clients may add workspaces from under these (resolved) directories only.
+    workspace_roots: tuple[Path, ...] = ()
     allowed_hosts: tuple[str, ...] = ()
     cors_origins: tuple[str, ...] = ()
     nats_url: str | None = None
@@ -74,6 +105,8 @@ class Settings:
             host=env.get("ATLAS_HOST") or "127.0.0.1",
             port=int(env.get("ATLAS_PORT") or 8080),
             token=env.get("ATLAS_TOKEN") or None,
+            require_token=parse_flag("ATLAS_REQUIRE_TOKEN", env.get("ATLAS_REQUIRE_TOKEN")),
+            workspace_roots=parse_roots(env.get("ATLAS_WORKSPACE_ROOTS")),
             allowed_hosts=split(env.get("ATLAS_ALLOWED_HOSTS")),
             cors_origins=split(env.get("ATLAS_CORS_ORIGINS")),
             nats_url=env.get("ATLAS_NATS_URL") or None,

@@ -170,7 +170,12 @@ class Daemon:
         log.info("atlasd %s ready (daemon %s, nats %s)", __version__, self.daemon_id, self.nats_mode)
 
     async def _load_workspaces(self) -> None:
-        """Workspaces from the WORKSPACES registry (spec §6.7) plus those named on the command line."""
+        """Workspaces from the WORKSPACES registry (spec §6.7) plus those named on the command line.
+
+        Loads run off the event loop like an API add. Registered workspaces came from API clients (of this daemon
+        or of another one on the cluster), so `ATLAS_WORKSPACE_ROOTS` applies to them as it does to an add; the
+        operator's own `--workspace` paths are trusted as given.
+        """
         registered = {}
         for key in await self.bus.kv_keys(KV_WORKSPACES):
             found = await self.bus.kv_get(KV_WORKSPACES, key)
@@ -181,11 +186,11 @@ class Daemon:
             if Path(entry["path"]) in explicit:
                 continue
             try:
-                self.workspaces.add(entry["path"])
+                await self.workspaces.add(entry["path"], self.settings.workspace_roots)
             except ApiError as exc:
                 log.warning("registered workspace %s (%s) not loaded: %s", ws_id, entry["path"], exc.message)
         for path in self.settings.workspaces:
-            ws, _ = self.workspaces.add(path)
+            ws, _ = await self.workspaces.add(path)
             await self.bus.kv_put(KV_WORKSPACES, ws.id, {"path": str(ws.path), "configDigest": ws.loaded.digest,
                                                          "addedAt": ws.created_at})
 

@@ -2,17 +2,24 @@
 
 Triggering must not re-read YAML or rebuild validators: at load we compile each job's FSM, its planned steps, the
 signal → job map and a JSON Schema validator per signal.
+
+Adding a workspace is also where an API client names a path on the daemon's host, so the path is checked before
+anything is read (issue #19): only a directory (its `workspace.yml`) or a file named `workspace.yml` /
+`workspace.yaml` may be added, and with `ATLAS_WORKSPACE_ROOTS` only from under one of those directories, symlinks
+and `..` resolved first. Loading itself (parsing a 1 MiB file takes tens of seconds) runs in a worker thread.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from jsonschema import Draft202012Validator
 
-from atlas.config.loader import LoadedWorkspace, load_workspace
+from atlas.config.loader import WORKSPACE_FILE, LoadedWorkspace, load_workspace
 from atlas.config.model import Fsm, Job, WorkspaceConfig
 from atlas.errors import ApiError
 from atlas.runtime.fsm import job_display_name, job_fsm, planned_steps
@@ -90,18 +97,75 @@ def compile_workspace(loaded: LoadedWorkspace) -> Workspace:
     return Workspace(loaded, cfg, job_for_signal, fsms, plans, validators)
 
 
+WORKSPACE_FILE_NAMES = frozenset({WORKSPACE_FILE, "workspace.yaml"})
+
+
+def _resolve(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError):  # a symlink loop
+        raise ApiError(400, "path_not_found", f"Cannot resolve {path}: too many levels of symbolic links") from None
+
+
+def _check_roots(given: Path, resolved: Path, roots: Sequence[Path]) -> None:
+    """403 unless `resolved` (symlinks and `..` already resolved) lies in one of `roots`."""
+    if roots and not any(resolved.is_relative_to(root) for root in roots):
+        raise ApiError(403, "path_not_allowed",
+                       f"{given} is outside the directories ATLAS_WORKSPACE_ROOTS allows workspaces from",
+                       {"roots": [str(r) for r in roots]})
+
+
+def workspace_target(path: str | Path, roots: Sequence[Path] = ()) -> Path:
+    """What `load_workspace` may be given for `path`: a directory, or a file named workspace.yml/.yaml.
+
+    Anything else is refused before it is opened: a daemon that took any file as a workspace file read keys and
+    env files for whoever could call the API, and quoted them back in its errors. The roots are checked first, so
+    a client cannot probe what exists outside them, and again on the workspace file itself, so a `workspace.yml`
+    symlinked out of the roots is refused too.
+    """
+    given = Path(path).expanduser()
+    resolved = _resolve(given)
+    _check_roots(given, resolved, roots)
+    try:
+        is_dir = resolved.is_dir()
+        exists = is_dir or resolved.exists()
+    except OSError as exc:
+        raise ApiError(400, "path_not_found", f"Cannot access {resolved}: {exc.strerror or exc}") from None
+    if not exists:
+        raise ApiError(400, "path_not_found", f"No workspace at {resolved}")
+    if not is_dir and given.name not in WORKSPACE_FILE_NAMES and resolved.name not in WORKSPACE_FILE_NAMES:
+        raise ApiError(400, "not_a_workspace",
+                       f"{given} is not a workspace: give the workspace directory (holding {WORKSPACE_FILE}) or "
+                       "its workspace.yml / workspace.yaml file")
+    if roots:
+        _check_roots(given, _resolve(resolved / WORKSPACE_FILE if is_dir else resolved), roots)
+    return resolved
+
+
+def load_checked(path: str | Path, roots: Sequence[Path] = ()) -> Workspace:
+    """Check `path` (see `workspace_target`), then load and compile the workspace; blocking, raises ApiError."""
+    return compile_workspace(load_workspace(workspace_target(path, roots)))
+
+
 class WorkspaceRegistry:
     """Workspaces by id; a path can be registered once, an id belongs to one path."""
 
     def __init__(self) -> None:
         self._by_id: dict[str, Workspace] = {}
+        # One load at a time: each one is seconds of CPU in a worker thread for a big file, and a client adding
+        # many at once must not take every core (and the GIL) from the event loop. It also registers in order.
+        self._loading = asyncio.Lock()
 
-    def add(self, path: str | Path) -> tuple[Workspace, bool]:
-        """Load (or reload) the workspace at `path`; returns it and whether it is new."""
-        p = Path(path).expanduser().resolve()
-        if not p.exists():
-            raise ApiError(400, "path_not_found", f"No workspace at {p}")
-        ws = compile_workspace(load_workspace(p))
+    async def add(self, path: str | Path, roots: Sequence[Path] = ()) -> tuple[Workspace, bool]:
+        """Load (or reload) the workspace at `path`, off the event loop; returns it and whether it is new.
+
+        `roots` are the directories it must lie under (`ATLAS_WORKSPACE_ROOTS`; empty: anywhere).
+        """
+        async with self._loading:
+            ws = await asyncio.to_thread(load_checked, path, tuple(roots))
+            return self._register(ws)
+
+    def _register(self, ws: Workspace) -> tuple[Workspace, bool]:
         existing = self._by_id.get(ws.id)
         if existing is not None and existing.path != ws.path:
             raise ApiError(409, "workspace_exists", f"Workspace id '{ws.id}' is already used by {existing.path}")
