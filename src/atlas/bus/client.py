@@ -368,6 +368,19 @@ class Bus:
             return None
         return loads(entry.value), int(entry.revision or 0)
 
+    async def kv_get_from_leader(self, bucket: str, key: str) -> Any | None:
+        """A key's value read from its stream's leader, for decisions that must not trust a replica: `kv_get` may
+        be answered by any replica (direct get), and one that is catching up (a node just back) can lack a key
+        that exists, such as a live daemon's heartbeat. None for an absent or deleted key."""
+        try:
+            msg = await self._read_retrying(
+                lambda: self.js.get_last_msg(f"KV_{bucket}", f"$KV.{bucket}.{key}"), None)
+        except NotFoundError:
+            return None
+        if not msg.data or (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE"):
+            return None
+        return loads(msg.data)
+
     async def kv_put(self, bucket: str, key: str, value: Any) -> int:
         """Put a key; the revision is the stream sequence (what `KeyValue.put` does, through our publisher)."""
         return (await self.publish(f"$KV.{bucket}.{key}", dumps(value))).seq

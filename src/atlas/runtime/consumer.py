@@ -255,7 +255,9 @@ class SignalConsumer:
             await msg.ack()
             return False
         runner = await self.d.recovery.runner_of(sid)
-        if runner is not None and runner != self.d.daemon_id and await self.d.is_daemon_alive(runner):
+        if runner is None or (runner != self.d.daemon_id and await self.d.is_daemon_alive(runner)):
+            # A live runner's session, or one whose `session:start` this read did not see (a replica behind the
+            # leader answered): only recovery, which checks the runner's heartbeat over time, ends it.
             await msg.ack()
             return False
         await self.d.recovery.interrupt(sid, env)

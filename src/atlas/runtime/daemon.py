@@ -303,10 +303,12 @@ class Daemon:
         return set(keys)
 
     async def is_daemon_alive(self, daemon_id: str | None) -> bool:
-        """A daemon is alive while its heartbeat entry has not expired (one direct read, no listing)."""
+        """A daemon is alive while its heartbeat entry has not expired: one read from the leader of DAEMONS, since a
+        replica catching up after a node loss can lack a live daemon's heartbeat, and a runner wrongly taken for
+        dead gets its sessions interrupted."""
         if not daemon_id:
             return False
-        return daemon_id == self.daemon_id or await self.bus.kv_get(KV_DAEMONS, daemon_id) is not None
+        return daemon_id == self.daemon_id or await self.bus.kv_get_from_leader(KV_DAEMONS, daemon_id) is not None
 
     # ------------------------------------------------------------ lineage helpers
 
