@@ -121,8 +121,14 @@ def create_app(daemon: Daemon) -> FastAPI:
 
     @app.get("/health", tags=["daemon"])
     async def health() -> Response:
+        # `bus` is "degraded" while the bus cannot take writes (disconnected, or its store's disk is full): triggers
+        # get 503 then, so a running daemon reports `degraded` rather than `ok` (issue #19, bug 9).
+        bus_health = getattr(daemon, "bus_health", None)
+        bus = "ok" if bus_health is None else bus_health.status
+        status = daemon.status
         return json_response({
-            "status": "ok" if daemon.status == "ok" else daemon.status,
+            "status": "degraded" if status == "ok" and bus != "ok" else status,
+            "bus": bus,
             "uptime": daemon.uptime,
             "timestamp": now_iso(),
             "version": __version__,

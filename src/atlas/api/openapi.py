@@ -301,8 +301,11 @@ def _schemas() -> dict[str, Schema]:
 
     # -- daemon
     s["Health"] = obj({
-        "status": enum(["ok", "starting", "stopping"],
-                       "`starting` until the first recovery pass is done; `stopping` while shutting down"),
+        "status": enum(["ok", "starting", "stopping", "degraded"],
+                       "`starting` until the first recovery pass is done; `stopping` while shutting down; "
+                       "`degraded` while the bus cannot take writes (see `bus`)"),
+        "bus": enum(["ok", "degraded"], "`degraded` while the bus is disconnected or its store cannot write (a full "
+                                        "disk): triggers get 503 `bus_unavailable` until it recovers by itself"),
         "uptime": {"type": "number", "minimum": 0, "description": "Seconds since start"},
         "timestamp": TIMESTAMP,
         "version": string(),
@@ -640,7 +643,8 @@ def _paths() -> dict[str, Any]:
     p: dict[str, Any] = {}
     p["/health"] = {"get": _op(
         "getHealth", "daemon", "Liveness and readiness",
-        "Open without a token. `status` is `starting` until the first recovery pass is done.",
+        "Open without a token. `status` is `starting` until the first recovery pass is done, and `degraded` while "
+        "the bus cannot take writes.",
         {"200": response("The daemon is up", ref("Health")), **errors(method="get", open_route=True)},
         open_route=True,
     )}

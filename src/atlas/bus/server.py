@@ -292,6 +292,28 @@ class EmbeddedNats:
             self._remove_runtime_files(proc.pid)
         self._proc = None
 
+    async def restart(self) -> None:
+        """Stop the child and start it again on the same store, token and (preferably) port, so clients reconnect
+        by themselves. A deliberate restart: supervision goes on and the restart budget for unexpected deaths is
+        untouched. Used after the store's disk filled: nats-server keeps a stream whose block write failed broken
+        until it restarts, and a restart on the same store loses nothing that was acknowledged (issue #19, bug 9).
+        Raises BusError when no port can be had; supervision is back either way."""
+        supervisor, self._supervisor = self._supervisor, None
+        if supervisor is not None and supervisor is not asyncio.current_task():
+            supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await supervisor
+        try:
+            proc = self._proc
+            if proc is not None:
+                await self._terminate(proc)
+                self._remove_runtime_files(proc.pid)
+            if not await self._restart_once():
+                raise BusError("nats-server could not be restarted")
+        finally:
+            if self._supervise and not self._stopping:
+                self._supervisor = asyncio.create_task(self._supervise_loop(), name="nats-server-supervisor")
+
     # -- internals ----
 
     def _resolve_binary(self) -> str:

@@ -29,6 +29,7 @@ from atlas.bus.client import (
     cancel_subject,
     dumps,
 )
+from atlas.bus.health import BusHealth
 from atlas.bus.server import EmbeddedNats
 from atlas.config.durations import parse_duration
 from atlas.config.settings import Settings
@@ -147,6 +148,7 @@ class Daemon:
                                    idempotency_ttl_s=s.idempotency_ttl_s, heartbeat_ttl_s=s.heartbeat_ttl_s,
                                    write_retry_s=s.bus_retry_s))
         await self.bus.connect()
+        self.bus_health = BusHealth(self.bus, self.embedded)  # degraded while the bus cannot write
         self.store = SessionStore(open_read_model(self.home / "atlas.db"))
         self.concurrency = ConcurrencyControl(self.bus, self._is_alive, self._ancestors)
         await self._heartbeat_once()
@@ -165,6 +167,7 @@ class Daemon:
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
             asyncio.create_task(self.recovery.loop(), name="recovery"),
             asyncio.create_task(self._prune_loop(), name="prune"),
+            asyncio.create_task(self.bus_health.run(), name="bus-health"),
         ]
         self.status = "ok"
         log.info("atlasd %s ready (daemon %s, nats %s)", __version__, self.daemon_id, self.nats_mode)
@@ -246,7 +249,7 @@ class Daemon:
     def ensure_accepting(self) -> None:
         if self._stopping:
             raise ApiError(503, "shutting_down", "The daemon is shutting down")
-        if not self.bus.connected:
+        if not self.bus_health.writable:  # disconnected, or its store cannot write (disk full)
             raise ApiError(503, "bus_unavailable", "The message bus is unavailable")
 
     async def _heartbeat_once(self) -> None:

@@ -381,6 +381,11 @@ class ReadModel:
             try:
                 self.set_meta(CLEAN_KEY, "1")
                 self._conn.execute("PRAGMA optimize")
+            except sqlite3.OperationalError as exc:
+                # A full disk at stop: not a reason to fail the stop. Without the flag and the marker the next start
+                # checks the whole file, and the bus fills in whatever was not written.
+                log.warning("read model %s not marked closed cleanly (%s)", self.path, exc)
+                return
             finally:
                 self._conn.close()
             _record_clean_close(self.path)

@@ -19,7 +19,9 @@ import asyncio
 import contextlib
 import logging
 import queue
+import sqlite3
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -39,6 +41,9 @@ class SessionStore:
 
     FLUSH_DELAY_S = 0.01
 
+    RETRY_DELAY_S = 1.0
+    """After a failed read-model write (a full disk: SQLITE_FULL), the rows wait this long before the next try."""
+
     def __init__(self, readmodel: ReadModel) -> None:
         self._rm = readmodel
         self._dirty: dict[str, dict[str, Any]] = {}
@@ -55,6 +60,8 @@ class SessionStore:
         self._idle.set()
         self._flush_when_written = False
         self._writer: threading.Thread | None = None
+        # Monotonic time before which no write is tried again after one failed (0: none failed).
+        self._retry_at = 0.0
         # Sole-writer mode (see `own_the_log`): the resume point is the highest stream sequence below which every
         # message is applied; acknowledged writes above it wait in `_ahead` until the sequences between are filled.
         self.sole_writer = False
@@ -114,8 +121,16 @@ class SessionStore:
         transaction, milliseconds) is waited for, and what is still dirty is written here and now."""
         if self._writing:
             self._idle.wait()
-        if self._dirty or self._pending_stream_seq:
-            self._write(*self._take_dirty()[1:])
+        if (self._dirty or self._pending_stream_seq) and time.monotonic() >= self._retry_at:
+            batch, encoded, seq = self._take_dirty()
+            try:
+                self._write(encoded, seq)
+            except sqlite3.OperationalError as exc:
+                # The disk is full (or the file unwritable): answer from what is stored rather than fail the read,
+                # and keep the rows for the next try (issue #19, bug 9).
+                self._write_failed(batch, seq, exc)
+            else:
+                self._write_succeeded()
         return self._rm
 
     def _in_memory(self, session_id: str) -> dict[str, Any] | None:
@@ -211,7 +226,8 @@ class SessionStore:
         except RuntimeError:
             self.flush()
             return
-        self._flush_handle = loop.call_later(self.FLUSH_DELAY_S, self.flush)
+        delay = max(self.FLUSH_DELAY_S, self._retry_at - time.monotonic())
+        self._flush_handle = loop.call_later(delay, self.flush)
 
     def flush(self) -> None:
         """Write every dirty view (once each) and the resume point in one transaction.
@@ -263,21 +279,49 @@ class SessionStore:
             if item is None:
                 return
             loop, batch, encoded, seq = item
+            error: Exception | None = None
             try:
                 self._write(encoded, seq)
-            except Exception:
-                log.exception("read-model write of %d sessions failed", len(batch))
+            except Exception as exc:
+                error = exc
             finally:
                 self._idle.set()
             with contextlib.suppress(RuntimeError):  # the loop is gone: nobody reads `_writing` any more
-                loop.call_soon_threadsafe(self._written, batch)
+                loop.call_soon_threadsafe(self._written, batch, seq, error)
 
-    def _written(self, batch: dict[str, dict[str, Any]]) -> None:
+    def _written(self, batch: dict[str, dict[str, Any]], seq: int | None = None,
+                 error: Exception | None = None) -> None:
         if self._writing is batch:
             self._writing = {}
+        if error is None:
+            self._write_succeeded()
+        elif isinstance(error, sqlite3.OperationalError):  # full disk, I/O error: worth another try
+            self._write_failed(batch, seq, error)
+        else:
+            log.error("read-model write of %d sessions failed", len(batch), exc_info=error)
         if self._flush_when_written:
             self._flush_when_written = False
             self.flush()
+        elif error is not None:
+            self._schedule_flush()
+
+    def _write_failed(self, batch: dict[str, dict[str, Any]], seq: int | None, error: Exception) -> None:
+        """A batch that could not be written goes back to the dirty rows (unless a newer view of the session is
+        dirty already) with its resume point, and is tried again after `RETRY_DELAY_S`: a full disk used to cost
+        these rows until a restart replayed them (issue #19, bug 9). Logged once per run of failures."""
+        for sid, view in batch.items():
+            self._dirty.setdefault(sid, view)
+        if seq is not None:
+            self._pending_stream_seq = max(self._pending_stream_seq, seq)
+        if not self._retry_at:
+            log.error("read-model write of %d sessions failed (%s: %s); retrying every %gs", len(batch),
+                      type(error).__name__, error, self.RETRY_DELAY_S)
+        self._retry_at = time.monotonic() + self.RETRY_DELAY_S
+
+    def _write_succeeded(self) -> None:
+        if self._retry_at:
+            log.info("read-model writes succeed again")
+            self._retry_at = 0.0
 
     def close(self) -> None:
         """Write what is pending, stop the writer thread and close the read model."""
@@ -288,7 +332,10 @@ class SessionStore:
             self._writer = None
         self._writing = {}
         if self._dirty or self._pending_stream_seq:
-            self._write(*self._take_dirty()[1:])
+            try:
+                self._write(*self._take_dirty()[1:])
+            except sqlite3.Error as exc:  # e.g. a full disk: the next start replays these rows from the bus
+                log.warning("read model not fully written at stop (%s); the next start catches up from the bus", exc)
         self._rm.close()
 
     def apply_chunk(self, chunk: dict[str, Any]) -> None:
