@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from atlas.agents.base import StepError
+from atlas.agents.base import MAX_LOG_LINE_CHARS, StepError
 from atlas.runtime.templating import Templater
 from tests.test_agents import PY, Chunks, chunks, make_ctx, run, shell_agent, templater
 
@@ -90,3 +90,27 @@ async def test_a_non_string_value_with_a_nul_runs_as_json(
     output = await run(agent, make_ctx(tmp_path, chunks, {"items": ["a\u0000b"]}), templater)
     assert output["exitCode"] == 0
     assert (tmp_path / "ran").exists()
+
+
+# Lines of every awkward kind, repeated across many 64 KiB reads: CRLF ends, multi-byte characters, lines longer
+# than a read, empty lines, and a last line without a newline.
+AWKWARD = (
+    "import sys\n"
+    "out = sys.stdout.buffer\n"
+    "for i in range(300):\n"
+    "    out.write(b'plain %d\\n' % i + b'crlf\\r\\n' + 'é€'.encode() * 50 + b'\\n' + b'x' * 70000 + b'\\n\\n')\n"
+    "out.write(b'tail')\n"
+)
+
+
+async def test_output_lines_reach_the_sink_whole_whatever_the_reads(
+    tmp_path: Path, chunks: Chunks, templater: Templater
+) -> None:
+    """Lines go to the sink a block at a time (bug 1); joined, they are exactly the lines printed, trimmed as before."""
+    await run(shell_agent([PY, "-c", AWKWARD]), make_ctx(tmp_path, chunks), templater)
+    lines = [line for chunk in chunks.of_type("log") for line in chunk["line"].split("\n")]
+    expected: list[str] = []
+    for i in range(300):
+        expected += [f"plain {i}", "crlf", "é€" * 50, "x" * MAX_LOG_LINE_CHARS + "…", ""]
+    assert lines == [*expected, "tail"]
+    assert all(chunk["stream"] == "stdout" for chunk in chunks.of_type("log"))

@@ -28,6 +28,11 @@ class StepError(Exception):
         self.output = output
 
 
+def _cut(line: str) -> str:
+    """`line`, or its first MAX_LOG_LINE_CHARS characters and an ellipsis."""
+    return line[:MAX_LOG_LINE_CHARS] + "…" if len(line) > MAX_LOG_LINE_CHARS else line
+
+
 def _no_sink(chunk: dict[str, Any]) -> None:
     """Default sink: chunks are live-only and may be dropped (§3.3), so dropping them all is valid."""
 
@@ -78,9 +83,20 @@ class AgentContext:
 
     def emit_log(self, stream: str, line: str) -> None:
         """Send an ephemeral `log` chunk for one line of `stdout` or `stderr`, cut to MAX_LOG_LINE_CHARS."""
-        if len(line) > MAX_LOG_LINE_CHARS:
-            line = line[:MAX_LOG_LINE_CHARS] + "…"
-        self._emit({"type": "log", "stream": stream, "line": line})
+        self._emit({"type": "log", "stream": stream, "line": _cut(line)})
+
+    def emit_log_lines(self, stream: str, lines: str) -> None:
+        """Send several complete lines (joined by newlines) of `stdout` or `stderr` as one `log` chunk.
+
+        Why: a block of output can hold tens of thousands of lines, and a call per line is most of what reading
+        it costs (issue #19, bug 1). The chunk has the shape the runtime sends anyway once it has coalesced lines
+        (spec §3.3 `line`, with embedded newlines); each line is still cut to MAX_LOG_LINE_CHARS.
+        """
+        if len(lines) > MAX_LOG_LINE_CHARS:
+            parts = lines.split("\n")
+            if max(map(len, parts)) > MAX_LOG_LINE_CHARS:
+                lines = "\n".join(map(_cut, parts))
+        self._emit({"type": "log", "stream": stream, "line": lines})
 
     def _emit(self, chunk: dict[str, Any]) -> None:
         try:

@@ -5,8 +5,9 @@ is templated on its own and becomes exactly one argv element, and the input trav
 child gets a minimal environment (never `ATLAS_TOKEN`) and its own session (`start_new_session`), so that a
 timeout or a cancel can stop the whole process group, grandchildren included.
 
-Known limit: a background grandchild that keeps stdout/stderr open keeps the step running until its timeout
-(the pipes never reach EOF).
+Known limits: a background grandchild that keeps stdout/stderr open keeps the step running until its timeout
+(the pipes never reach EOF). A descendant that leaves the process group (`setsid`, a daemonising tool) is out of
+reach of the group kill and outlives a timeout or cancel; containing it needs a cgroup (see docs/decisions.md).
 """
 
 from __future__ import annotations
@@ -115,18 +116,38 @@ class _Capture:
         return self.data.decode("utf-8", errors="replace")
 
     def _split_lines(self, chunk: bytes) -> None:
-        self._pending += chunk
-        while (end := self._pending.find(b"\n")) >= 0:
+        """Emit every line `chunk` completes; a line is never held (or sent) beyond _MAX_PENDING_LINE_BYTES.
+
+        The lines wholly inside `chunk` go out as one block (issue #19, bug 1): a 64 KiB read can hold 64 Ki
+        empty lines, and a search, a decode and a call per line made reading a verbose step the daemon's main work.
+        """
+        first_end = chunk.find(b"\n")
+        if first_end >= 0:
+            first, self._pending = self._pending + chunk[:first_end], bytearray()
             if self._skipping_long_line:
                 self._skipping_long_line = False  # the tail of a line already sent cut
             else:
-                self._emit(bytes(self._pending[:end]))
-            del self._pending[: end + 1]
-        if len(self._pending) > _MAX_PENDING_LINE_BYTES and not self._skipping_long_line:
-            self._emit(bytes(self._pending))  # emit_log cuts it to MAX_LOG_LINE_CHARS
-            self._skipping_long_line = True
+                self._emit(bytes(first[:_MAX_PENDING_LINE_BYTES]))
+            last_end = chunk.rfind(b"\n")
+            if last_end > first_end:
+                self._emit_block(chunk[first_end + 1 : last_end])
+            chunk = chunk[last_end + 1 :]
         if self._skipping_long_line:
+            return
+        self._pending += chunk[: _MAX_PENDING_LINE_BYTES + 1 - len(self._pending)]
+        if len(self._pending) > _MAX_PENDING_LINE_BYTES:
+            self._emit(bytes(self._pending))  # emit_log cuts it to MAX_LOG_LINE_CHARS
             self._pending.clear()
+            self._skipping_long_line = True
+
+    def _emit_block(self, block: bytes) -> None:
+        """Emit the complete lines of `block` (newline-separated, without the last newline)."""
+        if b"\r" in block:  # line ends are trimmed of `\r` one line at a time
+            for line in block.split(b"\n"):
+                self._emit(line[:_MAX_PENDING_LINE_BYTES])
+            return
+        # A newline never occurs inside a multi-byte UTF-8 sequence, so decoding the block equals decoding each line.
+        self.ctx.emit_log_lines(self.name, block.decode("utf-8", errors="replace"))
 
     def _emit(self, line: bytes) -> None:
         self.ctx.emit_log(self.name, line.rstrip(b"\r").decode("utf-8", errors="replace"))

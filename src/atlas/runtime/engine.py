@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +35,7 @@ from atlas.config.model import (
 from atlas.errors import ApiError
 from atlas.jsoncodec import dumps
 from atlas.runtime.accept import TriggerRequest
+from atlas.runtime.chunks import MAX_CHUNK_BYTES, ChunkCoalescer
 from atlas.runtime.fsm import planned_step
 from atlas.runtime.templating import TemplateError
 from atlas.runtime.workspaces import Workspace
@@ -332,6 +334,7 @@ class Engine:
     async def _write_step_complete(self, number: int, started: float, status: str, output: Any,
                                    error: str | None, code: str | None, child_id: str | None = None,
                                    usage: dict[str, Any] | None = None) -> None:
+        await self._end_chunks(number)
         await self.writer.append(
             "step:complete",
             {
@@ -380,32 +383,34 @@ class Engine:
         target: Any = agent if agent is not None else action.agentId
         return await run_agent_with_usage(target, ctx, self.d.templater, variables, default_base_url=base_url)
 
-    def _chunk_sink(self) -> Any:
-        """A thread-safe, never-blocking sink that publishes ephemeral chunks (spec §3.3)."""
-        loop = asyncio.get_running_loop()
+    #: The run's chunk buffer, made by the first step that emits (see `atlas.runtime.chunks`).
+    _chunks: ChunkCoalescer | None = None
+
+    def _chunk_sink(self) -> Callable[[dict[str, Any]], None]:
+        """The current step's thread-safe, never-blocking chunk sink (spec §3.3).
+
+        Chunks are coalesced per run (bug #19.1): a line costs an append to a bounded buffer, and the live view
+        is copied and the bus published to once per flush, never once per line.
+        """
+        if self._chunks is None:
+            self._chunks = ChunkCoalescer(self._deliver_chunk, self.d.spawn)
+        return self._chunks.sink(self.step_number)
+
+    async def _deliver_chunk(self, number: int, body: dict[str, Any]) -> None:
+        """Fold one coalesced chunk into the live view and publish it on the session's ephemeral subject."""
         sid = self.env["sessionId"]
-        number = self.step_number
+        message = {"sessionId": sid, "stepNumber": number, "chunk": self.d.templater.redact(body)}
+        self.d.store.apply_chunk(message)
+        nc = self.d.bus.nc
+        if nc is not None and nc.is_connected:
+            data = dumps(message)
+            if len(data) <= MAX_CHUNK_BYTES:
+                await nc.publish(ephemeral_subject(sid), data)
 
-        def publish(chunk: dict[str, Any]) -> None:
-            message = {"sessionId": sid, "stepNumber": number, "chunk": self.d.templater.redact(chunk)}
-            self.d.store.apply_chunk(message)
-            nc = self.d.bus.nc
-            if nc is not None and nc.is_connected:
-                data = dumps(message)
-                if len(data) <= 64 * 1024:
-                    self.d.spawn(nc.publish(ephemeral_subject(sid), data))
-
-        def sink(chunk: dict[str, Any]) -> None:
-            try:
-                running = asyncio.get_running_loop()
-            except RuntimeError:
-                running = None
-            if running is loop:
-                publish(chunk)
-            else:
-                loop.call_soon_threadsafe(publish, chunk)
-
-        return sink
+    async def _end_chunks(self, number: int) -> None:
+        """Send step `number`'s pending chunks before its `step:complete` (which clears them from the view)."""
+        if self._chunks is not None:
+            await self._chunks.close_step(number)
 
     async def _cascade(self, action: SignalAction) -> tuple[Any, str | None]:
         try:
