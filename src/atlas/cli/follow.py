@@ -510,7 +510,8 @@ class LiveTree:
             elif last.get("message"):
                 extra.append(Text(str(last["message"]), style="cyan"))
         if logs:
-            extra.append(Text(f"{logs[-1].get('stream', 'stdout')}: {logs[-1].get('line', '')}", style="dim"))
+            last_line = str(logs[-1].get("line", "")).rsplit("\n", 1)[-1]  # a chunk may carry many lines
+            extra.append(Text(f"{logs[-1].get('stream', 'stdout')}: {last_line}", style="dim"))
         return Group(text, *extra) if extra else text
 
 

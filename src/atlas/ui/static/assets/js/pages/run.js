@@ -50,10 +50,16 @@ function liveInfo(block) {
       parts.push(h("p", { class: "progress-text small" }, message));
     }
   }
-  const logs = eph.filter((c) => c?.type === "log").slice(-LOG_LINES);
+  // A log chunk may carry many lines (the daemon coalesces output): show the last LOG_LINES lines, not chunks.
+  const logChunks = eph.filter((c) => c?.type === "log");
+  const logs = [];
+  for (let i = logChunks.length - 1; i >= 0 && logs.length < LOG_LINES; i -= 1) {
+    const c = logChunks[i];
+    const lines = String(c.line ?? "").split("\n").slice(-(LOG_LINES - logs.length));
+    logs.unshift(...lines.map((line) => `${c.stream === "stderr" ? "! " : ""}${line}`));
+  }
   if (logs.length) {
-    parts.push(h("pre", { class: "log", "aria-label": "Latest output lines" },
-      logs.map((c) => `${c.stream === "stderr" ? "! " : ""}${c.line ?? ""}`).join("\n")));
+    parts.push(h("pre", { class: "log", "aria-label": "Latest output lines" }, logs.join("\n")));
   }
   const deltas = eph.filter((c) => c?.type === "text-delta").map((c) => c.delta ?? "").join("");
   if (deltas) parts.push(h("p", { class: "stream-text" }, deltas));
