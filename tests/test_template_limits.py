@@ -224,9 +224,11 @@ def test_concurrent_slow_renders_leave_health_answering(tdaemon: DaemonProcess) 
     assert all("longer than" in v["error"] for v in views), [v["error"] for v in views]
 
 
-def test_the_job_timeout_fires_while_a_template_renders(tdaemon: DaemonProcess) -> None:
-    """The job's 200 ms timer ends the session before the render's own one-second budget could have."""
-    view = _run_watching_health(tdaemon, "deadline", {"k": 40})
+@pytest.mark.parametrize("signal", ["deadline", "shell-deadline"])
+def test_the_job_timeout_fires_while_a_template_renders(tdaemon: DaemonProcess, signal: str) -> None:
+    """The job's 200 ms timer ends the session before the render's own one-second budget could have (an llm-style
+    prompt rendered by the engine, and a shell step's argv rendered by the agent)."""
+    view = _run_watching_health(tdaemon, signal, {"k": 40})
     assert view["status"] == "failed" and view["errorCode"] == "timeout", view
     assert view["error"] == "Job timed out after 200ms"
     assert view["durationMs"] < 1000, view["durationMs"]  # a render on the loop holds the timer for its 1 s

@@ -66,14 +66,13 @@ def _refuse_nul(argv: list[str], env: Mapping[str, str]) -> None:
                             "cannot receive it")
 
 
-def _environment(
-    config: ShellAgentConfig, ctx: AgentContext, templater: Templater, variables: Mapping[str, Any]
-) -> dict[str, str]:
+def _environment(config: ShellAgentConfig, ctx: AgentContext, rendered: Mapping[str, Any]) -> dict[str, str]:
+    """The child's environment: the minimal passthrough (or the daemon's, with `inherit_env`), the step's rendered
+    `env`, the session's ids, and never the daemon's token."""
     if config.inherit_env:
         env = dict(os.environ)
     else:
         env = {name: os.environ[name] for name in _PASSTHROUGH_ENV if name in os.environ}
-    rendered = templater.render(dict(config.env), variables)
     env.update({name: _as_text(value) for name, value in rendered.items()})
     for name, key in _SESSION_ENV.items():
         if ctx.session.get(key) is not None:
@@ -214,8 +213,9 @@ async def run_shell(
     config: ShellAgentConfig, ctx: AgentContext, templater: Templater, variables: Mapping[str, Any]
 ) -> dict[str, Any]:
     """Run the command; return `{exitCode, stdout, stderr, truncated?}` or raise `exit_status` / `timeout`."""
-    argv = [_as_text(templater.render(element, variables)) for element in config.command]
-    env = _environment(config, ctx, templater, variables)
+    # Rendered on the template pool, off the event loop: payload data can make a render expensive (bug #19.11).
+    argv = [_as_text(element) for element in await templater.render_async(list(config.command), variables)]
+    env = _environment(config, ctx, await templater.render_async(dict(config.env), variables))
     _refuse_nul(argv, env)
     cwd = ctx.workspace_dir / config.cwd if config.cwd else ctx.workspace_dir
     timeout = parse_duration(config.timeout) if config.timeout else None
