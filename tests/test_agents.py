@@ -26,7 +26,7 @@ from atlas.agents import shell
 from atlas.agents.base import AgentContext, StepError
 from atlas.agents.runner import run_agent
 from atlas.config.model import AtlasAgent, HttpAgent, LlmAgent, PythonAgent, ShellAgent
-from atlas.runtime.templating import Templater
+from atlas.templating import Templater
 
 PY = sys.executable
 SESSION = {"id": "sess-1", "correlationId": "corr-1", "workspaceId": "ws-1", "depth": 0}

@@ -20,7 +20,7 @@ from atlas.agents.base import AgentContext, StepError
 from atlas.agents.llm import LlmCallConfig, run_llm
 from atlas.agents.runner import run_agent, run_agent_with_usage
 from atlas.config.model import LlmAction, LlmAgent
-from atlas.runtime.templating import Templater
+from atlas.templating import Templater
 from tests.fake_openai import FakeOpenAI, FakeResponse, fake_openai_server
 from tests.test_agents import Chunks
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from atlas.agents.base import MAX_LOG_LINE_CHARS, StepError
-from atlas.runtime.templating import Templater
+from atlas.templating import Templater
 from tests.test_agents import PY, Chunks, chunks, make_ctx, run, shell_agent, templater
 
 __all__ = ["chunks", "templater"]  # the fixtures of tests/test_agents.py, shared

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from atlas.runtime.templating import _RENDER_THREADS, TemplateError, Templater
+from atlas.templating import _RENDER_THREADS, TemplateError, Templater
 from tests.daemon_proc import FIXTURES, DaemonProcess, wait_for
 from tests.test_api_core import post
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from atlas.runtime.templating import TemplateError, Templater
+from atlas.templating import TemplateError, Templater
 
 VARS: dict[str, Any] = {
     "results": {"x": {"n": 3, "list": [1, 2]}},

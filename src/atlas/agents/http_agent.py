@@ -15,7 +15,7 @@ import httpx
 from atlas.agents.base import AgentContext, StepError
 from atlas.config.durations import parse_duration
 from atlas.config.model import HttpAgentConfig
-from atlas.runtime.templating import Templater
+from atlas.templating import Templater
 
 __all__ = ["MAX_JSON_BYTES", "MAX_TEXT_BYTES", "run_http"]
 

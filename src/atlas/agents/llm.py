@@ -41,7 +41,7 @@ import jsonschema.exceptions
 from atlas.agents.base import AgentContext, StepError
 from atlas.config.durations import parse_duration
 from atlas.config.model import LlmAction, LlmAgentConfig
-from atlas.runtime.templating import Templater
+from atlas.templating import Templater
 
 __all__ = [
     "DEFAULT_TIMEOUT",

@@ -17,7 +17,7 @@ from atlas.agents.llm import LlmCallConfig, run_llm
 from atlas.agents.python_agent import run_python
 from atlas.agents.shell import run_shell
 from atlas.config.model import Agent, AtlasAgent, HttpAgent, LlmAgent, PythonAgent, ShellAgent
-from atlas.runtime.templating import TemplateError, Templater
+from atlas.templating import TemplateError, Templater
 
 __all__ = ["run_agent", "run_agent_with_usage"]
 

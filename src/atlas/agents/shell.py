@@ -23,7 +23,7 @@ from typing import Any
 from atlas.agents.base import MAX_LOG_LINE_CHARS, AgentContext, StepError
 from atlas.config.durations import parse_duration
 from atlas.config.model import ShellAgentConfig
-from atlas.runtime.templating import Templater
+from atlas.templating import Templater
 
 __all__ = ["KILL_GRACE_SECONDS", "MAX_STREAM_BYTES", "run_shell"]
 

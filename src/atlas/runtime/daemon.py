@@ -40,7 +40,6 @@ from atlas.runtime.consumer import SignalConsumer
 from atlas.runtime.engine import CancelRequest, Engine, Run
 from atlas.runtime.recovery import Recovery
 from atlas.runtime.scheduler import Scheduler
-from atlas.runtime.templating import Templater
 from atlas.runtime.workspaces import Workspace, WorkspaceRegistry
 from atlas.sessions.events import format_iso, now_iso
 from atlas.sessions.materializer import Materializer
@@ -48,6 +47,7 @@ from atlas.sessions.readmodel import open_read_model
 from atlas.sessions.reducer import is_terminal, summarize
 from atlas.sessions.store import SessionStore
 from atlas.sessions.writer import SessionWriter
+from atlas.templating import Templater
 
 HELLO_SUBJECT = "atlas.daemons.hello"
 

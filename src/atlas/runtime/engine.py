@@ -37,11 +37,11 @@ from atlas.jsoncodec import dumps
 from atlas.runtime.accept import TriggerRequest
 from atlas.runtime.chunks import MAX_CHUNK_BYTES, ChunkCoalescer
 from atlas.runtime.fsm import planned_step
-from atlas.runtime.templating import TemplateError
 from atlas.runtime.workspaces import Workspace
 from atlas.sessions.events import truncate_recorded
 from atlas.sessions.reducer import is_terminal
 from atlas.sessions.writer import SessionWriter
+from atlas.templating import TemplateError
 
 if TYPE_CHECKING:
     from atlas.runtime.daemon import Daemon
