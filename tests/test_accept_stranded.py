@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from atlas.api.errors import http_status
 from atlas.bus.client import SIGNALS
-from atlas.errors import ApiError
+from atlas.errors import AtlasError
 from atlas.runtime.accept import TriggerRequest
 from atlas.runtime.daemon import Daemon
 from atlas.sessions.events import format_iso
@@ -45,9 +46,9 @@ async def test_envelope_refused_gives_503_and_a_failed_record(tmp_path: Path) ->
     async with running(tmp_path / "home", (FIXTURES / "core",), bus_retry_s=1.0) as d:
         req = TriggerRequest(workspace_id="core", signal_id="echo", payload={"n": 1}, trigger="http")
         async with signals_refusing(d):
-            with pytest.raises(ApiError) as err:
+            with pytest.raises(AtlasError) as err:
                 await d.accept.accept(req)
-        assert err.value.status == 503 and err.value.code == "bus_unavailable"
+        assert http_status(err.value.code) == 503 and err.value.code == "bus_unavailable"
         sessions = d.store.rm.list_sessions(workspace_id="core")[0]
         assert len(sessions) == 1, sessions
         view = d.store.view(sessions[0]["sessionId"])

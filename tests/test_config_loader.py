@@ -15,7 +15,7 @@ from atlas.cli.validate import validate_command
 from atlas.config.loader import (
     MAX_DEPTH,
     MAX_ERRORS,
-    ConfigError,
+    ConfigProblem,
     LoadedWorkspace,
     load_workspace,
     slugify_workspace_id,
@@ -586,7 +586,7 @@ def test_catchup_with_skip_is_a_warning(tmp_path: Path) -> None:
 
 
 def test_error_format_and_dict() -> None:
-    error = ConfigError(
+    error = ConfigProblem(
         "examples/x/workspace.yml", 14, 11, "jobs.build.fsm.states.run.entry[0].agentId", "oops"
     )
     assert (
@@ -599,7 +599,7 @@ def test_error_format_and_dict() -> None:
         "path": "jobs.build.fsm.states.run.entry[0].agentId",
         "message": "oops",
     }
-    assert ConfigError("w.yml", 1, 1, "", "file not found").format() == "w.yml:1:1: file not found"
+    assert ConfigProblem("w.yml", 1, 1, "", "file not found").format() == "w.yml:1:1: file not found"
 
 
 def test_file_is_shown_as_the_caller_named_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from atlas.api.body import parse_trigger_body
-from atlas.errors import ApiError
+from atlas.api.errors import http_status
+from atlas.errors import AtlasError
 from atlas.jsoncodec import dumps, loads, to_json
 
 _scalars = (
@@ -75,9 +76,9 @@ def test_what_orjson_refuses_gets_jsons_answer() -> None:
     (b"\xff\xfe", "Malformed JSON body"),
 ])
 def test_trigger_bodies_that_are_not_json_are_refused(raw: bytes, fragment: str) -> None:
-    with pytest.raises(ApiError) as info:
+    with pytest.raises(AtlasError) as info:
         parse_trigger_body(raw, {"content-type": "application/json"})
-    assert info.value.status == 400 and fragment in info.value.message
+    assert http_status(info.value.code) == 400 and fragment in info.value.message
 
 
 def test_trigger_body_keeps_big_integers_and_floats() -> None:

@@ -1,6 +1,9 @@
-"""The one error type that crosses layers: it already knows its HTTP status and API code (spec §5.3, §9).
+"""The one domain error: a stable code, a message for people and optional structured details (spec §9).
 
-The accept pipeline raises it for cascades too, where the code becomes the parent step's errorCode.
+The runtime and the config layer say *what* went wrong (`AtlasError("workspace_not_found", ...)`) and never how a
+transport reports it: the HTTP status (and any header, such as `Retry-After`) of each code is decided in one table
+in `atlas.api.errors`, so a code means the same thing whether it reaches an HTTP client, becomes the `errorCode`
+of a cascading step (the accept pipeline raises it for cascades too) or stops `atlasd` at start-up.
 """
 
 from __future__ import annotations
@@ -8,18 +11,15 @@ from __future__ import annotations
 from typing import Any
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, details: Any = None,
-                 headers: dict[str, str] | None = None) -> None:
+class AtlasError(Exception):
+    """A domain failure, named by `code` (snake_case, part of the API contract), with `message` and `details`.
+
+    `details` is JSON-ready data (e.g. `[{path, message}]` issues, or the session record of a failed run) that
+    clients may act on; None when the code has nothing more to say.
+    """
+
+    def __init__(self, code: str, message: str, details: Any = None) -> None:
         super().__init__(message)
-        self.status = status
         self.code = code
         self.message = message
         self.details = details
-        self.headers = headers or {}
-
-    def body(self) -> dict[str, Any]:
-        err: dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.details is not None:
-            err["details"] = self.details
-        return {"error": err}

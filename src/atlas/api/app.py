@@ -16,19 +16,19 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from atlas import __version__
 from atlas.api.bench_routes import add_bench_routes
+from atlas.api.errors import EXCEPTION_HANDLERS, error_response
 from atlas.api.openapi import install_openapi
-from atlas.api.responses import error_response, json_response, read_body
+from atlas.api.responses import json_response, read_body
 from atlas.api.schedules import add_schedule_routes
 from atlas.api.security import install_security
 from atlas.api.streams import add_stream_routes
 from atlas.api.trigger import add_trigger_route
 from atlas.bus.client import KV_WORKSPACES
-from atlas.errors import ApiError
+from atlas.errors import AtlasError
 from atlas.runtime.daemon import Daemon
 from atlas.sessions.events import now_iso
 from atlas.sessions.readmodel import normalize_timestamp
@@ -41,8 +41,8 @@ LIST_PARAMS = {"workspaceId", "correlationId", "jobName", "signalId", "parentSes
                "status", "since", "until", "limit", "cursor"}
 
 
-def _invalid(path: str, message: str) -> ApiError:
-    return ApiError(400, "invalid_query", message, [{"path": path, "message": message}])
+def _invalid(path: str, message: str) -> AtlasError:
+    return AtlasError("invalid_query", message, [{"path": path, "message": message}])
 
 
 def _time(key: str, value: str | None) -> str | None:
@@ -86,29 +86,13 @@ def _encodable(text: str) -> bool:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> Response:
-        return error_response(exc)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
-        if exc.status_code == 404:
-            return error_response(ApiError(404, "not_found", "No such route"))
-        if exc.status_code == 405:
-            return error_response(ApiError(405, "method_not_allowed", "Method not allowed on this route"))
-        return error_response(ApiError(exc.status_code, "http_error", str(exc.detail)))
+    for exc_type, handler in EXCEPTION_HANDLERS.items():
+        app.add_exception_handler(exc_type, handler)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> Response:
         details = [{"path": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()]
-        return error_response(ApiError(400, "invalid_query", "Invalid request parameters", details))
-
-    @app.exception_handler(Exception)
-    async def _internal(_: Request, exc: Exception) -> Response:
-        request_id = os.urandom(8).hex()
-        log.error("internal error %s: %s", request_id, type(exc).__name__, exc_info=exc)
-        return error_response(ApiError(500, "internal_error", "Internal server error", {"requestId": request_id},
-                                       {"X-Request-Id": request_id}))
+        return error_response("invalid_query", "Invalid request parameters", details)
 
 
 def create_app(daemon: Daemon) -> FastAPI:
@@ -164,7 +148,7 @@ def create_app(daemon: Daemon) -> FastAPI:
     @app.post("/api/daemon/shutdown", tags=["daemon"])
     async def daemon_shutdown() -> Response:
         if daemon.request_shutdown is None:
-            raise ApiError(403, "forbidden", "This daemon cannot be shut down over HTTP")
+            raise AtlasError("forbidden", "This daemon cannot be shut down over HTTP")
         asyncio.get_running_loop().call_later(0.05, daemon.request_shutdown)
         return json_response({"message": "Daemon shutdown initiated"})
 
@@ -173,7 +157,7 @@ def create_app(daemon: Daemon) -> FastAPI:
     def workspace_or_404(workspace_id: str) -> Any:
         ws = daemon.workspaces.get(workspace_id)
         if ws is None:
-            raise ApiError(404, "workspace_not_found", f"Workspace '{workspace_id}' not found")
+            raise AtlasError("workspace_not_found", f"Workspace '{workspace_id}' not found")
         return ws
 
     @app.get("/api/workspaces", tags=["workspaces"])
@@ -188,12 +172,12 @@ def create_app(daemon: Daemon) -> FastAPI:
         try:
             body = json.loads(raw or b"{}")
         except (ValueError, RecursionError) as exc:
-            raise ApiError(400, "invalid_json", f"Malformed JSON body: {type(exc).__name__}") from None
+            raise AtlasError("invalid_json", f"Malformed JSON body: {type(exc).__name__}") from None
         path = body.get("path") if isinstance(body, dict) else None
         if not isinstance(path, str) or not os.path.isabs(path) or "\x00" in path or not path.isprintable() \
                 or not _encodable(path):
-            raise ApiError(400, "invalid_body", "Body must be {\"path\": <absolute path>}",
-                           [{"path": "path", "message": "must be an absolute path"}])
+            raise AtlasError("invalid_body", "Body must be {\"path\": <absolute path>}",
+                             [{"path": "path", "message": "must be an absolute path"}])
         ws, created = await daemon.workspaces.add(Path(path), daemon.settings.workspace_roots)
         await daemon.bus.kv_put(KV_WORKSPACES, ws.id, {"path": str(ws.path), "configDigest": ws.loaded.digest,
                                                        "addedAt": ws.created_at})
@@ -213,8 +197,8 @@ def create_app(daemon: Daemon) -> FastAPI:
         force = request.query_params.get("force", "").lower() in {"true", "1", "yes"}
         active = [v["sessionId"] for v in daemon.store.live_sessions() if v.get("workspaceId") == ws.id]
         if active and not force:
-            raise ApiError(409, "workspace_busy", f"Workspace '{ws.id}' has active sessions",
-                           {"activeSessionIds": active})
+            raise AtlasError("workspace_busy", f"Workspace '{ws.id}' has active sessions",
+                             {"activeSessionIds": active})
         for sid in active:
             await daemon.cancel(sid, "cancelled", "workspace_removed", f"Workspace '{ws.id}' was removed")
         daemon.workspaces.remove(ws.id)
@@ -280,18 +264,18 @@ def create_app(daemon: Daemon) -> FastAPI:
     def view_or_404(session_id: str) -> dict[str, Any]:
         view = daemon.store.view(session_id) if SESSION_ID.fullmatch(session_id) else None
         if view is None:
-            raise ApiError(404, "session_not_found", f"Session '{session_id}' not found")
+            raise AtlasError("session_not_found", f"Session '{session_id}' not found")
         return view
 
     @app.get("/api/sessions/{session_id}", tags=["sessions"])
     async def get_session(session_id: str) -> Response:
         if not SESSION_ID.fullmatch(session_id):  # also keeps wildcards out of the subject lookup below
-            raise ApiError(404, "session_not_found", f"Session '{session_id}' not found")
+            raise AtlasError("session_not_found", f"Session '{session_id}' not found")
         view = daemon.store.view(session_id)
         if view is None:
             view = await daemon.rebuild_view(session_id)  # accepted by another daemon, not materialised yet
         if view is None:
-            raise ApiError(404, "session_not_found", f"Session '{session_id}' not found")
+            raise AtlasError("session_not_found", f"Session '{session_id}' not found")
         return json_response(view)
 
     @app.get("/api/sessions/{session_id}/children", tags=["sessions"])
@@ -303,8 +287,8 @@ def create_app(daemon: Daemon) -> FastAPI:
     async def cancel_session(session_id: str) -> Response:
         view = view_or_404(session_id)
         if is_terminal(view["status"]):
-            raise ApiError(409, "session_not_active", f"Session '{session_id}' already ended {view['status']}",
-                           {"status": view["status"]})
+            raise AtlasError("session_not_active", f"Session '{session_id}' already ended {view['status']}",
+                             {"status": view["status"]})
         cancelled = await daemon.cancel_tree(session_id, "cancelled_by_user", "Cancelled by user")
         body = {"message": f"Session {session_id} cancelled", "sessionId": session_id,
                 "workspaceId": view["workspaceId"], "cancelled": cancelled}

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 from starlette.requests import ClientDisconnect, Request
 
-from atlas.errors import ApiError
+from atlas.errors import AtlasError
 
 ENVELOPE_KEYS = {"payload", "streamId", "parentSessionId"}
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
@@ -59,11 +59,11 @@ async def read_body(request: Request, max_body: int) -> bytes:
     """Read the body, refusing more than ATLAS_MAX_BODY from Content-Length or while streaming (413).
 
     A client that goes away before its body is complete (or is cut off by the server's read deadline) is not an
-    error of ours: it becomes a plain `client_disconnected` ApiError, which nobody will read, rather than an
+    error of ours: it becomes a plain `client_disconnected` AtlasError, which nobody will read, rather than an
     exception the catch-all handler would log as an internal error with a traceback.
     """
     length = request.headers.get("content-length")
-    too_big = ApiError(413, "body_too_large", f"Request body exceeds {max_body} bytes")
+    too_big = AtlasError("body_too_large", f"Request body exceeds {max_body} bytes")
     if length is not None and length.isdigit() and int(length) > max_body:
         raise too_big
     chunks: list[bytes] = []
@@ -75,7 +75,7 @@ async def read_body(request: Request, max_body: int) -> bytes:
                 raise too_big
             chunks.append(chunk)
     except ClientDisconnect:
-        raise ApiError(400, "client_disconnected", "The client went away before sending the whole body") from None
+        raise AtlasError("client_disconnected", "The client went away before sending the whole body") from None
     return b"".join(chunks)
 
 
@@ -108,13 +108,13 @@ def parse_trigger_body(raw: bytes, headers: Mapping[str, str]) -> TriggerBody:
     try:
         data = _decode(raw)
     except UnicodeEncodeError:
-        raise ApiError(400, "invalid_json", "Malformed JSON body: lone surrogate escape in a string") from None
+        raise AtlasError("invalid_json", "Malformed JSON body: lone surrogate escape in a string") from None
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, "invalid_json", f"Malformed JSON body: {exc}") from None
+        raise AtlasError("invalid_json", f"Malformed JSON body: {exc}") from None
     except RecursionError:
-        raise ApiError(400, "payload_too_complex", "The JSON body is nested too deeply") from None
+        raise AtlasError("payload_too_complex", "The JSON body is nested too deeply") from None
     if not isinstance(data, dict):
-        raise ApiError(400, "invalid_body", "The body must be a JSON object")
+        raise AtlasError("invalid_body", "The body must be a JSON object")
     if not set(data) <= ENVELOPE_KEYS:
         return TriggerBody(payload=data, webhook=webhook_record(raw, headers))
     details = []
@@ -127,5 +127,5 @@ def parse_trigger_body(raw: bytes, headers: Mapping[str, str]) -> TriggerBody:
         if key in data and not isinstance(data[key], str):
             details.append({"path": key, "message": "must be a string"})
     if details:
-        raise ApiError(400, "invalid_body", "Invalid envelope", details)
+        raise AtlasError("invalid_body", "Invalid envelope", details)
     return TriggerBody(payload=payload, stream_id=data.get("streamId"), parent_session_id=data.get("parentSessionId"))

@@ -1,4 +1,5 @@
-"""Small response helpers shared by the routes: compact JSON bytes and the bounded body reader."""
+"""Small response helpers shared by the routes: compact JSON bytes and the bounded body reader (error answers are
+`atlas.api.errors`)."""
 
 from __future__ import annotations
 
@@ -7,16 +8,11 @@ from typing import Any
 from starlette.responses import Response
 
 from atlas.api.body import read_body
-from atlas.errors import ApiError
 from atlas.jsoncodec import dumps
 
-__all__ = ["error_response", "json_response", "read_body"]  # read_body lives with the other body rules
+__all__ = ["json_response", "read_body"]  # read_body lives with the other body rules
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     data = dumps(body)
     return Response(data, status_code=status, media_type="application/json", headers=headers)
-
-
-def error_response(err: ApiError) -> Response:
-    return json_response(err.body(), err.status, err.headers)

@@ -1,7 +1,7 @@
 """Schedule routes (spec §5.6): list the cron schedules, pause and resume them.
 
 The pause flag lives in the cluster's `CRON_STATE` bucket, not in this daemon, so a schedule paused through any
-daemon stays paused on all of them and across restarts. Errors go through `ApiError`, which the app renders as
+daemon stays paused on all of them and across restarts. Errors are `AtlasError`s, which the app renders as
 ``{"error": {"code", "message"}}`` like every other route.
 """
 

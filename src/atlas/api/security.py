@@ -24,14 +24,15 @@ read, a session is created or an Idempotency-Key is reserved:
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 from collections.abc import Iterable
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from atlas.api.errors import STATUS, error_body
 from atlas.config.settings import Settings
+from atlas.jsoncodec import dumps
 
 log = logging.getLogger("atlas.api.security")
 
@@ -59,11 +60,8 @@ _MESSAGES = {
 MAX_HEADER_BYTES = 64 * 1024
 
 
-def _error(code: str) -> bytes:
-    return json.dumps({"error": {"code": code, "message": _MESSAGES[code]}}, separators=(",", ":")).encode()
-
-
-_BODIES = {code: _error(code) for code in _MESSAGES}
+# Encoded once: a refusal costs no JSON encoding. Statuses come from the API's one table (`atlas.api.errors`).
+_REFUSALS = {code: (STATUS[code], dumps(error_body(code, message))) for code, message in _MESSAGES.items()}
 
 
 def host_name(value: str) -> str:
@@ -120,12 +118,12 @@ class SecurityMiddleware:
             return
         raw_headers = scope["headers"]
         if len(raw_headers) > 100 or sum(len(k) + len(v) for k, v in raw_headers) > MAX_HEADER_BYTES:
-            await self._deny(scope, send, 431, "headers_too_large")
+            await self._deny(scope, send, "headers_too_large")
             return
         headers = dict(raw_headers)  # ASGI names are lower-case bytes; C-speed for a handful of headers
         host = headers.get(b"host")
         if host is None or not self._host_allowed(host):
-            await self._deny(scope, send, 403, "host_not_allowed")
+            await self._deny(scope, send, "host_not_allowed")
             return
         method: str = scope.get("method", "GET")
         origin = headers.get(b"origin")
@@ -135,7 +133,7 @@ class SecurityMiddleware:
                 if listed:
                     await _respond(send, 204, b"", [*_cors_headers(origin), *PREFLIGHT_HEADERS])
                 else:
-                    await self._deny(scope, send, 403, "forbidden_origin")
+                    await self._deny(scope, send, "forbidden_origin")
                 return
             # A WebSocket handshake is a GET that browsers send cross-origin without preflight: treat it as
             # state-changing so a foreign page cannot open one.
@@ -143,16 +141,16 @@ class SecurityMiddleware:
                 origin == b"null" or origin.lower() != _own_origin(scope, host)
                 or headers.get(b"sec-fetch-site") == b"cross-site"
             ):
-                await self._deny(scope, send, 403, "forbidden_origin")
+                await self._deny(scope, send, "forbidden_origin")
                 return
         elif method in _STATE_CHANGING and headers.get(b"sec-fetch-site") == b"cross-site":
-            await self._deny(scope, send, 403, "forbidden_origin")
+            await self._deny(scope, send, "forbidden_origin")
             return
         if self.token_required and not self._open(kind, method, scope["path"]):
             auth = headers.get(b"authorization")
             if auth is None or self.token is None or auth[:7].lower() != b"bearer " or \
                     not hmac.compare_digest(auth[7:].strip(), self.token):
-                await self._deny(scope, send, 401, "unauthorized", origin if listed else None)
+                await self._deny(scope, send, "unauthorized", origin if listed else None)
                 return
         if listed:
             assert origin is not None
@@ -175,15 +173,16 @@ class SecurityMiddleware:
         return kind == "http" and method in _READ_ONLY and not path.startswith("/api") and path != "/openapi.json"
 
     @staticmethod
-    async def _deny(scope: Scope, send: Send, status: int, code: str, cors_origin: bytes | None = None) -> None:
+    async def _deny(scope: Scope, send: Send, code: str, cors_origin: bytes | None = None) -> None:
         if scope["type"] == "websocket":
             # Closing before accept makes the server refuse the handshake with 403.
             await send({"type": "websocket.close", "code": 1008, "reason": code})
             return
+        status, body = _REFUSALS[code]
         extra = _cors_headers(cors_origin) if cors_origin is not None else []
         if status == 401:
             extra.append((b"www-authenticate", b"Bearer"))
-        await _respond(send, status, _BODIES[code], [(b"content-type", b"application/json"), *extra])
+        await _respond(send, status, body, [(b"content-type", b"application/json"), *extra])
 
 
 def _own_origin(scope: Scope, host: bytes) -> bytes:

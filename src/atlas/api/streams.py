@@ -59,7 +59,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from atlas.bus.client import SESSION_EVENTS, Bus, ephemeral_subject, events_subject
-from atlas.errors import ApiError
+from atlas.errors import AtlasError
 from atlas.jsoncodec import dumps, loads
 from atlas.sessions.reducer import is_terminal
 
@@ -380,8 +380,8 @@ def _resume_point(request: Request) -> int:
         return 0
     raw = raw.strip()
     if not (raw.isascii() and raw.isdigit()) or len(raw) > 19:
-        raise ApiError(400, "invalid_query", f"{name} must be a non-negative integer",
-                       [{"path": name, "message": "expected a non-negative integer"}])
+        raise AtlasError("invalid_query", f"{name} must be a non-negative integer",
+                         [{"path": name, "message": "expected a non-negative integer"}])
     return int(raw)
 
 
@@ -604,8 +604,8 @@ def add_stream_routes(app: FastAPI, daemon: Daemon) -> None:
     async def tree_stream(request: Request) -> Response:
         correlation_id = request.query_params.get("correlationId")
         if not correlation_id:
-            raise ApiError(400, "invalid_query", "correlationId is required",
-                           [{"path": "correlationId", "message": "required"}])
+            raise AtlasError("invalid_query", "correlationId is required",
+                             [{"path": "correlationId", "message": "required"}])
         after = _resume_point(request)
         members: dict[str, _Cursor] = {}
         feed = _Feed(hub)
@@ -634,7 +634,7 @@ def add_stream_routes(app: FastAPI, daemon: Daemon) -> None:
                 # Woken at once by a session:queued of this correlationId; the timeout re-checks the read model.
                 await feed.wait(min(0.1, remaining))
             if not members:
-                raise ApiError(404, "correlation_not_found", f"No session with correlationId '{correlation_id}'")
+                raise AtlasError("correlation_not_found", f"No session with correlationId '{correlation_id}'")
             await subs.subscribe_chunks(EPHEMERAL_WILDCARD)
         except BaseException:
             await subs.release()
@@ -644,14 +644,14 @@ def add_stream_routes(app: FastAPI, daemon: Daemon) -> None:
     @app.get("/api/sessions/{session_id}/stream")
     async def session_stream(session_id: str, request: Request) -> Response:
         after = _resume_point(request)
-        not_found = ApiError(404, "session_not_found", f"Session '{session_id}' not found")
+        not_found = AtlasError("session_not_found", f"Session '{session_id}' not found")
         if not _SESSION_ID.match(session_id):
             raise not_found
         if daemon.store.rm.get_last_seq(session_id) == 0:  # the read model has every session the store knows
             try:  # accepted by another daemon and not materialised here yet: its subject is the truth
                 known = await daemon.bus.last_event(session_id) is not None
             except _NATS_ERRORS:
-                raise ApiError(503, "bus_unavailable", "The message bus is unavailable") from None
+                raise AtlasError("bus_unavailable", "The message bus is unavailable") from None
             if not known:
                 raise not_found
         feed = _Feed(hub)

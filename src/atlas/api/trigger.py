@@ -17,12 +17,13 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from atlas.api.body import parse_trigger_body
+from atlas.api.errors import error_body
 from atlas.api.responses import json_response, read_body
 from atlas.api.streams import StreamHub, _Cursor, _Feed
 from atlas.bus.client import ephemeral_subject
 from atlas.config.durations import parse_duration
 from atlas.config.model import HttpSignal
-from atlas.errors import ApiError
+from atlas.errors import AtlasError
 from atlas.jsoncodec import dumps, loads
 from atlas.runtime.accept import Accepted, TriggerRequest
 from atlas.runtime.idempotency import Idempotency, Reservation
@@ -43,8 +44,8 @@ def _nowait(raw: str | None) -> bool:
         return False
     if raw.lower() in TRUE_VALUES:
         return True
-    raise ApiError(400, "invalid_query", f"Invalid value for nowait: {raw!r}",
-                   [{"path": "nowait", "message": "expected true, false, 1, 0, yes or no"}])
+    raise AtlasError("invalid_query", f"Invalid value for nowait: {raw!r}",
+                     [{"path": "nowait", "message": "expected true, false, 1, 0, yes or no"}])
 
 
 def _nowait_param(request: Request) -> str | None:
@@ -97,15 +98,15 @@ def sync_answer(view: dict[str, Any], workspace_id: str, signal_id: str,
     raise failure_error(view)
 
 
-def failure_error(view: dict[str, Any]) -> ApiError:
+def failure_error(view: dict[str, Any]) -> AtlasError:
     status = view["status"]
     details = {k: view.get(k) for k in ("sessionId", "correlationId", "status", "errorCode", "error")}
     if view.get("errorCode") == "skipped-duplicate":
-        return ApiError(409, "skipped-duplicate", view.get("error") or "Skipped: a session is already running",
-                        details)
+        return AtlasError("skipped-duplicate", view.get("error") or "Skipped: a session is already running",
+                          details)
     code = {"cancelled": "session_cancelled", "skipped": "session_skipped"}.get(status, "session_failed")
-    return ApiError(422, code, f"Session ended {status}" + (f": {view['error']}" if view.get("error") else ""),
-                    details)
+    return AtlasError(code, f"Session ended {status}" + (f": {view['error']}" if view.get("error") else ""),
+                      details)
 
 
 async def _disconnected(request: Request) -> None:
@@ -129,8 +130,8 @@ def add_trigger_route(app: FastAPI, daemon: Daemon) -> None:
         sse = "text/event-stream" in request.headers.get("accept", "")
         signal = ws.config.signals[signal_id]
         if parsed.webhook is not None and (signal.provider != "http" or sse):
-            raise ApiError(400, "envelope_required",
-                           f"Signal '{signal_id}' ({signal.provider}) accepts only the envelope body here")
+            raise AtlasError("envelope_required",
+                             f"Signal '{signal_id}' ({signal.provider}) accepts only the envelope body here")
         req = TriggerRequest(
             workspace_id=ws.id,
             signal_id=signal_id,
@@ -198,8 +199,8 @@ async def _sync(daemon: Daemon, request: Request, accepted: Accepted, ws: Worksp
     try:
         view = waiter.result()
     except TimeoutError:
-        raise ApiError(504, "wait_timeout", "The session did not finish in time; it keeps running",
-                       {"sessionId": accepted.session_id, "correlationId": accepted.correlation_id}) from None
+        raise AtlasError("wait_timeout", "The session did not finish in time; it keeps running",
+                         {"sessionId": accepted.session_id, "correlationId": accepted.correlation_id}) from None
     return sync_answer(view, ws.id, signal_id, headers)
 
 
@@ -338,7 +339,8 @@ async def _sse(daemon: Daemon, request: Request, accepted: Accepted, ws_id: str,
                 "summary": (view.get("aiSummary") or {}).get("summary", ""),
             })
         else:
-            yield _frame("job-error", failure_error(view).body())
+            err = failure_error(view)
+            yield _frame("job-error", error_body(err.code, err.message, err.details))
         yield b"data: [DONE]\n\n"
         finished = True
     finally:

@@ -73,8 +73,9 @@ class CliError(Exception):
         return {"error": error}
 
 
-class ApiError(CliError):
-    """The daemon answered with an error document `{"error": {code, message, details?}}`."""
+class DaemonError(CliError):
+    """The daemon answered with an error document `{"error": {code, message, details?}}`: a CliError that also
+    carries the HTTP status, so callers can tell "no such session" (404) from other refusals."""
 
 
 def atlas_home(home: Path | str | None = None) -> Path:
@@ -129,8 +130,8 @@ def unreachable(target: Target, exc: Exception) -> CliError:
                     hint="start it with: atlas daemon start --detach")
 
 
-def api_error(response: httpx.Response) -> ApiError:
-    """Turn an HTTP error answer into an ApiError carrying the API's code and message."""
+def daemon_error(response: httpx.Response) -> DaemonError:
+    """Turn an HTTP error answer into a DaemonError carrying the API's code and message."""
     code, message, details = "http_error", response.reason_phrase or "HTTP error", None
     try:
         body = response.json()
@@ -144,11 +145,11 @@ def api_error(response: httpx.Response) -> ApiError:
     hint = None
     if response.status_code == 401:
         hint = "set ATLAS_TOKEN (or pass --token) to the daemon's token"
-    return ApiError(exit_code_for_http(response.status_code), code, message, details, hint, response.status_code)
+    return DaemonError(exit_code_for_http(response.status_code), code, message, details, hint, response.status_code)
 
 
 class Api:
-    """A thin JSON client: every method returns the decoded body or raises CliError/ApiError."""
+    """A thin JSON client: every method returns the decoded body or raises CliError/DaemonError."""
 
     def __init__(self, target: Target, timeout: float = 30.0) -> None:
         self.target = target
@@ -179,7 +180,7 @@ class Api:
         except httpx.TransportError as exc:
             raise unreachable(self.target, exc) from None
         if response.status_code >= 400:
-            raise api_error(response)
+            raise daemon_error(response)
         return response
 
     def get(self, path: str, **params: Any) -> Any:
@@ -196,7 +197,7 @@ class Api:
     def stream(self, method: str, path: str, *, params: dict[str, Any] | None = None, json_body: Any = None,
                headers: dict[str, str] | None = None,
                read_timeout: float | None = 60.0) -> Iterator[httpx.Response]:
-        """An open streaming response (SSE). HTTP errors raise ApiError and a failed connect raises the
+        """An open streaming response (SSE). HTTP errors raise DaemonError and a failed connect raises the
         "cannot reach" CliError before anything is yielded; transport errors while reading propagate as httpx
         errors, so a follower can tell a dropped stream (reconnect) from a daemon that is not there."""
         timeout = httpx.Timeout(10.0, read=read_timeout)
@@ -207,7 +208,7 @@ class Api:
                                   timeout=timeout) as response:
                 if response.status_code >= 400:
                     response.read()
-                    raise api_error(response)
+                    raise daemon_error(response)
                 opened = True
                 yield response
         except httpx.TransportError as exc:

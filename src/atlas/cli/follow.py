@@ -37,8 +37,8 @@ from atlas.cli.client import (
     EXIT_DETACHED,
     EXIT_TIMEOUT,
     Api,
-    ApiError,
     CliError,
+    DaemonError,
     exit_code_for_status,
     unreachable,
 )
@@ -243,7 +243,7 @@ def stream_items(api: Api, path: str, params: dict[str, Any] | None, missing: se
                         yield Item("chunk", payload)
                     elif frame.event == "message":
                         yield Item("event", payload)
-        except ApiError as err:
+        except DaemonError as err:
             if err.status == 404 and err.code in missing and last_id is None:
                 raise StreamUnavailable from None
             raise

@@ -20,10 +20,11 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from atlas.api.app import create_app
+from atlas.api.errors import error_body
 from atlas.bus.server import BusError
 from atlas.cli.homelock import HomeLock
 from atlas.config.settings import Settings, is_loopback
-from atlas.errors import ApiError
+from atlas.errors import AtlasError
 from atlas.runtime.daemon import Daemon
 
 HEADER_TIMEOUT_S = 10.0
@@ -145,7 +146,7 @@ class TimedHttpToolsProtocol(HttpToolsProtocol):
 
 
 def _request_timeout_response() -> bytes:
-    body = json.dumps(ApiError(408, "request_timeout", "The request was not received in time").body()).encode()
+    body = json.dumps(error_body("request_timeout", "The request was not received in time")).encode()
     return (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
             b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
 
@@ -173,7 +174,7 @@ async def _serve(settings: Settings) -> int:
     daemon = Daemon(settings)
     try:
         await daemon.start()
-    except (BusError, ApiError, OSError) as exc:
+    except (BusError, AtlasError, OSError) as exc:
         print(f"atlasd: {exc}", file=sys.stderr)
         await daemon.stop()
         return 1

@@ -8,12 +8,12 @@ Loading happens in four layers, each of which stops the next one from running on
    so every later error can point into the file. The composed node tree is checked before anything is
    constructed: only core-schema tags, no duplicate keys, no recursive or exploding aliases.
 3. **Structure**: the pydantic model (`WorkspaceConfig`). Every pydantic error is translated into a
-   `ConfigError` whose `path` is the YAML path (pydantic's union-member segments removed) and whose position
+   `ConfigProblem` whose `path` is the YAML path (pydantic's union-member segments removed) and whose position
    is the offending key.
 4. **Cross-references** (only on a structurally valid file): triggers, agents, states, one job per signal,
    schemas, cron expressions, time zones.
 
-Nothing here raises for a bad file: every problem becomes a `ConfigError`, so the CLI and the API can report
+Nothing here raises for a bad file: every problem becomes a `ConfigProblem`, so the CLI and the API can report
 all of them at once. Messages quote the file as little as they can, because the API returns them to a client that
 may not be allowed to read the file (issue #19): a document that is not a mapping is described by its kind only
 (a key or an env file would otherwise come back whole), and a quoted key or value is cut to a few dozen
@@ -93,8 +93,12 @@ Segment = str | int
 
 
 @dataclass(frozen=True)
-class ConfigError:
-    """One problem in a workspace file, positioned 1-based at the offending key."""
+class ConfigProblem:
+    """One problem in a workspace file, positioned 1-based at the offending key.
+
+    Data, not an exception: a load collects every problem so they can be reported at once; whoever refuses an
+    invalid file raises `AtlasError("workspace_invalid", ...)` with them as details (`compile_workspace`).
+    """
 
     file: str
     line: int
@@ -130,8 +134,8 @@ class LoadedWorkspace:
     path: Path
     file: Path
     config: WorkspaceConfig | None
-    errors: list[ConfigError]
-    warnings: list[ConfigError]
+    errors: list[ConfigProblem]
+    warnings: list[ConfigProblem]
     id: str
     digest: str
 
@@ -182,8 +186,8 @@ class _Outcome:
     id: str
     digest: str = ""
     config: WorkspaceConfig | None = None
-    errors: list[ConfigError] = field(default_factory=list)
-    warnings: list[ConfigError] = field(default_factory=list)
+    errors: list[ConfigProblem] = field(default_factory=list)
+    warnings: list[ConfigProblem] = field(default_factory=list)
 
 
 def _load(file: Path, report: _Reporter, outcome: _Outcome) -> None:
@@ -191,11 +195,11 @@ def _load(file: Path, report: _Reporter, outcome: _Outcome) -> None:
     outcome.errors, outcome.warnings = report.errors, report.warnings
     data, read_error = _read(file)
     if data is None:
-        report.errors.append(ConfigError(report.file, 1, 1, "", read_error or "cannot read file"))
+        report.errors.append(ConfigProblem(report.file, 1, 1, "", read_error or "cannot read file"))
         return
     outcome.digest = hashlib.sha256(data).hexdigest()
     if len(data) > MAX_FILE_BYTES:  # it grew since it was opened, or its size says 0 (procfs)
-        report.errors.append(ConfigError(report.file, 1, 1, "", _TOO_LARGE))
+        report.errors.append(ConfigProblem(report.file, 1, 1, "", _TOO_LARGE))
         return
     raw = _parse(data, report)
     if report.errors:
@@ -264,7 +268,7 @@ def _parse(data: bytes, report: _Reporter) -> Any:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line, column = _offset_position(data, exc.start)
-        report.errors.append(ConfigError(report.file, line, column, "", "file is not valid UTF-8"))
+        report.errors.append(ConfigProblem(report.file, line, column, "", "file is not valid UTF-8"))
         return None
     text = text.removeprefix("\ufeff")
     yaml = YAML(typ="rt")
@@ -274,7 +278,7 @@ def _parse(data: bytes, report: _Reporter) -> Any:
         version = yaml.doc_infos[-1].doc_version if yaml.doc_infos else None
         if version is not None and (version.major, version.minor) != (1, 2):
             message = f"%YAML {version.major}.{version.minor} is not supported: workspace files are YAML 1.2"
-            report.errors.append(ConfigError(report.file, 1, 1, "", message))
+            report.errors.append(ConfigProblem(report.file, 1, 1, "", message))
             return None
         if node is None:
             return None
@@ -286,16 +290,16 @@ def _parse(data: bytes, report: _Reporter) -> Any:
         report.errors.append(_syntax_error(report.file, exc))
     except ReaderError as exc:  # a character YAML does not allow (e.g. a control character)
         line, column = _offset_position(text.encode(), len(text[: exc.position].encode()))
-        report.errors.append(ConfigError(report.file, line, column, "",
+        report.errors.append(ConfigProblem(report.file, line, column, "",
                                          f"YAML syntax error: character {exc.character!r} is not allowed"))
     except YAMLError as exc:
-        report.errors.append(ConfigError(report.file, 1, 1, "", f"YAML syntax error: {exc}"))
+        report.errors.append(ConfigProblem(report.file, 1, 1, "", f"YAML syntax error: {exc}"))
     except RecursionError:
-        report.errors.append(ConfigError(report.file, 1, 1, "", "the document is nested too deeply"))
+        report.errors.append(ConfigProblem(report.file, 1, 1, "", "the document is nested too deeply"))
     return None
 
 
-def _syntax_error(file: str, exc: MarkedYAMLError) -> ConfigError:
+def _syntax_error(file: str, exc: MarkedYAMLError) -> ConfigProblem:
     """Position at the parser's problem; mention where the enclosing construct started, if it knows."""
     mark = exc.problem_mark or exc.context_mark
     line, column = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
@@ -304,7 +308,7 @@ def _syntax_error(file: str, exc: MarkedYAMLError) -> ConfigError:
         started = exc.context_mark
         where = f" started at line {started.line + 1}, column {started.column + 1}" if started else ""
         message = f"{exc.problem} ({exc.context}{where})"
-    return ConfigError(file, line, column, "", f"YAML syntax error: {message}")
+    return ConfigProblem(file, line, column, "", f"YAML syntax error: {message}")
 
 
 def _offset_position(data: bytes, offset: int) -> tuple[int, int]:
@@ -340,7 +344,7 @@ class _NodeChecker:
     def _error(self, node: Node, path: tuple[Segment, ...], message: str) -> None:
         mark = node.start_mark
         self.report.errors.append(
-            ConfigError(self.report.file, mark.line + 1, mark.column + 1, _format_path(path), message)
+            ConfigProblem(self.report.file, mark.line + 1, mark.column + 1, _format_path(path), message)
         )
 
     def _walk(self, node: Node, path: tuple[Segment, ...]) -> None:
@@ -521,8 +525,8 @@ class _Reporter:
     def __init__(self, file: str) -> None:
         self.file = file
         self.root: Any = None
-        self.errors: list[ConfigError] = []
-        self.warnings: list[ConfigError] = []
+        self.errors: list[ConfigProblem] = []
+        self.warnings: list[ConfigProblem] = []
 
     def locate(self, segments: Sequence[Segment]) -> _Located:
         """Walk existing keys/items; stop at the deepest one that exists (the best position we have)."""
@@ -548,18 +552,18 @@ class _Reporter:
         here = self.locate(segments)
         if at_mapping:
             here.line, here.column = _node_position(here.node) or (here.line, here.column)
-        self.errors.append(ConfigError(self.file, here.line, here.column, _format_path(segments), message))
+        self.errors.append(ConfigProblem(self.file, here.line, here.column, _format_path(segments), message))
 
     def warning(self, segments: Sequence[Segment], message: str) -> None:
         here = self.locate(segments)
-        self.warnings.append(ConfigError(self.file, here.line, here.column, _format_path(segments), message))
+        self.warnings.append(ConfigProblem(self.file, here.line, here.column, _format_path(segments), message))
 
     def at_root(self, message: str) -> None:
         line, column = _node_position(self.root) or (1, 1)
-        self.errors.append(ConfigError(self.file, line, column, "", message))
+        self.errors.append(ConfigProblem(self.file, line, column, "", message))
 
 
-def _finish(items: Sequence[ConfigError]) -> list[ConfigError]:
+def _finish(items: Sequence[ConfigProblem]) -> list[ConfigProblem]:
     """Drop exact duplicates, order by position (the order a reader scans the file in), cap the list."""
     unique = list(dict.fromkeys(items))
     unique.sort(key=lambda e: (e.line, e.column))
@@ -567,7 +571,7 @@ def _finish(items: Sequence[ConfigError]) -> list[ConfigError]:
             for e in unique[:MAX_ERRORS]]
 
 
-# ---------------------------------------------------------------- pydantic errors → ConfigError
+# ---------------------------------------------------------------- pydantic errors → ConfigProblem
 
 
 @dataclass
@@ -649,7 +653,7 @@ def _report_validation(errors: Sequence[ErrorDetails], report: _Reporter) -> Non
 def _emit(report: _Reporter, item: _Translated, message: str) -> None:
     here = item.located
     report.errors.append(
-        ConfigError(report.file, here.line, here.column, _format_path(here.segments), message)
+        ConfigProblem(report.file, here.line, here.column, _format_path(here.segments), message)
     )
 
 

@@ -27,7 +27,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from atlas.errors import ApiError
+from atlas.errors import AtlasError
 from atlas.jsoncodec import dumps
 from atlas.runtime.workspaces import Workspace
 from atlas.sessions.events import now_iso
@@ -73,12 +73,12 @@ def check_payload_limits(payload: Any) -> None:
         value, depth = stack.pop()
         count += 1
         if count > MAX_VALUES:
-            raise ApiError(400, "payload_too_complex", f"Payload has more than {MAX_VALUES} values")
+            raise AtlasError("payload_too_complex", f"Payload has more than {MAX_VALUES} values")
         if depth > MAX_DEPTH:
-            raise ApiError(400, "payload_too_complex", f"Payload is nested deeper than {MAX_DEPTH} levels")
+            raise AtlasError("payload_too_complex", f"Payload is nested deeper than {MAX_DEPTH} levels")
         if isinstance(value, str):
             if len(value) > MAX_STRING // 4 and len(value.encode()) > MAX_STRING:
-                raise ApiError(400, "payload_too_complex", "Payload has a string over 256 KiB")
+                raise AtlasError("payload_too_complex", "Payload has a string over 256 KiB")
         elif isinstance(value, dict):
             stack.extend((v, depth + 1) for v in value.values())
         elif isinstance(value, list):
@@ -132,20 +132,20 @@ class AcceptPipeline:
         """The workspace and the job handling the signal, or the 404 of spec §5.3 (3)–(4)."""
         ws = self.d.workspaces.get(workspace_id)
         if ws is None:
-            raise ApiError(404, "workspace_not_found", f"Workspace '{workspace_id}' not found")
+            raise AtlasError("workspace_not_found", f"Workspace '{workspace_id}' not found")
         if signal_id not in ws.config.signals:
-            raise ApiError(404, "signal_not_found", f"Signal '{signal_id}' not found in workspace '{workspace_id}'")
+            raise AtlasError("signal_not_found", f"Signal '{signal_id}' not found in workspace '{workspace_id}'")
         job_id = ws.job_for_signal.get(signal_id)
         if job_id is None:
-            raise ApiError(404, "no_job_for_signal", f"No job handles signal '{signal_id}' in '{workspace_id}'")
+            raise AtlasError("no_job_for_signal", f"No job handles signal '{signal_id}' in '{workspace_id}'")
         return ws, job_id
 
     def validate_payload(self, ws: Workspace, signal_id: str, payload: Any) -> None:
         check_payload_limits(payload)
         errors = schema_errors(ws, signal_id, payload)
         if errors:
-            raise ApiError(
-                400, "payload_invalid", f"Payload does not match the schema of signal '{signal_id}'", errors
+            raise AtlasError(
+                "payload_invalid", f"Payload does not match the schema of signal '{signal_id}'", errors
             )
 
     def validate(self, req: TriggerRequest) -> tuple[Workspace, str, dict[str, Any] | None]:
@@ -156,8 +156,7 @@ class AcceptPipeline:
         if req.parent_session_id is not None:
             parent = self.d.store.view(req.parent_session_id)
             if parent is None:
-                code = "unknown_parent_session"
-                raise ApiError(422, code, f"Parent session '{req.parent_session_id}' not found")
+                raise AtlasError("unknown_parent_session", f"Parent session '{req.parent_session_id}' not found")
         return ws, job_id, parent
 
     async def accept(self, req: TriggerRequest,
@@ -194,11 +193,11 @@ class AcceptPipeline:
         try:
             data = dumps(envelope)  # anything unencodable fails here, before a single write
         except (TypeError, ValueError) as exc:
-            raise ApiError(400, "invalid_body", f"Payload cannot be stored: {exc}") from None
+            raise AtlasError("invalid_body", f"Payload cannot be stored: {exc}") from None
         limit_code = self._cascade_limit(depth, correlation_id)
         if limit_code == "cascade_limit_exceeded":
             # No record: a record per refused child is what let fan-out loops grow a tree far past its cap.
-            raise ApiError(409, limit_code, self._limit_message(limit_code))
+            raise AtlasError(limit_code, self._limit_message(limit_code))
         if limit_code is not None:
             return await self._refuse(ws, job_id, envelope, limit_code)
         if depth > 0:  # counted until its `session:queued` is in the read model, so racing cascades see it
@@ -228,8 +227,8 @@ class AcceptPipeline:
                 await envelope_sent
             except Exception as exc:
                 await self._strand(writer, exc)
-                raise ApiError(503, "bus_unavailable",
-                               f"The message bus is unavailable: {type(exc).__name__}") from exc
+                raise AtlasError("bus_unavailable",
+                                 f"The message bus is unavailable: {type(exc).__name__}") from exc
         finally:
             if depth > 0:
                 self._uncount_cascade(correlation_id)
@@ -274,7 +273,7 @@ class AcceptPipeline:
             if writer.seq > 0:  # session:queued is durable: end it rather than leave it queued forever
                 with contextlib.suppress(Exception):
                     await self.d.finalize_unstarted(writer, "failed", code, f"{code}: {type(exc).__name__}")
-            raise ApiError(503, "bus_unavailable", f"The message bus is unavailable: {type(exc).__name__}") from exc
+            raise AtlasError("bus_unavailable", f"The message bus is unavailable: {type(exc).__name__}") from exc
         return Accepted(sid, envelope["correlationId"], ws.id, envelope["signalId"], job_id, "failed", code)
 
     def _cascade_limit(self, depth: int, correlation_id: str) -> str | None:

@@ -33,7 +33,7 @@ from atlas.bus.health import BusHealth
 from atlas.bus.server import EmbeddedNats
 from atlas.config.durations import parse_duration
 from atlas.config.settings import Settings
-from atlas.errors import ApiError
+from atlas.errors import AtlasError
 from atlas.runtime.accept import AcceptPipeline
 from atlas.runtime.concurrency import ConcurrencyControl
 from atlas.runtime.consumer import SignalConsumer
@@ -190,7 +190,7 @@ class Daemon:
                 continue
             try:
                 await self.workspaces.add(entry["path"], self.settings.workspace_roots)
-            except ApiError as exc:
+            except AtlasError as exc:
                 log.warning("registered workspace %s (%s) not loaded: %s", ws_id, entry["path"], exc.message)
         for path in self.settings.workspaces:
             ws, _ = await self.workspaces.add(path)
@@ -248,9 +248,9 @@ class Daemon:
 
     def ensure_accepting(self) -> None:
         if self._stopping:
-            raise ApiError(503, "shutting_down", "The daemon is shutting down")
+            raise AtlasError("shutting_down", "The daemon is shutting down")
         if not self.bus_health.writable:  # disconnected, or its store cannot write (disk full)
-            raise ApiError(503, "bus_unavailable", "The message bus is unavailable")
+            raise AtlasError("bus_unavailable", "The message bus is unavailable")
 
     async def _heartbeat_once(self) -> None:
         await self.bus.kv_put(KV_DAEMONS, self.daemon_id, {
@@ -269,9 +269,9 @@ class Daemon:
             default=0.0,
         )
         if retention <= self.settings.queue_timeout_s + longest:
-            raise ApiError(500, "invalid_settings",
-                           f"ATLAS_SESSION_RETENTION ({retention:g}s) must exceed ATLAS_QUEUE_TIMEOUT "
-                           f"({self.settings.queue_timeout_s:g}s) plus the longest job timeout ({longest:g}s)")
+            raise AtlasError("invalid_settings",
+                             f"ATLAS_SESSION_RETENTION ({retention:g}s) must exceed ATLAS_QUEUE_TIMEOUT "
+                             f"({self.settings.queue_timeout_s:g}s) plus the longest job timeout ({longest:g}s)")
 
     async def _prune_loop(self) -> None:
         """Hourly: drop read-model rows of terminal sessions past retention (JetStream ages out by max_age)."""

@@ -32,7 +32,7 @@ from atlas.config.model import (
     SummarySpec,
     Transition,
 )
-from atlas.errors import ApiError
+from atlas.errors import AtlasError
 from atlas.jsoncodec import dumps
 from atlas.runtime.accept import TriggerRequest
 from atlas.runtime.chunks import MAX_CHUNK_BYTES, ChunkCoalescer
@@ -426,7 +426,7 @@ class Engine:
         )
         try:
             accepted = await self.d.accept.accept(req)
-        except ApiError as exc:
+        except AtlasError as exc:
             raise StepError(exc.code, exc.message) from exc
         info: dict[str, Any] = {"sessionId": accepted.session_id, "correlationId": accepted.correlation_id,
                                 "status": accepted.status}

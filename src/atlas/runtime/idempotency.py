@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from atlas.bus.client import KV_IDEMPOTENCY, WrongLastSequence
-from atlas.errors import ApiError
+from atlas.errors import AtlasError
 from atlas.sessions.events import now_iso
 
 if TYPE_CHECKING:
@@ -25,7 +25,7 @@ PENDING_WAIT_S = 5.0
 
 def check_key(key: str) -> None:
     if not 1 <= len(key) <= 255 or any(not (32 <= ord(c) < 127) for c in key):
-        raise ApiError(400, "invalid_idempotency_key", "Idempotency-Key must be 1-255 printable ASCII characters")
+        raise AtlasError("invalid_idempotency_key", "Idempotency-Key must be 1-255 printable ASCII characters")
 
 
 def kv_key(workspace_id: str, signal_id: str, key: str) -> str:
@@ -61,16 +61,15 @@ class Idempotency:
                     continue
             record, _ = found
             if record.get("bodyHash") != body_hash:
-                raise ApiError(422, "idempotency_key_mismatch",
-                               "This Idempotency-Key was used with a different request body")
+                raise AtlasError("idempotency_key_mismatch",
+                                 "This Idempotency-Key was used with a different request body")
             if record.get("state") == "accepted":
                 return Reservation(k, body_hash, replay=record)
             if record.get("owner") != self.d.daemon_id and not await self.d.is_daemon_alive(record.get("owner")):
                 await self.d.bus.kv_delete(KV_IDEMPOTENCY, k)  # its owner is gone: the key counts as released
                 continue
             if time.monotonic() > deadline:
-                raise ApiError(409, "idempotency_key_in_progress", "A request with this Idempotency-Key is in flight",
-                               headers={"Retry-After": "1"})
+                raise AtlasError("idempotency_key_in_progress", "A request with this Idempotency-Key is in flight")
             await asyncio.sleep(0.02)  # poll the winner's record until it is accepted
 
     async def accepted(self, res: Reservation, record: dict[str, Any]) -> None:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from atlas.bus.client import KV_CRON_CLAIMS, KV_CRON_STATE, WrongLastSequence
 from atlas.config.durations import parse_duration
 from atlas.config.model import ScheduleSignal
-from atlas.errors import ApiError
+from atlas.errors import AtlasError
 from atlas.runtime.accept import TriggerRequest
 from atlas.runtime.cron import Plan, next_fire, plan_ticks, tick_payload
 from atlas.sessions.events import format_iso, parse_iso
@@ -201,7 +201,7 @@ class Scheduler:
         for sched in self.schedules():
             if sched.workspace_id == workspace_id and sched.signal_id == signal_id:
                 return sched
-        raise ApiError(404, "schedule_not_found", f"No schedule signal '{signal_id}' in workspace '{workspace_id}'")
+        raise AtlasError("schedule_not_found", f"No schedule signal '{signal_id}' in workspace '{workspace_id}'")
 
     # ------------------------------------------------------------ ticking
 
@@ -254,7 +254,7 @@ class Scheduler:
                     break
                 try:
                     one = await self._fire(sched, scheduled, next_run, extra)
-                except ApiError as exc:
+                except AtlasError as exc:
                     # Claimed but refused (e.g. the payload fails the signal's schema): the slot is spent, as a
                     # retry could run it twice if the refusal came after the session became durable.
                     log.warning("schedule %s: tick %s refused: %s %s", sched.key, format_iso(scheduled),
@@ -269,7 +269,7 @@ class Scheduler:
     def _accepting(self) -> bool:
         try:
             self.d.ensure_accepting()
-        except ApiError:
+        except AtlasError:
             return False
         return True
 

@@ -21,7 +21,7 @@ from jsonschema import Draft202012Validator
 
 from atlas.config.loader import WORKSPACE_FILE, LoadedWorkspace, load_workspace
 from atlas.config.model import Fsm, Job, WorkspaceConfig
-from atlas.errors import ApiError
+from atlas.errors import AtlasError
 from atlas.runtime.fsm import job_display_name, job_fsm, planned_steps
 from atlas.sessions.events import now_iso
 
@@ -79,10 +79,9 @@ class Workspace:
 
 
 def compile_workspace(loaded: LoadedWorkspace) -> Workspace:
-    """Turn a valid LoadedWorkspace into a Workspace; raises ApiError 422 for an invalid one."""
+    """Turn a valid LoadedWorkspace into a Workspace; raises `workspace_invalid` for an invalid one."""
     if loaded.config is None or loaded.errors:
-        raise ApiError(
-            422,
+        raise AtlasError(
             "workspace_invalid",
             f"Workspace file {loaded.file} is invalid ({len(loaded.errors)} errors)",
             [e.to_dict() for e in loaded.errors],
@@ -104,15 +103,15 @@ def _resolve(path: Path) -> Path:
     try:
         return path.resolve()
     except (RuntimeError, OSError):  # a symlink loop
-        raise ApiError(400, "path_not_found", f"Cannot resolve {path}: too many levels of symbolic links") from None
+        raise AtlasError("path_not_found", f"Cannot resolve {path}: too many levels of symbolic links") from None
 
 
 def _check_roots(given: Path, resolved: Path, roots: Sequence[Path]) -> None:
     """403 unless `resolved` (symlinks and `..` already resolved) lies in one of `roots`."""
     if roots and not any(resolved.is_relative_to(root) for root in roots):
-        raise ApiError(403, "path_not_allowed",
-                       f"{given} is outside the directories ATLAS_WORKSPACE_ROOTS allows workspaces from",
-                       {"roots": [str(r) for r in roots]})
+        raise AtlasError("path_not_allowed",
+                         f"{given} is outside the directories ATLAS_WORKSPACE_ROOTS allows workspaces from",
+                         {"roots": [str(r) for r in roots]})
 
 
 def workspace_target(path: str | Path, roots: Sequence[Path] = ()) -> Path:
@@ -130,20 +129,20 @@ def workspace_target(path: str | Path, roots: Sequence[Path] = ()) -> Path:
         is_dir = resolved.is_dir()
         exists = is_dir or resolved.exists()
     except OSError as exc:
-        raise ApiError(400, "path_not_found", f"Cannot access {resolved}: {exc.strerror or exc}") from None
+        raise AtlasError("path_not_found", f"Cannot access {resolved}: {exc.strerror or exc}") from None
     if not exists:
-        raise ApiError(400, "path_not_found", f"No workspace at {resolved}")
+        raise AtlasError("path_not_found", f"No workspace at {resolved}")
     if not is_dir and given.name not in WORKSPACE_FILE_NAMES and resolved.name not in WORKSPACE_FILE_NAMES:
-        raise ApiError(400, "not_a_workspace",
-                       f"{given} is not a workspace: give the workspace directory (holding {WORKSPACE_FILE}) or "
-                       "its workspace.yml / workspace.yaml file")
+        raise AtlasError("not_a_workspace",
+                         f"{given} is not a workspace: give the workspace directory (holding {WORKSPACE_FILE}) or "
+                         "its workspace.yml / workspace.yaml file")
     if roots:
         _check_roots(given, _resolve(resolved / WORKSPACE_FILE if is_dir else resolved), roots)
     return resolved
 
 
 def load_checked(path: str | Path, roots: Sequence[Path] = ()) -> Workspace:
-    """Check `path` (see `workspace_target`), then load and compile the workspace; blocking, raises ApiError."""
+    """Check `path` (see `workspace_target`), then load and compile the workspace; blocking, raises AtlasError."""
     return compile_workspace(load_workspace(workspace_target(path, roots)))
 
 
@@ -168,7 +167,7 @@ class WorkspaceRegistry:
     def _register(self, ws: Workspace) -> tuple[Workspace, bool]:
         existing = self._by_id.get(ws.id)
         if existing is not None and existing.path != ws.path:
-            raise ApiError(409, "workspace_exists", f"Workspace id '{ws.id}' is already used by {existing.path}")
+            raise AtlasError("workspace_exists", f"Workspace id '{ws.id}' is already used by {existing.path}")
         if existing is not None:
             ws.created_at = existing.created_at
         self._by_id[ws.id] = ws
