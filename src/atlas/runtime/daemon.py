@@ -12,7 +12,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from atlas.bus.client import (
 )
 from atlas.bus.health import BusHealth
 from atlas.bus.server import EmbeddedNats
+from atlas.bus.sessionlog import SessionLog
 from atlas.config.durations import parse_duration
 from atlas.config.settings import Settings
 from atlas.errors import AtlasError
@@ -149,6 +150,7 @@ class Daemon:
                                    write_retry_s=s.bus_retry_s))
         await self.bus.connect()
         self.bus_health = BusHealth(self.bus, self.embedded)  # degraded while the bus cannot write
+        self.session_log = SessionLog(self.bus)  # how the API reads sessions' logs
         self.store = SessionStore(open_read_model(self.home / "atlas.db"))
         self.concurrency = ConcurrencyControl(self.bus, self._is_alive, self._ancestors)
         await self._heartbeat_once()
@@ -193,9 +195,20 @@ class Daemon:
             except AtlasError as exc:
                 log.warning("registered workspace %s (%s) not loaded: %s", ws_id, entry["path"], exc.message)
         for path in self.settings.workspaces:
-            ws, _ = await self.workspaces.add(path)
-            await self.bus.kv_put(KV_WORKSPACES, ws.id, {"path": str(ws.path), "configDigest": ws.loaded.digest,
-                                                         "addedAt": ws.created_at})
+            await self.add_workspace(path)
+
+    async def add_workspace(self, path: str | Path, roots: Sequence[Path] = ()) -> tuple[Workspace, bool]:
+        """Load (or reload) the workspace at `path` and register it in WORKSPACES (spec §6.7), where every daemon
+        of the cluster finds it at start; returns it and whether it is new (`roots`: see `WorkspaceRegistry.add`)."""
+        ws, created = await self.workspaces.add(path, roots)
+        await self.bus.kv_put(KV_WORKSPACES, ws.id, {"path": str(ws.path), "configDigest": ws.loaded.digest,
+                                                     "addedAt": ws.created_at})
+        return ws, created
+
+    async def remove_workspace(self, workspace_id: str) -> None:
+        """Forget a workspace here and in WORKSPACES (its sessions are the caller's business)."""
+        self.workspaces.remove(workspace_id)
+        await self.bus.kv_delete(KV_WORKSPACES, workspace_id)
 
     def _bus_lost(self) -> None:
         """The embedded nats-server died and could not be restarted: stop, and exit non-zero (spec §6.1)."""
@@ -304,6 +317,15 @@ class Daemon:
     async def live_daemons(self) -> set[str]:
         keys = await self.bus.kv_keys(KV_DAEMONS)
         return set(keys)
+
+    async def cluster(self) -> list[dict[str, Any]]:
+        """Every live daemon's heartbeat record with its `daemonId`, by id (what `/api/daemon/status` shows)."""
+        members = []
+        for key in sorted(await self.live_daemons()):
+            found = await self.bus.kv_get(KV_DAEMONS, key)
+            if found is not None:
+                members.append({"daemonId": key, **found[0]})
+        return members
 
     async def is_daemon_alive(self, daemon_id: str | None) -> bool:
         """A daemon is alive while its heartbeat entry has not expired: one read from the leader of DAEMONS, since a
