@@ -3,17 +3,25 @@
 The record lives in KV `IDEMPOTENCY` under `<ws>.<sig>.<sha256(key)>`. A reservation is an atomic create, so two
 concurrent requests never both win; the loser waits for the winner's answer and replays it. A replay reads the
 record first (one round trip), which keeps it no slower than a fresh trigger.
+
+A `pending` entry also names the daemon *process* that made it (`ownerPid`, `ownerStartedAt`: what that process
+writes in its `DAEMONS` heartbeat), because a daemon id outlives its processes: after a kill -9 the same home
+restarts with the same id and a fresh heartbeat, and the id alone would keep the dead process's entry "in flight"
+until the bucket's TTL (24 h). So an entry counts as released (spec §4.5) as soon as its owner process is gone:
+made by another process of this daemon id (only one runs per home, so it ended before this one started), or by a
+daemon whose heartbeat expired or now comes from another process.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from atlas.bus.client import KV_IDEMPOTENCY, WrongLastSequence
+from atlas.bus.client import KV_DAEMONS, KV_IDEMPOTENCY, WrongLastSequence
 from atlas.errors import AtlasError
 from atlas.sessions.events import now_iso
 
@@ -53,27 +61,57 @@ class Idempotency:
         while True:
             found = await self.d.bus.kv_get(KV_IDEMPOTENCY, k)
             if found is None:
-                record = {"state": "pending", "bodyHash": body_hash, "owner": self.d.daemon_id, "createdAt": now_iso()}
                 try:
-                    await self.d.bus.kv_create(KV_IDEMPOTENCY, k, record)
+                    await self.d.bus.kv_create(KV_IDEMPOTENCY, k, self._pending(body_hash))
                     return Reservation(k, body_hash)
                 except WrongLastSequence:
                     continue
-            record, _ = found
+            record, revision = found
             if record.get("bodyHash") != body_hash:
                 raise AtlasError("idempotency_key_mismatch",
                                  "This Idempotency-Key was used with a different request body")
             if record.get("state") == "accepted":
                 return Reservation(k, body_hash, replay=record)
-            if record.get("owner") != self.d.daemon_id and not await self.d.is_daemon_alive(record.get("owner")):
-                await self.d.bus.kv_delete(KV_IDEMPOTENCY, k)  # its owner is gone: the key counts as released
-                continue
+            if await self._owner_gone(record):
+                # Released: take it over with a compare-and-set, so that of several requests finding the same
+                # stale entry one wins and the others wait for its answer (a delete could drop a winner's entry).
+                try:
+                    await self.d.bus.kv_update(KV_IDEMPOTENCY, k, self._pending(body_hash), revision)
+                    return Reservation(k, body_hash)
+                except WrongLastSequence:
+                    continue
             if time.monotonic() > deadline:
                 raise AtlasError("idempotency_key_in_progress", "A request with this Idempotency-Key is in flight")
             await asyncio.sleep(0.02)  # poll the winner's record until it is accepted
+
+    def _pending(self, body_hash: str) -> dict[str, Any]:
+        return {"state": "pending", "bodyHash": body_hash, "owner": self.d.daemon_id, "ownerPid": os.getpid(),
+                "ownerStartedAt": self.d.started_at, "createdAt": now_iso()}
+
+    async def _owner_gone(self, record: dict[str, Any]) -> bool:
+        """Whether the process that reserved this pending entry is gone, so the entry counts as released."""
+        owner = record.get("owner")
+        if not owner:
+            return True
+        if owner == self.d.daemon_id:
+            # One process per home (and so per daemon id) at a time: an entry of this id that another process
+            # made (or an older version, which did not name its process) predates this one, and its maker is gone.
+            return not _made_by(record, os.getpid(), self.d.started_at)
+        beat = await self.d.bus.kv_get(KV_DAEMONS, owner)
+        if beat is None:
+            return True  # the owner's heartbeat expired (spec §8.1)
+        if "ownerStartedAt" not in record:
+            return False  # from an older daemon: its id's heartbeat is all there is to go on
+        return not _made_by(record, beat[0].get("pid"), beat[0].get("startedAt"))
 
     async def accepted(self, res: Reservation, record: dict[str, Any]) -> None:
         await self.d.bus.kv_put(KV_IDEMPOTENCY, res.key, {"state": "accepted", "bodyHash": res.body_hash, **record})
 
     async def release(self, res: Reservation) -> None:
         await self.d.bus.kv_delete(KV_IDEMPOTENCY, res.key)
+
+
+def _made_by(record: dict[str, Any], pid: Any, started_at: Any) -> bool:
+    """Whether a pending entry was made by the process with this pid and start time (both, as pids are reused,
+    e.g. a daemon that is always pid 1 in its container)."""
+    return bool(record.get("ownerPid") == pid and record.get("ownerStartedAt") == started_at)
