@@ -24,6 +24,10 @@ if ! command -v wrk >/dev/null 2>&1; then
     log "installing wrk"
     (apt-get update -qq && apt-get install -y -qq wrk) >&2 || log "could not install wrk: the throughput part will be skipped"
 fi
+if ! command -v hey >/dev/null 2>&1; then
+    log "installing hey"
+    (apt-get update -qq && apt-get install -y -qq hey) >&2 || log "could not install hey: the end-to-end part will be skipped"
+fi
 
 cpu_model=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
 mem_total=$(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)
