@@ -87,6 +87,7 @@ def start_event(*agents: str, seq: int = 2, timestamp: str = T1, **extra: Any) -
         "rootSessionId": SID,
         "depth": 0,
         "plannedSteps": plan(*agents),
+        "runner": "daemon-1",
     }
     fields.update(extra)
     return ev.start(**fields)

@@ -16,6 +16,7 @@ import pytest
 
 from atlas.bus.client import WrongLastSequence
 from atlas.runtime.daemon import Daemon
+from atlas.sessions import events
 from atlas.sessions.events import now_iso
 from atlas.sessions.writer import SessionWriter
 from tests.daemon_proc import FIXTURES
@@ -50,8 +51,9 @@ async def test_a_writer_on_an_ended_log_refuses_a_second_terminal_event(tmp_path
         writer = await SessionWriter.resume(d.bus, d.store, sid)
         assert writer.ended
         with pytest.raises(WrongLastSequence):
-            await writer.append("session:complete", {"status": "failed", "errorCode": "x"})
-        await writer.append("session:summary", {"summary": "still allowed", "keyDetails": []})
+            await writer.append(events.complete(sessionId=sid, seq=writer.next_seq, status="failed", durationMs=0,
+                                                errorCode="x"))
+        await writer.append(events.summary(sessionId=sid, seq=writer.next_seq, summary="still allowed", keyDetails=[]))
         assert len(await completes(d, sid)) == 1
 
 

@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Any
 from atlas.errors import AtlasError
 from atlas.jsoncodec import dumps
 from atlas.runtime.workspaces import Workspace
-from atlas.sessions.events import now_iso
+from atlas.sessions import events
+from atlas.sessions.events import SessionQueuedEvent, now_iso
 from atlas.sessions.writer import SessionWriter
 
 if TYPE_CHECKING:
@@ -95,23 +96,24 @@ def schema_errors(ws: Workspace, signal_id: str, payload: Any) -> list[dict[str,
     ]
 
 
-def queued_fields(envelope: dict[str, Any], ws: Workspace | None, job_id: str) -> dict[str, Any]:
-    """The body of `session:queued`, from the envelope (the accept pipeline and, as a fallback, the consumer)."""
+def queued_event(envelope: dict[str, Any], ws: Workspace | None, job_id: str) -> SessionQueuedEvent:
+    """`session:queued` of the envelope's session (the accept pipeline and, as a fallback, the consumer)."""
     payload = envelope.get("payload")
-    task = payload.get("task") if isinstance(payload, dict) and isinstance(payload.get("task"), str) else job_id
-    return {
-        "workspaceId": envelope["workspaceId"],
-        "jobName": job_id,
-        "signalId": envelope["signalId"],
-        "task": task,
-        "trigger": envelope["trigger"],
-        "correlationId": envelope["correlationId"],
-        "parentSessionId": envelope.get("parentSessionId"),
-        "rootSessionId": envelope["rootSessionId"],
-        "depth": envelope["depth"],
-        "plannedSteps": ws.plans.get(job_id, []) if ws is not None else [],
-        "payload": payload,
-    }
+    task: str = payload["task"] if isinstance(payload, dict) and isinstance(payload.get("task"), str) else job_id
+    return events.queued(
+        sessionId=envelope["sessionId"],
+        workspaceId=envelope["workspaceId"],
+        jobName=job_id,
+        signalId=envelope["signalId"],
+        task=task,
+        trigger=envelope["trigger"],
+        correlationId=envelope["correlationId"],
+        parentSessionId=envelope.get("parentSessionId"),
+        rootSessionId=envelope["rootSessionId"],
+        depth=envelope["depth"],
+        plannedSteps=ws.plans.get(job_id, []) if ws is not None else [],
+        payload=payload,
+    )
 
 
 def _consume_exception(fut: asyncio.Future[Any]) -> None:
@@ -212,7 +214,7 @@ class AcceptPipeline:
         envelope_sent = asyncio.ensure_future(self.d.bus.publish_envelope(envelope, data, retry_for=budget))
         try:
             try:
-                await writer.append("session:queued", queued_fields(envelope, ws, job_id))
+                await writer.append(queued_event(envelope, ws, job_id))
             except Exception:
                 # Lost to the consumer (it wrote `session:queued` first) or the bus failed: if the envelope is
                 # durable the session exists or will, so this is still an accepted trigger.
@@ -267,7 +269,7 @@ class AcceptPipeline:
         sid = envelope["sessionId"]
         writer = SessionWriter(self.d.bus, self.d.store, sid, retry_for=self.ride_through_s())
         try:
-            await writer.append("session:queued", queued_fields(envelope, ws, job_id))
+            await writer.append(queued_event(envelope, ws, job_id))
             await self._end_unstarted(writer, code)
         except Exception as exc:
             if writer.seq > 0:  # session:queued is durable: end it rather than leave it queued forever

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 from nats.aio.msg import Msg
 
 from atlas.bus.client import CONSUMER, KV_INFLIGHT, SIGNALS, WrongLastSequence
-from atlas.runtime.accept import queued_fields
+from atlas.runtime.accept import queued_event
 from atlas.runtime.workspaces import Workspace
+from atlas.sessions import events
 from atlas.sessions.events import parse_iso
 from atlas.sessions.reducer import is_terminal
 from atlas.sessions.writer import SessionWriter
@@ -198,7 +199,7 @@ class SignalConsumer:
             ws = self.d.workspaces.get(env["workspaceId"])
             job_id = (ws.job_for_signal.get(env["signalId"]) if ws is not None else None) or env["signalId"]
             try:
-                await writer.append("session:queued", queued_fields(env, ws, job_id))
+                await writer.append(queued_event(env, ws, job_id))
                 return writer
             except WrongLastSequence:
                 continue  # the accepting daemon's write landed meanwhile: read it
@@ -206,21 +207,22 @@ class SignalConsumer:
 
     async def _start(self, ws: Workspace, job_id: str, env: dict[str, Any], writer: SessionWriter,
                      msg: Msg | None) -> bool:
-        start = {
-            "workspaceId": ws.id,
-            "jobName": job_id,
-            "task": _task(env, job_id),
-            "signalId": env["signalId"],
-            "correlationId": env["correlationId"],
-            "parentSessionId": env.get("parentSessionId"),
-            "rootSessionId": env["rootSessionId"],
-            "depth": env["depth"],
-            "plannedSteps": ws.plans[job_id],
-            # Who runs it: recovery needs it when the marker write after this event never lands.
-            "runner": self.d.daemon_id,
-        }
+        start = events.start(
+            sessionId=env["sessionId"],
+            seq=writer.next_seq,
+            workspaceId=ws.id,
+            jobName=job_id,
+            task=_task(env, job_id),
+            signalId=env["signalId"],
+            correlationId=env["correlationId"],
+            parentSessionId=env.get("parentSessionId"),
+            rootSessionId=env["rootSessionId"],
+            depth=env["depth"],
+            plannedSteps=ws.plans[job_id],
+            runner=self.d.daemon_id,  # recovery needs it: a running session has no marker
+        )
         try:
-            await writer.append("session:start", start)
+            await writer.append(start)
         except WrongLastSequence:
             # Someone else wrote first (a cancel while queued, a duplicate delivery): re-read and obey.
             last = await self.d.bus.last_event(env["sessionId"])

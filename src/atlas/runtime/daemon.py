@@ -42,6 +42,7 @@ from atlas.runtime.engine import CancelRequest, Engine, Run
 from atlas.runtime.recovery import Recovery
 from atlas.runtime.scheduler import Scheduler
 from atlas.runtime.workspaces import Workspace, WorkspaceRegistry
+from atlas.sessions import events
 from atlas.sessions.events import format_iso, now_iso
 from atlas.sessions.materializer import Materializer
 from atlas.sessions.readmodel import open_read_model
@@ -431,8 +432,8 @@ class Daemon:
                                  envelope: dict[str, Any] | None = None, drop_marker: bool = False) -> bool:
         """End a session that never started (policy skip, limits, cancel while queued). False if it lost a race."""
         try:
-            await writer.append("session:complete", {"status": status, "durationMs": 0, "error": message,
-                                                     "errorCode": code})
+            await writer.append(events.complete(sessionId=writer.session_id, seq=writer.next_seq, status=status,
+                                                durationMs=0, error=message, errorCode=code))
         except WrongLastSequence:
             return False
         sid = writer.session_id

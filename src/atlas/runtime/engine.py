@@ -38,7 +38,8 @@ from atlas.runtime.accept import TriggerRequest
 from atlas.runtime.chunks import MAX_CHUNK_BYTES, ChunkCoalescer
 from atlas.runtime.fsm import planned_step
 from atlas.runtime.workspaces import Workspace
-from atlas.sessions.events import truncate_recorded
+from atlas.sessions import events
+from atlas.sessions.events import PlannedStep
 from atlas.sessions.reducer import is_terminal
 from atlas.sessions.writer import SessionWriter
 from atlas.templating import TemplateError
@@ -140,15 +141,14 @@ class Engine:
             timer.cancel()
         if status == "completed" and self.job.summary is not None:
             await self._write_summary()
-        await self.writer.append(
-            "session:complete",
-            {
-                "status": status,
-                "durationMs": int((time.monotonic() - started) * 1000),
-                "error": message,
-                "errorCode": code,
-            },
-        )
+        await self.writer.append(events.complete(
+            sessionId=self.writer.session_id,
+            seq=self.writer.next_seq,
+            status=status,
+            durationMs=int((time.monotonic() - started) * 1000),
+            error=message,
+            errorCode=code,
+        ))
 
     def _time_out(self, task: asyncio.Task[Any] | None, timeout_s: float) -> None:
         if task is None or task.done() or self.run_state.cancel is not None:
@@ -174,8 +174,13 @@ class Engine:
             log.warning("summary template failed for %s: %s", self.env["sessionId"], exc)
             return
         # The summary is recorded, so a secret() it rendered must show as *** (spec §10.7).
-        await self.writer.append("session:summary", self.d.templater.redact({"summary": summary,
-                                                                             "keyDetails": key_details}))
+        redacted = self.d.templater.redact({"summary": summary, "keyDetails": key_details})
+        await self.writer.append(events.summary(
+            sessionId=self.writer.session_id,
+            seq=self.writer.next_seq,
+            summary=redacted["summary"],
+            keyDetails=redacted["keyDetails"],
+        ))
 
     # ------------------------------------------------------------ FSM
 
@@ -246,7 +251,9 @@ class Engine:
                     raise SessionEnd("failed", "template_error", str(exc)) from exc
                 if not runs:
                     name = self._plan(state_id, action)["agentName"]
-                    await self.writer.append("step:skipped", {"stateId": state_id, "agentName": name})
+                    await self.writer.append(events.step_skipped(
+                        sessionId=self.writer.session_id, seq=self.writer.next_seq, stateId=state_id, agentName=name,
+                    ))
                     continue
             await self._step(action, state_id)
 
@@ -265,7 +272,7 @@ class Engine:
             raise StepError("input_missing", f"No results named {missing} for inputFrom")
         return {s: self.results[s] for s in source}
 
-    def _plan(self, state_id: str, action: AgentAction | LlmAction | SignalAction) -> dict[str, Any]:
+    def _plan(self, state_id: str, action: AgentAction | LlmAction | SignalAction) -> PlannedStep:
         """The planned-step record of an action (agentName, task, outputKey): one rule for plan and run."""
         step = planned_step(state_id, action, self.ws.config.agents, self.ws.id)
         assert step is not None  # step actions always have one
@@ -316,39 +323,36 @@ class Engine:
         self.results[output_key] = output
         await self._write_step_complete(number, started, "completed", output, None, None, child_id, usage)
 
-    async def _step_start(self, number: int, plan: dict[str, Any], action: Any, input_value: Any,
+    async def _step_start(self, number: int, plan: PlannedStep, action: Any, input_value: Any,
                           prompt: str | None) -> None:
-        await self.writer.append(
-            "step:start",
-            {
-                "stepNumber": number,
-                "agentName": plan["agentName"],
-                "stateId": plan["stateId"],
-                "actionType": action.type,
-                "task": str(self.d.templater.redact(prompt)) if prompt else plan["task"],  # may hold a secret()
-                "outputKey": plan["outputKey"],
-                "input": truncate_recorded(self.d.templater.redact(input_value)),
-            },
-        )
+        await self.writer.append(events.step_start(
+            sessionId=self.writer.session_id,
+            seq=self.writer.next_seq,
+            stepNumber=number,
+            agentName=plan["agentName"],
+            stateId=plan["stateId"],
+            actionType=action.type,
+            task=str(self.d.templater.redact(prompt)) if prompt else plan["task"],  # may hold a secret()
+            outputKey=plan["outputKey"],
+            input=self.d.templater.redact(input_value),  # recorded subject to the 256 KiB cap
+        ))
 
     async def _write_step_complete(self, number: int, started: float, status: str, output: Any,
                                    error: str | None, code: str | None, child_id: str | None = None,
                                    usage: dict[str, Any] | None = None) -> None:
         await self._end_chunks(number)
-        await self.writer.append(
-            "step:complete",
-            {
-                "stepNumber": number,
-                "status": status,
-                "durationMs": int((time.monotonic() - started) * 1000),
-                "toolCalls": [],
-                "output": truncate_recorded(self.d.templater.redact(output)),
-                "error": error,
-                "errorCode": code,
-                "childSessionId": child_id,
-                "usage": usage,
-            },
-        )
+        await self.writer.append(events.step_complete(
+            sessionId=self.writer.session_id,
+            seq=self.writer.next_seq,
+            stepNumber=number,
+            status=status,
+            durationMs=int((time.monotonic() - started) * 1000),
+            output=self.d.templater.redact(output),  # recorded subject to the 256 KiB cap
+            error=error,
+            errorCode=code,
+            childSessionId=child_id,
+            usage=usage,
+        ))
 
     async def _step_failed(self, number: int, started: float, code: str, message: str, output: Any,
                            child_id: str | None = None) -> None:

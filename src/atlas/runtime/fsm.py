@@ -7,7 +7,6 @@ steps and the engine all agree on what a job will do.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 from atlas.config.model import (
     Action,
@@ -22,6 +21,8 @@ from atlas.config.model import (
     State,
     Transition,
 )
+from atlas.sessions import events
+from atlas.sessions.events import PlannedStep
 
 ADVANCE = "ADVANCE"
 IDLE_STATE = "idle"
@@ -82,7 +83,7 @@ def compile_execution(job_id: str, job: Job) -> Fsm:
 
 def planned_steps(
     job_id: str, job: Job, agents: Mapping[str, Agent], workspace_id: str
-) -> list[dict[str, Any]]:
+) -> list[PlannedStep]:
     """The steps a run is expected to take: the "happy path" of the FSM (spec §2.4 "Planned steps").
 
     Each step is `{agentName, stateId, task, actionType, outputKey}`, the API's `plannedSteps` item.
@@ -91,7 +92,7 @@ def planned_steps(
     it, else along its first `on` entry. Stop at a final state, a state already visited or a dead end.
     """
     fsm = job_fsm(job_id, job)
-    steps: list[dict[str, Any]] = []
+    steps: list[PlannedStep] = []
     visited: set[str] = set()
     state_id: str | None = fsm.initial
     while state_id is not None and state_id not in visited and state_id in fsm.states:
@@ -116,12 +117,12 @@ def _next_state(state: State) -> str | None:
 
 def planned_step(
     state_id: str, action: Action, agents: Mapping[str, Agent], workspace_id: str
-) -> dict[str, Any] | None:
+) -> PlannedStep | None:
     """The planned-step record for a step action; `None` for `emit`, which is not a step."""
     if isinstance(action, AgentAction):
         agent = agents.get(action.agentId)
         description = agent.description if agent is not None else None
-        return _step(
+        return events.planned_step(
             agentName=action.agentId,
             stateId=state_id,
             task=description or action.agentId,
@@ -129,7 +130,7 @@ def planned_step(
             outputKey=action.outputTo or action.agentId,
         )
     if isinstance(action, LlmAction):
-        return _step(
+        return events.planned_step(
             agentName=action.outputTo,
             stateId=state_id,
             task=f"llm:{action.model}",
@@ -138,7 +139,7 @@ def planned_step(
         )
     if isinstance(action, SignalAction):
         name = action.outputTo or f"signal:{action.signal}"
-        return _step(
+        return events.planned_step(
             agentName=name,
             stateId=state_id,
             task=f"signal {action.workspace or workspace_id}/{action.signal}",
@@ -146,14 +147,3 @@ def planned_step(
             outputKey=name,
         )
     return None
-
-
-def _step(*, agentName: str, stateId: str, task: str, actionType: str, outputKey: str) -> dict[str, Any]:
-    """Keyword-only so the five API field names are spelled once, in the order the API shows them."""
-    return {
-        "agentName": agentName,
-        "stateId": stateId,
-        "task": task,
-        "actionType": actionType,
-        "outputKey": outputKey,
-    }

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from atlas.bus.client import KV_CONCURRENCY, KV_INFLIGHT, WrongLastSequence
 from atlas.runtime.consumer import age_seconds
-from atlas.sessions.events import format_iso
+from atlas.sessions import events
+from atlas.sessions.events import SessionCompleteEvent, duration_ms, format_iso, now_iso
 from atlas.sessions.reducer import is_terminal
 
 if TYPE_CHECKING:
@@ -190,8 +191,7 @@ class Recovery:
             if view is not None and is_terminal(view["status"]):
                 break
             try:
-                await writer.append("session:complete", {"status": "interrupted", "errorCode": "interrupted",
-                                                         "error": INTERRUPTED})
+                await writer.append(interrupted_event(sid, writer.next_seq, view))
                 break
             except WrongLastSequence:
                 continue
@@ -223,6 +223,19 @@ class Recovery:
             nxt = await d.concurrency.release(ws_id, sig_id, "", "queue")
             if nxt is not None:
                 await d.consumer.start_parked(nxt)
+
+
+def interrupted_event(sid: str, seq: int, view: dict[str, Any] | None) -> SessionCompleteEvent:
+    """The `session:complete` of a session whose runner is gone: `interrupted`, and as long as it ran, from its
+    `startedAt` to now (its runner's own clock is lost with it; 0 when the view does not say when it started)."""
+    now = now_iso()
+    started_at = view.get("startedAt") if view is not None else None
+    try:
+        ran_ms = duration_ms(started_at, now) if isinstance(started_at, str) and started_at else 0
+    except ValueError:
+        ran_ms = 0
+    return events.complete(sessionId=sid, seq=seq, timestamp=now, status="interrupted",
+                           durationMs=ran_ms, error=INTERRUPTED, errorCode="interrupted")
 
 
 ENVELOPE_FROM_QUEUED = ("workspaceId", "signalId", "sessionId", "correlationId", "parentSessionId", "rootSessionId",

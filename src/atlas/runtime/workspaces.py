@@ -23,7 +23,7 @@ from atlas.config.loader import WORKSPACE_FILE, LoadedWorkspace, load_workspace
 from atlas.config.model import Fsm, Job, WorkspaceConfig
 from atlas.errors import AtlasError
 from atlas.runtime.fsm import job_display_name, job_fsm, planned_steps
-from atlas.sessions.events import now_iso
+from atlas.sessions.events import PlannedStep, now_iso
 
 
 @dataclass
@@ -32,7 +32,7 @@ class Workspace:
     config: WorkspaceConfig
     job_for_signal: dict[str, str]
     fsms: dict[str, Fsm]
-    plans: dict[str, list[dict[str, Any]]]
+    plans: dict[str, list[PlannedStep]]
     validators: dict[str, Draft202012Validator]
     created_at: str = field(default_factory=now_iso)
     last_seen: str = field(default_factory=now_iso)

@@ -1,37 +1,76 @@
-"""Constructors for the durable session events of spec §3.2, plus the time helpers they rely on.
+"""The durable session events of spec §3.2: their types, and the only functions that build them.
 
-Why this module exists: every producer (accept pipeline, runner, cancel, recovery) must write exactly the same
-wire shape, because every daemon's read model and the browser fold these events with the same reducer
-(`atlas.sessions.reducer`). Building events in one place keeps the camelCase keys, the "optional fields are
-omitted, never ``null``" rule, the timestamp format and the 256 KiB recording cap consistent.
+Why this module exists: every producer (accept pipeline, consumer, runner, cancel, recovery) must write exactly the
+same wire shape, because every daemon's read model and the browser fold these events with the same reducer
+(`atlas.sessions.reducer`), and `/openapi.json` publishes their JSON Schemas. So each event type is declared once,
+here, as a TypedDict, and built only by its constructor below; the API generates the published schemas from the
+same TypedDicts (`atlas.api.wire_schemas`), so the document cannot drift from what the runtime writes. Building
+events in one place keeps the camelCase keys, the "optional fields are omitted, never ``null``" rule, the key
+order (the bytes on the bus), the timestamp format and the 256 KiB recording cap consistent.
 
-Events are plain JSON dicts (like Temporal's history as plain data), not models: they go straight onto the bus
-and into SQLite, and the TypedDicts below only document their shape.
+Events are plain JSON dicts (like Temporal's history as plain data), not models: they go straight onto the bus and
+into SQLite, on the hot path of every trigger, so nothing validates them at run time beyond the cheap checks of
+the constructors. The TypedDicts cost nothing at run time; the ``Annotated`` metadata (`JsonSchema`) and the field
+docstrings are only read when the API generates its schemas.
 
-Constructors validate the few closed vocabularies (statuses, triggers, action types) and raise ``ValueError``
-on a programming error, so a bad event is caught at its source rather than in every consumer. Values passed in
-are referenced, not copied: events are meant to be serialised right away.
+Constructors validate the few closed vocabularies (statuses, triggers, action types) and raise ``ValueError`` on
+a programming error, so a bad event is caught at its source rather than in every consumer. Values passed in are
+referenced, not copied: events are meant to be serialised right away. The caller names the event's session and
+``seq`` (a `SessionWriter` numbers its log and checks both); ``timestamp`` defaults to now.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any, Final, Literal, NotRequired, TypedDict
+from typing import Annotated, Any, Final, Literal, NotRequired, TypeVar, cast, get_args
+
+# typing_extensions' TypedDict: pydantic (which generates the published schemas) needs it before Python 3.12.
+from typing_extensions import TypeAliasType, TypedDict
 
 from atlas.jsoncodec import dumps
 
 __all__ = [
     "ACTION_TYPES",
+    "EVENT_TYPES",
     "PREVIEW_BYTES",
     "RECORD_LIMIT_BYTES",
     "STATUSES",
     "STEP_RESULT_STATUSES",
     "TERMINAL_STATUSES",
     "TRIGGERS",
+    "ActionType",
+    "ChunkBody",
+    "Count",
+    "DurableEvent",
+    "EphemeralChunk",
+    "JsonSchema",
+    "JsonValue",
+    "KeyDetail",
+    "LogChunk",
+    "ParentId",
+    "PlannedStep",
+    "ProgressChunk",
+    "Seq",
+    "SessionCompleteEvent",
+    "SessionQueuedEvent",
+    "SessionStartEvent",
+    "SessionStatus",
+    "SessionSummaryEvent",
+    "StepCompleteEvent",
+    "StepNumber",
+    "StepResultStatus",
+    "StepSkippedEvent",
+    "StepStartEvent",
+    "TerminalStatus",
+    "TextDeltaChunk",
+    "Timestamp",
+    "Trigger",
+    "Usage",
     "complete",
+    "documented",
     "duration_ms",
     "format_iso",
     "now_iso",
@@ -47,21 +86,25 @@ __all__ = [
 ]
 
 # --- vocabularies (§3.1, §3.2) ----------------------------------------------------------------------------
+# Each closed vocabulary is a Literal (what the types and the published schemas use) and a frozenset of the same
+# values (what the constructors and the reducer check against at run time).
+
+SessionStatus = Literal["queued", "active", "completed", "failed", "skipped", "cancelled", "interrupted"]
+#: A terminal status never changes again (§3.1).
+TerminalStatus = Literal["completed", "failed", "skipped", "cancelled", "interrupted"]
+#: `step:complete.status`.
+StepResultStatus = Literal["completed", "failed"]
+#: `session:queued.trigger` (§4.1).
+Trigger = Literal["http", "webhook", "schedule", "cascade"]
+#: `actionType` of a step (§2.4).
+ActionType = Literal["agent", "llm", "signal"]
 
 #: Every session status. Defined here (the lowest module of the package) and re-exported by the reducer.
-STATUSES: Final[frozenset[str]] = frozenset(
-    {"queued", "active", "completed", "failed", "skipped", "cancelled", "interrupted"}
-)
-#: A terminal status never changes again (§3.1).
-TERMINAL_STATUSES: Final[frozenset[str]] = frozenset(
-    {"completed", "failed", "skipped", "cancelled", "interrupted"}
-)
-#: `step:complete.status`.
-STEP_RESULT_STATUSES: Final[frozenset[str]] = frozenset({"completed", "failed"})
-#: `session:queued.trigger` (§4.1).
-TRIGGERS: Final[frozenset[str]] = frozenset({"http", "webhook", "schedule", "cascade"})
-#: `actionType` of a step (§2.4).
-ACTION_TYPES: Final[frozenset[str]] = frozenset({"agent", "llm", "signal"})
+STATUSES: Final[frozenset[str]] = frozenset(get_args(SessionStatus))
+TERMINAL_STATUSES: Final[frozenset[str]] = frozenset(get_args(TerminalStatus))
+STEP_RESULT_STATUSES: Final[frozenset[str]] = frozenset(get_args(StepResultStatus))
+TRIGGERS: Final[frozenset[str]] = frozenset(get_args(Trigger))
+ACTION_TYPES: Final[frozenset[str]] = frozenset(get_args(ActionType))
 
 #: A recorded input/output whose JSON text is larger than this is replaced by a preview (§3.2).
 RECORD_LIMIT_BYTES: Final = 256 * 1024
@@ -69,101 +112,266 @@ RECORD_LIMIT_BYTES: Final = 256 * 1024
 PREVIEW_BYTES: Final = 4 * 1024
 
 
-# --- documentation of the wire shapes -------------------------------------------------------------------
+# --- schema metadata ----------------------------------------------------------------------------------------
 
 
+class JsonSchema:
+    """Extra JSON Schema keywords for a field (a bound, a format, a description) that its Python type cannot say.
+
+    Used as ``Annotated`` metadata; pydantic calls `__get_pydantic_json_schema__` when the API generates its
+    schemas, and nothing else ever reads it, so this module needs no pydantic and events cost nothing extra.
+    """
+
+    __slots__ = ("keywords",)
+
+    def __init__(self, **keywords: Any) -> None:
+        self.keywords = keywords
+
+    def __get_pydantic_json_schema__(self, core_schema: Any, handler: Callable[[Any], Any]) -> dict[str, Any]:
+        schema = dict(handler(core_schema))
+        schema.update(self.keywords)
+        return schema
+
+
+_T = TypeVar("_T")
+
+
+def documented(cls: _T) -> _T:
+    """Let a TypedDict's generated schema describe each field with the docstring written under it (pydantic's
+    ``use_attribute_docstrings``, set as plain data: what pydantic's ``with_config`` does, without importing it)."""
+    setattr(cls, "__pydantic_config__", {"use_attribute_docstrings": True})  # noqa: B010
+    return cls
+
+
+#: `seq`: 1 for `session:queued`, then +1 per event, without gaps (§3.2).
+Seq = Annotated[int, JsonSchema(minimum=1)]
+#: A count, a depth or a duration: never negative.
+Count = Annotated[int, JsonSchema(minimum=0)]
+#: The spec's only time format.
+Timestamp = Annotated[
+    str,
+    JsonSchema(format="date-time", description="RFC 3339 UTC time with milliseconds, e.g. `2026-11-24T10:15:02.123Z`"),
+]
+#: `parentSessionId` exists only for children and is never empty (§3.4).
+ParentId = Annotated[str, JsonSchema(minLength=1, description="Only for children; never null or empty")]
+#: A step's number in its session, from 1.
+StepNumber = Annotated[int, JsonSchema(minimum=1)]
+#: Any JSON value (a payload, a step's input or output).
+JsonValue = Annotated[Any, JsonSchema(description="Any JSON value")]
+
+
+# --- the wire shapes --------------------------------------------------------------------------------------
+
+
+@documented
 class PlannedStep(TypedDict):
+    """One entry of `plannedSteps`: a step the job is expected to take (spec §2.4 "Planned steps")."""
+
     agentName: str
     stateId: str
     task: str
-    actionType: Literal["agent", "llm", "signal"]
+    actionType: ActionType
     outputKey: str
+    """Where the step's result is stored (its `results` key)."""
 
 
+@documented
 class KeyDetail(TypedDict):
+    """One rendered key detail of a job's `summary`."""
+
     label: str
-    value: Any
+    value: JsonValue
     url: NotRequired[str]
 
 
+@documented
 class Usage(TypedDict, total=False):
-    inputTokens: int
-    outputTokens: int
-    cacheReadTokens: int
-    cacheWriteTokens: int
+    """Token usage an `llm` step's endpoint reported (§3.2); only the keys it reported."""
+
+    inputTokens: Count
+    outputTokens: Count
+    cacheReadTokens: Count
+    cacheWriteTokens: Count
     model: str
 
 
-class _EventBase(TypedDict):
-    type: str
+@documented
+class _EventHead(TypedDict):
     sessionId: str
-    seq: int
-    timestamp: str
+    seq: Seq
+    """1 for `session:queued`, then one more per event of the session, without gaps."""
+    timestamp: Timestamp
 
 
-class SessionQueuedEvent(_EventBase):
+@documented
+class SessionQueuedEvent(_EventHead):
+    """The `session:queued` event: written at acceptance, always seq 1, so a session is visible before it runs."""
+
+    type: Literal["session:queued"]
     workspaceId: str
     jobName: str
     signalId: str
     task: str
-    trigger: Literal["http", "webhook", "schedule", "cascade"]
+    trigger: Trigger
     correlationId: str
-    parentSessionId: NotRequired[str]
+    """Shared by the whole trigger tree."""
+    parentSessionId: NotRequired[ParentId]
     rootSessionId: str
-    depth: int
+    depth: Count
     plannedSteps: list[PlannedStep]
-    payload: Any
+    payload: JsonValue
+    """The trigger's payload (`null` for a non-JSON webhook body, §5.2)."""
 
 
-class SessionStartEvent(_EventBase):
+@documented
+class SessionStartEvent(_EventHead):
+    """The `session:start` event: a daemon took the session to run it (always seq 2)."""
+
+    type: Literal["session:start"]
     workspaceId: str
     jobName: str
     task: str
     signalId: str
     correlationId: str
-    parentSessionId: NotRequired[str]
+    """Shared by the whole trigger tree."""
+    parentSessionId: NotRequired[ParentId]
     rootSessionId: str
-    depth: int
+    depth: Count
     plannedSteps: list[PlannedStep]
+    runner: str
+    """The daemon id of the runner. Running sessions have no inflight marker, so this is how recovery tells
+    whether the session's runner is still alive (spec §8.1 as amended in docs/decisions.md)."""
 
 
-class StepStartEvent(_EventBase):
-    stepNumber: int
+@documented
+class StepStartEvent(_EventHead):
+    """The `step:start` event: a step action begins."""
+
+    type: Literal["step:start"]
+    stepNumber: StepNumber
     agentName: str
     stateId: str
-    actionType: Literal["agent", "llm", "signal"]
+    actionType: ActionType
     task: str
+    """The rendered prompt of an `llm`/agent step (secrets redacted), else the planned task."""
     outputKey: str
-    input: NotRequired[Any]
+    input: NotRequired[JsonValue]
+    """The step's input, or a `{truncated, preview}` stand-in over 256 KiB; absent when `null`."""
 
 
-class StepCompleteEvent(_EventBase):
-    stepNumber: int
-    status: Literal["completed", "failed"]
-    durationMs: int
-    toolCalls: list[Any]
-    output: NotRequired[Any]
+@documented
+class StepCompleteEvent(_EventHead):
+    """The `step:complete` event: a step ended `completed` or `failed`."""
+
+    type: Literal["step:complete"]
+    stepNumber: StepNumber
+    status: StepResultStatus
+    durationMs: Count
+    toolCalls: list[JsonValue]
+    """Kept for the reference's shape; always empty today."""
+    output: NotRequired[JsonValue]
+    """The step's output, or a `{truncated, preview}` stand-in over 256 KiB; absent when `null`."""
     error: NotRequired[str]
     errorCode: NotRequired[str]
-    usage: NotRequired[Usage]
     childSessionId: NotRequired[str]
+    """For `signal` actions: the child session."""
+    usage: NotRequired[Usage]
 
 
-class StepSkippedEvent(_EventBase):
+@documented
+class StepSkippedEvent(_EventHead):
+    """The `step:skipped` event: a step action whose `if` rendered falsy."""
+
+    type: Literal["step:skipped"]
     stateId: str
     agentName: NotRequired[str]
 
 
-class SessionSummaryEvent(_EventBase):
+@documented
+class SessionSummaryEvent(_EventHead):
+    """The `session:summary` event: the job's rendered `summary` (the one event allowed after the end)."""
+
+    type: Literal["session:summary"]
     summary: str
     keyDetails: list[KeyDetail]
 
 
-class SessionCompleteEvent(_EventBase):
-    status: Literal["completed", "failed", "skipped", "cancelled", "interrupted"]
-    durationMs: int
+@documented
+class SessionCompleteEvent(_EventHead):
+    """The `session:complete` event: the one terminal record, always last (§3.2, §4.4)."""
+
+    type: Literal["session:complete"]
+    status: TerminalStatus
+    durationMs: Count
+    """Milliseconds the session ran (0 for one that never started)."""
     error: NotRequired[str]
     errorCode: NotRequired[str]
+
+
+#: Any durable event, as a `SessionWriter` appends it.
+DurableEvent = (
+    SessionQueuedEvent
+    | SessionStartEvent
+    | StepStartEvent
+    | StepCompleteEvent
+    | StepSkippedEvent
+    | SessionSummaryEvent
+    | SessionCompleteEvent
+)
+
+#: Every durable event type, by its `type`, in the order a session writes them.
+EVENT_TYPES: Final[dict[str, type[Any]]] = {
+    "session:queued": SessionQueuedEvent,
+    "session:start": SessionStartEvent,
+    "step:start": StepStartEvent,
+    "step:complete": StepCompleteEvent,
+    "step:skipped": StepSkippedEvent,
+    "session:summary": SessionSummaryEvent,
+    "session:complete": SessionCompleteEvent,
+}
+
+
+# --- live-only chunks (§3.3): never stored, but kept on a running block's `ephemeral` list ----------------------
+
+
+@documented
+class ProgressChunk(TypedDict):
+    type: Literal["progress"]
+    message: NotRequired[str]
+    current: NotRequired[float]
+    total: NotRequired[float]
+    data: NotRequired[JsonValue]
+
+
+@documented
+class LogChunk(TypedDict):
+    type: Literal["log"]
+    stream: Literal["stdout", "stderr"]
+    line: str
+
+
+@documented
+class TextDeltaChunk(TypedDict):
+    type: Literal["text-delta"]
+    delta: str
+
+
+ChunkBody = TypeAliasType(
+    "ChunkBody",
+    Annotated[
+        ProgressChunk | LogChunk | TextDeltaChunk,
+        JsonSchema(description="An ephemeral chunk (spec §3.3): `progress`, `log` or `text-delta`"),
+    ],
+)
+
+
+@documented
+class EphemeralChunk(TypedDict):
+    """Live-only progress of a running step, never stored or replayed; may be dropped."""
+
+    sessionId: str
+    stepNumber: NotRequired[StepNumber]
+    chunk: ChunkBody
 
 
 # --- time -------------------------------------------------------------------------------------------------
@@ -234,6 +442,8 @@ def truncate_recorded(value: Any) -> Any:
 
 
 # --- constructors -----------------------------------------------------------------------------------------
+# Each builds its dict in the wire's key order (the head, then the fields in the order of its TypedDict), which is
+# also the order the bytes on the bus have always had.
 
 
 def _base(event_type: str, session_id: str, seq: int, timestamp: str | None) -> dict[str, Any]:
@@ -266,6 +476,11 @@ def _check_duration(value: Any) -> int:
     return round(value)
 
 
+def _check_step(value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"stepNumber must be an integer >= 1, got {value!r}")
+
+
 def _lineage(
     event: dict[str, Any],
     *,
@@ -283,20 +498,14 @@ def _lineage(
     event["depth"] = depth
 
 
-def _planned(steps: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    return [{key: value for key, value in step.items() if value is not None} for step in steps]
-
-
-def planned_step(
-    *, agentName: str, stateId: str, task: str, actionType: str, outputKey: str
-) -> dict[str, Any]:
-    """One entry of ``plannedSteps`` (§2.4 "Planned steps")."""
+def planned_step(*, agentName: str, stateId: str, task: str, actionType: str, outputKey: str) -> PlannedStep:
+    """One entry of ``plannedSteps`` (§2.4 "Planned steps"); keyword-only, so the five API names are spelled once."""
     _check("actionType", actionType, ACTION_TYPES)
     return {
         "agentName": agentName,
         "stateId": stateId,
         "task": task,
-        "actionType": actionType,
+        "actionType": cast(ActionType, actionType),
         "outputKey": outputKey,
     }
 
@@ -312,16 +521,23 @@ def queued(
     correlationId: str,
     rootSessionId: str,
     depth: int,
-    plannedSteps: Iterable[Mapping[str, Any]],
+    plannedSteps: list[PlannedStep],
     payload: Any,
     parentSessionId: str | None = None,
     seq: int = 1,
     timestamp: str | None = None,
-) -> dict[str, Any]:
-    """``session:queued``: written at acceptance, always seq 1, so a session is visible before it runs."""
+) -> SessionQueuedEvent:
+    """``session:queued``: written at acceptance, always seq 1, so a session is visible before it runs.
+
+    ``plannedSteps`` is the workspace's plan for the job, referenced, not copied (this is on every trigger's path);
+    ``payload`` is always present, ``null`` included (a non-JSON webhook body, spec §5.2)."""
     _check("trigger", trigger, TRIGGERS)
     event = _base("session:queued", sessionId, seq, timestamp)
-    event.update(workspaceId=workspaceId, jobName=jobName, signalId=signalId, task=task, trigger=trigger)
+    event["workspaceId"] = workspaceId
+    event["jobName"] = jobName
+    event["signalId"] = signalId
+    event["task"] = task
+    event["trigger"] = trigger
     _lineage(
         event,
         correlation_id=correlationId,
@@ -329,9 +545,9 @@ def queued(
         root_session_id=rootSessionId,
         depth=depth,
     )
-    event["plannedSteps"] = _planned(plannedSteps)
+    event["plannedSteps"] = plannedSteps
     event["payload"] = payload
-    return event
+    return cast(SessionQueuedEvent, event)
 
 
 def start(
@@ -344,14 +560,22 @@ def start(
     correlationId: str,
     rootSessionId: str,
     depth: int,
-    plannedSteps: Iterable[Mapping[str, Any]],
+    plannedSteps: list[PlannedStep],
+    runner: str,
     parentSessionId: str | None = None,
     seq: int = 2,
     timestamp: str | None = None,
-) -> dict[str, Any]:
-    """``session:start``: the runner took the session (always seq 2; written conditionally, §6.3)."""
+) -> SessionStartEvent:
+    """``session:start``: the runner took the session (always seq 2; written conditionally, §6.3).
+
+    ``runner`` names the daemon that runs it: recovery needs it to find a dead runner's sessions."""
+    if not isinstance(runner, str) or not runner:
+        raise ValueError("runner must be a non-empty string")
     event = _base("session:start", sessionId, seq, timestamp)
-    event.update(workspaceId=workspaceId, jobName=jobName, task=task, signalId=signalId)
+    event["workspaceId"] = workspaceId
+    event["jobName"] = jobName
+    event["task"] = task
+    event["signalId"] = signalId
     _lineage(
         event,
         correlation_id=correlationId,
@@ -359,8 +583,9 @@ def start(
         root_session_id=rootSessionId,
         depth=depth,
     )
-    event["plannedSteps"] = _planned(plannedSteps)
-    return event
+    event["plannedSteps"] = plannedSteps
+    event["runner"] = runner
+    return cast(SessionStartEvent, event)
 
 
 def step_start(
@@ -375,23 +600,20 @@ def step_start(
     outputKey: str,
     input: Any = None,
     timestamp: str | None = None,
-) -> dict[str, Any]:
+) -> StepStartEvent:
     """``step:start``: a step action begins; ``input`` is recorded subject to the 256 KiB cap."""
     _check("actionType", actionType, ACTION_TYPES)
-    if isinstance(stepNumber, bool) or not isinstance(stepNumber, int) or stepNumber < 1:
-        raise ValueError(f"stepNumber must be an integer >= 1, got {stepNumber!r}")
+    _check_step(stepNumber)
     event = _base("step:start", sessionId, seq, timestamp)
-    event.update(
-        stepNumber=stepNumber,
-        agentName=agentName,
-        stateId=stateId,
-        actionType=actionType,
-        task=task,
-        outputKey=outputKey,
-    )
+    event["stepNumber"] = stepNumber
+    event["agentName"] = agentName
+    event["stateId"] = stateId
+    event["actionType"] = actionType
+    event["task"] = task
+    event["outputKey"] = outputKey
     if input is not None:
         event["input"] = truncate_recorded(input)
-    return event
+    return cast(StepStartEvent, event)
 
 
 def step_complete(
@@ -404,36 +626,33 @@ def step_complete(
     output: Any = None,
     error: str | None = None,
     errorCode: str | None = None,
-    usage: Mapping[str, Any] | None = None,
     childSessionId: str | None = None,
+    usage: Mapping[str, Any] | None = None,
     toolCalls: list[Any] | None = None,
     timestamp: str | None = None,
-) -> dict[str, Any]:
+) -> StepCompleteEvent:
     """``step:complete``: a step ended ``completed`` or ``failed``; ``output`` is subject to the 256 KiB cap.
 
     ``toolCalls`` is always present (``[]`` by default) because the reference's shape has it; ``usage`` keeps
     only the keys that have a value and is omitted when none does.
     """
     _check("status", status, STEP_RESULT_STATUSES)
-    if isinstance(stepNumber, bool) or not isinstance(stepNumber, int) or stepNumber < 1:
-        raise ValueError(f"stepNumber must be an integer >= 1, got {stepNumber!r}")
+    _check_step(stepNumber)
     event = _base("step:complete", sessionId, seq, timestamp)
-    event.update(
-        stepNumber=stepNumber,
-        status=status,
-        durationMs=_check_duration(durationMs),
-        toolCalls=list(toolCalls) if toolCalls is not None else [],
-    )
+    event["stepNumber"] = stepNumber
+    event["status"] = status
+    event["durationMs"] = _check_duration(durationMs)
+    event["toolCalls"] = toolCalls if toolCalls is not None else []
     if output is not None:
         event["output"] = truncate_recorded(output)
     _put(event, "error", error)
     _put(event, "errorCode", errorCode)
+    _put(event, "childSessionId", childSessionId)
     if usage is not None:
         kept = {key: value for key, value in usage.items() if value is not None}
         if kept:
             event["usage"] = kept
-    _put(event, "childSessionId", childSessionId)
-    return event
+    return cast(StepCompleteEvent, event)
 
 
 def step_skipped(
@@ -443,12 +662,12 @@ def step_skipped(
     stateId: str,
     agentName: str | None = None,
     timestamp: str | None = None,
-) -> dict[str, Any]:
+) -> StepSkippedEvent:
     """``step:skipped``: a step action whose ``if`` rendered falsy; it turns the planned block ``skipped``."""
     event = _base("step:skipped", sessionId, seq, timestamp)
     event["stateId"] = stateId
     _put(event, "agentName", agentName)
-    return event
+    return cast(StepSkippedEvent, event)
 
 
 def summary(
@@ -458,7 +677,7 @@ def summary(
     summary: str,
     keyDetails: Iterable[Mapping[str, Any]] | None = None,
     timestamp: str | None = None,
-) -> dict[str, Any]:
+) -> SessionSummaryEvent:
     """``session:summary``: the job's rendered ``summary``; key details drop an absent ``url``."""
     event = _base("session:summary", sessionId, seq, timestamp)
     event["summary"] = summary
@@ -466,7 +685,7 @@ def summary(
         {key: value for key, value in detail.items() if not (key == "url" and value is None)}
         for detail in (keyDetails or [])
     ]
-    return event
+    return cast(SessionSummaryEvent, event)
 
 
 def complete(
@@ -478,12 +697,15 @@ def complete(
     error: str | None = None,
     errorCode: str | None = None,
     timestamp: str | None = None,
-) -> dict[str, Any]:
-    """``session:complete``: the one terminal record, always last (§3.2, §4.4)."""
+) -> SessionCompleteEvent:
+    """``session:complete``: the one terminal record, always last (§3.2, §4.4).
+
+    ``durationMs`` is required: every producer knows it (a run times itself, a session that never started took
+    0 ms, recovery counts from ``startedAt``), and the published schema requires it."""
     _check("status", status, TERMINAL_STATUSES)
     event = _base("session:complete", sessionId, seq, timestamp)
     event["status"] = status
     event["durationMs"] = _check_duration(durationMs)
     _put(event, "error", error)
     _put(event, "errorCode", errorCode)
-    return event
+    return cast(SessionCompleteEvent, event)

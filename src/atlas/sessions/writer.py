@@ -10,15 +10,21 @@ log after another writer's terminal event, and a second terminal record would br
 While JetStream does not answer (a leader election on a cluster that lost a node), an append is sent again with
 the same `Nats-Msg-Id` for up to `retry_for` seconds (the bus's `write_retry_s` unless the writer was given less:
 the accept pipeline answers an HTTP caller, a run can wait longer); see `Bus.append_event`.
+
+Events come in whole, built by their constructors in `atlas.sessions.events` (the only place that builds them), for
+this writer's session and its `next_seq`; the writer checks both rather than rewriting them, so what a producer built
+is byte for byte what lands on the bus.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from atlas.bus.client import Bus, WrongLastSequence
-from atlas.sessions.events import now_iso
+from atlas.sessions.events import DurableEvent
 from atlas.sessions.store import SessionStore
+
+E = TypeVar("E", bound=DurableEvent)
 
 
 class SessionWriter:
@@ -51,21 +57,24 @@ class SessionWriter:
         """The log this writer is positioned on already ends with `session:complete`."""
         return self.last_type == "session:complete"
 
-    async def append(self, event_type: str, fields: dict[str, Any]) -> dict[str, Any]:
+    @property
+    def next_seq(self) -> int:
+        """The `seq` of the next event this writer appends."""
+        return self.seq + 1
+
+    async def append(self, event: E) -> E:
+        """Append `event` (built for this session at `next_seq`) and apply it to the local store once acked."""
+        event_type = event["type"]
         if self.ended and event_type != "session:summary":
             raise WrongLastSequence(f"session {self.session_id} has already ended")
-        event: dict[str, Any] = {
-            "type": event_type,
-            "sessionId": self.session_id,
-            "seq": self.seq + 1,
-            "timestamp": now_iso(),
-        }
-        # Optional fields are omitted when None; `payload` is kept (a non-JSON webhook body is `null`, spec §5.2).
-        event.update({k: v for k, v in fields.items() if v is not None or k == "payload"})
+        if event["seq"] != self.seq + 1 or event["sessionId"] != self.session_id:
+            raise ValueError(f"event {event['sessionId']}#{event['seq']} is not next in this writer's log "
+                             f"({self.session_id}#{self.seq + 1})")
+        data = cast(dict[str, Any], event)
         first = self.seq == 0 and self.stream_seq == 0
-        self.stream_seq = await self.bus.append_event(event, self.stream_seq, self.retry_for)
+        self.stream_seq = await self.bus.append_event(data, self.stream_seq, self.retry_for)
         self.seq += 1
         self.last_type = event_type
-        self.store.apply(event, new=first)
+        self.store.apply(data, new=first)
         self.store.note_written(self.stream_seq)
         return event
