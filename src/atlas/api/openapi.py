@@ -3,9 +3,12 @@
 The routes take the raw `Request` and return pre-encoded JSON (the hot path must stay cheap), so FastAPI cannot see
 their parameters, bodies or responses. This module describes them by hand instead, as plain data built from a few
 helpers: every route of the API, its path, query and header parameters, its request body, and every status it can
-answer with the schema of that answer and its error codes. The schemas follow what the server really sends
-(optional keys are not required, `null` only where it can occur, open objects where more keys may appear), and
-`tests/test_openapi.py` holds the document to that with a schemathesis run against a live daemon.
+answer with the schema of that answer and its error codes. The session shapes are the exception: the durable
+events, SessionView, AgentBlock and SessionSummary (and what they reference) are generated from the TypedDicts that
+declare them (`atlas.api.wire_schemas`), so they cannot drift from what the runtime writes. The schemas follow
+what the server really sends (optional keys are not required, `null` only where it can occur, open objects where
+more keys may appear), and `tests/test_openapi.py` holds the document to that with a schemathesis run against a
+live daemon.
 
 Conventions: components are JSON Schema 2020-12 (OpenAPI 3.1); an error answer is `Error` narrowed to the codes
 the operation can give (`code` is an `enum`), with `details` typed per code where the code always has the same
@@ -15,22 +18,26 @@ details.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, get_args
 
 from fastapi import FastAPI
 
 from atlas import __version__
+from atlas.api.wire_schemas import component_schemas
+from atlas.sessions.events import ActionType, SessionStatus, TerminalStatus, Trigger
+from atlas.sessions.reducer import BlockStatus
 
 Schema = dict[str, Any]
 
 JSON = "application/json"
 SSE = "text/event-stream"
 
-SESSION_STATUSES = ["queued", "active", "completed", "failed", "skipped", "cancelled", "interrupted"]
-TERMINAL_STATUSES = ["completed", "failed", "skipped", "cancelled", "interrupted"]
-TRIGGERS = ["http", "webhook", "schedule", "cascade"]
-ACTION_TYPES = ["agent", "llm", "signal"]
-BLOCK_STATUSES = ["pending", "running", "completed", "failed", "skipped"]
+# The session vocabularies, as the event model declares them (for the parameters and error details below).
+SESSION_STATUSES: list[str] = list(get_args(SessionStatus))
+TERMINAL_STATUSES: list[str] = list(get_args(TerminalStatus))
+TRIGGERS: list[str] = list(get_args(Trigger))
+ACTION_TYPES: list[str] = list(get_args(ActionType))
+BLOCK_STATUSES: list[str] = list(get_args(BlockStatus))
 CONCURRENCY = ["skip", "queue", "concurrent", "replace"]
 ENVELOPE_KEYS = ["payload", "streamId", "parentSessionId"]
 
@@ -95,7 +102,6 @@ def nullable(schema: Schema) -> Schema:
 
 
 TIMESTAMP = string("RFC 3339 UTC time with milliseconds, e.g. `2026-11-24T10:15:02.123Z`", format="date-time")
-ANY: Schema = {"description": "Any JSON value"}
 
 
 def json_content(schema: Schema, example: Any = None) -> dict[str, Any]:
@@ -261,21 +267,6 @@ SESSION_ID = path_param("session_id", "Session id (a UUID v4 minted at acceptanc
 # ---------------------------------------------------------------------------------------------- components
 
 
-def _event(event_type: str, required: dict[str, Schema], optional: dict[str, Schema] | None = None,
-           description: str = "") -> Schema:
-    common = {"type": {"const": event_type}, "sessionId": string(), "seq": integer(1), "timestamp": TIMESTAMP}
-    return obj({**common, **required}, optional, description=description or f"The `{event_type}` event")
-
-
-LINEAGE_REQUIRED: dict[str, Schema] = {
-    "correlationId": string("Shared by the whole trigger tree"),
-    "rootSessionId": string(),
-    "depth": integer(0),
-}
-LINEAGE_OPTIONAL: dict[str, Schema] = {"parentSessionId": string("Only for children; never null or empty",
-                                                                 minLength=1)}
-
-
 def _schemas() -> dict[str, Schema]:
     issue = obj({"path": string("Dotted path of the offending value (`\"\"` for the root)"),
                  "message": string()})
@@ -365,10 +356,6 @@ def _schemas() -> dict[str, Schema]:
         "created": {"type": "boolean", "description": "false when the workspace existed and was reloaded"},
     })
     s["WorkspaceRemoved"] = obj({"message": string(), "id": string()})
-    s["PlannedStep"] = obj({
-        "agentName": string(), "stateId": string(), "task": string(), "actionType": enum(ACTION_TYPES),
-        "outputKey": string("Where the step's result is stored (`results` key)"),
-    })
     s["Job"] = obj({
         "id": string("The key under `jobs:`; the `jobName` of sessions"),
         "name": string("Display name: `title`, else the prettified id"),
@@ -459,50 +446,9 @@ def _schemas() -> dict[str, Schema]:
     )
 
     # -- sessions
-    s["KeyDetail"] = obj({"label": string(), "value": ANY}, {"url": string()})
-    s["AiSummary"] = obj({"summary": string(), "keyDetails": array(ref("KeyDetail"))})
-    s["Usage"] = obj({}, {"inputTokens": integer(), "outputTokens": integer(), "cacheReadTokens": integer(),
-                          "cacheWriteTokens": integer(), "model": string()})
-    s["ChunkBody"] = {
-        "description": "An ephemeral chunk (spec §3.3): `progress`, `log` or `text-delta`",
-        "oneOf": [
-            obj({"type": {"const": "progress"}}, {"message": string(), "current": {"type": "number"},
-                                                  "total": {"type": "number"}, "data": ANY}),
-            obj({"type": {"const": "log"}, "stream": enum(["stdout", "stderr"]), "line": string()}),
-            obj({"type": {"const": "text-delta"}, "delta": string()}),
-        ],
-    }
-    s["EphemeralChunk"] = obj({"sessionId": string(), "chunk": ref("ChunkBody")}, {"stepNumber": integer(1)},
-                              description="Live-only progress, never stored or replayed; may be dropped")
-    s["AgentBlock"] = obj(
-        {"agentName": string(), "actionType": enum(ACTION_TYPES), "task": string(),
-         "status": enum(BLOCK_STATUSES), "toolCalls": array(ANY, "Kept for the shape; always empty today")},
-        {"stepNumber": integer(1, "Unset while the block is only planned"), "stateId": string(),
-         "outputKey": string(), "input": ANY, "startedAt": TIMESTAMP, "durationMs": integer(),
-         "output": ANY, "error": string(), "errorCode": string(), "ephemeral": array(ref("ChunkBody")),
-         "usage": ref("Usage"), "childSessionId": string("For `signal` actions: the child session")},
-        description="One step of a session, planned (`pending`) or run",
-    )
-    s["SessionView"] = obj(
-        {"sessionId": string(), "workspaceId": string(), "jobName": string("The job id"), "task": string(),
-         "status": enum(SESSION_STATUSES), "agentBlocks": array(ref("AgentBlock")),
-         "queuedAt": TIMESTAMP, "startedAt": TIMESTAMP, "lastSeq": integer(0),
-         "signalId": string(), "trigger": enum(TRIGGERS), **LINEAGE_REQUIRED},
-        {"payload": {"description": "The trigger's payload (absent when it was `null`: a non-JSON webhook)"},
-         "results": {"type": "object", "description": "`{outputKey: output}` of completed steps"},
-         "completedAt": TIMESTAMP, "durationMs": integer(), "error": string(), "errorCode": string(),
-         "aiSummary": ref("AiSummary"), **LINEAGE_OPTIONAL},
-        description="The fold of a session's durable events (spec §3.4, §3.5)",
-    )
-    s["SessionSummary"] = obj(
-        {"sessionId": string(), "workspaceId": string(), "jobName": string(), "task": string(),
-         "status": enum(SESSION_STATUSES), "startedAt": TIMESTAMP,
-         "stepCount": integer(), "agentNames": array(string()), "signalId": string(), "trigger": enum(TRIGGERS),
-         "queuedAt": TIMESTAMP, **LINEAGE_REQUIRED},
-        {"completedAt": TIMESTAMP, "durationMs": integer(), "error": string(), "errorCode": string(),
-         "aiSummary": ref("AiSummary"), **LINEAGE_OPTIONAL},
-        description="A list item (spec §3.4); `len(agentNames) == stepCount`",
-    )
+    # The session shapes (SessionView, AgentBlock, SessionSummary, the durable events and the `Event` union, and
+    # what they reference) are generated from the TypedDicts the runtime builds them by (`atlas.api.wire_schemas`).
+    s.update(component_schemas())
     s["SessionList"] = obj({"sessions": array(ref("SessionSummary"))},
                            {"nextCursor": string("Pass as `cursor` for the next page; absent on the last page")})
     s["SessionChildren"] = obj({"sessions": array(ref("SessionSummary"), "Direct children, oldest first")})
@@ -518,49 +464,6 @@ def _schemas() -> dict[str, Schema]:
         description="The session was not terminal 5 s after the cancel request",
     )
 
-    # -- durable events (spec §3.2): not returned by JSON routes, but carried by every SSE stream
-    planned = {"plannedSteps": array(ref("PlannedStep"))}
-    s["SessionQueuedEvent"] = _event(
-        "session:queued",
-        {"workspaceId": string(), "jobName": string(), "signalId": string(), "task": string(),
-         "trigger": enum(TRIGGERS), **LINEAGE_REQUIRED, **planned},
-        {"payload": ANY, **LINEAGE_OPTIONAL},
-    )
-    s["SessionStartEvent"] = _event(
-        "session:start",
-        {"workspaceId": string(), "jobName": string(), "task": string(), "signalId": string(),
-         **LINEAGE_REQUIRED, **planned},
-        LINEAGE_OPTIONAL,
-    )
-    s["StepStartEvent"] = _event(
-        "step:start",
-        {"stepNumber": integer(1), "agentName": string(), "stateId": string(), "actionType": enum(ACTION_TYPES),
-         "task": string(), "outputKey": string()},
-        {"input": ANY},
-    )
-    s["StepCompleteEvent"] = _event(
-        "step:complete",
-        {"stepNumber": integer(1), "status": enum(["completed", "failed"]), "durationMs": integer(),
-         "toolCalls": array(ANY)},
-        {"output": ANY, "error": string(), "errorCode": string(), "usage": ref("Usage"),
-         "childSessionId": string()},
-    )
-    s["StepSkippedEvent"] = _event("step:skipped", {"stateId": string()}, {"agentName": string()})
-    s["SessionSummaryEvent"] = _event("session:summary", {"summary": string(), "keyDetails": array(ref("KeyDetail"))})
-    s["SessionCompleteEvent"] = _event(
-        "session:complete", {"status": enum(TERMINAL_STATUSES), "durationMs": integer()},
-        {"error": string(), "errorCode": string()},
-    )
-    kinds = ["SessionQueuedEvent", "SessionStartEvent", "StepStartEvent", "StepCompleteEvent", "StepSkippedEvent",
-             "SessionSummaryEvent", "SessionCompleteEvent"]
-    types = ["session:queued", "session:start", "step:start", "step:complete", "step:skipped", "session:summary",
-             "session:complete"]
-    s["Event"] = {
-        "description": "A durable session event: `seq` starts at 1 per session and grows by 1 without gaps",
-        "oneOf": [ref(k) for k in kinds],
-        "discriminator": {"propertyName": "type",
-                          "mapping": {t: f"#/components/schemas/{k}" for t, k in zip(types, kinds, strict=True)}},
-    }
     s["TriggerStreamFrame"] = {
         "description": "The JSON of one `data:` line of SSE trigger mode, in this order: `data-session-accepted`, "
                        "`data-session-start`, `data-session-event` / `data-ephemeral` (interleaved), "

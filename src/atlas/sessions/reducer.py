@@ -26,9 +26,27 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Final, NotRequired, TypedDict, TypeGuard
+from typing import Any, Final, Literal, NotRequired, TypeGuard, get_args
 
-from atlas.sessions.events import STATUSES, TERMINAL_STATUSES, duration_ms
+from typing_extensions import TypedDict
+
+from atlas.sessions.events import (
+    STATUSES,
+    TERMINAL_STATUSES,
+    ActionType,
+    ChunkBody,
+    Count,
+    JsonValue,
+    KeyDetail,
+    ParentId,
+    SessionStatus,
+    StepNumber,
+    Timestamp,
+    Trigger,
+    Usage,
+    documented,
+    duration_ms,
+)
 
 __all__ = [
     "BLOCK_STATUSES",
@@ -37,6 +55,8 @@ __all__ = [
     "STATUSES",
     "TERMINAL_STATUSES",
     "AgentBlock",
+    "AiSummary",
+    "BlockStatus",
     "SessionSummary",
     "SessionView",
     "apply_chunk",
@@ -48,7 +68,8 @@ __all__ = [
 ]
 
 #: Statuses of an AgentBlock (§3.4).
-BLOCK_STATUSES: Final[frozenset[str]] = frozenset({"pending", "running", "completed", "failed", "skipped"})
+BlockStatus = Literal["pending", "running", "completed", "failed", "skipped"]
+BLOCK_STATUSES: Final[frozenset[str]] = frozenset(get_args(BlockStatus))
 #: Ephemeral chunk types (§3.3); other types are ignored.
 CHUNK_TYPES: Final[frozenset[str]] = frozenset({"progress", "log", "text-delta"})
 #: A block keeps only its most recent ephemeral chunks (§3.5).
@@ -58,80 +79,103 @@ EPHEMERAL_LIMIT: Final = 50
 _RAN: Final = ("completed", "failed")
 
 
-# --- documentation of the shapes -------------------------------------------------------------------------
+# --- the shapes -------------------------------------------------------------------------------------------
+# What the fold produces, declared once: `/openapi.json` publishes JSON Schemas generated from these TypedDicts
+# (`atlas.api.wire_schemas`). The fold itself works on plain dicts (`View`), since it must accept any event.
 
 
+@documented
+class AiSummary(TypedDict):
+    """The job's rendered `summary` (from `session:summary`)."""
+
+    summary: str
+    keyDetails: list[KeyDetail]
+
+
+@documented
 class AgentBlock(TypedDict):
-    """One step of a session, planned (``pending``) or executed."""
+    """One step of a session, planned (`pending`) or run."""
 
-    stepNumber: NotRequired[int]
+    stepNumber: NotRequired[StepNumber]
+    """Unset while the block is only planned."""
     agentName: str
     stateId: NotRequired[str]
-    actionType: str
+    actionType: ActionType
     task: str
     outputKey: NotRequired[str]
-    input: NotRequired[Any]
-    status: str
-    startedAt: NotRequired[str]
-    durationMs: NotRequired[int]
-    toolCalls: list[Any]
-    output: NotRequired[Any]
+    input: NotRequired[JsonValue]
+    status: BlockStatus
+    startedAt: NotRequired[Timestamp]
+    durationMs: NotRequired[Count]
+    toolCalls: list[JsonValue]
+    """Kept for the shape; always empty today."""
+    output: NotRequired[JsonValue]
     error: NotRequired[str]
     errorCode: NotRequired[str]
-    ephemeral: NotRequired[list[dict[str, Any]]]
-    usage: NotRequired[dict[str, Any]]
+    ephemeral: NotRequired[list[ChunkBody]]
+    """The step's latest live chunks (at most 50) while it runs; cleared when it ends."""
+    usage: NotRequired[Usage]
     childSessionId: NotRequired[str]
+    """For `signal` actions: the child session."""
 
 
+@documented
 class SessionView(TypedDict):
-    """The fold of a session's events (§3.4)."""
+    """The fold of a session's durable events (spec §3.4, §3.5)."""
 
     sessionId: str
     workspaceId: str
     jobName: str
+    """The job id."""
     task: str
-    status: str
-    queuedAt: str
-    startedAt: str
+    status: SessionStatus
+    queuedAt: Timestamp
+    startedAt: Timestamp
+    """When it started; its `queuedAt` until then, so it is never empty."""
     agentBlocks: list[AgentBlock]
-    lastSeq: int
-    signalId: NotRequired[str]
-    trigger: NotRequired[str]
-    correlationId: NotRequired[str]
-    parentSessionId: NotRequired[str]
-    rootSessionId: NotRequired[str]
-    depth: NotRequired[int]
-    payload: NotRequired[Any]
+    lastSeq: Count
+    signalId: str
+    trigger: Trigger
+    correlationId: str
+    """Shared by the whole trigger tree."""
+    parentSessionId: NotRequired[ParentId]
+    rootSessionId: str
+    depth: Count
+    payload: NotRequired[JsonValue]
+    """The trigger's payload (absent when it was `null`: a non-JSON webhook)."""
     results: NotRequired[dict[str, Any]]
-    completedAt: NotRequired[str]
-    durationMs: NotRequired[int]
+    """`{outputKey: output}` of the completed steps."""
+    completedAt: NotRequired[Timestamp]
+    durationMs: NotRequired[Count]
     error: NotRequired[str]
     errorCode: NotRequired[str]
-    aiSummary: NotRequired[dict[str, Any]]
+    aiSummary: NotRequired[AiSummary]
 
 
+@documented
 class SessionSummary(TypedDict):
-    """The list item of a session (§3.4)."""
+    """A list item (spec §3.4); `len(agentNames) == stepCount`."""
 
     sessionId: str
     workspaceId: str
     jobName: str
     task: str
-    status: str
-    startedAt: str
-    completedAt: NotRequired[str]
-    durationMs: NotRequired[int]
-    stepCount: int
+    status: SessionStatus
+    startedAt: Timestamp
+    completedAt: NotRequired[Timestamp]
+    durationMs: NotRequired[Count]
+    stepCount: Count
     agentNames: list[str]
     error: NotRequired[str]
-    aiSummary: NotRequired[dict[str, Any]]
-    parentSessionId: NotRequired[str]
+    aiSummary: NotRequired[AiSummary]
+    parentSessionId: NotRequired[ParentId]
     correlationId: str
+    """Shared by the whole trigger tree."""
     signalId: str
-    trigger: str
+    trigger: Trigger
     rootSessionId: str
-    depth: int
-    queuedAt: str
+    depth: Count
+    queuedAt: Timestamp
     errorCode: NotRequired[str]
 
 
