@@ -48,7 +48,7 @@ async def completes(d: Daemon, sid: str) -> list[dict[str, Any]]:
 async def test_a_writer_on_an_ended_log_refuses_a_second_terminal_event(tmp_path: Path) -> None:
     async with running(tmp_path / "home", (FIXTURES / "core",)) as d:
         sid = await log_ended_elsewhere(d, ["session:queued", "session:start"])
-        writer = await SessionWriter.resume(d.bus, d.store, sid)
+        writer = await SessionWriter.resume(d.session_log, d.store, sid)
         assert writer.ended
         with pytest.raises(WrongLastSequence):
             await writer.append(events.complete(sessionId=sid, seq=writer.next_seq, status="failed", durationMs=0,

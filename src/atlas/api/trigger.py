@@ -26,7 +26,7 @@ from atlas.config.model import HttpSignal
 from atlas.errors import AtlasError
 from atlas.jsoncodec import dumps, loads
 from atlas.runtime.accept import Accepted, TriggerRequest
-from atlas.runtime.idempotency import Idempotency, Reservation
+from atlas.runtime.idempotency import Reservation
 from atlas.runtime.workspaces import Workspace
 from atlas.sessions.reducer import is_terminal
 
@@ -118,7 +118,7 @@ async def _disconnected(request: Request) -> None:
 
 
 def add_trigger_route(app: FastAPI, daemon: Daemon) -> None:
-    idem = Idempotency(daemon)
+    idem = daemon.idempotency
 
     async def trigger(request: Request) -> Response:
         workspace_id: str = request.path_params["workspace_id"]

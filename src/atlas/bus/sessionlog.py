@@ -3,8 +3,9 @@
 A session's durable events are the messages of subject `sessions.<sid>.events` in stream SESSION_EVENTS; its
 ephemeral chunks are core-NATS messages on `ephemeral.sessions.<sid>`. Everything above the bus (the SSE streams,
 the trigger's SSE mode, and soon recovery and view rebuilds) reads a log through `SessionLog` and never builds a
-subject, a JetStream request or a header by hand. Appends will join this class (today `Bus.append_event`, called
-by `SessionWriter`), so that one class owns writing and reading a session's log.
+subject, a JetStream request or a header by hand. Appends go through it too: `SessionWriter` (the one writer of a
+session, spec §6.3) appends here, recovery and view rebuilds read whole logs here (`read_all`, on the batched
+reader), and the runner publishes its chunks here, so one class owns writing and reading a session's log.
 
 Reads are paged and keep the stored bytes: a page is fetched with one *batched* direct get where the server has it
 (nats-server 2.11+, ADR-31), about 14x faster than one request per event, so a long session starts streaming at once
@@ -41,6 +42,8 @@ ChunkHandler = Callable[[str, bytes], Awaitable[None]]
 _BUS_ERRORS = (nats.errors.Error, asyncio.TimeoutError)  # nats.js errors and AckLost are among these
 _BATCH_TIMEOUT_S = 10.0  # per message of a batched read, like the JetStream API timeout of Bus
 _ALL_SESSIONS = ephemeral_subject("*")
+_READ_ALL_PAGE = 256
+_READ_ALL_BYTES = 1024 * 1024
 
 
 def _unavailable(exc: BaseException) -> AtlasError:
@@ -112,6 +115,39 @@ class SessionLog:
         except _BUS_ERRORS as exc:
             raise _unavailable(exc) from exc
         return sub
+
+    # ------------------------------------------------------------ the runtime's side
+
+    async def append(self, event: dict[str, Any], expected_last_subject_seq: int | None,
+                     retry_for: float | None = None) -> int:
+        """Append one durable event after the stream sequence `expected_last_subject_seq` (0: the first; None: no
+        condition) and return its own; WrongLastSequence when another writer got there first.
+
+        The JetStream mechanics — the `Nats-Msg-Id` dedupe, the ride through a leader election, recognising our own
+        copy whose ack was lost — are `Bus.append_event`'s. A failing bus raises its own errors here, not
+        `bus_unavailable`: a run tells the bus failing under it from a bug in itself by them."""
+        return await self._bus.append_event(event, expected_last_subject_seq, retry_for)
+
+    async def read_all(self, session_id: str, limit: int | None = None) -> list[tuple[dict[str, Any], int]]:
+        """Every durable event of the session in order (or its first `limit`), each with its stream sequence: what
+        recovery and view rebuilds fold. Paged over the batched reader, a page per request."""
+        out: list[tuple[dict[str, Any], int]] = []
+        after = 0
+        while limit is None or len(out) < limit:
+            want = _READ_ALL_PAGE if limit is None else min(_READ_ALL_PAGE, limit - len(out))
+            page, at_end = await self.read_page(session_id, after, want, _READ_ALL_BYTES)
+            out.extend((event, stream_seq) for stream_seq, _, event in page)
+            if at_end or not page:
+                break
+            after = page[-1][0]
+        return out
+
+    async def publish_chunk(self, session_id: str, data: bytes) -> None:
+        """Publish an encoded chunk on the session's ephemeral subject; nothing while disconnected (chunks are best
+        effort, spec §3.3, and a run must not wait for a bus that is away)."""
+        nc = self._bus.nc
+        if nc is not None and nc.is_connected:
+            await nc.publish(ephemeral_subject(session_id), data)
 
     # ------------------------------------------------------------ reading
 

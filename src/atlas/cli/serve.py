@@ -167,22 +167,29 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _cannot_start(exc: Exception) -> int:
+    """Start-up failed: one readable line (the details of an unexpected error go to the log); exit status 1."""
+    if isinstance(exc, BusError | AtlasError | OSError):
+        print(f"atlasd: {exc}", file=sys.stderr)
+    else:
+        logging.getLogger("atlas").debug("start failed", exc_info=exc)
+        print(f"atlasd: cannot start: {type(exc).__name__}: {exc}", file=sys.stderr)
+    return 1
+
+
 async def _serve(settings: Settings) -> int:
     sock = _bind(settings.host, settings.port)
     port = sock.getsockname()[1]
     settings = settings.with_overrides(port=port)
-    daemon = Daemon(settings)
+    try:
+        daemon = Daemon(settings)  # builds every component and opens the read model; nothing runs yet
+    except Exception as exc:
+        return _cannot_start(exc)
     try:
         await daemon.start()
-    except (BusError, AtlasError, OSError) as exc:
-        print(f"atlasd: {exc}", file=sys.stderr)
+    except Exception as exc:
         await daemon.stop()
-        return 1
-    except Exception as exc:  # anything else at start: one readable line, the details in the log
-        logging.getLogger("atlas").debug("start failed", exc_info=exc)
-        print(f"atlasd: cannot start: {type(exc).__name__}: {exc}", file=sys.stderr)
-        await daemon.stop()
-        return 1
+        return _cannot_start(exc)
     info = {"url": f"http://{settings.host}:{port}", "pid": os.getpid(), "home": str(settings.home)}
     daemon_json = settings.home / "daemon.json"
     daemon_json.write_text(json.dumps(info))

@@ -25,17 +25,19 @@ import contextlib
 import logging
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from atlas.bus.client import Bus
+from atlas.bus.sessionlog import SessionLog
 from atlas.errors import AtlasError
 from atlas.jsoncodec import dumps
-from atlas.runtime.workspaces import Workspace
+from atlas.runtime.finalizer import Finalizer
+from atlas.runtime.intake import Intake
+from atlas.runtime.workspaces import Workspace, WorkspaceRegistry
 from atlas.sessions import events
 from atlas.sessions.events import SessionQueuedEvent, now_iso
+from atlas.sessions.store import SessionStore
 from atlas.sessions.writer import SessionWriter
-
-if TYPE_CHECKING:
-    from atlas.runtime.daemon import Daemon
 
 log = logging.getLogger("atlas.accept")
 
@@ -124,15 +126,25 @@ def _consume_exception(fut: asyncio.Future[Any]) -> None:
 class AcceptPipeline:
     TAILS_KEPT = 100_000
 
-    def __init__(self, daemon: Daemon) -> None:
-        self.d = daemon
+    def __init__(self, *, bus: Bus, session_log: SessionLog, store: SessionStore, workspaces: WorkspaceRegistry,
+                 finalizer: Finalizer, intake: Intake, daemon_id: str, max_cascade_depth: int,
+                 max_tree_sessions: int) -> None:
+        self.bus = bus
+        self.session_log = session_log
+        self.store = store
+        self.workspaces = workspaces
+        self.finalizer = finalizer
+        self.intake = intake
+        self.daemon_id = daemon_id
+        self.max_cascade_depth = max_cascade_depth
+        self.max_tree_sessions = max_tree_sessions
         self._pending: dict[str, asyncio.Future[int]] = {}
         self._tails: dict[str, int] = {}
         self._cascading: dict[str, int] = {}  # correlationId -> cascades being accepted here right now
 
     def resolve(self, workspace_id: str, signal_id: str) -> tuple[Workspace, str]:
         """The workspace and the job handling the signal, or the 404 of spec §5.3 (3)–(4)."""
-        ws = self.d.workspaces.get(workspace_id)
+        ws = self.workspaces.get(workspace_id)
         if ws is None:
             raise AtlasError("workspace_not_found", f"Workspace '{workspace_id}' not found")
         if signal_id not in ws.config.signals:
@@ -156,7 +168,7 @@ class AcceptPipeline:
         self.validate_payload(ws, req.signal_id, req.payload)
         parent = None
         if req.parent_session_id is not None:
-            parent = self.d.store.view(req.parent_session_id)
+            parent = self.store.view(req.parent_session_id)
             if parent is None:
                 raise AtlasError("unknown_parent_session", f"Parent session '{req.parent_session_id}' not found")
         return ws, job_id, parent
@@ -165,7 +177,7 @@ class AcceptPipeline:
                      validated: tuple[Workspace, str, dict[str, Any] | None] | None = None) -> Accepted:
         """Validate (unless the caller did), mint ids, hand the envelope to SIGNALS, then write `session:queued`."""
         ws, job_id, parent = validated or self.validate(req)
-        self.d.ensure_accepting()
+        self.intake.check()
 
         sid = str(uuid.uuid4())
         if parent is not None:
@@ -184,7 +196,7 @@ class AcceptPipeline:
             "trigger": req.trigger,
             "payload": req.payload,
             "acceptedAt": now_iso(),
-            "acceptedBy": self.d.daemon_id,
+            "acceptedBy": self.daemon_id,
         }
         if parent is not None:
             envelope["parentSessionId"] = parent["sessionId"]
@@ -210,8 +222,8 @@ class AcceptPipeline:
         tail: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._pending[sid] = tail
         budget = self.ride_through_s()
-        writer = SessionWriter(self.d.bus, self.d.store, sid, retry_for=budget)
-        envelope_sent = asyncio.ensure_future(self.d.bus.publish_envelope(envelope, data, retry_for=budget))
+        writer = SessionWriter(self.session_log, self.store, sid, retry_for=budget)
+        envelope_sent = asyncio.ensure_future(self.bus.publish_envelope(envelope, data, retry_for=budget))
         try:
             try:
                 await writer.append(queued_event(envelope, ws, job_id))
@@ -244,7 +256,7 @@ class AcceptPipeline:
     def ride_through_s(self) -> float:
         """How long an accept keeps sending its writes while the bus does not answer: half a run's patience, so a
         caller is answered (202 or 503) well before a client's usual 30–60 s timeout."""
-        return self.d.bus.settings.write_retry_s / 2
+        return self.bus.settings.write_retry_s / 2
 
     async def _strand(self, writer: SessionWriter, exc: BaseException) -> None:
         """The envelope did not land (the caller gets 503). A `session:queued` that did is ended `failed` here;
@@ -253,7 +265,7 @@ class AcceptPipeline:
         if writer.seq == 0:
             return
         with contextlib.suppress(Exception):
-            await self.d.finalize_unstarted(writer, "failed", "bus_unavailable",
+            await self.finalizer.end_unstarted(writer, "failed", "bus_unavailable",
                                             f"The trigger could not be queued: {type(exc).__name__}")
 
     async def queued_tail(self, sid: str) -> int:
@@ -267,14 +279,14 @@ class AcceptPipeline:
     async def _refuse(self, ws: Workspace, job_id: str, envelope: dict[str, Any], code: str) -> Accepted:
         """A cascade over a limit leaves a `failed` session record and no envelope (nothing to run)."""
         sid = envelope["sessionId"]
-        writer = SessionWriter(self.d.bus, self.d.store, sid, retry_for=self.ride_through_s())
+        writer = SessionWriter(self.session_log, self.store, sid, retry_for=self.ride_through_s())
         try:
             await writer.append(queued_event(envelope, ws, job_id))
             await self._end_unstarted(writer, code)
         except Exception as exc:
             if writer.seq > 0:  # session:queued is durable: end it rather than leave it queued forever
                 with contextlib.suppress(Exception):
-                    await self.d.finalize_unstarted(writer, "failed", code, f"{code}: {type(exc).__name__}")
+                    await self.finalizer.end_unstarted(writer, "failed", code, f"{code}: {type(exc).__name__}")
             raise AtlasError("bus_unavailable", f"The message bus is unavailable: {type(exc).__name__}") from exc
         return Accepted(sid, envelope["correlationId"], ws.id, envelope["signalId"], job_id, "failed", code)
 
@@ -282,11 +294,11 @@ class AcceptPipeline:
         """Spec §6.6. The tree cap counts the correlation's sessions in the read model plus the cascades this
         daemon is accepting into it, so it holds exactly on one daemon; daemons of a cluster that accept into one
         tree at the same instant can each add their in-flight cascades to it (docs/decisions.md)."""
-        if depth > self.d.settings.max_cascade_depth:
+        if depth > self.max_cascade_depth:
             return "cascade_depth_exceeded"
         if depth > 0:
-            size = self.d.store.rm.count_correlation(correlation_id) + self._cascading.get(correlation_id, 0)
-            if size >= self.d.settings.max_tree_sessions:
+            size = self.store.rm.count_correlation(correlation_id) + self._cascading.get(correlation_id, 0)
+            if size >= self.max_tree_sessions:
                 return "cascade_limit_exceeded"
         return None
 
@@ -297,8 +309,8 @@ class AcceptPipeline:
 
     def _limit_message(self, code: str) -> str:
         if code == "cascade_depth_exceeded":
-            return f"Cascade depth exceeds ATLAS_MAX_CASCADE_DEPTH ({self.d.settings.max_cascade_depth})"
-        return f"Correlation tree exceeds ATLAS_MAX_TREE_SESSIONS ({self.d.settings.max_tree_sessions})"
+            return f"Cascade depth exceeds ATLAS_MAX_CASCADE_DEPTH ({self.max_cascade_depth})"
+        return f"Correlation tree exceeds ATLAS_MAX_TREE_SESSIONS ({self.max_tree_sessions})"
 
     async def _end_unstarted(self, writer: SessionWriter, code: str) -> None:
-        await self.d.finalize_unstarted(writer, "failed", code, self._limit_message(code))
+        await self.finalizer.end_unstarted(writer, "failed", code, self._limit_message(code))

@@ -1,17 +1,20 @@
 """Concurrency policies per (workspace, signal) (spec §5.5), decided by compare-and-set on KV `CONCURRENCY`.
 
-The record `{holders: [sid], queue: [sid]}` is changed only with the revision read just before, so two daemons (or
-two tasks) deciding at once cannot both become the holder. `concurrent` keys never touch the bucket: they have no
-holder to track, and that keeps the common case at zero extra round trips.
+The record `{holders: [sid], queue: [sid]}` (`atlas.bus.records.ConcurrencyRecord`) is changed only with the
+revision read just before, so two daemons (or two tasks) deciding at once cannot both become the holder.
+`concurrent` keys never touch the bucket: they have no holder to track, and that keeps the common case at zero
+extra round trips.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from atlas.bus.client import KV_CONCURRENCY, Bus, WrongLastSequence
+from atlas.bus.records import ConcurrencyRecord, concurrency_key, concurrency_record, read_concurrency
+
+__all__ = ["ConcurrencyControl", "Decision", "concurrency_key"]
 
 
 @dataclass
@@ -21,25 +24,21 @@ class Decision:
     victims: list[str] = field(default_factory=list)
 
 
-def concurrency_key(workspace_id: str, signal_id: str) -> str:
-    return f"{workspace_id}.{signal_id}"
-
-
 class ConcurrencyControl:
-    def __init__(self, bus: Bus, is_alive: Callable[[str], bool], ancestors: Callable[[str], set[str]]) -> None:
+    def __init__(self, *, bus: Bus, is_alive: Callable[[str], bool], ancestors: Callable[[str], set[str]]) -> None:
         """`is_alive(sid)`: the session is not terminal; `ancestors(sid)`: its parent chain (for deadlocks)."""
         self.bus = bus
         self.is_alive = is_alive
         self.ancestors = ancestors
 
-    async def _read(self, key: str) -> tuple[dict[str, list[str]], int | None]:
+    async def _read(self, key: str) -> tuple[ConcurrencyRecord, int | None]:
         found = await self.bus.kv_get(KV_CONCURRENCY, key)
         if found is None:
-            return {"holders": [], "queue": []}, None
+            return concurrency_record([], []), None
         rec, rev = found
-        return {"holders": list(rec.get("holders", [])), "queue": list(rec.get("queue", []))}, rev
+        return read_concurrency(rec), rev
 
-    async def _write(self, key: str, rec: dict[str, Any], rev: int | None) -> None:
+    async def _write(self, key: str, rec: ConcurrencyRecord, rev: int | None) -> None:
         if rev is None:
             await self.bus.kv_create(KV_CONCURRENCY, key, rec)
         else:
@@ -59,7 +58,7 @@ class ConcurrencyControl:
             if policy == "skip":
                 if holders:
                     return Decision("skip", holder=holders[0])
-                new = {"holders": [sid], "queue": queue}
+                new = concurrency_record([sid], queue)
             elif policy == "queue":
                 blocked = bool(holders) or (bool(queue) and queue[0] != sid)
                 if blocked:
@@ -68,13 +67,13 @@ class ConcurrencyControl:
                         return Decision("deadlock", holder=next(h for h in holders if h in mine))
                     if sid not in queue:
                         queue.append(sid)
-                    new = {"holders": holders, "queue": queue}
+                    new = concurrency_record(holders, queue)
                     decision = Decision("park", holder=holders[0] if holders else None)
                 else:
-                    new = {"holders": [sid], "queue": [q for q in queue if q != sid]}
+                    new = concurrency_record([sid], [q for q in queue if q != sid])
             else:  # replace
                 decision = Decision("start", victims=holders + [q for q in queue if q != sid])
-                new = {"holders": [sid], "queue": []}
+                new = concurrency_record([sid], [])
             try:
                 await self._write(key, new, rev)
             except WrongLastSequence:
@@ -99,16 +98,16 @@ class ConcurrencyControl:
             if holders == rec["holders"] and queue == rec["queue"]:
                 return None
             try:
-                await self._write(key, {"holders": holders, "queue": queue}, rev)
+                await self._write(key, concurrency_record(holders, queue), rev)
             except WrongLastSequence:
                 continue
             return nxt
 
-    async def parked_heads(self) -> list[tuple[str, str]]:
-        """(key, sid) of keys with parked sessions and no live holder: recovery starts them (spec §8.1)."""
-        out = []
-        for key in await self.bus.kv_keys(KV_CONCURRENCY):
-            rec, _ = await self._read(key)
-            if rec["queue"] and not any(self.is_alive(h) for h in rec["holders"]):
-                out.append((key, rec["queue"][0]))
-        return out
+    async def keys(self) -> list[str]:
+        """Every key with a record (recovery looks for keys whose holder died with parked sessions behind it)."""
+        return await self.bus.kv_keys(KV_CONCURRENCY)
+
+    async def record(self, key: str) -> ConcurrencyRecord | None:
+        """A key's current record, None when it has none."""
+        rec, rev = await self._read(key)
+        return rec if rev is not None else None

@@ -12,16 +12,15 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from nats.errors import Error as NatsError
 
 from atlas.agents.base import AgentContext, StepError
 from atlas.agents.llm import LlmCallConfig, run_llm
 from atlas.agents.runner import run_agent_with_usage
-from atlas.bus.client import ephemeral_subject
 from atlas.config.durations import parse_duration
 from atlas.config.model import (
     Action,
@@ -34,18 +33,17 @@ from atlas.config.model import (
 )
 from atlas.errors import AtlasError
 from atlas.jsoncodec import dumps
-from atlas.runtime.accept import TriggerRequest
+from atlas.runtime.accept import Accepted, TriggerRequest
 from atlas.runtime.chunks import MAX_CHUNK_BYTES, ChunkCoalescer
 from atlas.runtime.fsm import planned_step
+from atlas.runtime.slots import Slots
 from atlas.runtime.workspaces import Workspace
 from atlas.sessions import events
 from atlas.sessions.events import PlannedStep
 from atlas.sessions.reducer import is_terminal
+from atlas.sessions.store import SessionStore
 from atlas.sessions.writer import SessionWriter
-from atlas.templating import TemplateError
-
-if TYPE_CHECKING:
-    from atlas.runtime.daemon import Daemon
+from atlas.templating import TemplateError, Templater
 
 log = logging.getLogger("atlas.engine")
 
@@ -75,10 +73,31 @@ class Run:
     cancelled_flag: threading.Event = field(default_factory=threading.Event)
 
 
+@dataclass(frozen=True)
+class EngineServices:
+    """What every run uses besides its own session, built once by the composition root.
+
+    Why a bundle of narrow pieces rather than the daemon: a run renders templates, records chunks in the live view
+    and publishes them, lends its runner slot while it waits on a child, and accepts cascades — nothing else; a unit
+    test can give it exactly these."""
+
+    templater: Templater
+    store: SessionStore
+    slots: Slots
+    trigger: Callable[[TriggerRequest], Awaitable[Accepted]]
+    """Accept a cascade (the accept pipeline's `accept`)."""
+    publish_chunk: Callable[[str, bytes], Awaitable[None]]
+    """Publish an encoded chunk on a session's ephemeral subject (best effort: nothing while disconnected)."""
+    spawn: Callable[[Coroutine[Any, Any, Any]], None]
+    llm_base_url: str | None
+    bus_retry_s: float
+    """How long a write rides through a silent bus (for the log line of a run the bus failed under)."""
+
+
 class Engine:
-    def __init__(self, daemon: Daemon, ws: Workspace, job_id: str, envelope: dict[str, Any],
+    def __init__(self, services: EngineServices, ws: Workspace, job_id: str, envelope: dict[str, Any],
                  writer: SessionWriter, run: Run) -> None:
-        self.d = daemon
+        self.s = services
         self.ws = ws
         self.job_id = job_id
         self.job = ws.job(job_id)
@@ -132,7 +151,7 @@ class Engine:
             # three no longer lands here): progress could not be recorded and steps may have had effects, so the
             # run ends like one whose daemon died, never re-run (spec §8.1).
             log.warning("session %s: bus failure while running (no answer for %g s): %s", self.env["sessionId"],
-                        self.d.bus.settings.write_retry_s, exc)
+                        self.s.bus_retry_s, exc)
             status, code, message = "interrupted", "interrupted", f"The message bus failed: {type(exc).__name__}"
         except Exception as exc:  # a bug in atlas itself: still end the session with one terminal record
             log.exception("session %s crashed", self.env["sessionId"])
@@ -163,10 +182,10 @@ class Engine:
         text = spec.text if isinstance(spec, SummarySpec) else spec
         details = spec.keyDetails if isinstance(spec, SummarySpec) else []
         try:
-            summary = str(await self.d.templater.render_async(text, self._vars()))
+            summary = str(await self.s.templater.render_async(text, self._vars()))
             key_details = [
                 {k: v for k, v in {"label": kd.label,
-                                   "value": str(await self.d.templater.render_async(kd.value, self._vars())),
+                                   "value": str(await self.s.templater.render_async(kd.value, self._vars())),
                                    "url": kd.url}.items() if v is not None}
                 for kd in details
             ]
@@ -174,7 +193,7 @@ class Engine:
             log.warning("summary template failed for %s: %s", self.env["sessionId"], exc)
             return
         # The summary is recorded, so a secret() it rendered must show as *** (spec §10.7).
-        redacted = self.d.templater.redact({"summary": summary, "keyDetails": key_details})
+        redacted = self.s.templater.redact({"summary": summary, "keyDetails": key_details})
         await self.writer.append(events.summary(
             sessionId=self.writer.session_id,
             seq=self.writer.next_seq,
@@ -230,7 +249,7 @@ class Engine:
             if tr.cond is None:
                 return tr
             try:
-                if await self.d.templater.truthy_async(tr.cond, self._vars(event={"name": name, "data": data})):
+                if await self.s.templater.truthy_async(tr.cond, self._vars(event={"name": name, "data": data})):
                     return tr
             except TemplateError as exc:
                 raise SessionEnd("failed", "template_error", str(exc)) from exc
@@ -246,7 +265,7 @@ class Engine:
                 continue
             if action.if_ is not None:
                 try:
-                    runs = await self.d.templater.truthy_async(action.if_, self._vars())
+                    runs = await self.s.templater.truthy_async(action.if_, self._vars())
                 except TemplateError as exc:
                     raise SessionEnd("failed", "template_error", str(exc)) from exc
                 if not runs:
@@ -292,7 +311,7 @@ class Engine:
             input_value = self._input(action)
             raw_prompt = getattr(action, "prompt", None)
             if raw_prompt is not None and not isinstance(action, SignalAction):
-                prompt = str(await self.d.templater.render_async(raw_prompt, self._vars(input=input_value)))
+                prompt = str(await self.s.templater.render_async(raw_prompt, self._vars(input=input_value)))
         except TemplateError as exc:
             await self._step_start(number, plan, action, None, None)
             await self._step_failed(number, started, "template_error", str(exc), None)
@@ -332,9 +351,9 @@ class Engine:
             agentName=plan["agentName"],
             stateId=plan["stateId"],
             actionType=action.type,
-            task=str(self.d.templater.redact(prompt)) if prompt else plan["task"],  # may hold a secret()
+            task=str(self.s.templater.redact(prompt)) if prompt else plan["task"],  # may hold a secret()
             outputKey=plan["outputKey"],
-            input=self.d.templater.redact(input_value),  # recorded subject to the 256 KiB cap
+            input=self.s.templater.redact(input_value),  # recorded subject to the 256 KiB cap
         ))
 
     async def _write_step_complete(self, number: int, started: float, status: str, output: Any,
@@ -347,7 +366,7 @@ class Engine:
             stepNumber=number,
             status=status,
             durationMs=int((time.monotonic() - started) * 1000),
-            output=self.d.templater.redact(output),  # recorded subject to the 256 KiB cap
+            output=self.s.templater.redact(output),  # recorded subject to the 256 KiB cap
             error=error,
             errorCode=code,
             childSessionId=child_id,
@@ -356,7 +375,7 @@ class Engine:
 
     async def _step_failed(self, number: int, started: float, code: str, message: str, output: Any,
                            child_id: str | None = None) -> None:
-        message = str(self.d.templater.redact(message))
+        message = str(self.s.templater.redact(message))
         await self._write_step_complete(number, started, "failed", output, message, code, child_id)
         raise SessionEnd("failed", code, message)
 
@@ -379,13 +398,13 @@ class Engine:
             _progress_sink=self._chunk_sink(),
         )
         variables = self._vars(input=input_value)
-        base_url = self.d.settings.llm_base_url
+        base_url = self.s.llm_base_url
         if isinstance(action, LlmAction):
-            result = await run_llm(LlmCallConfig.from_action(action), ctx, self.d.templater, variables,
+            result = await run_llm(LlmCallConfig.from_action(action), ctx, self.s.templater, variables,
                                    default_base_url=base_url)
             return result.output, result.usage
         target: Any = agent if agent is not None else action.agentId
-        return await run_agent_with_usage(target, ctx, self.d.templater, variables, default_base_url=base_url)
+        return await run_agent_with_usage(target, ctx, self.s.templater, variables, default_base_url=base_url)
 
     #: The run's chunk buffer, made by the first step that emits (see `atlas.runtime.chunks`).
     _chunks: ChunkCoalescer | None = None
@@ -397,19 +416,17 @@ class Engine:
         is copied and the bus published to once per flush, never once per line.
         """
         if self._chunks is None:
-            self._chunks = ChunkCoalescer(self._deliver_chunk, self.d.spawn)
+            self._chunks = ChunkCoalescer(self._deliver_chunk, self.s.spawn)
         return self._chunks.sink(self.step_number)
 
     async def _deliver_chunk(self, number: int, body: dict[str, Any]) -> None:
         """Fold one coalesced chunk into the live view and publish it on the session's ephemeral subject."""
         sid = self.env["sessionId"]
-        message = {"sessionId": sid, "stepNumber": number, "chunk": self.d.templater.redact(body)}
-        self.d.store.apply_chunk(message)
-        nc = self.d.bus.nc
-        if nc is not None and nc.is_connected:
-            data = dumps(message)
-            if len(data) <= MAX_CHUNK_BYTES:
-                await nc.publish(ephemeral_subject(sid), data)
+        message = {"sessionId": sid, "stepNumber": number, "chunk": self.s.templater.redact(body)}
+        self.s.store.apply_chunk(message)
+        data = dumps(message)
+        if len(data) <= MAX_CHUNK_BYTES:
+            await self.s.publish_chunk(sid, data)
 
     async def _end_chunks(self, number: int) -> None:
         """Send step `number`'s pending chunks before its `step:complete` (which clears them from the view)."""
@@ -418,7 +435,7 @@ class Engine:
 
     async def _cascade(self, action: SignalAction) -> tuple[Any, str | None]:
         try:
-            payload = await self.d.templater.render_async(action.payload or {}, self._vars())
+            payload = await self.s.templater.render_async(action.payload or {}, self._vars())
         except TemplateError as exc:
             raise StepError("template_error", str(exc)) from exc
         req = TriggerRequest(
@@ -429,7 +446,7 @@ class Engine:
             parent_session_id=self.env["sessionId"],
         )
         try:
-            accepted = await self.d.accept.accept(req)
+            accepted = await self.s.trigger(req)
         except AtlasError as exc:
             raise StepError(exc.code, exc.message) from exc
         info: dict[str, Any] = {"sessionId": accepted.session_id, "correlationId": accepted.correlation_id,
@@ -441,11 +458,11 @@ class Engine:
             raise err
         if not action.wait:
             return info, accepted.session_id
-        self.d.slots.give()
+        self.s.slots.give()
         try:
-            view = await self.d.store.wait_terminal(accepted.session_id)
+            view = await self.s.store.wait_terminal(accepted.session_id)
         finally:
-            await self.d.slots.take()
+            await self.s.slots.take()
         info["status"] = view["status"]
         if view.get("results") is not None:
             info["results"] = view["results"]

@@ -19,14 +19,11 @@ import hashlib
 import os
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from atlas.bus.client import KV_DAEMONS, KV_IDEMPOTENCY, WrongLastSequence
+from atlas.bus.client import KV_DAEMONS, KV_IDEMPOTENCY, Bus, WrongLastSequence
 from atlas.errors import AtlasError
 from atlas.sessions.events import now_iso
-
-if TYPE_CHECKING:
-    from atlas.runtime.daemon import Daemon
 
 PENDING_WAIT_S = 5.0
 
@@ -50,8 +47,11 @@ class Reservation:
 
 
 class Idempotency:
-    def __init__(self, daemon: Daemon) -> None:
-        self.d = daemon
+    def __init__(self, *, bus: Bus, daemon_id: str, started_at: str) -> None:
+        """`daemon_id` and `started_at` name this daemon process, as its heartbeat does."""
+        self.bus = bus
+        self.daemon_id = daemon_id
+        self.started_at = started_at
 
     async def reserve(self, workspace_id: str, signal_id: str, key: str, body: bytes) -> Reservation:
         check_key(key)
@@ -59,10 +59,10 @@ class Idempotency:
         body_hash = hashlib.sha256(body).hexdigest()
         deadline = time.monotonic() + PENDING_WAIT_S
         while True:
-            found = await self.d.bus.kv_get(KV_IDEMPOTENCY, k)
+            found = await self.bus.kv_get(KV_IDEMPOTENCY, k)
             if found is None:
                 try:
-                    await self.d.bus.kv_create(KV_IDEMPOTENCY, k, self._pending(body_hash))
+                    await self.bus.kv_create(KV_IDEMPOTENCY, k, self._pending(body_hash))
                     return Reservation(k, body_hash)
                 except WrongLastSequence:
                     continue
@@ -76,7 +76,7 @@ class Idempotency:
                 # Released: take it over with a compare-and-set, so that of several requests finding the same
                 # stale entry one wins and the others wait for its answer (a delete could drop a winner's entry).
                 try:
-                    await self.d.bus.kv_update(KV_IDEMPOTENCY, k, self._pending(body_hash), revision)
+                    await self.bus.kv_update(KV_IDEMPOTENCY, k, self._pending(body_hash), revision)
                     return Reservation(k, body_hash)
                 except WrongLastSequence:
                     continue
@@ -85,19 +85,19 @@ class Idempotency:
             await asyncio.sleep(0.02)  # poll the winner's record until it is accepted
 
     def _pending(self, body_hash: str) -> dict[str, Any]:
-        return {"state": "pending", "bodyHash": body_hash, "owner": self.d.daemon_id, "ownerPid": os.getpid(),
-                "ownerStartedAt": self.d.started_at, "createdAt": now_iso()}
+        return {"state": "pending", "bodyHash": body_hash, "owner": self.daemon_id, "ownerPid": os.getpid(),
+                "ownerStartedAt": self.started_at, "createdAt": now_iso()}
 
     async def _owner_gone(self, record: dict[str, Any]) -> bool:
         """Whether the process that reserved this pending entry is gone, so the entry counts as released."""
         owner = record.get("owner")
         if not owner:
             return True
-        if owner == self.d.daemon_id:
+        if owner == self.daemon_id:
             # One process per home (and so per daemon id) at a time: an entry of this id that another process
             # made (or an older version, which did not name its process) predates this one, and its maker is gone.
-            return not _made_by(record, os.getpid(), self.d.started_at)
-        beat = await self.d.bus.kv_get(KV_DAEMONS, owner)
+            return not _made_by(record, os.getpid(), self.started_at)
+        beat = await self.bus.kv_get(KV_DAEMONS, owner)
         if beat is None:
             return True  # the owner's heartbeat expired (spec §8.1)
         if "ownerStartedAt" not in record:
@@ -105,10 +105,10 @@ class Idempotency:
         return not _made_by(record, beat[0].get("pid"), beat[0].get("startedAt"))
 
     async def accepted(self, res: Reservation, record: dict[str, Any]) -> None:
-        await self.d.bus.kv_put(KV_IDEMPOTENCY, res.key, {"state": "accepted", "bodyHash": res.body_hash, **record})
+        await self.bus.kv_put(KV_IDEMPOTENCY, res.key, {"state": "accepted", "bodyHash": res.body_hash, **record})
 
     async def release(self, res: Reservation) -> None:
-        await self.d.bus.kv_delete(KV_IDEMPOTENCY, res.key)
+        await self.bus.kv_delete(KV_IDEMPOTENCY, res.key)
 
 
 def _made_by(record: dict[str, Any], pid: Any, started_at: Any) -> bool:

@@ -11,17 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from atlas.bus.client import KV_CONCURRENCY, KV_INFLIGHT, WrongLastSequence
-from atlas.runtime.consumer import age_seconds
+from atlas.bus.client import KV_INFLIGHT, Bus, WrongLastSequence
+from atlas.bus.sessionlog import SessionLog
+from atlas.runtime.concurrency import ConcurrencyControl
+from atlas.runtime.lifecycle import SessionLifecycle
+from atlas.runtime.lineage import Lineage
 from atlas.sessions import events
-from atlas.sessions.events import SessionCompleteEvent, duration_ms, format_iso, now_iso
+from atlas.sessions.events import SessionCompleteEvent, duration_ms, format_iso, now_iso, parse_iso
+from atlas.sessions.materializer import Materializer
 from atlas.sessions.reducer import is_terminal
-
-if TYPE_CHECKING:
-    from atlas.runtime.daemon import Daemon
+from atlas.sessions.store import SessionStore
+from atlas.sessions.writer import SessionWriter
 
 log = logging.getLogger("atlas.recovery")
 INTERRUPTED = "Daemon stopped before the session finished"
@@ -32,8 +36,23 @@ class Recovery:
     REPUBLISHED_KEPT = 100_000
     RUNNERS_KEPT = 100_000
 
-    def __init__(self, daemon: Daemon) -> None:
-        self.d = daemon
+    def __init__(self, *, bus: Bus, session_log: SessionLog, store: SessionStore, materializer: Materializer,
+                 lifecycle: SessionLifecycle, concurrency: ConcurrencyControl, lineage: Lineage,
+                 is_daemon_alive: Callable[[str | None], Awaitable[bool]], daemon_id: str, started_at: str,
+                 ack_wait_s: float) -> None:
+        """`started_at`: when this daemon process started (its own sessions started before are a previous
+        life's); `ack_wait_s`: ATLAS_ACK_WAIT, the patience before a queued or started session counts as stuck."""
+        self.bus = bus
+        self.session_log = session_log
+        self.store = store
+        self.materializer = materializer
+        self.lifecycle = lifecycle
+        self.concurrency = concurrency
+        self.lineage = lineage
+        self.is_daemon_alive = is_daemon_alive
+        self.daemon_id = daemon_id
+        self.started_at = started_at
+        self.ack_wait_s = ack_wait_s
         self._republished: dict[str, None] = {}  # queued sessions whose envelope this process republished
         self._runners: dict[str, str] = {}  # sessionId -> the daemon that started it
         self._sweep_from = ""  # queuedAt where the next page of the stranded-session sweep starts
@@ -47,12 +66,11 @@ class Recovery:
                 log.exception("recovery pass failed")
 
     async def run_once(self, *, at_start: bool) -> None:
-        d = self.d
-        if not d.materializer.follow:
-            await d.materializer.fill_gaps()
-        marked = await d.bus.kv_keys(KV_INFLIGHT)
+        if not self.materializer.follow:
+            await self.materializer.fill_gaps()
+        marked = await self.bus.kv_keys(KV_INFLIGHT)
         for sid in marked:
-            found = await d.bus.kv_get(KV_INFLIGHT, sid)
+            found = await self.bus.kv_get(KV_INFLIGHT, sid)
             if found is None:
                 continue
             try:
@@ -68,7 +86,7 @@ class Recovery:
         A session's runner never changes, so it is read once per process."""
         runner = self._runners.get(sid)
         if runner is None:
-            start = next((e for e, _ in await self.d.bus.read_events(sid, limit=2)
+            start = next((e for e, _ in await self.session_log.read_all(sid, limit=2)
                           if e.get("type") == "session:start"), None)
             if start is None or not start.get("runner"):
                 return None
@@ -83,25 +101,24 @@ class Recovery:
         started before this process, or when a run of this process ended without its terminal event (the bus was
         down) — the last only after 2 × ATLAS_ACK_WAIT, since a session is started just before its run is
         registered."""
-        d = self.d
         alive: dict[str, bool] = {}
-        for summary in d.store.rm.non_terminal(("active",)):
+        for summary in self.store.rm.non_terminal(("active",)):
             sid = str(summary.get("sessionId", ""))
-            if sid in d.runs:
+            if self.lifecycle.is_running(sid):
                 continue
             try:
                 runner = await self.runner_of(sid)
                 if runner is None:
                     continue
-                if runner == d.daemon_id:
+                if runner == self.daemon_id:
                     started_at = str(summary.get("startedAt") or "")
-                    previous_life = started_at < d.started_at
-                    orphan = age_seconds(started_at) > 2 * d.settings.ack_wait_s
-                    if not (at_start or previous_life or orphan) or sid in d.runs:
+                    previous_life = started_at < self.started_at
+                    orphan = age_seconds(started_at) > 2 * self.ack_wait_s
+                    if not (at_start or previous_life or orphan) or self.lifecycle.is_running(sid):
                         continue
                 else:
                     if runner not in alive:
-                        alive[runner] = await d.is_daemon_alive(runner)
+                        alive[runner] = await self.is_daemon_alive(runner)
                     if alive[runner]:
                         continue
                 await self.interrupt(sid, {k: summary.get(k) for k in ("sessionId", "workspaceId", "signalId")})
@@ -111,24 +128,24 @@ class Recovery:
     async def _settle_marker(self, sid: str, marker: dict[str, Any], at_start: bool) -> None:
         """A marker: a parked session, or a leftover (a crash between a parked session's start and the removal of
         its marker, or a marker of an older version)."""
-        d = self.d
-        last = await d.bus.last_event(sid)
+        last = await self.session_log.last(sid)
         if last is None:
-            await d.bus.kv_delete(KV_INFLIGHT, sid)  # acceptance never finished
+            await self.bus.kv_delete(KV_INFLIGHT, sid)  # acceptance never finished
             return
         if last[0].get("type") == "session:complete":
             await self._ensure_view(sid)
-            await d.finalize(marker["envelope"], self._policy(marker["envelope"]), drop_marker=True)
+            envelope = marker["envelope"]
+            await self.lifecycle.finalize(envelope, self.lifecycle.policy_of(envelope), drop_marker=True)
             return
         if last[0].get("type") != "session:queued":
             # Started: the session is in the read model as active, where `_settle_active` looks after it.
-            await d.bus.kv_delete(KV_INFLIGHT, sid)
+            await self.bus.kv_delete(KV_INFLIGHT, sid)
             return
         if marker.get("parked"):
             return
         accepted = marker.get("acceptedAt")
-        if at_start or (accepted and age_seconds(accepted) > 2 * d.settings.ack_wait_s):
-            await d.bus.publish_envelope(marker["envelope"])
+        if at_start or (accepted and age_seconds(accepted) > 2 * self.ack_wait_s):
+            await self.bus.publish_envelope(marker["envelope"])
 
     async def _republish_stranded(self, marked: set[str]) -> None:
         """Queued sessions older than 2 × ATLAS_ACK_WAIT whose envelope may never have landed: acceptance writes the
@@ -138,11 +155,10 @@ class Recovery:
         the broker drops the copy (`Nats-Msg-Id` = sessionId, 1 h window), and a copy that does get through finds
         the session started or ended and is dropped by the consumer (started sessions are never run twice, spec
         §6.5). Parked sessions (they have a marker) are waiting on purpose."""
-        d = self.d
-        cutoff = format_iso(datetime.now(UTC) - timedelta(seconds=2 * d.settings.ack_wait_s))
+        cutoff = format_iso(datetime.now(UTC) - timedelta(seconds=2 * self.ack_wait_s))
         # A sweep over the old queued sessions, a page per pass: a long backlog or many parked sessions cost each
         # pass a bounded read, and every session is looked at once per sweep.
-        page = d.store.rm.non_terminal(("queued",), queued_after=self._sweep_from, queued_before=cutoff,
+        page = self.store.rm.non_terminal(("queued",), queued_after=self._sweep_from, queued_before=cutoff,
                                        limit=self.STRANDED_PER_PASS)
         self._sweep_from = str(page[-1].get("queuedAt") or "") if len(page) == self.STRANDED_PER_PASS else ""
         for summary in page:
@@ -150,10 +166,10 @@ class Recovery:
             if sid in marked or sid in self._republished:
                 continue
             try:
-                events = await d.bus.read_events(sid)
+                events = await self.session_log.read_all(sid)
                 if len(events) != 1 or events[0][0].get("type") != "session:queued":
                     continue  # moved on since the read model looked
-                await d.bus.publish_envelope(envelope_from_queued(events[0][0]))
+                await self.bus.publish_envelope(envelope_from_queued(events[0][0]))
             except Exception:
                 log.exception("republishing the envelope of %s failed", sid)
                 continue
@@ -163,31 +179,22 @@ class Recovery:
 
     async def _ensure_view(self, sid: str) -> None:
         """A read model that lacks the session (e.g. a deleted SQLite file) is refilled from the log."""
-        if self.d.store.view(sid) is None:
-            for event, stream_seq in await self.d.bus.read_events(sid):
-                self.d.store.apply(event, stream_seq)
-
-    def _policy(self, envelope: dict[str, Any]) -> str:
-        ws = self.d.workspaces.get(envelope.get("workspaceId", ""))
-        sig = ws.config.signals.get(envelope.get("signalId", "")) if ws is not None else None
-        return sig.concurrency if sig is not None else "concurrent"
+        if self.store.view(sid) is None:
+            await self.materializer.rebuild(sid)
 
     async def interrupt(self, sid: str, envelope: dict[str, Any] | None = None) -> None:
         """End an active session whose runner is gone as `interrupted`, keeping its correlationId and lineage.
         `envelope` (at least sessionId, workspaceId, signalId) finalises it; a leftover marker's is used if none."""
-        d = self.d
-        from atlas.sessions.writer import SessionWriter
-
         await self._ensure_view(sid)
         for _ in range(3):
             # One read decides and positions the writer: the write below expects exactly that last event, so a
             # terminal event landing in between makes it fail instead of ending the session twice.
-            last = await d.bus.last_event(sid)
+            last = await self.session_log.last(sid)
             if last is not None and last[0].get("type") == "session:complete":
-                d.store.apply(*last)  # the log, not the local view, decides: a write may have landed unacked
+                self.store.apply(*last)  # the log, not the local view, decides: a write may have landed unacked
                 break
-            writer = SessionWriter.after(d.bus, d.store, sid, last)
-            view = d.store.view(sid)
+            writer = SessionWriter.after(self.session_log, self.store, sid, last)
+            view = self.store.view(sid)
             if view is not None and is_terminal(view["status"]):
                 break
             try:
@@ -195,11 +202,11 @@ class Recovery:
                 break
             except WrongLastSequence:
                 continue
-        marker = await d.bus.kv_get(KV_INFLIGHT, sid) if envelope is None else None
+        marker = await self.bus.kv_get(KV_INFLIGHT, sid) if envelope is None else None
         if marker is not None:
             envelope = marker[0]["envelope"]
         if envelope is not None:
-            await d.finalize(envelope, self._policy(envelope), drop_marker=marker is not None)
+            await self.lifecycle.finalize(envelope, self.lifecycle.policy_of(envelope), drop_marker=marker is not None)
 
     async def _start_orphaned_parked(self) -> None:
         """Keys with parked sessions and no live holder: promote the head (compare-and-set: one daemon wins).
@@ -207,22 +214,18 @@ class Recovery:
         A holder still `queued` was promoted but never started (its promoter failed between the hold and the
         start): it is started here. Starting is safe to race, since `session:start` expects the log to end at
         `session:queued` and only one writer can get that."""
-        d = self.d
-        for key in await d.bus.kv_keys(KV_CONCURRENCY):
-            found = await d.bus.kv_get(KV_CONCURRENCY, key)
-            if found is None:
+        for key in await self.concurrency.keys():
+            rec = await self.concurrency.record(key)
+            if rec is None:
                 continue
-            rec = found[0]
-            for holder in rec.get("holders", []):
-                view = d.store.view(holder)
-                if view is not None and view["status"] == "queued" and holder not in d.runs:
-                    await d.consumer.start_parked(holder)
-            if not rec.get("queue") or any(d._is_alive(h) for h in rec.get("holders", [])):
+            for holder in rec["holders"]:
+                view = self.store.view(holder)
+                if view is not None and view["status"] == "queued" and not self.lifecycle.is_running(holder):
+                    await self.lifecycle.start_parked(holder)
+            if not rec["queue"] or any(self.lineage.is_alive(h) for h in rec["holders"]):
                 continue
             ws_id, _, sig_id = key.partition(".")
-            nxt = await d.concurrency.release(ws_id, sig_id, "", "queue")
-            if nxt is not None:
-                await d.consumer.start_parked(nxt)
+            await self.lifecycle.release_and_start_next(ws_id, sig_id, "", "queue")
 
 
 def interrupted_event(sid: str, seq: int, view: dict[str, Any] | None) -> SessionCompleteEvent:
@@ -249,3 +252,11 @@ def envelope_from_queued(event: dict[str, Any]) -> dict[str, Any]:
     envelope = {k: event[k] for k in ENVELOPE_FROM_QUEUED if event.get(k) is not None or k == "payload"}
     envelope["acceptedAt"] = event.get("timestamp")
     return envelope
+
+
+def age_seconds(iso: str) -> float:
+    """Seconds since an RFC 3339 timestamp (0 for one that cannot be read: never "too old")."""
+    try:
+        return (datetime.now(UTC) - parse_iso(iso)).total_seconds()
+    except ValueError:
+        return 0.0

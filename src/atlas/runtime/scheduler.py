@@ -23,21 +23,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-from atlas.bus.client import KV_CRON_CLAIMS, KV_CRON_STATE, WrongLastSequence
+from atlas.bus.client import KV_CRON_CLAIMS, KV_CRON_STATE, Bus, WrongLastSequence
+from atlas.bus.records import cron_claim, cron_claim_result
 from atlas.config.durations import parse_duration
 from atlas.config.model import ScheduleSignal
 from atlas.errors import AtlasError
-from atlas.runtime.accept import TriggerRequest
+from atlas.runtime.accept import Accepted, TriggerRequest
 from atlas.runtime.cron import Plan, next_fire, plan_ticks, tick_payload
+from atlas.runtime.intake import Intake
+from atlas.runtime.workspaces import WorkspaceRegistry
 from atlas.sessions.events import format_iso, parse_iso
-
-if TYPE_CHECKING:
-    from atlas.runtime.daemon import Daemon
+from atlas.sessions.store import SessionStore
 
 log = logging.getLogger("atlas.scheduler")
 
@@ -111,8 +112,16 @@ class Fired:
 class Scheduler:
     """Fires the schedule signals of every loaded workspace; one per daemon, safe with many daemons per cluster."""
 
-    def __init__(self, daemon: Daemon, clock: Clock | None = None) -> None:
-        self.d = daemon
+    def __init__(self, *, bus: Bus, store: SessionStore, workspaces: WorkspaceRegistry,
+                 trigger: Callable[[TriggerRequest], Awaitable[Accepted]], intake: Intake, daemon_id: str,
+                 clock: Clock | None = None) -> None:
+        """`trigger`: the accept pipeline's `accept`; `intake`: whether the daemon takes work (not while stopping)."""
+        self.bus = bus
+        self.store = store
+        self.workspaces = workspaces
+        self.trigger = trigger
+        self.intake = intake
+        self.daemon_id = daemon_id
         self.clock: Clock = clock or SystemClock()
         self.last_tick: datetime | None = None
         self._lock = asyncio.Lock()
@@ -179,7 +188,7 @@ class Scheduler:
     def schedules(self) -> list[Schedule]:
         """The schedule signals of the workspaces loaded right now (workspaces come and go between ticks)."""
         out: list[Schedule] = []
-        for ws in self.d.workspaces.all():
+        for ws in self.workspaces.all():
             for sig_id, sig in ws.config.signals.items():
                 if not isinstance(sig, ScheduleSignal):
                     continue
@@ -224,7 +233,7 @@ class Scheduler:
         return fired
 
     async def _tick_one(self, sched: Schedule, now: datetime) -> list[Fired]:
-        bus = self.d.bus
+        bus = self.bus
         got = await bus.kv_get(KV_CRON_STATE, sched.key)
         if got is None or not got[0].get("lastScheduled"):
             # First sight of this schedule: nothing was missed. Settle up to the previous tick of this daemon
@@ -267,11 +276,7 @@ class Scheduler:
         return fired
 
     def _accepting(self) -> bool:
-        try:
-            self.d.ensure_accepting()
-        except AtlasError:
-            return False
-        return True
+        return self.intake.accepting
 
     async def _plan(self, sched: Schedule, last: datetime, now: datetime) -> Plan:
         args = (sched.expression, sched.timezone, sched.on_missed, last, now, sched.missed_window)
@@ -282,22 +287,20 @@ class Scheduler:
     async def _fire(self, sched: Schedule, scheduled: datetime, next_run: datetime,
                     extra: dict[str, Any]) -> Fired | None:
         """Claim one slot and, if this daemon won it, accept its session. None when another daemon has it."""
-        bus = self.d.bus
+        bus = self.bus
         claim_key = sched.claim_key(scheduled)
         try:
-            await bus.kv_create(KV_CRON_CLAIMS, claim_key, {"daemonId": self.d.daemon_id,
-                                                           "claimedAt": format_iso(self.clock.now())})
+            await bus.kv_create(KV_CRON_CLAIMS, claim_key, cron_claim(self.daemon_id, format_iso(self.clock.now())))
         except WrongLastSequence:
             log.debug("schedule %s: %s already claimed by another daemon", sched.key, format_iso(scheduled))
             return None
         payload = tick_payload(scheduled, sched.timezone, next_run, self.clock.now(), extra)
-        accepted = await self.d.accept.accept(
+        accepted = await self.trigger(
             TriggerRequest(sched.workspace_id, sched.signal_id, payload, trigger="schedule")
         )
         try:
-            await bus.kv_put(KV_CRON_CLAIMS, claim_key, {"daemonId": self.d.daemon_id,
-                                                        "sessionId": accepted.session_id,
-                                                        "correlationId": accepted.correlation_id})
+            await bus.kv_put(KV_CRON_CLAIMS, claim_key,
+                             cron_claim_result(self.daemon_id, accepted.session_id, accepted.correlation_id))
         except Exception as exc:  # the claim itself already holds the slot; the ids are only informative
             log.warning("schedule %s: recording the claim's session failed: %s", sched.key, exc)
         log.info("schedule %s fired %s (%s) as session %s", sched.key, format_iso(scheduled),
@@ -311,9 +314,9 @@ class Scheduler:
         value = {**(got[0] if got else {}), "lastScheduled": format_iso(at)}
         try:
             if got is None:
-                await self.d.bus.kv_create(KV_CRON_STATE, sched.key, value)
+                await self.bus.kv_create(KV_CRON_STATE, sched.key, value)
             else:
-                await self.d.bus.kv_update(KV_CRON_STATE, sched.key, value, got[1])
+                await self.bus.kv_update(KV_CRON_STATE, sched.key, value, got[1])
         except WrongLastSequence:
             pass  # another daemon initialised it first: its value is as good as ours
 
@@ -344,7 +347,7 @@ class Scheduler:
     async def _update_state(self, key: str, mutate: Callable[[dict[str, Any]], dict[str, Any]],
                             got: tuple[Any, int] | None = None) -> dict[str, Any]:
         """Compare-and-set `mutate(current)` on a CRON_STATE entry, re-reading after each lost race."""
-        bus = self.d.bus
+        bus = self.bus
         for _ in range(CAS_ATTEMPTS):
             if got is None:
                 got = await bus.kv_get(KV_CRON_STATE, key)
@@ -387,12 +390,12 @@ class Scheduler:
     async def entries(self) -> list[dict[str, Any]]:
         """Every schedule with its next fire time and last result (GET /api/schedules)."""
         scheds = self.schedules()
-        states = await asyncio.gather(*(self.d.bus.kv_get(KV_CRON_STATE, s.key) for s in scheds))
+        states = await asyncio.gather(*(self.bus.kv_get(KV_CRON_STATE, s.key) for s in scheds))
         return [self._entry(s, got[0] if got else None) for s, got in zip(scheds, states, strict=True)]
 
     async def entry(self, workspace_id: str, signal_id: str) -> dict[str, Any]:
         sched = self.find(workspace_id, signal_id)
-        got = await self.d.bus.kv_get(KV_CRON_STATE, sched.key)
+        got = await self.bus.kv_get(KV_CRON_STATE, sched.key)
         return self._entry(sched, got[0] if got else None)
 
     def _entry(self, sched: Schedule, state: dict[str, Any] | None) -> dict[str, Any]:
@@ -416,7 +419,7 @@ class Scheduler:
         }
         result = state.get("lastResult")
         if result:
-            view = self.d.store.view(result["sessionId"])
+            view = self.store.view(result["sessionId"])
             entry["lastResult"] = {
                 "sessionId": result["sessionId"],
                 "correlationId": result["correlationId"],

@@ -23,6 +23,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from atlas.bus.client import SESSION_EVENTS, Bus
+from atlas.bus.sessionlog import SessionLog
 from atlas.jsoncodec import loads
 from atlas.sessions.store import SessionStore
 
@@ -32,9 +33,10 @@ log = logging.getLogger("atlas.materializer")
 class Materializer:
     CATCH_UP_IDLE_S = 2.0
 
-    def __init__(self, bus: Bus, store: SessionStore, *, follow: bool = True) -> None:
+    def __init__(self, bus: Bus, store: SessionStore, *, session_log: SessionLog, follow: bool = True) -> None:
         self.bus = bus
         self.store = store
+        self.session_log = session_log
         self.follow = follow
         self._sub: Any = None
 
@@ -130,6 +132,17 @@ class Materializer:
             self.store.note_written(seq)
             settled += 1
         return settled
+
+    async def rebuild(self, session_id: str) -> dict[str, Any] | None:
+        """Fold one session's whole log into the read model, in order; its view, or None when the log is empty.
+
+        For a session this daemon has not seen (a deleted read model, another daemon's session on an embedded bus)
+        or whose end another writer wrote: the store's `seq` guard skips what it has, so nothing is applied twice.
+        """
+        events = await self.session_log.read_all(session_id)
+        for event, stream_seq in events:
+            self.store.apply(event, stream_seq)
+        return self.store.view(session_id) if events else None
 
     async def stop(self) -> None:
         if self._sub is not None:

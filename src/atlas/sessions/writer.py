@@ -9,7 +9,7 @@ log after another writer's terminal event, and a second terminal record would br
 
 While JetStream does not answer (a leader election on a cluster that lost a node), an append is sent again with
 the same `Nats-Msg-Id` for up to `retry_for` seconds (the bus's `write_retry_s` unless the writer was given less:
-the accept pipeline answers an HTTP caller, a run can wait longer); see `Bus.append_event`.
+the accept pipeline answers an HTTP caller, a run can wait longer); see `SessionLog.append`.
 
 Events come in whole, built by their constructors in `atlas.sessions.events` (the only place that builds them), for
 this writer's session and its `next_seq`; the writer checks both rather than rewriting them, so what a producer built
@@ -20,7 +20,8 @@ from __future__ import annotations
 
 from typing import Any, TypeVar, cast
 
-from atlas.bus.client import Bus, WrongLastSequence
+from atlas.bus.client import WrongLastSequence
+from atlas.bus.sessionlog import SessionLog
 from atlas.sessions.events import DurableEvent
 from atlas.sessions.store import SessionStore
 
@@ -28,9 +29,9 @@ E = TypeVar("E", bound=DurableEvent)
 
 
 class SessionWriter:
-    def __init__(self, bus: Bus, store: SessionStore, session_id: str, seq: int = 0, stream_seq: int = 0,
+    def __init__(self, log: SessionLog, store: SessionStore, session_id: str, seq: int = 0, stream_seq: int = 0,
                  last_type: str | None = None, retry_for: float | None = None) -> None:
-        self.bus = bus
+        self.log = log
         self.store = store
         self.session_id = session_id
         self.seq = seq
@@ -39,18 +40,18 @@ class SessionWriter:
         self.retry_for = retry_for  # how long an append rides through a silent bus (None: the bus's default)
 
     @classmethod
-    async def resume(cls, bus: Bus, store: SessionStore, session_id: str) -> SessionWriter:
+    async def resume(cls, log: SessionLog, store: SessionStore, session_id: str) -> SessionWriter:
         """A writer positioned after the session's current last event."""
-        return cls.after(bus, store, session_id, await bus.last_event(session_id))
+        return cls.after(log, store, session_id, await log.last(session_id))
 
     @classmethod
-    def after(cls, bus: Bus, store: SessionStore, session_id: str,
+    def after(cls, log: SessionLog, store: SessionStore, session_id: str,
               last: tuple[dict[str, Any], int] | None) -> SessionWriter:
         """A writer positioned after `last` (the session's last event and its stream sequence, as read)."""
         if last is None:
-            return cls(bus, store, session_id)
+            return cls(log, store, session_id)
         event, stream_seq = last
-        return cls(bus, store, session_id, seq=int(event["seq"]), stream_seq=stream_seq, last_type=event.get("type"))
+        return cls(log, store, session_id, seq=int(event["seq"]), stream_seq=stream_seq, last_type=event.get("type"))
 
     @property
     def ended(self) -> bool:
@@ -72,7 +73,7 @@ class SessionWriter:
                              f"({self.session_id}#{self.seq + 1})")
         data = cast(dict[str, Any], event)
         first = self.seq == 0 and self.stream_seq == 0
-        self.stream_seq = await self.bus.append_event(data, self.stream_seq, self.retry_for)
+        self.stream_seq = await self.log.append(data, self.stream_seq, self.retry_for)
         self.seq += 1
         self.last_type = event_type
         self.store.apply(data, new=first)
