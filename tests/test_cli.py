@@ -17,7 +17,6 @@ from typing import Any
 import httpx
 import pytest
 
-from atlas.cli.follow import synthesize
 from atlas.cli.sse import parse_sse
 from atlas.sessions.reducer import build_view
 from tests.daemon_proc import ATLAS, FIXTURES, ROOT, DaemonProcess, wait_for
@@ -573,16 +572,3 @@ def test_parse_sse() -> None:
     frames = list(parse_sse(lines))
     assert [(f.event, f.id) for f in frames] == [("message", "3"), ("ephemeral", None), ("end", None)]
     assert json.loads(frames[0].data) == {"a": 1}
-
-
-def test_polling_reconstructs_the_events(daemon: DaemonProcess) -> None:
-    """The polling fallback explains view changes as durable events: from nothing to a finished view, the same
-    event types (without seq) as the real log."""
-    accepted = nowait(daemon, "fail", {})
-    view = wait_status(daemon, accepted["sessionId"], TERMINAL)
-    events = synthesize(None, view)
-    assert [e["type"] for e in events] == ["session:queued", "session:start", "step:start", "step:complete",
-                                           "session:complete"]
-    assert events[-1]["status"] == "failed" and events[-1]["errorCode"] == "exit_status"
-    assert events[3]["status"] == "failed" and events[3]["output"]["exitCode"] == 3
-    assert synthesize(view, view) == []

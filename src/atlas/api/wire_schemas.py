@@ -96,4 +96,3 @@ def _check_flat(node: Any) -> None:
     elif isinstance(node, list):
         for value in node:
             _check_flat(value)
-

@@ -1,12 +1,11 @@
 """Following runs live (spec §11): `signal trigger --wait`, `sessions follow`, `follow --correlation-id`.
 
-Sources, in order of preference:
-- the SSE streams of spec §9 — `GET /api/sessions/stream?correlationId=X` (the whole tree) and
-  `GET /api/sessions/{id}/stream` (one session) — resumed with `Last-Event-ID` after a dropped connection;
-- when the daemon has no such route (404 `not_found`), polling: `GET /api/sessions?correlationId=` and
-  `GET /api/sessions/{id}` every 200 ms, with the durable events reconstructed from successive views.
+The source is the daemon's SSE streams of spec §9 — `GET /api/sessions/stream?correlationId=X` (the whole tree) and
+`GET /api/sessions/{id}/stream` (one session) — resumed with `Last-Event-ID` after a dropped connection. Every
+daemon serves them, so the CLI reads the durable events themselves and never reconstructs them from views (a second
+description of the event shapes, which had drifted from the real ones).
 
-Both feed a `Tracker` (the session views, folded with the daemon's own pure reducer) and one of three renderers:
+They feed a `Tracker` (the session views, folded with the daemon's own pure reducer) and one of three renderers:
 JSON lines (`--json`), plain lines (not a TTY, or NO_COLOR), or a live Rich tree with a spinner and progress bars.
 Following never changes the run: Ctrl-C only detaches (exit 130) and prints how to resume.
 """
@@ -20,7 +19,6 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any, Protocol
 
 import httpx
@@ -48,23 +46,15 @@ from atlas.cli.render import (
     elapsed_ms,
     fmt_duration,
     local_time,
-    parse_time,
     session_label,
     short_id,
     status_text,
 )
 from atlas.cli.sse import parse_sse
-from atlas.sessions.events import format_iso, now_iso
+from atlas.sessions.events import now_iso
 from atlas.sessions.reducer import apply_chunk, initial_view, is_terminal, reduce, summarize
 
-POLL_INTERVAL = 0.2
 MAX_RECONNECTS = 5
-TREE_ROUTE_MISSING = {"not_found", "session_not_found"}  # without the route, "stream" matches /sessions/{id}
-SESSION_ROUTE_MISSING = {"not_found"}
-
-
-class StreamUnavailable(Exception):
-    """The daemon has no stream route: fall back to polling."""
 
 
 class FollowTimeout(Exception):
@@ -73,7 +63,7 @@ class FollowTimeout(Exception):
 
 @dataclass
 class Item:
-    kind: str  # "event", "chunk", "end" or "tick"
+    kind: str  # "event", "chunk" or "end"
     data: Any = None
 
 
@@ -100,13 +90,6 @@ class Tracker:
         with self._lock:
             if isinstance(sid, str) and sid in self._views:
                 self._views[sid] = apply_chunk(self._views[sid], message)
-
-    def set_view(self, view: dict[str, Any]) -> list[dict[str, Any]]:
-        """Replace a session's view with a fresher one (polling); returns the events that explain the change."""
-        with self._lock:
-            old = self._views.get(view["sessionId"])
-            self._views[view["sessionId"]] = view
-        return synthesize(old, view)
 
     def view(self, sid: str) -> dict[str, Any] | None:
         with self._lock:
@@ -140,69 +123,6 @@ class Tracker:
         return out
 
 
-def _started(view: dict[str, Any] | None) -> bool:
-    if view is None:
-        return False
-    if view.get("status") == "active":
-        return True
-    if any(b.get("stepNumber") is not None for b in view.get("agentBlocks") or []):
-        return True
-    return bool(view.get("startedAt") and view.get("queuedAt") and view["startedAt"] != view["queuedAt"])
-
-
-def _end_time(block: dict[str, Any]) -> str | None:
-    """startedAt + durationMs of a finished block: the time of its step:complete, as near as a view tells."""
-    start = parse_time(block.get("startedAt"))
-    if start is None or not isinstance(block.get("durationMs"), int | float):
-        return None
-    return format_iso(start + timedelta(milliseconds=block["durationMs"]))
-
-
-def synthesize(old: dict[str, Any] | None, new: dict[str, Any]) -> list[dict[str, Any]]:
-    """The durable events (without `seq`) that lead from view `old` to view `new` — polling's stand-in for the
-    event stream, so every output mode works the same way with either source."""
-    sid = new.get("sessionId")
-    out: list[dict[str, Any]] = []
-
-    def emit(kind: str, timestamp: Any, source: dict[str, Any], keys: tuple[str, ...]) -> None:
-        event: dict[str, Any] = {"type": kind, "sessionId": sid}
-        if timestamp:
-            event["timestamp"] = timestamp
-        event.update({k: source[k] for k in keys if source.get(k) is not None})
-        out.append(event)
-
-    identity = ("workspaceId", "jobName", "signalId", "task", "trigger", "correlationId", "parentSessionId",
-                "rootSessionId", "depth")
-    if old is None:
-        emit("session:queued", new.get("queuedAt"), new, (*identity, "payload"))
-    if _started(new) and not _started(old):
-        emit("session:start", new.get("startedAt"), new, identity)
-    old_blocks = (old or {}).get("agentBlocks") or []
-    old_by_step = {b.get("stepNumber"): b for b in old_blocks if b.get("stepNumber") is not None}
-    for index, block in enumerate(new.get("agentBlocks") or []):
-        step = block.get("stepNumber")
-        if step is not None:
-            before = old_by_step.get(step)
-            if before is None:
-                emit("step:start", block.get("startedAt"), block,
-                     ("stepNumber", "agentName", "stateId", "actionType", "task", "outputKey", "input"))
-            if block.get("status") in ("completed", "failed") and (
-                    before is None or before.get("status") not in ("completed", "failed")):
-                emit("step:complete", _end_time(block), block,
-                     ("stepNumber", "status", "durationMs", "toolCalls", "output", "error", "errorCode", "usage",
-                      "childSessionId"))
-        elif block.get("status") == "skipped" and not is_terminal(new.get("status")):
-            before = old_blocks[index] if index < len(old_blocks) else None
-            if before is None or before.get("status") != "skipped":
-                emit("step:skipped", None, block, ("stateId", "agentName"))
-    summary = new.get("aiSummary")
-    if summary and not (old or {}).get("aiSummary"):
-        emit("session:summary", None, summary, ("summary", "keyDetails"))
-    if is_terminal(new.get("status")) and not is_terminal((old or {}).get("status")):
-        emit("session:complete", new.get("completedAt"), new, ("status", "durationMs", "error", "errorCode"))
-    return out
-
-
 # -------------------------------------------------------------------- sources
 
 
@@ -218,8 +138,7 @@ def _check_deadline(deadline: float | None) -> None:
         raise FollowTimeout
 
 
-def stream_items(api: Api, path: str, params: dict[str, Any] | None, missing: set[str],
-                 deadline: float | None) -> Iterator[Item]:
+def stream_items(api: Api, path: str, params: dict[str, Any] | None, deadline: float | None) -> Iterator[Item]:
     """Items from an SSE session stream; reconnects with Last-Event-ID when the connection drops."""
     last_id: str | None = None
     failures = 0
@@ -243,10 +162,8 @@ def stream_items(api: Api, path: str, params: dict[str, Any] | None, missing: se
                         yield Item("chunk", payload)
                     elif frame.event == "message":
                         yield Item("event", payload)
-        except DaemonError as err:
-            if err.status == 404 and err.code in missing and last_id is None:
-                raise StreamUnavailable from None
-            raise
+        except DaemonError:
+            raise  # an answer (404 session_not_found, 401...), not a dropped connection
         except CliError:
             failures += 1
             if failures > MAX_RECONNECTS:
@@ -263,32 +180,6 @@ def stream_items(api: Api, path: str, params: dict[str, Any] | None, missing: se
                 raise CliError(1, "stream_closed", "the daemon kept closing the session stream")
         _check_deadline(deadline)
         time.sleep(min(2.0, 0.1 * 2 ** failures))  # reconnect backoff
-
-
-def poll_items(api: Api, tracker: Tracker, *, correlation_id: str | None, session_id: str | None) -> Iterator[Item]:
-    """Items reconstructed from polling the list and the views every 200 ms."""
-    while True:
-        if correlation_id:
-            summaries = api.list_sessions(correlationId=correlation_id)
-            summaries.sort(key=lambda s: (s.get("depth", 0), s.get("queuedAt") or "", s["sessionId"]))
-            for summary in summaries:
-                known = tracker.view(summary["sessionId"])
-                if known is not None and is_terminal(known.get("status")):
-                    continue
-                for event in tracker.set_view(api.get(f"/api/sessions/{summary['sessionId']}")):
-                    yield Item("event", event)
-            # The list is read before the views: a child accepted before its parent ended is always in it.
-            done = bool(summaries) and all(is_terminal(s["status"]) for s in summaries)
-        else:
-            view = api.get(f"/api/sessions/{session_id}")
-            for event in tracker.set_view(view):
-                yield Item("event", event)
-            done = is_terminal(view["status"])
-        if done:
-            yield Item("end", {})
-            return
-        yield Item("tick")
-        time.sleep(POLL_INTERVAL)
 
 
 # -------------------------------------------------------------------- renderers
@@ -593,8 +484,7 @@ def follow_run(api: Api, out: Output, *, session_id: str, correlation_id: str, t
 
     def handle(item: Item) -> bool:
         if item.kind == "event":
-            if "seq" in item.data:  # a streamed event; polled ones are already folded into the tracker
-                tracker.apply(item.data)
+            tracker.apply(item.data)
             renderer.event(item.data)
         elif item.kind == "chunk":
             tracker.apply_chunk(item.data)
@@ -608,20 +498,12 @@ def follow_run(api: Api, out: Output, *, session_id: str, correlation_id: str, t
     try:
         with _watchdog(timeout_s):
             if tree:
-                source = stream_items(api, "/api/sessions/stream", {"correlationId": correlation_id},
-                                      TREE_ROUTE_MISSING, deadline)
+                source = stream_items(api, "/api/sessions/stream", {"correlationId": correlation_id}, deadline)
             else:
-                source = stream_items(api, f"/api/sessions/{session_id}/stream", None, SESSION_ROUTE_MISSING,
-                                      deadline)
-            try:
-                for item in source:
-                    if handle(item):
-                        break
-            except StreamUnavailable:
-                for item in poll_items(api, tracker, correlation_id=correlation_id if tree else None,
-                                       session_id=session_id):
-                    if handle(item):
-                        break
+                source = stream_items(api, f"/api/sessions/{session_id}/stream", None, deadline)
+            for item in source:
+                if handle(item):
+                    break
     except KeyboardInterrupt:
         renderer.stop(False)
         out.note(f"Detached: the run keeps going (nothing was cancelled). Resume with: {resume_hint}",
