@@ -18,6 +18,8 @@ is byte for byte what lands on the bus.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any, TypeVar, cast
 
 from atlas.bus.client import WrongLastSequence
@@ -73,9 +75,24 @@ class SessionWriter:
                              f"({self.session_id}#{self.seq + 1})")
         data = cast(dict[str, Any], event)
         first = self.seq == 0 and self.stream_seq == 0
-        self.stream_seq = await self.log.append(data, self.stream_seq, self.retry_for)
-        self.seq += 1
-        self.last_type = event_type
-        self.store.apply(data, new=first)
-        self.store.note_written(self.stream_seq)
+        # Shielded: a cancel (of the run, or of a request) that arrives while the event is on its way must not leave
+        # the writer behind its own log. The write lands or fails within the bus's retry budget; its bookkeeping is
+        # done before the cancel goes on, so the runner's next write (its `session:complete`) follows it instead of
+        # being refused as out of sequence.
+        landing = asyncio.ensure_future(self.log.append(data, self.stream_seq, self.retry_for))
+        try:
+            stream_seq = await asyncio.shield(landing)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                self._advance(data, first, await landing)
+            raise
+        self._advance(data, first, stream_seq)
         return event
+
+    def _advance(self, data: dict[str, Any], first: bool, stream_seq: int) -> None:
+        """The event landed at `stream_seq`: move past it and fold it into the local store."""
+        self.stream_seq = stream_seq
+        self.seq += 1
+        self.last_type = data["type"]
+        self.store.apply(data, new=first)
+        self.store.note_written(stream_seq)
