@@ -10,6 +10,9 @@ interrupted by a crash (kill -9 while it runs, then a restart), each read back t
 
 The crash case is the drift the issue found: recovery wrote `session:complete` without `durationMs`, which the
 published schema requires; the same test against the code before the fix fails on that event.
+
+Two fast checks without a daemon come first: each constructor writes exactly its TypedDict's fields in their
+declared order (the wire's bytes), and what it builds validates against the generated component.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from typing import Any
 import httpx
 import pytest
 
+from atlas.api.wire_schemas import component_schemas
 from atlas.cli.sse import parse_sse
+from atlas.sessions import events as ev
 from atlas.sessions.events import EVENT_TYPES, duration_ms
 from tests.daemon_proc import FIXTURES, DaemonProcess, wait_for
 from tests.test_openapi import Document
@@ -81,6 +86,51 @@ def check_log(doc: Document, events: list[dict[str, Any]]) -> None:
     for event in events:
         doc.check_component(EVENT_TYPES[event["type"]].__name__, event)
         doc.check_component("Event", event)
+
+
+# ---------------------------------------------------------------- the model itself (no daemon)
+
+SID = "7f0c2a51-8d7e-4f43-9a51-0b8f6c1de2aa"
+PLAN = [ev.planned_step(agentName="a", stateId="s0", task="t", actionType="agent", outputKey="a")]
+
+
+def every_field_of_every_event() -> list[dict[str, Any]]:
+    """One event of each type with every optional field set (the constructors omit an unset one)."""
+    lineage = {"correlationId": "c", "parentSessionId": "p", "rootSessionId": "r", "depth": 1}
+    common = {"workspaceId": "w", "jobName": "j", "signalId": "s", "task": "t", "plannedSteps": PLAN, **lineage}
+    return [
+        dict(ev.queued(sessionId=SID, trigger="cascade", payload={"x": 1}, **common)),
+        dict(ev.start(sessionId=SID, runner="daemon-1", **common)),
+        dict(ev.step_start(sessionId=SID, seq=3, stepNumber=1, agentName="a", stateId="s0", actionType="agent",
+                           task="t", outputKey="a", input={"x": 1})),
+        dict(ev.step_complete(sessionId=SID, seq=4, stepNumber=1, status="failed", durationMs=5, output=[1],
+                              error="e", errorCode="c", childSessionId="k", usage={"inputTokens": 1, "model": "m"})),
+        dict(ev.step_skipped(sessionId=SID, seq=5, stateId="s1", agentName="b")),
+        dict(ev.summary(sessionId=SID, seq=6, summary="s", keyDetails=[{"label": "l", "value": 1, "url": "u"}])),
+        dict(ev.complete(sessionId=SID, seq=7, status="failed", durationMs=9, error="e", errorCode="c")),
+    ]
+
+
+def test_constructors_write_the_declared_fields_in_the_declared_order() -> None:
+    """The TypedDict of each type is its whole wire shape, in wire order (`type` first): the key order is the bytes
+    on the bus, which did not change when the producers moved onto the constructors."""
+    for event in every_field_of_every_event():
+        declared = list(EVENT_TYPES[event["type"]].__annotations__)
+        assert list(event) == ["type", *(key for key in declared if key != "type")], event["type"]
+
+
+def test_constructed_events_match_the_generated_schemas() -> None:
+    doc = Document({"openapi": "3.1.0", "components": {"schemas": component_schemas()}})
+    for event in every_field_of_every_event():
+        doc.check_component(EVENT_TYPES[event["type"]].__name__, event)
+        doc.check_component("Event", event)
+    incomplete = dict(ev.complete(sessionId=SID, seq=2, status="interrupted", durationMs=0))
+    del incomplete["durationMs"]
+    with pytest.raises(AssertionError, match="durationMs"):
+        doc.check_component("SessionCompleteEvent", incomplete)
+
+
+# ---------------------------------------------------------------- real daemons
 
 
 @pytest.fixture(scope="module")
