@@ -27,6 +27,8 @@ def _documented(doc: dict[str, Any]) -> dict[str, set[int]]:
     out: dict[str, set[int]] = {}
     for operations in doc["paths"].values():
         for op in operations.values():
+            if not isinstance(op, dict):  # path-level `parameters`
+                continue
             for status, answer in op.get("responses", {}).items():
                 schema = answer.get("content", {}).get("application/json", {}).get("schema", {})
                 for part in schema.get("allOf", []):

@@ -1,40 +1,41 @@
 """The §7.4 throughput baseline: a bare endpoint in the daemon's own process that does one `js.publish` and
 answers 202.
 
-Only mounted when `ATLAS_BENCH_BASELINE=1` (bench/trigger_throughput.py sets it), so a normal daemon never has it.
-It goes through the same app, middleware, event loop and NATS connection as a real trigger, which makes the ratio
-"atlas trigger / baseline" a measure of what the accept pipeline adds on top of one acknowledged publish.
+Only in the route table when `ATLAS_BENCH_BASELINE=1` (bench/trigger_throughput.py sets it), so a normal daemon never
+has it. It goes through the same app, middleware, event loop and NATS connection as a real trigger, which makes the
+ratio "atlas trigger / baseline" a measure of what the accept pipeline adds on top of one acknowledged publish; so
+it uses the daemon's raw JetStream context on purpose, not the session-log port.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-from typing import TYPE_CHECKING
 
-from fastapi import FastAPI, Request
+from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError
+from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 
-if TYPE_CHECKING:
-    from atlas.runtime.daemon import Daemon
+from atlas.api.state import daemon_of
 
 BENCH_STREAM = "BENCH"
 BENCH_SUBJECT = "bench.baseline"
 _ACCEPTED = b'{"status":"accepted"}'
 
 
-def add_bench_routes(app: FastAPI, daemon: Daemon) -> None:
-    if os.environ.get("ATLAS_BENCH_BASELINE") != "1":
-        return
-    ready = False
-    lock = asyncio.Lock()
+class _BenchStream:
+    """The in-memory BENCH stream of one app, declared on first use."""
 
-    async def ensure_stream() -> None:
-        nonlocal ready
-        async with lock:
-            if ready:
+    def __init__(self) -> None:
+        self.ready = False
+        self._lock = asyncio.Lock()
+
+    async def ensure(self, js: JetStreamContext) -> None:
+        async with self._lock:
+            if self.ready:
                 return
             cfg = StreamConfig(
                 name=BENCH_STREAM,
@@ -44,15 +45,27 @@ def add_bench_routes(app: FastAPI, daemon: Daemon) -> None:
                 discard=DiscardPolicy.OLD,
             )
             try:
-                await daemon.bus.js.add_stream(cfg)
+                await js.add_stream(cfg)
             except BadRequestError:
-                await daemon.bus.js.update_stream(cfg)
-            ready = True
+                await js.update_stream(cfg)
+            self.ready = True
 
-    @app.post("/__bench/publish", include_in_schema=False)
-    async def bench_publish(request: Request) -> Response:
-        body = await request.body()
-        if not ready:
-            await ensure_stream()
-        await daemon.bus.js.publish(BENCH_SUBJECT, body)
-        return Response(_ACCEPTED, status_code=202, media_type="application/json")
+
+async def bench_publish(request: Request) -> Response:
+    state = request.app.state
+    bench: _BenchStream | None = getattr(state, "bench", None)
+    if bench is None:
+        bench = state.bench = _BenchStream()
+    js = daemon_of(request).bus.js
+    body = await request.body()
+    if not bench.ready:
+        await bench.ensure(js)
+    await js.publish(BENCH_SUBJECT, body)
+    return Response(_ACCEPTED, status_code=202, media_type="application/json")
+
+
+def bench_routes() -> list[Route]:
+    """The baseline route when `ATLAS_BENCH_BASELINE=1`, else none."""
+    if os.environ.get("ATLAS_BENCH_BASELINE") != "1":
+        return []
+    return [Route("/__bench/publish", bench_publish, methods=["POST"], include_in_schema=False)]

@@ -1,7 +1,7 @@
 """The OpenAPI 3.1 document served at `GET /openapi.json` (spec §9).
 
-The routes take the raw `Request` and return pre-encoded JSON (the hot path must stay cheap), so FastAPI cannot see
-their parameters, bodies or responses. This module describes them by hand instead, as plain data built from a few
+The routes take the raw `Request` and return pre-encoded JSON (the hot path must stay cheap), so no framework can
+infer their parameters, bodies or responses. This module describes them by hand instead, as plain data built from a few
 helpers: every route of the API, its path, query and header parameters, its request body, and every status it can
 answer with the schema of that answer and its error codes. The session shapes are the exception: the durable
 events, SessionView, AgentBlock and SessionSummary (and what they reference) are generated from the TypedDicts that
@@ -17,10 +17,13 @@ details.
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Iterable
 from typing import Any, get_args
 
-from fastapi import FastAPI
+from starlette.requests import Request
+from starlette.responses import Response
 
 from atlas import __version__
 from atlas.api.wire_schemas import component_schemas
@@ -818,12 +821,12 @@ def build_openapi() -> dict[str, Any]:
     }
 
 
-def install_openapi(app: FastAPI) -> None:
-    """Serve the hand-written document at `/openapi.json` (built once, on first request)."""
+@functools.cache
+def _document_bytes() -> bytes:
+    """The document as served: built and encoded once, on first request (it cannot change while a daemon runs)."""
+    return json.dumps(build_openapi(), ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
 
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            app.openapi_schema = build_openapi()
-        return app.openapi_schema
 
-    app.openapi = openapi  # type: ignore[method-assign]
+async def openapi_json(_: Request) -> Response:
+    """`GET /openapi.json`."""
+    return Response(_document_bytes(), media_type=JSON)

@@ -7,34 +7,28 @@ daemon stays paused on all of them and across restarts. Errors are `AtlasError`s
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-from fastapi import FastAPI
+from starlette.requests import Request
 from starlette.responses import Response
 
 from atlas.api.responses import json_response
-
-if TYPE_CHECKING:
-    from atlas.runtime.daemon import Daemon
-
-_NOT_FOUND: dict[int | str, dict[str, Any]] = {
-    404: {"description": "`schedule_not_found`: no such workspace or schedule signal"},
-}
+from atlas.api.state import daemon_of
 
 
-def add_schedule_routes(app: FastAPI, daemon: Daemon) -> None:
-    """Add GET /api/schedules and POST /api/schedules/{ws}/{sig}/pause|resume."""
+async def list_schedules(request: Request) -> Response:
+    """Every cron schedule with its next fire time and last result."""
+    return json_response({"schedules": await daemon_of(request).scheduler.entries()})
 
-    @app.get("/api/schedules", summary="List cron schedules with next fire time and last result")
-    async def list_schedules() -> Response:
-        return json_response({"schedules": await daemon.scheduler.entries()})
 
-    @app.post("/api/schedules/{workspace_id}/{signal_id}/pause", summary="Pause a cron schedule",
-              responses=_NOT_FOUND)
-    async def pause_schedule(workspace_id: str, signal_id: str) -> Response:
-        return json_response(await daemon.scheduler.set_paused(workspace_id, signal_id, True))
+async def pause_schedule(request: Request) -> Response:
+    return await _set_paused(request, True)
 
-    @app.post("/api/schedules/{workspace_id}/{signal_id}/resume", summary="Resume a paused cron schedule",
-              responses=_NOT_FOUND)
-    async def resume_schedule(workspace_id: str, signal_id: str) -> Response:
-        return json_response(await daemon.scheduler.set_paused(workspace_id, signal_id, False))
+
+async def resume_schedule(request: Request) -> Response:
+    return await _set_paused(request, False)
+
+
+async def _set_paused(request: Request, paused: bool) -> Response:
+    """404 `schedule_not_found` for no such workspace or schedule signal (raised by the scheduler)."""
+    params = request.path_params
+    return json_response(await daemon_of(request).scheduler.set_paused(params["workspace_id"], params["signal_id"],
+                                                                       paused))

@@ -27,7 +27,6 @@ import hmac
 import logging
 from collections.abc import Iterable
 
-from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from atlas.api.errors import STATUS, error_body
@@ -219,9 +218,8 @@ async def _respond(send: Send, status: int, body: bytes, headers: list[tuple[byt
     await send({"type": "http.response.body", "body": body})
 
 
-def install_security(app: FastAPI, settings: Settings) -> None:
-    """Install the security middleware on `app`, and say at start which protections are on (never the token)."""
-    app.add_middleware(SecurityMiddleware, settings=settings)
+def log_protections(settings: Settings) -> None:
+    """Say at start which protections are on (never the token)."""
     if settings.require_token and not settings.token:
         log.error("ATLAS_REQUIRE_TOKEN is set but ATLAS_TOKEN is not: every API request will be refused")
     log.info("API token %s; CORS %s", "required" if settings.token or settings.require_token else "not required",

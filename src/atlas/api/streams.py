@@ -7,9 +7,9 @@ event at the seam between the two phases. They share one recipe:
    writes and the events the materialiser brings in from other daemons) and a core-NATS subscription for
    ephemeral chunks *before* the first read of the bus, so anything written after that read is already being
    collected.
-2. **Replay from the bus.** SESSION_EVENTS is always ahead of the store: the writer appends to JetStream before it
-   applies locally, and the materialiser only applies what the stream holds. So an event the listener reports is
-   always readable from the bus, and the replay plus the listener cover everything.
+2. **Replay from the bus** (the daemon's `SessionLog`). SESSION_EVENTS is always ahead of the store: the writer
+   appends to JetStream before it applies locally, and the materialiser only applies what the stream holds. So an
+   event the listener reports is always readable from the bus, and the replay plus the listener cover everything.
 3. **Follow with dedupe.** The per-session stream sends live events straight from the listener, skipping any
    `seq` it already sent; a gap (or an overflow, below) sends it back to the bus to fill in. The tree stream needs
    SESSION_EVENTS stream sequences as frame ids, which the listener does not carry, so there the listener is only
@@ -52,13 +52,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import nats.errors
-from fastapi import FastAPI, Request
-from nats.js.errors import NotFoundError
+from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from atlas.bus.client import SESSION_EVENTS, Bus, ephemeral_subject, events_subject
+from atlas.api.state import daemon_of, streams_of
 from atlas.errors import AtlasError
 from atlas.jsoncodec import dumps, loads
 from atlas.sessions.reducer import is_terminal
@@ -73,18 +71,15 @@ KEEPALIVE_FRAME = b": keep-alive\n\n"
 # Sent at once, before any bus read: the client (and any proxy) sees the stream open even when the replay must
 # first walk a long log to a resume point. A comment, so EventSource and our parsers ignore it.
 OPEN_FRAME = b": stream open\n\n"
-EPHEMERAL_WILDCARD = "ephemeral.sessions.*"
 
 # A session id becomes a NATS subject token (sessions.<sid>.events), so anything that could widen the subject
 # ('.', '*', '>', whitespace) is refused before the bus is asked.
 _SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
-_NATS_ERRORS = (nats.errors.Error, asyncio.TimeoutError)
-_BATCH_TIMEOUT_S = 10.0  # per message of a batched read, like the JetStream API timeout of Bus
 _FIRST_PAGE = 32
 _FLUSH_BYTES = 64 * 1024  # frames of a tree pass are written in chunks of about this size
 
 Stored = tuple[int, bytes, dict[str, Any]]
-"""One durable event as read from the bus: (stream sequence, its JSON bytes, the parsed event)."""
+"""One durable event as `SessionLog.read_page` returns it: (stream sequence, its one-line JSON bytes, the event)."""
 
 
 @dataclass
@@ -193,22 +188,21 @@ class _Subscriptions:
         self.hub.opened += 1
         self.daemon.store.add_listener(self.listener)
 
-    async def subscribe_chunks(self, subject: str) -> None:
-        """Chunks are best effort: without a connected bus the stream still carries every durable event."""
-        nc = self.daemon.bus.nc
-        if nc is None or not nc.is_connected:
+    async def subscribe_chunks(self, session_id: str | None) -> None:
+        """Chunks of one session (None: of all, filtered by `wants_chunks_of`), registered at the server before the
+        replay starts. Best effort: without a connected bus the stream still carries every durable event."""
+        session_log = self.daemon.session_log
+        if not session_log.connected:
             return
         try:
-            self.sub = await nc.subscribe(subject, cb=self._on_chunk,
-                                          pending_msgs_limit=self.hub.settings.chunk_backlog)
-            await nc.flush(timeout=1)  # the SUB is registered at the server before the replay starts
-        except _NATS_ERRORS as exc:
-            log.info("stream without ephemeral chunks (%s): %s", subject, type(exc).__name__)
+            self.sub = await session_log.follow_chunks(session_id, self._on_chunk,
+                                                       backlog=self.hub.settings.chunk_backlog, confirm=True)
+        except AtlasError as exc:
+            log.info("stream without ephemeral chunks (%s): %s", session_id or "all sessions", exc.message)
 
-    async def _on_chunk(self, msg: Any) -> None:
-        if self.released or not self.wants_chunks_of(msg.subject.rpartition(".")[2]):
+    async def _on_chunk(self, session_id: str, data: bytes) -> None:
+        if self.released or not self.wants_chunks_of(session_id):
             return
-        data: bytes = msg.data
         if b"\n" in data or b"\r" in data:  # one SSE data line: re-encode whatever a foreign publisher sent
             try:
                 data = dumps(loads(data))
@@ -284,7 +278,7 @@ class _Cursor:
                    ) -> tuple[list[Stored], bool]:
         """Up to `limit` events (about `max_bytes`) after `self.after`; and whether the end of the subject was hit."""
         terminal_before = track_store and self.check_store(daemon)
-        batch, at_end = await _read_after(daemon.bus, self.sid, self.after, min(self.page, limit), max_bytes)
+        batch, at_end = await daemon.session_log.read_page(self.sid, self.after, min(self.page, limit), max_bytes)
         self.page = min(self.page * 4, limit)  # a small first page gets the first frames out at once
         if batch:
             self.after = batch[-1][0]
@@ -296,67 +290,6 @@ class _Cursor:
         if at_end and terminal_before:
             self.final = True
         return batch, at_end
-
-
-def _stored(stream_seq: int, data: bytes) -> Stored:
-    event = loads(data)
-    if b"\n" in data or b"\r" in data:  # a frame's data is one line; only a foreign writer could do this
-        data = dumps(event)
-    return stream_seq, data, event
-
-
-async def _read_after(bus: Bus, sid: str, after: int, limit: int, max_bytes: int) -> tuple[list[Stored], bool]:
-    """Like `Bus.read_events`, but from stream sequence `after + 1`, one page at a time, keeping the stored bytes
-    so a frame needs no re-encoding. Returns the page and whether the subject has nothing more (for now).
-
-    nats-server 2.11+ answers a *batched* direct get (ADR-31: `batch`, `max_bytes`, then a `204 EOB` status
-    carrying `Nats-Num-Pending`) in one round trip, about 14x faster than one request per event; older servers
-    get the one-by-one loop `Bus.read_events` uses.
-    """
-    nc = bus.nc
-    version = getattr(nc, "connected_server_version", None) if nc is not None else None
-    if nc is not None and version is not None and (version.major, version.minor) >= (2, 11):
-        return await _read_batch(bus, sid, after, limit, max_bytes)
-    out: list[Stored] = []
-    subject = events_subject(sid)
-    seq = after + 1
-    while len(out) < limit:
-        try:
-            msg = await bus.js.get_msg(SESSION_EVENTS, seq=seq, subject=subject, next=True, direct=True)
-        except NotFoundError:
-            return out, True
-        if msg.data is None or msg.seq is None:
-            return out, True
-        out.append(_stored(int(msg.seq), msg.data))
-        seq = int(msg.seq) + 1
-        if out[-1][2].get("type") == "session:complete":
-            return out, True
-    return out, False
-
-
-async def _read_batch(bus: Bus, sid: str, after: int, limit: int, max_bytes: int) -> tuple[list[Stored], bool]:
-    nc = bus.nc
-    assert nc is not None
-    inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox)
-    out: list[Stored] = []
-    try:
-        request = {"seq": after + 1, "next_by_subj": events_subject(sid), "batch": limit, "max_bytes": max_bytes}
-        await nc.publish(f"$JS.API.DIRECT.GET.{SESSION_EVENTS}", dumps(request), reply=inbox)
-        while True:
-            msg = await sub.next_msg(timeout=_BATCH_TIMEOUT_S)
-            headers = msg.headers or {}
-            status = headers.get("Status")
-            if status == "404":  # nothing after `after`
-                return out, True
-            if status == "204":  # end of this batch
-                return out, headers.get("Nats-Num-Pending", "0") == "0"
-            if status is not None:
-                raise nats.errors.Error(f"direct get of {sid}: status {status} {headers.get('Description', '')}")
-            out.append(_stored(int(headers["Nats-Sequence"]), msg.data))
-    finally:
-        with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-            await sub.unsubscribe()
 
 
 # ---------------------------------------------------------------- frames
@@ -451,9 +384,9 @@ async def _session_frames(hub: StreamHub, daemon: Daemon, sid: str, after: int,
                 if item.get("type") == "session:complete":
                     yield end_frame(item.get("status"))
                     return
-    except _NATS_ERRORS as exc:
-        # The bus went away mid-stream: close; the client reconnects with Last-Event-ID.
-        log.warning("session stream %s closed: bus error %s", sid, type(exc).__name__)
+    except AtlasError as exc:
+        # The bus went away mid-stream (`bus_unavailable`): close; the client reconnects with Last-Event-ID.
+        log.warning("session stream %s closed: %s", sid, exc.message)
 
 
 # ---------------------------------------------------------------- tree stream
@@ -585,86 +518,85 @@ async def _tree_frames(hub: StreamHub, daemon: Daemon, correlation_id: str, memb
                             feed.items.popleft()
                 if durable:
                     break
-    except _NATS_ERRORS as exc:
-        log.warning("tree stream %s closed: bus error %s", correlation_id, type(exc).__name__)
+    except AtlasError as exc:
+        log.warning("tree stream %s closed: %s", correlation_id, exc.message)
 
 
 # ---------------------------------------------------------------- routes
+# GET /api/sessions/stream and GET /api/sessions/{id}/stream (`app.state.streams` is their StreamHub); their OpenAPI
+# description is the hand-written one of `atlas.api.openapi`.
 
 
-def add_stream_routes(app: FastAPI, daemon: Daemon) -> None:
-    """Add GET /api/sessions/stream and GET /api/sessions/{id}/stream; `app.state.streams` is their StreamHub.
+async def tree_stream(request: Request) -> Response:
+    """Tree stream (A): every session of a correlationId, merged in stream order; 404 after waiting up to
+    `correlation_wait_s` for a correlationId this daemon does not know yet."""
+    daemon, hub = daemon_of(request), streams_of(request)
+    correlation_id = request.query_params.get("correlationId")
+    if not correlation_id:
+        raise AtlasError("invalid_query", "correlationId is required",
+                         [{"path": "correlationId", "message": "required"}])
+    after = _resume_point(request)
+    members: dict[str, _Cursor] = {}
+    feed = _Feed(hub)
 
-    Their OpenAPI description is the hand-written one of `atlas.api.openapi`.
-    """
-    hub = StreamHub()
-    app.state.streams = hub
-
-    @app.get("/api/sessions/stream")
-    async def tree_stream(request: Request) -> Response:
-        correlation_id = request.query_params.get("correlationId")
-        if not correlation_id:
-            raise AtlasError("invalid_query", "correlationId is required",
-                             [{"path": "correlationId", "message": "required"}])
-        after = _resume_point(request)
-        members: dict[str, _Cursor] = {}
-        feed = _Feed(hub)
-
-        def listener(event: dict[str, Any]) -> None:
-            sid = event.get("sessionId")
-            if not isinstance(sid, str):
+    def listener(event: dict[str, Any]) -> None:
+        sid = event.get("sessionId")
+        if not isinstance(sid, str):
+            return
+        if sid not in members:
+            if event.get("type") != "session:queued" or event.get("correlationId") != correlation_id:
                 return
-            if sid not in members:
-                if event.get("type") != "session:queued" or event.get("correlationId") != correlation_id:
-                    return
-                members[sid] = _Cursor(sid, after)  # a child created after connect joins the tree here
+            members[sid] = _Cursor(sid, after)  # a child created after connect joins the tree here
+        feed.put_event(event)
+
+    subs = _Subscriptions(hub, daemon, feed, listener, members.__contains__)
+    subs.listen()
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + hub.settings.correlation_wait_s
+        while True:
+            for sid in _correlation_members(daemon, correlation_id):
+                members.setdefault(sid, _Cursor(sid, after))
+            remaining = deadline - loop.time()
+            if members or remaining <= 0 or feed.closed:
+                break
+            # Woken at once by a session:queued of this correlationId; the timeout re-checks the read model.
+            await feed.wait(min(0.1, remaining))
+        if not members:
+            raise AtlasError("correlation_not_found", f"No session with correlationId '{correlation_id}'")
+        await subs.subscribe_chunks(None)
+    except BaseException:
+        await subs.release()
+        raise
+    return _SseResponse(_tree_frames(hub, daemon, correlation_id, members, feed), subs)
+
+
+async def session_stream(request: Request) -> Response:
+    """Per-session stream: replay after `Last-Event-ID` (or `?after=`), then live events and chunks."""
+    daemon, hub = daemon_of(request), streams_of(request)
+    session_id: str = request.path_params["session_id"]
+    after = _resume_point(request)
+    not_found = AtlasError("session_not_found", f"Session '{session_id}' not found")
+    if not _SESSION_ID.match(session_id):
+        raise not_found
+    if daemon.store.rm.get_last_seq(session_id) == 0:  # the read model has every session the store knows
+        try:  # accepted by another daemon and not materialised here yet: its subject is the truth
+            known = await daemon.session_log.last(session_id) is not None
+        except AtlasError:
+            raise AtlasError("bus_unavailable", "The message bus is unavailable") from None
+        if not known:
+            raise not_found
+    feed = _Feed(hub)
+
+    def listener(event: dict[str, Any]) -> None:
+        if event.get("sessionId") == session_id:
             feed.put_event(event)
 
-        subs = _Subscriptions(hub, daemon, feed, listener, members.__contains__)
-        subs.listen()
-        try:
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + hub.settings.correlation_wait_s
-            while True:
-                for sid in _correlation_members(daemon, correlation_id):
-                    members.setdefault(sid, _Cursor(sid, after))
-                remaining = deadline - loop.time()
-                if members or remaining <= 0 or feed.closed:
-                    break
-                # Woken at once by a session:queued of this correlationId; the timeout re-checks the read model.
-                await feed.wait(min(0.1, remaining))
-            if not members:
-                raise AtlasError("correlation_not_found", f"No session with correlationId '{correlation_id}'")
-            await subs.subscribe_chunks(EPHEMERAL_WILDCARD)
-        except BaseException:
-            await subs.release()
-            raise
-        return _SseResponse(_tree_frames(hub, daemon, correlation_id, members, feed), subs)
-
-    @app.get("/api/sessions/{session_id}/stream")
-    async def session_stream(session_id: str, request: Request) -> Response:
-        after = _resume_point(request)
-        not_found = AtlasError("session_not_found", f"Session '{session_id}' not found")
-        if not _SESSION_ID.match(session_id):
-            raise not_found
-        if daemon.store.rm.get_last_seq(session_id) == 0:  # the read model has every session the store knows
-            try:  # accepted by another daemon and not materialised here yet: its subject is the truth
-                known = await daemon.bus.last_event(session_id) is not None
-            except _NATS_ERRORS:
-                raise AtlasError("bus_unavailable", "The message bus is unavailable") from None
-            if not known:
-                raise not_found
-        feed = _Feed(hub)
-
-        def listener(event: dict[str, Any]) -> None:
-            if event.get("sessionId") == session_id:
-                feed.put_event(event)
-
-        subs = _Subscriptions(hub, daemon, feed, listener, session_id.__eq__)
-        subs.listen()
-        try:
-            await subs.subscribe_chunks(ephemeral_subject(session_id))
-        except BaseException:
-            await subs.release()
-            raise
-        return _SseResponse(_session_frames(hub, daemon, session_id, after, feed), subs)
+    subs = _Subscriptions(hub, daemon, feed, listener, session_id.__eq__)
+    subs.listen()
+    try:
+        await subs.subscribe_chunks(session_id)
+    except BaseException:
+        await subs.release()
+        raise
+    return _SseResponse(_session_frames(hub, daemon, session_id, after, feed), subs)

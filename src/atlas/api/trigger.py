@@ -12,15 +12,14 @@ import json
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI, Request
+from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route
 
 from atlas.api.body import parse_trigger_body
 from atlas.api.errors import error_body
 from atlas.api.responses import json_response, read_body
+from atlas.api.state import daemon_of
 from atlas.api.streams import StreamHub, _Cursor, _Feed
-from atlas.bus.client import ephemeral_subject
 from atlas.config.durations import parse_duration
 from atlas.config.model import HttpSignal
 from atlas.errors import AtlasError
@@ -117,71 +116,69 @@ async def _disconnected(request: Request) -> None:
             return
 
 
-def add_trigger_route(app: FastAPI, daemon: Daemon) -> None:
+async def trigger(request: Request) -> Response:
+    """`POST /api/workspaces/{workspace_id}/signals/{signal_id}`: the checks of §5.3 in order, then one of the
+    four modes. First in the route table, a plain Starlette route: the hottest endpoint skips the match attempts
+    of every other route."""
+    daemon = daemon_of(request)
     idem = daemon.idempotency
-
-    async def trigger(request: Request) -> Response:
-        workspace_id: str = request.path_params["workspace_id"]
-        signal_id: str = request.path_params["signal_id"]
-        ws, job_id = daemon.accept.resolve(workspace_id, signal_id)
-        nowait = _nowait(_nowait_param(request))
-        raw = await read_body(request, daemon.settings.max_body)
-        parsed = parse_trigger_body(raw, request.headers)
-        sse = "text/event-stream" in request.headers.get("accept", "")
-        signal = ws.config.signals[signal_id]
-        if parsed.webhook is not None and (signal.provider != "http" or sse):
-            raise AtlasError("envelope_required",
-                             f"Signal '{signal_id}' ({signal.provider}) accepts only the envelope body here")
-        req = TriggerRequest(
-            workspace_id=ws.id,
-            signal_id=signal_id,
-            payload=parsed.payload,
-            trigger="webhook" if parsed.webhook is not None else "http",
-            parent_session_id=parsed.parent_session_id,
-            stream_id=parsed.stream_id,
-            webhook=parsed.webhook,
-        )
-        validated = daemon.accept.validate(req)
-        key = request.headers.get("idempotency-key")
-        reservation: Reservation | None = None
-        replay_headers: dict[str, str] | None = None
-        if key is not None:
-            reservation = await idem.reserve(ws.id, signal_id, key, raw)
-        if reservation is not None and reservation.replay is not None:
-            rec = reservation.replay
-            accepted = Accepted(rec["sessionId"], rec["correlationId"], ws.id, signal_id, job_id, rec["status"])
-            replay_headers = {"Idempotent-Replayed": "true"}
-        else:
-            try:
-                accepted = await daemon.accept.accept(req, validated)
-            except BaseException:
-                if reservation is not None:
-                    with contextlib.suppress(Exception):
-                        await idem.release(reservation)
-                raise
+    workspace_id: str = request.path_params["workspace_id"]
+    signal_id: str = request.path_params["signal_id"]
+    ws, job_id = daemon.accept.resolve(workspace_id, signal_id)
+    nowait = _nowait(_nowait_param(request))
+    raw = await read_body(request, daemon.settings.max_body)
+    parsed = parse_trigger_body(raw, request.headers)
+    sse = "text/event-stream" in request.headers.get("accept", "")
+    signal = ws.config.signals[signal_id]
+    if parsed.webhook is not None and (signal.provider != "http" or sse):
+        raise AtlasError("envelope_required",
+                         f"Signal '{signal_id}' ({signal.provider}) accepts only the envelope body here")
+    req = TriggerRequest(
+        workspace_id=ws.id,
+        signal_id=signal_id,
+        payload=parsed.payload,
+        trigger="webhook" if parsed.webhook is not None else "http",
+        parent_session_id=parsed.parent_session_id,
+        stream_id=parsed.stream_id,
+        webhook=parsed.webhook,
+    )
+    validated = daemon.accept.validate(req)
+    key = request.headers.get("idempotency-key")
+    reservation: Reservation | None = None
+    replay_headers: dict[str, str] | None = None
+    if key is not None:
+        reservation = await idem.reserve(ws.id, signal_id, key, raw)
+    if reservation is not None and reservation.replay is not None:
+        rec = reservation.replay
+        accepted = Accepted(rec["sessionId"], rec["correlationId"], ws.id, signal_id, job_id, rec["status"])
+        replay_headers = {"Idempotent-Replayed": "true"}
+    else:
+        try:
+            accepted = await daemon.accept.accept(req, validated)
+        except BaseException:
             if reservation is not None:
-                await idem.accepted(reservation, {
-                    "sessionId": accepted.session_id, "correlationId": accepted.correlation_id,
-                    "status": "accepted", "location": f"/api/sessions/{accepted.session_id}",
-                    "body": accepted_body(ws.id, signal_id, accepted.session_id, accepted.correlation_id,
-                                          parsed.webhook is not None),
-                })
-        if parsed.webhook is not None or (nowait and not sse):
-            body = accepted_body(ws.id, signal_id, accepted.session_id, accepted.correlation_id,
-                                 parsed.webhook is not None)
-            headers = {"Location": f"/api/sessions/{accepted.session_id}", **(replay_headers or {})}
-            return json_response(body, 202, headers)
-        if sse:
-            return StreamingResponse(
-                _sse(daemon, request, accepted, ws.id, signal_id),
-                media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(replay_headers or {})},
-            )
-        return await _sync(daemon, request, accepted, ws, signal_id, job_id, replay_headers)
-
-    # A plain Starlette route, first in the table: the hottest endpoint skips FastAPI's dependency machinery and
-    # the match attempts of every route before it (the OpenAPI document is written by hand anyway).
-    app.router.routes.insert(0, Route(TRIGGER_PATH, trigger, methods=["POST"], name="trigger"))
+                with contextlib.suppress(Exception):
+                    await idem.release(reservation)
+            raise
+        if reservation is not None:
+            await idem.accepted(reservation, {
+                "sessionId": accepted.session_id, "correlationId": accepted.correlation_id,
+                "status": "accepted", "location": f"/api/sessions/{accepted.session_id}",
+                "body": accepted_body(ws.id, signal_id, accepted.session_id, accepted.correlation_id,
+                                      parsed.webhook is not None),
+            })
+    if parsed.webhook is not None or (nowait and not sse):
+        body = accepted_body(ws.id, signal_id, accepted.session_id, accepted.correlation_id,
+                             parsed.webhook is not None)
+        headers = {"Location": f"/api/sessions/{accepted.session_id}", **(replay_headers or {})}
+        return json_response(body, 202, headers)
+    if sse:
+        return StreamingResponse(
+            _sse(daemon, request, accepted, ws.id, signal_id),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(replay_headers or {})},
+        )
+    return await _sync(daemon, request, accepted, ws, signal_id, job_id, replay_headers)
 
 
 async def _sync(daemon: Daemon, request: Request, accepted: Accepted, ws: Workspace, signal_id: str, job_id: str,
@@ -265,14 +262,13 @@ async def _sse(daemon: Daemon, request: Request, accepted: Accepted, ws_id: str,
         if event.get("sessionId") == sid:
             feed.put_event(event)
 
-    async def on_chunk(msg: Any) -> None:
-        data = _one_line_json(msg.data)
+    async def on_chunk(_: str, raw: bytes) -> None:
+        data = _one_line_json(raw)
         if data is not None:
             feed.put_chunk(data)
 
     daemon.store.add_listener(on_event)
-    sub = await daemon.bus.nc.subscribe(ephemeral_subject(sid), cb=on_chunk,  # type: ignore[union-attr]
-                                        pending_msgs_limit=cfg.chunk_backlog)
+    sub = await daemon.session_log.follow_chunks(sid, on_chunk, backlog=cfg.chunk_backlog)
     cursor = _Cursor(sid)
     last = 0  # the seq of the last durable event sent
     done = False  # session:complete was sent (it is always the last event, spec §3.2)

@@ -1,7 +1,7 @@
 """The web UI: static ES modules, CSS and HTML served by the daemon itself (spec §12).
 
 No build step and no second server: ``static/index.html`` loads ``/assets/js/main.js`` as a native ES module, and
-everything else is fetched from the same origin as the API. Two pieces are wired into the FastAPI app:
+everything else is fetched from the same origin as the API. Two pieces are wired into the API's app:
 
 - ``/assets/…`` is a ``StaticFiles`` mount of ``static/assets`` (ETag and Last-Modified, revalidated on every
   load with ``Cache-Control: no-cache`` so an upgraded daemon never runs stale modules).
@@ -16,7 +16,7 @@ from __future__ import annotations
 import mimetypes
 from pathlib import Path
 
-from fastapi import FastAPI
+from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -74,7 +74,7 @@ class _IndexFallback:
         await response(scope, receive, send)
 
 
-def mount_ui(app: FastAPI) -> None:
+def mount_ui(app: Starlette) -> None:
     """Serve the UI at ``/``: the asset mount plus the ``index.html`` fallback (call after every API route)."""
     # Module scripts need a JavaScript MIME type; don't trust the host's mime.types for it.
     mimetypes.add_type("text/javascript", ".js")
