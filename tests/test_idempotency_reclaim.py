@@ -39,12 +39,11 @@ RESERVER = """
 import asyncio, sys
 from pathlib import Path
 import uvloop
-from atlas.runtime.idempotency import Idempotency
 from tests.inproc import running
 
 async def main(home, workspace, nats_url, key, body, flag):
     async with running(Path(home), [Path(workspace)], nats_url or None) as daemon:
-        reservation = await Idempotency(daemon).reserve("core", "echo", key, body.encode())
+        reservation = await daemon.idempotency.reserve("core", "echo", key, body.encode())
         assert reservation.replay is None
         Path(flag).write_text(daemon.daemon_id)
         await asyncio.Event().wait()

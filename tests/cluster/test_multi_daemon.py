@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from atlas.runtime.recovery import envelope_from_queued
+from atlas.bus.records import envelope_from_queued
 from tests.cluster.conftest import stop_all
 from tests.cluster.harness import BusProbe, ClusterDaemon, NatsCluster, http, list_all, sse_frames
 from tests.daemon_proc import FIXTURES, wait_for

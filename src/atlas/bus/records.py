@@ -29,6 +29,8 @@ __all__ = [
     "concurrency_record",
     "cron_claim",
     "cron_claim_result",
+    "envelope",
+    "envelope_from_queued",
     "envelope_is_complete",
     "heartbeat",
     "parked_marker",
@@ -61,6 +63,46 @@ class Envelope(TypedDict):
 
 ENVELOPE_REQUIRED = ("workspaceId", "signalId", "sessionId", "correlationId", "rootSessionId", "depth", "trigger")
 """Keys without which an envelope cannot be run (a malformed one is dead-lettered)."""
+
+
+def envelope(*, workspace_id: str, signal_id: str, session_id: str, correlation_id: str, root_session_id: str,
+             depth: int, trigger: str, payload: Any, accepted_at: str, accepted_by: str,
+             parent_session_id: str | None = None, stream_id: str | None = None,
+             webhook: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The envelope of an accepted trigger (the accept pipeline's). A plain dict typed loosely on purpose: it is
+    built on every trigger and handed on as is (see `Envelope` for its shape)."""
+    out: dict[str, Any] = {
+        "workspaceId": workspace_id,
+        "signalId": signal_id,
+        "sessionId": session_id,
+        "correlationId": correlation_id,
+        "rootSessionId": root_session_id,
+        "depth": depth,
+        "trigger": trigger,
+        "payload": payload,
+        "acceptedAt": accepted_at,
+        "acceptedBy": accepted_by,
+    }
+    if parent_session_id is not None:
+        out["parentSessionId"] = parent_session_id
+    if stream_id is not None:
+        out["streamId"] = stream_id
+    if webhook is not None:
+        out["webhook"] = webhook
+    return out
+
+
+_FROM_QUEUED = ("workspaceId", "signalId", "sessionId", "correlationId", "parentSessionId", "rootSessionId", "depth",
+                "trigger", "payload")
+
+
+def envelope_from_queued(event: dict[str, Any]) -> dict[str, Any]:
+    """The envelope of a session, rebuilt from its `session:queued` (which carries everything the consumer needs;
+    a webhook's raw body and an SSE stream id are not kept there, and a session republished this way runs
+    without them). Recovery republishes it when the original envelope may never have landed."""
+    out = {k: event[k] for k in _FROM_QUEUED if event.get(k) is not None or k == "payload"}
+    out["acceptedAt"] = event.get("timestamp")
+    return out
 
 
 def envelope_is_complete(value: Any) -> bool:

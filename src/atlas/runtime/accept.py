@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from atlas.bus.client import Bus
+from atlas.bus.records import envelope as make_envelope
 from atlas.bus.sessionlog import SessionLog
 from atlas.errors import AtlasError
 from atlas.jsoncodec import dumps
@@ -186,24 +187,12 @@ class AcceptPipeline:
             depth = int(parent.get("depth", 0)) + 1
         else:
             correlation_id, root, depth = str(uuid.uuid4()), sid, 0
-        envelope: dict[str, Any] = {
-            "workspaceId": ws.id,
-            "signalId": req.signal_id,
-            "sessionId": sid,
-            "correlationId": correlation_id,
-            "rootSessionId": root,
-            "depth": depth,
-            "trigger": req.trigger,
-            "payload": req.payload,
-            "acceptedAt": now_iso(),
-            "acceptedBy": self.daemon_id,
-        }
-        if parent is not None:
-            envelope["parentSessionId"] = parent["sessionId"]
-        if req.stream_id is not None:
-            envelope["streamId"] = req.stream_id
-        if req.webhook is not None:
-            envelope["webhook"] = req.webhook
+        envelope = make_envelope(
+            workspace_id=ws.id, signal_id=req.signal_id, session_id=sid, correlation_id=correlation_id,
+            root_session_id=root, depth=depth, trigger=req.trigger, payload=req.payload, accepted_at=now_iso(),
+            accepted_by=self.daemon_id, parent_session_id=parent["sessionId"] if parent is not None else None,
+            stream_id=req.stream_id, webhook=req.webhook,
+        )
         try:
             data = dumps(envelope)  # anything unencodable fails here, before a single write
         except (TypeError, ValueError) as exc:

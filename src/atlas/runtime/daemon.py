@@ -19,7 +19,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -162,7 +162,8 @@ class Daemon:
                                        queue_timeout_s=s.queue_timeout_s, replace_grace_s=s.shutdown_grace_s)
         self.scheduler = Scheduler(bus=self.bus, store=self.store, workspaces=self.workspaces,
                                    trigger=self.accept.accept, intake=self.intake, daemon_id=self.daemon_id)
-        self.idempotency = Idempotency(bus=self.bus, daemon_id=self.daemon_id, started_at=self.started_at)
+        self.idempotency = Idempotency(bus=self.bus, daemon_id=self.daemon_id, started_at=self.started_at,
+                                       process_of=self.membership.process_of)
 
     # ------------------------------------------------------------ start and stop
 
@@ -249,17 +250,6 @@ class Daemon:
         """The sessions this process runs right now."""
         return self.lifecycle.runs
 
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        """Fire-and-forget work whose task must stay referenced until done."""
-        self.background.spawn(coro)
-
-    def ensure_accepting(self) -> None:
-        """Raise `shutting_down` or `bus_unavailable` when a trigger cannot be taken now."""
-        self.intake.check()
-
-    def check_retention(self) -> None:
-        check_retention(self.settings, self.workspaces)
-
     # ------------------------------------------------------------ the API's operations, each owned by a component
 
     async def add_workspace(self, path: str | Path, roots: Sequence[Path] = ()) -> tuple[Workspace, bool]:
@@ -270,9 +260,6 @@ class Daemon:
 
     async def cluster(self) -> list[dict[str, Any]]:
         return await self.membership.members()
-
-    async def live_daemons(self) -> set[str]:
-        return await self.membership.live_daemons()
 
     async def is_daemon_alive(self, daemon_id: str | None) -> bool:
         return await self.membership.is_daemon_alive(daemon_id)

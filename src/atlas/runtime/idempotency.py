@@ -18,10 +18,11 @@ import asyncio
 import hashlib
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from atlas.bus.client import KV_DAEMONS, KV_IDEMPOTENCY, Bus, WrongLastSequence
+from atlas.bus.client import KV_IDEMPOTENCY, Bus, WrongLastSequence
 from atlas.errors import AtlasError
 from atlas.sessions.events import now_iso
 
@@ -47,11 +48,14 @@ class Reservation:
 
 
 class Idempotency:
-    def __init__(self, *, bus: Bus, daemon_id: str, started_at: str) -> None:
-        """`daemon_id` and `started_at` name this daemon process, as its heartbeat does."""
+    def __init__(self, *, bus: Bus, daemon_id: str, started_at: str,
+                 process_of: Callable[[str], Awaitable[tuple[Any, Any] | None]]) -> None:
+        """`daemon_id` and `started_at` name this daemon process, as its heartbeat does; `process_of(id)` is the
+        (pid, startedAt) of the process a daemon's live heartbeat names (None: expired), from the membership."""
         self.bus = bus
         self.daemon_id = daemon_id
         self.started_at = started_at
+        self.process_of = process_of
 
     async def reserve(self, workspace_id: str, signal_id: str, key: str, body: bytes) -> Reservation:
         check_key(key)
@@ -97,12 +101,12 @@ class Idempotency:
             # One process per home (and so per daemon id) at a time: an entry of this id that another process
             # made (or an older version, which did not name its process) predates this one, and its maker is gone.
             return not _made_by(record, os.getpid(), self.started_at)
-        beat = await self.bus.kv_get(KV_DAEMONS, owner)
+        beat = await self.process_of(owner)
         if beat is None:
             return True  # the owner's heartbeat expired (spec §8.1)
         if "ownerStartedAt" not in record:
             return False  # from an older daemon: its id's heartbeat is all there is to go on
-        return not _made_by(record, beat[0].get("pid"), beat[0].get("startedAt"))
+        return not _made_by(record, *beat)
 
     async def accepted(self, res: Reservation, record: dict[str, Any]) -> None:
         await self.bus.kv_put(KV_IDEMPOTENCY, res.key, {"state": "accepted", "bodyHash": res.body_hash, **record})

@@ -100,6 +100,15 @@ class Membership:
                 out.append({"daemonId": key, **found[0]})
         return out
 
+    async def process_of(self, daemon_id: str) -> tuple[Any, Any] | None:
+        """(pid, startedAt) of the process whose heartbeat answers for `daemon_id` now; None once it has expired.
+        A daemon id outlives its processes (a restart keeps it), so this tells a restarted daemon from the one
+        before it."""
+        found = await self.bus.kv_get(KV_DAEMONS, daemon_id)
+        if found is None:
+            return None
+        return found[0].get("pid"), found[0].get("startedAt")
+
     async def is_daemon_alive(self, daemon_id: str | None) -> bool:
         """A daemon is alive while its heartbeat entry has not expired: one read from the leader of DAEMONS, since a
         replica catching up after a node loss can lack a live daemon's heartbeat, and a runner wrongly taken for

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from atlas.bus.client import KV_INFLIGHT, Bus, WrongLastSequence
+from atlas.bus.records import envelope_from_queued
 from atlas.bus.sessionlog import SessionLog
 from atlas.runtime.concurrency import ConcurrencyControl
 from atlas.runtime.lifecycle import SessionLifecycle
@@ -239,19 +240,6 @@ def interrupted_event(sid: str, seq: int, view: dict[str, Any] | None) -> Sessio
         ran_ms = 0
     return events.complete(sessionId=sid, seq=seq, timestamp=now, status="interrupted",
                            durationMs=ran_ms, error=INTERRUPTED, errorCode="interrupted")
-
-
-ENVELOPE_FROM_QUEUED = ("workspaceId", "signalId", "sessionId", "correlationId", "parentSessionId", "rootSessionId",
-                        "depth", "trigger", "payload")
-
-
-def envelope_from_queued(event: dict[str, Any]) -> dict[str, Any]:
-    """The envelope of a session, rebuilt from its `session:queued` (which carries everything the consumer needs;
-    a webhook's raw body and an SSE stream id are not kept there, and a session republished this way runs
-    without them)."""
-    envelope = {k: event[k] for k in ENVELOPE_FROM_QUEUED if event.get(k) is not None or k == "payload"}
-    envelope["acceptedAt"] = event.get("timestamp")
-    return envelope
 
 
 def age_seconds(iso: str) -> float:
