@@ -18,8 +18,8 @@ from starlette.responses import Response, StreamingResponse
 from atlas.api.body import parse_trigger_body
 from atlas.api.errors import error_body
 from atlas.api.responses import json_response, read_body
-from atlas.api.state import daemon_of
-from atlas.api.streams import StreamHub, _Cursor, _Feed
+from atlas.api.state import daemon_of, streams_of
+from atlas.api.streams import _Cursor, _Feed
 from atlas.config.durations import parse_duration
 from atlas.config.model import HttpSignal
 from atlas.errors import AtlasError
@@ -220,12 +220,6 @@ def _one_line_json(raw: bytes) -> bytes | None:
     return dumps(parsed) if b"\n" in raw or b"\r" in raw else raw
 
 
-def _stream_hub(request: Request) -> StreamHub:
-    """The app's stream tunables and counters (`add_stream_routes`); a default hub where that route is absent."""
-    hub = getattr(request.app.state, "streams", None)
-    return hub if isinstance(hub, StreamHub) else StreamHub()
-
-
 async def _final_view(daemon: Daemon, sid: str) -> dict[str, Any]:
     """The session's terminal view once its `session:complete` was sent.
 
@@ -254,7 +248,7 @@ async def _sse(daemon: Daemon, request: Request, accepted: Accepted, ws_id: str,
     every durable event once and in order, and the stream always ends with the result and `[DONE]`.
     """
     sid = accepted.session_id
-    hub = _stream_hub(request)
+    hub = streams_of(request)
     cfg = hub.settings
     feed = _Feed(hub)
 
