@@ -7,15 +7,15 @@ what lets a caller find its session by correlationId the instant it gets the ans
 
 The two publishes are in flight together (one flush, one read of both acks): a trigger's loop time is what limits
 intake, and waiting for one ack before sending the other cost a tenth of it. So `session:queued` can land while
-the envelope does not (a SIGNALS leader lost on a cluster): the caller gets 503, the session is ended `failed` /
-`bus_unavailable` if the bus lets us, and otherwise recovery republishes an envelope rebuilt from the log
-(`Recovery._republish_stranded`), so no queued record is left without work behind it.
+the envelope does not (a SIGNALS leader lost on a cluster): the caller gets `bus_unavailable`, the session is
+ended `failed` / `bus_unavailable` if the bus lets us, and otherwise recovery republishes an envelope rebuilt from
+the log (`Recovery._republish_stranded`), so no queued record is left without work behind it.
 
 Both writes ride through a leader election (issue 19, bug 14): on a cluster that lost one node of three, a stream
 led there answers nothing for the 4–9 s nats-server takes to elect another leader, and refusing every trigger
 meanwhile stopped the whole cluster for that long. Each write is sent again (same dedupe id) until JetStream
 answers, for up to half the bus's `write_retry_s` (15 s by default: one election, with room); only a bus that stays
-silent that long — no quorum — makes the caller get 503 `bus_unavailable`.
+silent that long — no quorum — makes the caller get `bus_unavailable`.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ class Accepted:
 
 
 def check_payload_limits(payload: Any) -> None:
-    """400 payload_too_complex for depth > 32, more than 100 000 values or a string over 256 KiB (spec §5.3)."""
+    """`payload_too_complex` for depth > 32, more than 100 000 values or a string over 256 KiB (spec §5.3)."""
     count = 0
     stack: list[tuple[Any, int]] = [(payload, 1)]
     while stack:
@@ -144,7 +144,7 @@ class AcceptPipeline:
         self._cascading: dict[str, int] = {}  # correlationId -> cascades being accepted here right now
 
     def resolve(self, workspace_id: str, signal_id: str) -> tuple[Workspace, str]:
-        """The workspace and the job handling the signal, or the 404 of spec §5.3 (3)–(4)."""
+        """The workspace and the job handling the signal, or the not-found refusals of spec §5.3 (3)–(4)."""
         ws = self.workspaces.get(workspace_id)
         if ws is None:
             raise AtlasError("workspace_not_found", f"Workspace '{workspace_id}' not found")
@@ -244,11 +244,11 @@ class AcceptPipeline:
 
     def ride_through_s(self) -> float:
         """How long an accept keeps sending its writes while the bus does not answer: half a run's patience, so a
-        caller is answered (202 or 503) well before a client's usual 30–60 s timeout."""
+        caller is answered (accepted or `bus_unavailable`) well before a client's usual 30–60 s timeout."""
         return self.bus.settings.write_retry_s / 2
 
     async def _strand(self, writer: SessionWriter, exc: BaseException) -> None:
-        """The envelope did not land (the caller gets 503). A `session:queued` that did is ended `failed` here;
+        """The envelope did not land (the caller gets `bus_unavailable`). A `session:queued` that did is ended `failed` here;
         if even that write fails, recovery republishes the envelope from the log, so the session still ends."""
         self._tails.pop(writer.session_id, None)
         if writer.seq == 0:

@@ -107,7 +107,7 @@ def _resolve(path: Path) -> Path:
 
 
 def _check_roots(given: Path, resolved: Path, roots: Sequence[Path]) -> None:
-    """403 unless `resolved` (symlinks and `..` already resolved) lies in one of `roots`."""
+    """`path_not_allowed` unless `resolved` (symlinks and `..` already resolved) lies in one of `roots`."""
     if roots and not any(resolved.is_relative_to(root) for root in roots):
         raise AtlasError("path_not_allowed",
                          f"{given} is outside the directories ATLAS_WORKSPACE_ROOTS allows workspaces from",
