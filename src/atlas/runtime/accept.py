@@ -248,8 +248,9 @@ class AcceptPipeline:
         return self.bus.settings.write_retry_s / 2
 
     async def _strand(self, writer: SessionWriter, exc: BaseException) -> None:
-        """The envelope did not land (the caller gets `bus_unavailable`). A `session:queued` that did is ended `failed` here;
-        if even that write fails, recovery republishes the envelope from the log, so the session still ends."""
+        """The envelope did not land (the caller gets `bus_unavailable`). A `session:queued` that did is ended
+        `failed` here; if even that write fails, recovery republishes the envelope from the log, so the session still
+        ends."""
         self._tails.pop(writer.session_id, None)
         if writer.seq == 0:
             return
