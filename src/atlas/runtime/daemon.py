@@ -98,6 +98,9 @@ def check_retention(settings: Settings, workspaces: WorkspaceRegistry) -> None:
 
 
 class Daemon:
+    """One atlasd: its components (public attributes, built in `__init__`), `start()` and `stop()`, and the few
+    operations the API calls by name, each a one-line hand-over to the component that owns it."""
+
     def __init__(self, settings: Settings) -> None:
         s = self.settings = settings
         self.home = _secure_dir(s.home)
