@@ -26,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from atlas import __version__
+from atlas.api.errors import STATUS
 from atlas.api.wire_schemas import component_schemas
 from atlas.sessions.events import ActionType, SessionStatus, TerminalStatus, Trigger
 from atlas.sessions.reducer import BlockStatus
@@ -225,18 +226,16 @@ def error_response(summary: str, codes: list[str]) -> dict[str, Any]:
     return response(f"{summary}. Error codes:\n{lines}", error_schema(codes), headers=headers or None)
 
 
-def errors(*, method: str, open_route: bool = False, extra: dict[int, list[str]] | None = None,
+def errors(*, method: str, open_route: bool = False, codes: Iterable[str] = (),
            reads_body: bool = False) -> dict[str, Any]:
-    """The error responses of an operation: its own codes plus those every route can give (security, 500)."""
+    """The error responses of an operation: its own `codes` plus those every route can give (security, 500), each
+    under the status the API's one table gives it (`atlas.api.errors.STATUS`)."""
+    common = [] if open_route else ["unauthorized"]
+    common += ["host_not_allowed"] + (["forbidden_origin"] if method in ("post", "delete") else [])
+    common += (["body_too_large"] if reads_body else []) + ["internal_error"]
     by_status: dict[int, list[str]] = {}
-    if not open_route:
-        by_status[401] = ["unauthorized"]
-    by_status[403] = ["host_not_allowed"] + (["forbidden_origin"] if method in ("post", "delete") else [])
-    if reads_body:
-        by_status[413] = ["body_too_large"]
-    by_status[500] = ["internal_error"]
-    for status, codes in (extra or {}).items():
-        by_status[status] = list(dict.fromkeys(by_status.get(status, []) + codes))
+    for code in dict.fromkeys([*common, *codes]):
+        by_status.setdefault(STATUS[code], []).append(code)
     titles = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found", 409: "Conflict",
               413: "Payload too large", 422: "Unprocessable", 500: "Internal server error",
               503: "Service unavailable", 504: "Gateway timeout"}
@@ -564,7 +563,7 @@ def _paths() -> dict[str, Any]:
         "`ATLAS_SHUTDOWN_GRACE` for running sessions, ends the rest `interrupted`, then exits.",
         {"200": response("Shutdown initiated", {**ref("Message")},
                          example={"message": "Daemon shutdown initiated"}),
-         **errors(method="post", extra={403: ["forbidden"]})},
+         **errors(method="post", codes=["forbidden"])},
     )}
 
     p["/api/workspaces"] = {"get": _op(
@@ -579,12 +578,10 @@ def _paths() -> dict[str, Any]:
         "already (its config is reloaded). The body is read as JSON whatever its `Content-Type`.",
         {"200": response("Existing workspace reloaded", ref("WorkspaceAdded")),
          "201": response("Workspace registered", ref("WorkspaceAdded")),
-         **errors(method="post", reads_body=True, extra={
-             400: ["invalid_json", "invalid_body", "path_not_found", "not_a_workspace"],
-             403: ["path_not_allowed"],
-             409: ["workspace_exists"],
-             422: ["workspace_invalid"],
-         })},
+         **errors(method="post", reads_body=True, codes=[
+             "invalid_json", "invalid_body", "path_not_found", "not_a_workspace", "path_not_allowed",
+             "workspace_exists", "workspace_invalid"
+         ])},
         body={"required": True, "content": json_content(ref("AddWorkspaceRequest"),
                                                         {"path": "/home/me/workspaces/demo"})},
     )}
@@ -593,14 +590,14 @@ def _paths() -> dict[str, Any]:
         "get": _op(
             "getWorkspace", "workspaces", "Show a workspace", "The list entry plus the normalised config.",
             {"200": response("Workspace", ref("WorkspaceDetail")),
-             **errors(method="get", extra={404: ["workspace_not_found"]})},
+             **errors(method="get", codes=["workspace_not_found"])},
         ),
         "delete": _op(
             "removeWorkspace", "workspaces", "Unregister a workspace",
             "Forgets the workspace; its files are untouched. With active sessions it answers 409 `workspace_busy` "
             "unless `force` is true, which cancels them (`workspace_removed`).",
             {"200": response("Removed", ref("WorkspaceRemoved")),
-             **errors(method="delete", extra={404: ["workspace_not_found"], 409: ["workspace_busy"]})},
+             **errors(method="delete", codes=["workspace_not_found", "workspace_busy"])},
             parameters=[query_param(
                 "force", "`true`, `1` or `yes` (any case) cancels active sessions; any other value counts as false",
                 string(pattern=BOOL_QUERY_PATTERN), "true")],
@@ -608,13 +605,13 @@ def _paths() -> dict[str, Any]:
     }
     p["/api/workspaces/{workspace_id}/jobs"] = {"parameters": [WORKSPACE_ID], "get": _op(
         "listJobs", "workspaces", "List a workspace's jobs", "Jobs in file order, with their planned steps.",
-        {"200": response("Jobs", array(ref("Job"))), **errors(method="get", extra={404: ["workspace_not_found"]})},
+        {"200": response("Jobs", array(ref("Job"))), **errors(method="get", codes=["workspace_not_found"])},
     )}
     p["/api/workspaces/{workspace_id}/signals"] = {"parameters": [WORKSPACE_ID], "get": _op(
         "listSignals", "workspaces", "List a workspace's signals", "Signals in file order, with the jobs they "
         "trigger.",
         {"200": response("Signals", ref("SignalListing")),
-         **errors(method="get", extra={404: ["workspace_not_found"]})},
+         **errors(method="get", codes=["workspace_not_found"])},
     )}
     p["/api/workspaces/{workspace_id}/signals/{signal_id}"] = {
         "parameters": [WORKSPACE_ID, SIGNAL_ID],
@@ -633,7 +630,7 @@ def _paths() -> dict[str, Any]:
             "post": _op(
                 f"{action}Schedule", "schedules", f"{verb} a cron schedule", f"{what}. Idempotent.",
                 {"200": response("The schedule after the change", ref("ScheduleEntry")),
-                 **errors(method="post", extra={404: ["schedule_not_found"]})},
+                 **errors(method="post", codes=["schedule_not_found"])},
             ),
         }
 
@@ -643,7 +640,7 @@ def _paths() -> dict[str, Any]:
         "(`200 {\"sessions\": []}`), and an unknown query parameter is 400 `invalid_query`. An unknown "
         "correlationId is an empty list, never a placeholder (spec §4.3, §7.2).",
         {"200": response("One page of sessions", ref("SessionList")),
-         **errors(method="get", extra={400: ["invalid_query"]})},
+         **errors(method="get", codes=["invalid_query"])},
         parameters=[
             query_param("workspaceId", "Exact match", string()),
             query_param("correlationId", "Exact match: a whole trigger tree", string()),
@@ -663,7 +660,7 @@ def _paths() -> dict[str, Any]:
     p["/api/sessions/stream"] = {"get": _op(
         "streamCorrelation", "sessions", "Stream a whole trigger tree (SSE)", _session_stream_description(True),
         {"200": {"description": "The event stream", "content": SSE_CONTENT},
-         **errors(method="get", extra={400: ["invalid_query"], 404: ["correlation_not_found"]})},
+         **errors(method="get", codes=["invalid_query", "correlation_not_found"])},
         parameters=[
             {"name": "correlationId", "in": "query", "required": True, "description": "The tree's correlationId",
              "schema": string(minLength=1)},
@@ -677,7 +674,7 @@ def _paths() -> dict[str, Any]:
             "The SessionView. Works on every daemon of a cluster: one that has not seen the session yet "
             "rebuilds it from the bus.",
             {"200": response("The session", ref("SessionView")),
-             **errors(method="get", extra={404: ["session_not_found"]})},
+             **errors(method="get", codes=["session_not_found"])},
         ),
         "delete": _op(
             "cancelSession", "sessions", "Cancel a session and its descendants",
@@ -686,19 +683,18 @@ def _paths() -> dict[str, Any]:
             {"200": response("The session ended", ref("CancelResult")),
              "202": response("Cancellation requested; the session had not ended after 5 s",
                              ref("CancelRequested")),
-             **errors(method="delete", extra={404: ["session_not_found"], 409: ["session_not_active"]})},
+             **errors(method="delete", codes=["session_not_found", "session_not_active"])},
         ),
     }
     p["/api/sessions/{session_id}/children"] = {"parameters": [SESSION_ID], "get": _op(
         "listChildren", "sessions", "Direct children of a session", "By `queuedAt` ascending.",
         {"200": response("Children", ref("SessionChildren")),
-         **errors(method="get", extra={404: ["session_not_found"]})},
+         **errors(method="get", codes=["session_not_found"])},
     )}
     p["/api/sessions/{session_id}/stream"] = {"parameters": [SESSION_ID], "get": _op(
         "streamSession", "sessions", "Stream a session (SSE)", _session_stream_description(False),
         {"200": {"description": "The event stream", "content": SSE_CONTENT},
-         **errors(method="get", extra={400: ["invalid_query"], 404: ["session_not_found"],
-                                       503: ["bus_unavailable"]})},
+         **errors(method="get", codes=["invalid_query", "session_not_found", "bus_unavailable"])},
         parameters=_resume_params("`seq`"),
     )}
     p["/openapi.json"] = {"get": _op(
@@ -739,16 +735,13 @@ def _trigger_operation() -> dict[str, Any]:
                         headers={"Location": header("`/api/sessions/<sessionId>`", string(pattern="^/api/sessions/"),
                                                     required=True),
                                  "Idempotent-Replayed": replayed}),
-        **errors(method="post", reads_body=True, extra={
-            400: ["invalid_json", "invalid_body", "invalid_query", "envelope_required", "payload_invalid",
-                  "payload_too_complex", "invalid_idempotency_key"],
-            404: ["workspace_not_found", "signal_not_found", "no_job_for_signal"],
-            409: ["skipped-duplicate", "idempotency_key_in_progress"],
-            422: ["workspace_invalid", "unknown_parent_session", "idempotency_key_mismatch", "session_failed",
-                  "session_cancelled", "session_skipped"],
-            503: ["bus_unavailable", "shutting_down"],
-            504: ["wait_timeout"],
-        }),
+        **errors(method="post", reads_body=True, codes=[
+            "invalid_json", "invalid_body", "invalid_query", "envelope_required", "payload_invalid",
+            "payload_too_complex", "invalid_idempotency_key", "workspace_not_found", "signal_not_found",
+            "no_job_for_signal", "skipped-duplicate", "idempotency_key_in_progress", "workspace_invalid",
+            "unknown_parent_session", "idempotency_key_mismatch", "session_failed", "session_cancelled",
+            "session_skipped", "bus_unavailable", "shutting_down", "wait_timeout"
+        ]),
     }
     body = {
         "required": False,
