@@ -99,10 +99,18 @@ def schema_errors(ws: Workspace, signal_id: str, payload: Any) -> list[dict[str,
     ]
 
 
+def session_task(envelope: dict[str, Any], job_id: str) -> str:
+    """A session's `task`: the payload's `task` string when it has one, else the job's id (queued and start alike)."""
+    payload = envelope.get("payload")
+    if isinstance(payload, dict) and isinstance(payload.get("task"), str):
+        return str(payload["task"])
+    return job_id
+
+
 def queued_event(envelope: dict[str, Any], ws: Workspace | None, job_id: str) -> SessionQueuedEvent:
     """`session:queued` of the envelope's session (the accept pipeline and, as a fallback, the consumer)."""
     payload = envelope.get("payload")
-    task: str = payload["task"] if isinstance(payload, dict) and isinstance(payload.get("task"), str) else job_id
+    task = session_task(envelope, job_id)
     return events.queued(
         sessionId=envelope["sessionId"],
         workspaceId=envelope["workspaceId"],

@@ -2,8 +2,9 @@
 when a hold is released (spec §5.5, §6.5, §8.3).
 
 Why one object: "release the key's hold, then start the session it promoted" follows every end (a run that
-finished, a session ended before it started, one interrupted by recovery) and was written once per path; the
-consumer, recovery and the API now call this object instead of reaching into a daemon. It depends on the
+finished, a session ended before it started, one interrupted by recovery); it was written once per path and is now
+written once (`release_and_start_next`). The consumer, recovery and the API call this object instead of reaching
+into a daemon. It depends on the
 concurrency control, the finaliser, the registry of workspaces and the engine's services, never on the consumer or
 recovery (they depend on it), so the runtime has no import circle.
 """
@@ -18,6 +19,7 @@ from typing import Any
 from atlas.bus.client import KV_INFLIGHT, Bus, WrongLastSequence, cancel_subject
 from atlas.bus.records import cancel_request, read_cancel_request
 from atlas.bus.sessionlog import SessionLog
+from atlas.runtime.accept import session_task
 from atlas.runtime.concurrency import ConcurrencyControl
 from atlas.runtime.engine import CancelRequest, Engine, EngineServices, Run
 from atlas.runtime.finalizer import Finalizer
@@ -70,7 +72,7 @@ class SessionLifecycle:
             seq=writer.next_seq,
             workspaceId=ws.id,
             jobName=job_id,
-            task=_task(envelope, job_id),
+            task=session_task(envelope, job_id),
             signalId=envelope["signalId"],
             correlationId=envelope["correlationId"],
             parentSessionId=envelope.get("parentSessionId"),
@@ -261,9 +263,3 @@ def signal_policy(ws: Workspace | None, signal_id: str) -> str:
     sig = ws.config.signals.get(signal_id) if ws is not None else None
     return sig.concurrency if sig is not None else "concurrent"
 
-
-def _task(env: dict[str, Any], job_id: str) -> str:
-    payload = env.get("payload")
-    if isinstance(payload, dict) and isinstance(payload.get("task"), str):
-        return str(payload["task"])
-    return job_id
