@@ -5,8 +5,8 @@ place that knows which status (and which headers, e.g. `Retry-After`) each code 
 builds the error body `{"error": {"code", "message", "details"?}}` (spec §9). The security middleware's refusals
 and uvicorn's 408 use the same table and body, so a code has one status whoever answers it.
 
-`tests/test_api_errors.py` holds the table to every code the sources raise and to the statuses `/openapi.json`
-documents for them.
+`/openapi.json` files each operation's error codes under this table's statuses (`atlas.api.openapi.errors`), and
+`tests/test_api_errors.py` holds the table to every code the sources raise.
 """
 
 from __future__ import annotations

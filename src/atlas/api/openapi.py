@@ -160,6 +160,8 @@ ERROR_CODES: dict[str, str] = {
     "session_not_active": "the session already ended (`details.status`: its terminal status)",
     "idempotency_key_in_progress": "a request with the same `Idempotency-Key` is still in flight after 5 s "
                                    "(`Retry-After: 1`)",
+    "cascade_limit_exceeded": "the envelope's `parentSessionId` names a tree that already holds "
+                              "`ATLAS_MAX_TREE_SESSIONS` sessions (no session is created)",
     "workspace_exists": "the workspace id is already used by another path",
     "workspace_busy": "the workspace has active sessions; retry with `?force=true` "
                       "(`details.activeSessionIds`)",
@@ -738,9 +740,9 @@ def _trigger_operation() -> dict[str, Any]:
         **errors(method="post", reads_body=True, codes=[
             "invalid_json", "invalid_body", "invalid_query", "envelope_required", "payload_invalid",
             "payload_too_complex", "invalid_idempotency_key", "workspace_not_found", "signal_not_found",
-            "no_job_for_signal", "skipped-duplicate", "idempotency_key_in_progress", "workspace_invalid",
-            "unknown_parent_session", "idempotency_key_mismatch", "session_failed", "session_cancelled",
-            "session_skipped", "bus_unavailable", "shutting_down", "wait_timeout"
+            "no_job_for_signal", "skipped-duplicate", "idempotency_key_in_progress", "cascade_limit_exceeded",
+            "workspace_invalid", "unknown_parent_session", "idempotency_key_mismatch", "session_failed",
+            "session_cancelled", "session_skipped", "bus_unavailable", "shutting_down", "wait_timeout"
         ]),
     }
     body = {
