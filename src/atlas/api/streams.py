@@ -110,7 +110,7 @@ class StreamHub:
         self.opened = 0
         self.resyncs = 0
         self.dropped_chunks = 0
-        self._feeds: set[_Feed] = set()
+        self._feeds: set[Feed] = set()
 
     @property
     def open_streams(self) -> int:
@@ -122,7 +122,7 @@ class StreamHub:
             feed.close()
 
 
-class _Feed:
+class Feed:
     """The bounded hand-off from synchronous callbacks (store listener, NATS) to one stream's generator."""
 
     def __init__(self, hub: StreamHub) -> None:
@@ -173,7 +173,7 @@ class _Feed:
 class _Subscriptions:
     """The live side of one stream: its feed, store listener and chunk subscription, released exactly once."""
 
-    def __init__(self, hub: StreamHub, daemon: Daemon, feed: _Feed,
+    def __init__(self, hub: StreamHub, daemon: Daemon, feed: Feed,
                  listener: Callable[[dict[str, Any]], None], wants_chunks_of: Callable[[str], bool]) -> None:
         self.hub = hub
         self.daemon = daemon
@@ -248,7 +248,7 @@ class _SseResponse(StreamingResponse):
 # ---------------------------------------------------------------- reading the bus
 
 
-class _Cursor:
+class LogCursor:
     """Reads one session's durable events from SESSION_EVENTS, resuming after the last stream sequence read.
 
     `final` means nothing can follow what was read: `session:complete` was read (it is always last, spec §3.2), or
@@ -322,10 +322,10 @@ def _resume_point(request: Request) -> int:
 
 
 async def _session_frames(hub: StreamHub, daemon: Daemon, sid: str, after: int,
-                          feed: _Feed) -> AsyncGenerator[bytes, None]:
+                          feed: Feed) -> AsyncGenerator[bytes, None]:
     """Replay `seq > after` from the bus, then follow the feed; ends with `event: end` after `session:complete`."""
     cfg = hub.settings
-    cursor = _Cursor(sid)
+    cursor = LogCursor(sid)
     last = after  # the highest seq the client has (sent by us, or skipped because of its resume point)
     yield OPEN_FRAME
 
@@ -404,7 +404,7 @@ def _correlation_members(daemon: Daemon, correlation_id: str) -> list[str]:
             return out
 
 
-async def _tree_pass(daemon: Daemon, members: dict[str, _Cursor],
+async def _tree_pass(daemon: Daemon, members: dict[str, LogCursor],
                      cfg: StreamSettings) -> AsyncIterator[tuple[int, bytes]]:
     """New events of every unfinished member, merged by stream sequence (a k-way merge over paged reads).
 
@@ -426,7 +426,7 @@ async def _tree_pass(daemon: Daemon, members: dict[str, _Cursor],
     unfinished = sum(1 for c in members.values() if not c.final) or 1
     budget = max(64 * 1024, cfg.tree_page_bytes // unfinished)  # bytes per member page, for this pass
 
-    async def refill(cursor: _Cursor) -> None:
+    async def refill(cursor: LogCursor) -> None:
         nonlocal reads
         reads += 1
         number = reads
@@ -468,7 +468,7 @@ async def _tree_pass(daemon: Daemon, members: dict[str, _Cursor],
         yield stream_seq, data
 
 
-def _tree_done(daemon: Daemon, members: dict[str, _Cursor]) -> bool:
+def _tree_done(daemon: Daemon, members: dict[str, LogCursor]) -> bool:
     """Every member read to its end *and* terminal in the store.
 
     The second half is what makes the end safe: the store applies events in stream order (the materialiser) or
@@ -479,8 +479,8 @@ def _tree_done(daemon: Daemon, members: dict[str, _Cursor]) -> bool:
     return all(c.final and c.check_store(daemon) for c in members.values())
 
 
-async def _tree_frames(hub: StreamHub, daemon: Daemon, correlation_id: str, members: dict[str, _Cursor],
-                       feed: _Feed) -> AsyncGenerator[bytes, None]:
+async def _tree_frames(hub: StreamHub, daemon: Daemon, correlation_id: str, members: dict[str, LogCursor],
+                       feed: Feed) -> AsyncGenerator[bytes, None]:
     """Replay the whole tree in stream order, then one merged pass per wake-up; `event: end` once all are done."""
     cfg = hub.settings
     yield OPEN_FRAME
@@ -536,8 +536,8 @@ async def tree_stream(request: Request) -> Response:
         raise AtlasError("invalid_query", "correlationId is required",
                          [{"path": "correlationId", "message": "required"}])
     after = _resume_point(request)
-    members: dict[str, _Cursor] = {}
-    feed = _Feed(hub)
+    members: dict[str, LogCursor] = {}
+    feed = Feed(hub)
 
     def listener(event: dict[str, Any]) -> None:
         sid = event.get("sessionId")
@@ -546,7 +546,7 @@ async def tree_stream(request: Request) -> Response:
         if sid not in members:
             if event.get("type") != "session:queued" or event.get("correlationId") != correlation_id:
                 return
-            members[sid] = _Cursor(sid, after)  # a child created after connect joins the tree here
+            members[sid] = LogCursor(sid, after)  # a child created after connect joins the tree here
         feed.put_event(event)
 
     subs = _Subscriptions(hub, daemon, feed, listener, members.__contains__)
@@ -556,7 +556,7 @@ async def tree_stream(request: Request) -> Response:
         deadline = loop.time() + hub.settings.correlation_wait_s
         while True:
             for sid in _correlation_members(daemon, correlation_id):
-                members.setdefault(sid, _Cursor(sid, after))
+                members.setdefault(sid, LogCursor(sid, after))
             remaining = deadline - loop.time()
             if members or remaining <= 0 or feed.closed:
                 break
@@ -586,7 +586,7 @@ async def session_stream(request: Request) -> Response:
             raise AtlasError("bus_unavailable", "The message bus is unavailable") from None
         if not known:
             raise not_found
-    feed = _Feed(hub)
+    feed = Feed(hub)
 
     def listener(event: dict[str, Any]) -> None:
         if event.get("sessionId") == session_id:

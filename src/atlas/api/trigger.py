@@ -19,7 +19,7 @@ from atlas.api.body import parse_trigger_body
 from atlas.api.errors import error_body
 from atlas.api.responses import json_response, read_body
 from atlas.api.state import daemon_of, streams_of
-from atlas.api.streams import _Cursor, _Feed
+from atlas.api.streams import Feed, LogCursor
 from atlas.config.durations import parse_duration
 from atlas.config.model import HttpSignal
 from atlas.errors import AtlasError
@@ -240,7 +240,7 @@ async def _sse(daemon: Daemon, request: Request, accepted: Accepted, ws_id: str,
                signal_id: str) -> AsyncIterator[bytes]:
     """SSE mode (spec §5.4): accepted → start → every durable event and chunk → finish → result → [DONE].
 
-    Live events and chunks reach the generator through a bounded `_Feed` (the per-session stream's hand-off,
+    Live events and chunks reach the generator through a bounded `Feed` (the per-session stream's hand-off,
     see `atlas.api.streams` "Slow clients"): a client that does not read blocks the generator in `yield`, and
     the callbacks must not pile up without bound meanwhile. On overflow chunks are dropped (live-only, §3.3)
     while durable events are not: the feed marks the stream for a resync and the generator re-reads the log
@@ -250,7 +250,7 @@ async def _sse(daemon: Daemon, request: Request, accepted: Accepted, ws_id: str,
     sid = accepted.session_id
     hub = streams_of(request)
     cfg = hub.settings
-    feed = _Feed(hub)
+    feed = Feed(hub)
 
     def on_event(event: dict[str, Any]) -> None:
         if event.get("sessionId") == sid:
@@ -263,7 +263,7 @@ async def _sse(daemon: Daemon, request: Request, accepted: Accepted, ws_id: str,
 
     daemon.store.add_listener(on_event)
     sub = await daemon.session_log.follow_chunks(sid, on_chunk, backlog=cfg.chunk_backlog)
-    cursor = _Cursor(sid)
+    cursor = LogCursor(sid)
     last = 0  # the seq of the last durable event sent
     done = False  # session:complete was sent (it is always the last event, spec §3.2)
     finished = False
