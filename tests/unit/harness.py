@@ -24,6 +24,7 @@ from atlas.runtime.finalizer import Finalizer
 from atlas.runtime.intake import Intake
 from atlas.runtime.lifecycle import SessionLifecycle
 from atlas.runtime.lineage import Lineage
+from atlas.runtime.markers import Markers
 from atlas.runtime.membership import Membership
 from atlas.runtime.recovery import Recovery
 from atlas.runtime.slots import Slots
@@ -92,12 +93,13 @@ async def runtime(tmp_path: Path, *, slots: int = 8) -> AsyncIterator[Runtime]:
     await workspaces.add(FIXTURES / "core")
     runner_slots = Slots(slots)
     lineage = Lineage(store)
+    markers = Markers(bus=real_bus)
     materializer = Materializer(real_bus, store, session_log=real_log, follow=True)
     membership = Membership(bus=real_bus, daemon_id=DAEMON_ID, url="http://127.0.0.1:0", started_at="2000-01-01",
                             heartbeat_ttl_s=30, follower=materializer)
     concurrency = ConcurrencyControl(bus=real_bus, is_alive=lineage.is_alive, ancestors=lineage.ancestors)
-    finalizer = Finalizer(bus=real_bus, session_log=real_log, store=store, rebuild_view=materializer.rebuild,
-                          spawn=background.spawn)
+    finalizer = Finalizer(bus=real_bus, session_log=real_log, store=store, markers=markers,
+                          rebuild_view=materializer.rebuild, spawn=background.spawn)
     accept = AcceptPipeline(bus=real_bus, session_log=real_log, store=store, workspaces=workspaces,
                             finalizer=finalizer, intake=Intake(health=_Writable()), daemon_id=DAEMON_ID,
                             max_cascade_depth=10, max_tree_sessions=1000)
@@ -105,15 +107,15 @@ async def runtime(tmp_path: Path, *, slots: int = 8) -> AsyncIterator[Runtime]:
                             publish_chunk=log.publish_chunk, spawn=background.spawn, llm_base_url=None,
                             bus_retry_s=0.0)
     lifecycle = SessionLifecycle(bus=real_bus, session_log=real_log, store=store, workspaces=workspaces,
-                                 concurrency=concurrency, finalizer=finalizer, lineage=lineage, slots=runner_slots,
-                                 engine=engine, daemon_id=DAEMON_ID)
+                                 concurrency=concurrency, finalizer=finalizer, lineage=lineage, markers=markers,
+                                 slots=runner_slots, engine=engine, daemon_id=DAEMON_ID)
     recovery = Recovery(bus=real_bus, session_log=real_log, store=store, materializer=materializer,
-                        lifecycle=lifecycle, concurrency=concurrency, lineage=lineage,
+                        lifecycle=lifecycle, concurrency=concurrency, lineage=lineage, markers=markers,
                         is_daemon_alive=membership.is_daemon_alive,
                         daemon_id=DAEMON_ID, started_at="2000-01-01T00:00:00.000Z", ack_wait_s=30)
     consumer = SignalConsumer(bus=real_bus, session_log=real_log, store=store, workspaces=workspaces,
                               slots=runner_slots, queued_tail=accept.queued_tail, lifecycle=lifecycle,
-                              concurrency=concurrency, lineage=lineage, recovery=recovery,
+                              concurrency=concurrency, lineage=lineage, markers=markers, recovery=recovery,
                               is_daemon_alive=membership.is_daemon_alive, daemon_id=DAEMON_ID, queue_timeout_s=3600,
                               replace_grace_s=5)
     await lifecycle.listen_for_cancels()

@@ -19,13 +19,14 @@ from typing import Any
 
 from nats.aio.msg import Msg
 
-from atlas.bus.client import CONSUMER, KV_INFLIGHT, SIGNALS, Bus, WrongLastSequence
-from atlas.bus.records import envelope_is_complete, parked_marker
+from atlas.bus.client import CONSUMER, SIGNALS, Bus, WrongLastSequence
+from atlas.bus.records import envelope_is_complete
 from atlas.bus.sessionlog import SessionLog
 from atlas.runtime.accept import queued_event
 from atlas.runtime.concurrency import ConcurrencyControl
 from atlas.runtime.lifecycle import SessionLifecycle
 from atlas.runtime.lineage import Lineage
+from atlas.runtime.markers import Markers
 from atlas.runtime.recovery import Recovery, age_seconds
 from atlas.runtime.slots import Slots
 from atlas.runtime.workspaces import Workspace, WorkspaceRegistry
@@ -41,7 +42,7 @@ BACKOFF = (1, 2, 5, 10)
 class SignalConsumer:
     def __init__(self, *, bus: Bus, session_log: SessionLog, store: SessionStore, workspaces: WorkspaceRegistry,
                  slots: Slots, queued_tail: Callable[[str], Awaitable[int]], lifecycle: SessionLifecycle,
-                 concurrency: ConcurrencyControl, lineage: Lineage, recovery: Recovery,
+                 concurrency: ConcurrencyControl, lineage: Lineage, markers: Markers, recovery: Recovery,
                  is_daemon_alive: Callable[[str | None], Awaitable[bool]], daemon_id: str, queue_timeout_s: float,
                  replace_grace_s: float) -> None:
         """`queued_tail(sid)`: where this daemon wrote the session's `session:queued` (the accept pipeline's);
@@ -55,6 +56,7 @@ class SignalConsumer:
         self.lifecycle = lifecycle
         self.concurrency = concurrency
         self.lineage = lineage
+        self.markers = markers
         self.recovery = recovery
         self.is_daemon_alive = is_daemon_alive
         self.daemon_id = daemon_id
@@ -205,7 +207,7 @@ class SignalConsumer:
                             f"Queued behind its own ancestor {decision.holder}")
             return False
         if decision.action == "park":
-            await self.bus.kv_put(KV_INFLIGHT, sid, parked_marker(env))
+            await self.markers.park(env)
             await msg.ack()
             return False
         if decision.victims:

@@ -43,6 +43,7 @@ from atlas.runtime.idempotency import Idempotency
 from atlas.runtime.intake import Intake
 from atlas.runtime.lifecycle import SessionLifecycle
 from atlas.runtime.lineage import Lineage
+from atlas.runtime.markers import Markers
 from atlas.runtime.membership import Membership
 from atlas.runtime.recovery import Recovery
 from atlas.runtime.scheduler import Scheduler
@@ -131,12 +132,13 @@ class Daemon:
         self.slots = Slots(s.max_concurrent_sessions)
         self.intake = Intake(health=self.bus_health)
         self.lineage = Lineage(self.store)
+        self.markers = Markers(bus=self.bus)
         self.membership = Membership(bus=self.bus, daemon_id=self.daemon_id, url=f"http://{s.host}:{s.port}",
                                      started_at=self.started_at, heartbeat_ttl_s=s.heartbeat_ttl_s,
                                      follower=self.materializer)
         self.concurrency = ConcurrencyControl(bus=self.bus, is_alive=self.lineage.is_alive,
                                               ancestors=self.lineage.ancestors)
-        self.finalizer = Finalizer(bus=self.bus, session_log=self.session_log, store=self.store,
+        self.finalizer = Finalizer(bus=self.bus, session_log=self.session_log, store=self.store, markers=self.markers,
                                    rebuild_view=self.materializer.rebuild, spawn=self.background.spawn)
         self.accept = AcceptPipeline(bus=self.bus, session_log=self.session_log, store=self.store,
                                      workspaces=self.workspaces, finalizer=self.finalizer, intake=self.intake,
@@ -148,20 +150,21 @@ class Daemon:
                                 bus_retry_s=s.bus_retry_s)
         self.lifecycle = SessionLifecycle(bus=self.bus, session_log=self.session_log, store=self.store,
                                           workspaces=self.workspaces, concurrency=self.concurrency,
-                                          finalizer=self.finalizer, lineage=self.lineage, slots=self.slots,
-                                          engine=engine, daemon_id=self.daemon_id)
+                                          finalizer=self.finalizer, lineage=self.lineage, markers=self.markers,
+                                          slots=self.slots, engine=engine, daemon_id=self.daemon_id)
         # Built before `start()` runs anything: start-up recovery may promote a parked session, which the
         # lifecycle starts (a half-built daemon once left such a session queued for good).
         self.recovery = Recovery(bus=self.bus, session_log=self.session_log, store=self.store,
                                  materializer=self.materializer, lifecycle=self.lifecycle,
-                                 concurrency=self.concurrency, lineage=self.lineage,
+                                 concurrency=self.concurrency, lineage=self.lineage, markers=self.markers,
                                  is_daemon_alive=self.membership.is_daemon_alive, daemon_id=self.daemon_id,
                                  started_at=self.started_at, ack_wait_s=s.ack_wait_s)
         self.consumer = SignalConsumer(bus=self.bus, session_log=self.session_log, store=self.store,
                                        workspaces=self.workspaces, slots=self.slots,
                                        queued_tail=self.accept.queued_tail, lifecycle=self.lifecycle,
-                                       concurrency=self.concurrency, lineage=self.lineage, recovery=self.recovery,
-                                       is_daemon_alive=self.membership.is_daemon_alive, daemon_id=self.daemon_id,
+                                       concurrency=self.concurrency, lineage=self.lineage, markers=self.markers,
+                                       recovery=self.recovery, is_daemon_alive=self.membership.is_daemon_alive,
+                                       daemon_id=self.daemon_id,
                                        queue_timeout_s=s.queue_timeout_s, replace_grace_s=s.shutdown_grace_s)
         self.scheduler = Scheduler(bus=self.bus, store=self.store, workspaces=self.workspaces,
                                    trigger=self.accept.accept, intake=self.intake, daemon_id=self.daemon_id)

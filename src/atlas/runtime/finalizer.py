@@ -13,8 +13,9 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from atlas.bus.client import KV_INFLIGHT, KV_METADATA, Bus, WrongLastSequence
+from atlas.bus.client import KV_METADATA, Bus, WrongLastSequence
 from atlas.bus.sessionlog import SessionLog
+from atlas.runtime.markers import Markers
 from atlas.sessions import events
 from atlas.sessions.reducer import is_terminal, summarize
 from atlas.sessions.store import SessionStore
@@ -29,12 +30,13 @@ RETRY_DELAYS_S = (0.5, 1, 2, 5, 10, 10, 10, 30, 30, 60)
 
 
 class Finalizer:
-    def __init__(self, *, bus: Bus, session_log: SessionLog, store: SessionStore,
+    def __init__(self, *, bus: Bus, session_log: SessionLog, store: SessionStore, markers: Markers,
                  rebuild_view: Callable[[str], Awaitable[dict[str, Any] | None]],
                  spawn: Callable[[Coroutine[Any, Any, Any]], None]) -> None:
         self.bus = bus
         self.session_log = session_log
         self.store = store
+        self.markers = markers
         self.rebuild_view = rebuild_view
         self.spawn = spawn
 
@@ -49,7 +51,7 @@ class Finalizer:
             last = await self.session_log.last(sid)
             if last is not None and last[0].get("type") == "session:complete":
                 view = await self.rebuild_view(sid)  # every event in order, not just the last: no holes
-        ops: list[Any] = [self.bus.kv_delete(KV_INFLIGHT, sid)] if drop_marker else []
+        ops: list[Any] = [self.markers.drop(sid)] if drop_marker else []
         if view is not None and is_terminal(view["status"]):
             ops.append(self.bus.kv_put(KV_METADATA, sid, summarize(view)))
         await asyncio.gather(*ops)

@@ -16,7 +16,7 @@ import contextlib
 import logging
 from typing import Any
 
-from atlas.bus.client import KV_INFLIGHT, Bus, WrongLastSequence, cancel_subject
+from atlas.bus.client import Bus, WrongLastSequence, cancel_subject
 from atlas.bus.records import cancel_request, read_cancel_request
 from atlas.bus.sessionlog import SessionLog
 from atlas.runtime.accept import session_task
@@ -24,6 +24,7 @@ from atlas.runtime.concurrency import ConcurrencyControl
 from atlas.runtime.engine import CancelRequest, Engine, EngineServices, Run
 from atlas.runtime.finalizer import Finalizer
 from atlas.runtime.lineage import Lineage
+from atlas.runtime.markers import Markers
 from atlas.runtime.slots import Slots
 from atlas.runtime.workspaces import Workspace, WorkspaceRegistry
 from atlas.sessions import events
@@ -43,8 +44,8 @@ STOP_INTERRUPT_WAIT_S = 5.0
 
 class SessionLifecycle:
     def __init__(self, *, bus: Bus, session_log: SessionLog, store: SessionStore, workspaces: WorkspaceRegistry,
-                 concurrency: ConcurrencyControl, finalizer: Finalizer, lineage: Lineage, slots: Slots,
-                 engine: EngineServices, daemon_id: str) -> None:
+                 concurrency: ConcurrencyControl, finalizer: Finalizer, lineage: Lineage, markers: Markers,
+                 slots: Slots, engine: EngineServices, daemon_id: str) -> None:
         self.bus = bus
         self.session_log = session_log
         self.store = store
@@ -52,6 +53,7 @@ class SessionLifecycle:
         self.concurrency = concurrency
         self.finalizer = finalizer
         self.lineage = lineage
+        self.markers = markers
         self.slots = slots
         self.engine = engine
         self.daemon_id = daemon_id
@@ -99,10 +101,10 @@ class SessionLifecycle:
 
     async def start_parked(self, sid: str) -> None:
         """Start a session promoted from its key's queue (by a finishing holder or by recovery)."""
-        marker = await self.bus.kv_get(KV_INFLIGHT, sid)
+        marker = await self.markers.get(sid)
         if marker is None:
             return
-        env = marker[0]["envelope"]
+        env = marker["envelope"]
         ws = self.workspaces.get(env["workspaceId"])
         job_id = ws.job_for_signal.get(env["signalId"]) if ws is not None else None
         writer = await SessionWriter.resume(self.session_log, self.store, sid)
@@ -117,7 +119,7 @@ class SessionLifecycle:
             return
         # A running session has no marker (`session:start` names its runner): this one has done its job.
         try:
-            await self.bus.kv_delete(KV_INFLIGHT, sid)
+            await self.markers.drop(sid)
         except Exception:  # recovery drops the marker of a started session
             log.debug("marker of %s not removed", sid, exc_info=True)
         self.launch(ws, job_id, env, writer)
@@ -200,8 +202,8 @@ class SessionLifecycle:
             return
         if view["status"] == "queued":
             writer = await SessionWriter.resume(self.session_log, self.store, sid)
-            marker = await self.bus.kv_get(KV_INFLIGHT, sid)
-            envelope = marker[0].get("envelope") if marker else None
+            marker = await self.markers.get(sid)
+            envelope = marker["envelope"] if marker is not None else None
             if await self.finalize_unstarted(writer, status, code, message, envelope, drop_marker=marker is not None):
                 return
         await self.bus.nc.publish(cancel_subject(sid), cancel_request(status, code, message, now_iso()))  # type: ignore[union-attr]

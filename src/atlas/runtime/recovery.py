@@ -15,12 +15,13 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from atlas.bus.client import KV_INFLIGHT, Bus, WrongLastSequence
-from atlas.bus.records import envelope_from_queued
+from atlas.bus.client import Bus, WrongLastSequence
+from atlas.bus.records import InflightMarker, envelope_from_queued
 from atlas.bus.sessionlog import SessionLog
 from atlas.runtime.concurrency import ConcurrencyControl
 from atlas.runtime.lifecycle import SessionLifecycle
 from atlas.runtime.lineage import Lineage
+from atlas.runtime.markers import Markers
 from atlas.sessions import events
 from atlas.sessions.events import SessionCompleteEvent, duration_ms, format_iso, now_iso, parse_iso
 from atlas.sessions.materializer import Materializer
@@ -38,7 +39,7 @@ class Recovery:
     RUNNERS_KEPT = 100_000
 
     def __init__(self, *, bus: Bus, session_log: SessionLog, store: SessionStore, materializer: Materializer,
-                 lifecycle: SessionLifecycle, concurrency: ConcurrencyControl, lineage: Lineage,
+                 lifecycle: SessionLifecycle, concurrency: ConcurrencyControl, lineage: Lineage, markers: Markers,
                  is_daemon_alive: Callable[[str | None], Awaitable[bool]], daemon_id: str, started_at: str,
                  ack_wait_s: float) -> None:
         """`started_at`: when this daemon process started (its own sessions started before are a previous
@@ -50,6 +51,7 @@ class Recovery:
         self.lifecycle = lifecycle
         self.concurrency = concurrency
         self.lineage = lineage
+        self.markers = markers
         self.is_daemon_alive = is_daemon_alive
         self.daemon_id = daemon_id
         self.started_at = started_at
@@ -69,13 +71,13 @@ class Recovery:
     async def run_once(self, *, at_start: bool) -> None:
         if not self.materializer.follow:
             await self.materializer.fill_gaps()
-        marked = await self.bus.kv_keys(KV_INFLIGHT)
+        marked = await self.markers.sessions()
         for sid in marked:
-            found = await self.bus.kv_get(KV_INFLIGHT, sid)
-            if found is None:
+            marker = await self.markers.get(sid)
+            if marker is None:
                 continue
             try:
-                await self._settle_marker(sid, found[0], at_start)
+                await self._settle_marker(sid, marker, at_start)
             except Exception:
                 log.exception("recovering %s failed", sid)
         await self._settle_active(at_start)
@@ -126,12 +128,12 @@ class Recovery:
             except Exception:
                 log.exception("recovering active %s failed", sid)
 
-    async def _settle_marker(self, sid: str, marker: dict[str, Any], at_start: bool) -> None:
+    async def _settle_marker(self, sid: str, marker: InflightMarker, at_start: bool) -> None:
         """A marker: a parked session, or a leftover (a crash between a parked session's start and the removal of
         its marker, or a marker of an older version)."""
         last = await self.session_log.last(sid)
         if last is None:
-            await self.bus.kv_delete(KV_INFLIGHT, sid)  # acceptance never finished
+            await self.markers.drop(sid)  # acceptance never finished
             return
         if last[0].get("type") == "session:complete":
             await self._ensure_view(sid)
@@ -140,7 +142,7 @@ class Recovery:
             return
         if last[0].get("type") != "session:queued":
             # Started: the session is in the read model as active, where `_settle_active` looks after it.
-            await self.bus.kv_delete(KV_INFLIGHT, sid)
+            await self.markers.drop(sid)
             return
         if marker.get("parked"):
             return
@@ -203,9 +205,9 @@ class Recovery:
                 break
             except WrongLastSequence:
                 continue
-        marker = await self.bus.kv_get(KV_INFLIGHT, sid) if envelope is None else None
+        marker = await self.markers.get(sid) if envelope is None else None
         if marker is not None:
-            envelope = marker[0]["envelope"]
+            envelope = marker["envelope"]
         if envelope is not None:
             await self.lifecycle.finalize(envelope, self.lifecycle.policy_of(envelope), drop_marker=marker is not None)
 
