@@ -94,7 +94,7 @@ async def runtime(tmp_path: Path, *, slots: int = 8) -> AsyncIterator[Runtime]:
     runner_slots = Slots(slots)
     lineage = Lineage(store)
     markers = Markers(bus=real_bus)
-    materializer = Materializer(real_bus, store, session_log=real_log, follow=True)
+    materializer = Materializer(bus=real_bus, store=store, session_log=real_log, follow=True)
     membership = Membership(bus=real_bus, daemon_id=DAEMON_ID, url="http://127.0.0.1:0", started_at="2000-01-01",
                             heartbeat_ttl_s=30, follower=materializer)
     concurrency = ConcurrencyControl(bus=real_bus, is_alive=lineage.is_alive, ancestors=lineage.ancestors)

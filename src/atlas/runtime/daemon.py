@@ -122,7 +122,8 @@ class Daemon:
         self.session_log = SessionLog(self.bus)
         self.store = SessionStore(open_read_model(self.home / "atlas.db"))
         # An embedded bus is private to this daemon (token, loopback): nobody else writes its log (see Materializer).
-        self.materializer = Materializer(self.bus, self.store, session_log=self.session_log, follow=bool(s.nats_url))
+        self.materializer = Materializer(bus=self.bus, store=self.store, session_log=self.session_log,
+                                         follow=bool(s.nats_url))
 
         # The runtime, leaves first: each component gets what it uses and nothing else.
         self.background = Background()

@@ -33,7 +33,9 @@ log = logging.getLogger("atlas.materializer")
 class Materializer:
     CATCH_UP_IDLE_S = 2.0
 
-    def __init__(self, bus: Bus, store: SessionStore, *, session_log: SessionLog, follow: bool = True) -> None:
+    def __init__(self, *, bus: Bus, store: SessionStore, session_log: SessionLog, follow: bool = True) -> None:
+        """`follow`: follow the log live (an external bus: other daemons write to it), rather than catch up once
+        at start and own it (an embedded one, see above)."""
         self.bus = bus
         self.store = store
         self.session_log = session_log
