@@ -76,6 +76,18 @@ async def test_a_skip_key_ends_the_second_trigger_while_the_first_runs(tmp_path:
         assert rt.log.events(third)[-1]["status"] == "completed"
 
 
+async def test_a_replace_key_cancels_the_running_session_and_starts_the_new_one(tmp_path: Path) -> None:
+    async with runtime(tmp_path) as rt:
+        first = (await rt.trigger("hold-replace", {"duration": 60})).session_id
+        await rt.deliver()
+        second = (await rt.trigger("hold-replace", {"duration": 0})).session_id
+        await rt.deliver()  # waits (up to the grace) for the replaced session to end, then starts its successor
+        await rt.settle()
+        replaced = rt.log.events(first)[-1]
+        assert replaced["status"] == "cancelled" and replaced["errorCode"] == "replaced"
+        assert rt.log.events(second)[-1]["status"] == "completed"
+
+
 async def test_recovery_interrupts_a_session_whose_runner_is_gone(tmp_path: Path) -> None:
     async with runtime(tmp_path) as rt:
         sid = (await rt.trigger("echo", {"n": 2})).session_id
