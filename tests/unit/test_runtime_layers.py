@@ -1,11 +1,14 @@
-"""The runtime's seams (issue #13): no component imports the composition root, and `runtime/` has no import circle.
+"""The runtime's seams (issue #13): no component imports the composition root, `runtime/` has no import circle,
+and the unit tests' fakes implement the ports they stand for.
 
-Read from the source with `ast` (no import side effects), so a circle hidden behind `if TYPE_CHECKING:` counts too.
+Imports are read from the source with `ast` (no import side effects), so a circle hidden behind
+`if TYPE_CHECKING:` counts too.
 """
 
 from __future__ import annotations
 
 import ast
+import inspect
 from pathlib import Path
 
 RUNTIME = Path(__file__).resolve().parents[2] / "src" / "atlas" / "runtime"
@@ -46,3 +49,21 @@ def test_the_runtime_has_no_import_circle() -> None:
 
     for module in graph:
         visit(module, ())
+
+
+def test_the_fakes_implement_the_ports_they_stand_for() -> None:
+    """Every method of the in-memory fakes exists on the real port with the same parameters, so the unit tests
+    drive the runtime through calls it really makes (helpers for assertions excepted)."""
+    from atlas.bus.client import Bus
+    from atlas.bus.sessionlog import SessionLog
+    from tests.unit.fakes import FakeBus, FakeSessionLog
+
+    helpers = {"events"}
+    for fake, real in ((FakeBus, Bus), (FakeSessionLog, SessionLog)):
+        for name, member in vars(fake).items():
+            if name.startswith("_") or name in helpers or not callable(member):
+                continue
+            assert hasattr(real, name), f"{real.__name__} has no {name}"
+            ours = list(inspect.signature(member).parameters)
+            theirs = list(inspect.signature(getattr(real, name)).parameters)
+            assert ours == theirs, f"{fake.__name__}.{name}{ours} != {real.__name__}.{name}{theirs}"
