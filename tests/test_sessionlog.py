@@ -15,7 +15,7 @@ from atlas.bus.sessionlog import SessionLog
 from atlas.errors import AtlasError
 from atlas.jsoncodec import loads
 from atlas.runtime.accept import TriggerRequest
-from inproc import running
+from tests.inproc import running
 
 FIXTURES = Path(__file__).parent / "fixtures"
 API = Path(__file__).resolve().parents[1] / "src" / "atlas" / "api"
