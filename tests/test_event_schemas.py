@@ -31,23 +31,12 @@ from atlas.sessions import events as ev
 from atlas.sessions.events import EVENT_TYPES, duration_ms
 from tests.daemon_proc import FIXTURES, DaemonProcess, wait_for
 from tests.test_openapi import Document
+from tests.test_streams import post as trigger
+from tests.test_streams import view
 
 WORKSPACES = [FIXTURES / "core", FIXTURES / "other", FIXTURES / "quick"]
 ENV = {"ATLAS_ACK_WAIT": "2s", "ATLAS_SHUTDOWN_GRACE": "1s"}
 TERMINAL = {"completed", "failed", "skipped", "cancelled", "interrupted"}
-
-
-def trigger(d: DaemonProcess, ws: str, sig: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
-    r = httpx.post(f"{d.url}/api/workspaces/{ws}/signals/{sig}?nowait=true", json={"payload": payload or {}},
-                   timeout=30)
-    assert r.status_code == 202, r.text
-    return r.json()
-
-
-def view(d: DaemonProcess, sid: str) -> dict[str, Any]:
-    r = httpx.get(f"{d.url}/api/sessions/{sid}", timeout=10)
-    assert r.status_code == 200, r.text
-    return r.json()
 
 
 def ended(d: DaemonProcess, sid: str, timeout: float = 60) -> dict[str, Any]:
