@@ -29,6 +29,9 @@ from atlas.sessions.store import SessionStore
 
 E = TypeVar("E", bound=DurableEvent)
 
+#: How many times a refused append is sent again while the log has not moved (see `SessionWriter._send`).
+REFUSALS_RESENT = 2
+
 
 class SessionWriter:
     def __init__(self, log: SessionLog, store: SessionStore, session_id: str, seq: int = 0, stream_seq: int = 0,
@@ -79,7 +82,7 @@ class SessionWriter:
         # the writer behind its own log. The write lands or fails within the bus's retry budget; its bookkeeping is
         # done before the cancel goes on, so the runner's next write (its `session:complete`) follows it instead of
         # being refused as out of sequence.
-        landing = asyncio.ensure_future(self.log.append(data, self.stream_seq, self.retry_for))
+        landing = asyncio.ensure_future(self._send(data))
         try:
             stream_seq = await asyncio.shield(landing)
         except asyncio.CancelledError:
@@ -88,6 +91,28 @@ class SessionWriter:
             raise
         self._advance(data, first, stream_seq)
         return event
+
+    async def _send(self, data: dict[str, Any]) -> int:
+        """Append `data` where this writer stands. A refusal as a lost race while the log still ends where this
+        writer stands is sent again (at most `REFUSALS_RESENT` times): a 3-node cluster once refused a runner's
+        append with "wrong last sequence" although nobody else had written, and the same writer's next append was
+        accepted. A resend is safe because the bus still enforces the expected sequence: had another writer
+        written, it is refused again."""
+        for resent in range(REFUSALS_RESENT + 1):
+            try:
+                return await self.log.append(data, self.stream_seq, self.retry_for)
+            except WrongLastSequence:
+                if resent == REFUSALS_RESENT or not await self._log_ends_here():
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _log_ends_here(self) -> bool:
+        """Whether the log's last event is still the one this writer follows (False when that cannot be read)."""
+        try:
+            last = await self.log.last(self.session_id)
+        except Exception:
+            return False
+        return (last[1] if last is not None else 0) == self.stream_seq
 
     def _advance(self, data: dict[str, Any], first: bool, stream_seq: int) -> None:
         """The event landed at `stream_seq`: move past it and fold it into the local store."""
