@@ -13,8 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,21 +26,7 @@ from atlas.runtime.daemon import Daemon
 from atlas.sessions.events import now_iso
 from tests.daemon_proc import FIXTURES
 from tests.inproc import running
-
-
-@asynccontextmanager
-async def signals_refusing(d: Daemon) -> AsyncIterator[None]:
-    """SIGNALS takes no workspace signal while inside: publishes to them get "no responders", as while SIGNALS
-    elects a leader on a cluster."""
-    info = await d.bus.js.stream_info(SIGNALS)
-    subjects = list(info.config.subjects or [])
-    info.config.subjects = ["atlas.test.nothing"]
-    await d.bus.js.update_stream(info.config)
-    try:
-        yield
-    finally:
-        info.config.subjects = subjects
-        await d.bus.js.update_stream(info.config)
+from tests.test_accept_stranded import signals_refusing
 
 
 async def until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
