@@ -182,8 +182,8 @@ jobs:
 
 CASES: dict[str, tuple[str, tuple[int, int, str, str]]] = {
     "unknown top-level key": (
-        "tools: {}\n",
-        (7, 1, "tools", "unknown key 'tools'"),
+        "toolz: {}\n",
+        (7, 1, "toolz", "unknown key 'toolz'"),
     ),
     "unknown nested key": (
         JOB_WITH_AGENT.replace("{agent}", "builder")
@@ -620,11 +620,11 @@ def test_file_is_shown_as_the_caller_named_it(tmp_path: Path, monkeypatch: pytes
 def test_validate_command_reports_errors_with_exit_5(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = write(tmp_path, "tools: {}\nmemory: {}\n")
+    path = write(tmp_path, "toolz: {}\nmemoryz: {}\n")
     assert validate_command(str(path)) == 5
     assert capsys.readouterr().out.splitlines() == [
-        f"{path}:7:1: tools: unknown key 'tools'",
-        f"{path}:8:1: memory: unknown key 'memory'",
+        f"{path}:7:1: toolz: unknown key 'toolz'",
+        f"{path}:8:1: memoryz: unknown key 'memoryz'",
     ]
 
 

@@ -134,14 +134,35 @@ class HttpAgentConfig(Strict):
     _dur = field_validator("timeout")(_check_duration)
 
 
-class LlmAgentConfig(Strict):
-    base_url: str | None = None
+Provider = Literal["anthropic", "openai", "openrouter", "ollama"]
+ToolChoice = Literal["auto", "required", "none"]
+
+
+class _LlmCommon(Strict):
+    """The keys an `llm` agent and an inline `llm` action share (issue #14: the reference's keys plus atlas's).
+
+    `provider` is required by the reference; atlas keeps it optional, meaning an OpenAI-compatible server at
+    `base_url` (spec §2.5), so workspaces written before it still load. `tools` names MCP tools offered by the
+    workspace's `tools.mcp` servers; the names are checked at first use (`unknown_tool`), never at load.
+    """
+
+    provider: Provider | None = None
     model: str = Field(min_length=1)
-    prompt: str = ""
+    base_url: str | None = None
     api_key_env: str | None = None
     system: str | None = None
-    temperature: float | None = None
-    max_tokens: int | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_steps: int = Field(default=10, ge=1, le=1000)
+    max_total_tokens: int | None = Field(default=None, ge=1)
+    tool_choice: ToolChoice = "auto"
+    tools: list[str] = []
+    provider_options: dict[str, Any] = {}
+    max_retries: int = Field(default=3, ge=0, le=10)
+
+
+class LlmAgentConfig(_LlmCommon):
+    prompt: str = ""
     timeout: Duration = "120s"
     response_format: Literal["text", "json"] = "text"
     output_schema: dict[str, Any] | None = None
@@ -198,16 +219,10 @@ class AgentAction(Strict):
     if_: str | bool | None = Field(default=None, alias="if")
 
 
-class LlmAction(Strict):
+class LlmAction(_LlmCommon):
     type: Literal["llm"]
-    model: str = Field(min_length=1)
     prompt: str
     outputTo: str = Field(min_length=1)
-    base_url: str | None = None
-    api_key_env: str | None = None
-    system: str | None = None
-    temperature: float | None = None
-    max_tokens: int | None = None
     timeout: Duration | None = None
     inputFrom: str | list[str] | None = None
     if_: str | bool | None = Field(default=None, alias="if")
@@ -294,6 +309,62 @@ class Job(Strict):
     summary: str | SummarySpec | None = None
 
 
+# ---------------------------------------------------------------- tools (MCP servers, the reference's `tools.mcp`)
+
+
+class McpTimeouts(Strict):
+    progressTimeout: Duration = "2m"
+    maxTotalTimeout: Duration = "30m"
+
+    _dur = field_validator("progressTimeout", "maxTotalTimeout")(_check_duration)
+
+
+class McpClientConfig(Strict):
+    timeout: McpTimeouts = McpTimeouts()
+
+
+class McpStdioTransport(Strict):
+    type: Literal["stdio"]
+    command: str = Field(min_length=1)
+    args: list[str] = []
+
+
+class McpHttpTransport(Strict):
+    type: Literal["http"]
+    url: str = Field(pattern=r"^https?://")
+
+
+McpTransport = Annotated[McpStdioTransport | McpHttpTransport, Field(discriminator="type")]
+
+
+class McpAuth(Strict):
+    type: Literal["bearer"]
+    token_env: str = Field(min_length=1)
+
+
+class McpToolFilter(Strict):
+    allow: list[str] | None = None
+    deny: list[str] | None = None
+
+
+class McpServerConfig(Strict):
+    description: str | None = None
+    transport: McpTransport
+    client_config: McpClientConfig | None = None
+    auth: McpAuth | None = None
+    tools: McpToolFilter | None = None
+    env: dict[str, str] = {}
+
+
+class McpConfig(Strict):
+    client_config: McpClientConfig = McpClientConfig()
+    servers: dict[Annotated[str, Field(pattern=ID_PATTERN)], McpServerConfig] = {}
+
+
+class ToolsConfig(Strict):
+    mcp: McpConfig | None = None
+
+
 # ---------------------------------------------------------------- top level
 
 
@@ -303,3 +374,4 @@ class WorkspaceConfig(Strict):
     signals: dict[Annotated[str, Field(pattern=ID_PATTERN)], Signal] = {}
     jobs: dict[Annotated[str, Field(pattern=ID_PATTERN)], Job] = {}
     agents: dict[Annotated[str, Field(pattern=ID_PATTERN)], Agent] = {}
+    tools: ToolsConfig = ToolsConfig()
