@@ -1,0 +1,1 @@
+"""Real MCP servers, written with the official `mcp` SDK, that tests start as child processes."""
