@@ -94,7 +94,7 @@ class FakeModels:
     def __init__(self, root_url: str) -> None:
         self.openai_url = f"{root_url}/v1"
         self.anthropic_url = root_url
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         self._script: deque[Reply] = deque()
         self._requests: list[Recorded] = []
         self._ids = 0
@@ -118,9 +118,20 @@ class FakeModels:
         with self._lock:
             return len(self._script)
 
+    def wait_for_requests(self, count: int, timeout: float = 10.0) -> list[Recorded]:
+        """Block until at least `count` requests arrived (a deadline, not a sleep); raises TimeoutError past it.
+
+        From an async test call it through `asyncio.to_thread`, so the event loop keeps running meanwhile.
+        """
+        with self._lock:
+            if not self._lock.wait_for(lambda: len(self._requests) >= count, timeout):
+                raise TimeoutError(f"fake_models: {len(self._requests)} requests, {count} expected")
+            return list(self._requests)
+
     def _next(self, request: Recorded) -> Reply | None:
         with self._lock:
             self._requests.append(request)
+            self._lock.notify_all()
             return self._script.popleft() if self._script else None
 
     def _new_id(self) -> int:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
-from collections.abc import AsyncIterator, Iterator
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +22,14 @@ import openai
 import pytest
 from anthropic.types import ToolParam
 from mcp import Client
-from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp_types import TextContent
 from openai.types.chat import ChatCompletionFunctionToolParam, ChatCompletionMessageFunctionToolCall
 
 from tests.fake_models import NO_REPLY_LEFT, FakeModels, Reply, ToolCall, fake_models
+from tests.mcp_servers import async_http_tools_server, http_tools_server, stdio_params
 
-REPO = Path(__file__).resolve().parent.parent
 KEY = "sk-fake-0123456789"
 TOOL: ChatCompletionFunctionToolParam = {
     "type": "function",
@@ -230,6 +229,32 @@ async def test_one_queue_for_both_formats_and_delay(fake: FakeModels) -> None:
     assert [r.format for r in fake.requests] == ["openai", "anthropic"]
 
 
+async def test_held_requests_see_the_client_go_away(fake: FakeModels) -> None:
+    """A held non-streamed request never answers; a held Anthropic stream stops before message_delta."""
+    fake.enqueue(Reply(text=["never"], hold=True))
+    call = asyncio.create_task(an(fake).messages.create(model="m", max_tokens=10, messages=MESSAGES))
+    await asyncio.to_thread(fake.wait_for_requests, 1)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert await asyncio.to_thread(fake.client_gone.wait, 10)
+    fake.client_gone.clear()
+    fake.enqueue(Reply(text=["part"], hold=True))
+    kinds = []
+    async with an(fake).messages.stream(model="m", max_tokens=10, messages=MESSAGES) as stream:
+        async for event in stream:
+            kinds.append(event.type)
+            if event.type == "content_block_stop":
+                break
+    assert kinds == ["message_start", "content_block_start", "content_block_delta", "text", "content_block_stop"]
+    assert await asyncio.to_thread(fake.client_gone.wait, 10)
+
+
+async def test_wait_for_requests_has_a_deadline(fake: FakeModels) -> None:
+    with pytest.raises(TimeoutError):
+        await asyncio.to_thread(fake.wait_for_requests, 1, 0.01)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # The MCP tools server
 
@@ -252,56 +277,49 @@ async def _exercise(client: Client) -> None:
 
 
 async def test_mcp_tools_server_over_stdio(tmp_path: Path) -> None:
-    params = StdioServerParameters(
-        command=sys.executable,
-        args=["-m", "tests.mcp_servers.tools_server", "stdio"],
-        cwd=str(REPO),
-        env={"FAKES_MARK": "set-by-test"},
-    )
-    async with Client(params) as client:
+    async with Client(stdio_params({"FAKES_MARK": "set-by-test"})) as client:
         await _exercise(client)
         assert _text(await client.call_tool("env", {"name": "FAKES_MARK"})) == "set-by-test"
         assert _text(await client.call_tool("env", {"name": "FAKES_NOT_SET_ANYWHERE"})) == "<unset>"
-        marker = str(tmp_path / "m")
-        assert _text(await client.call_tool("slow", {"seconds": 0, "marker": marker})) == "slept"
-        assert await anyio.Path(marker + ".started").exists()
+        assert _text(await client.call_tool("big", {"n": 5})) == "xxxxx"
+        server_pid = int(_text(await client.call_tool("pid", {})))
+        child = int(_text(await client.call_tool("spawn_child", {})))
+        try:
+            assert os.getpgid(child) == os.getpgid(server_pid) and child != server_pid
+        finally:
+            os.kill(child, signal.SIGKILL)
+        # a slow call writes its marker, then can be cancelled by the client; the server keeps serving
+        marker = tmp_path / "m"
+        call = asyncio.create_task(client.call_tool("slow", {"seconds": 600, "marker": str(marker)}))
+        await wait_for_file(Path(f"{marker}.started"))
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        assert _text(await client.call_tool("slow", {"seconds": 0})) == "slept"
 
 
-async def _http_server(*extra: str, env: dict[str, str] | None = None) -> tuple[asyncio.subprocess.Process, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tests.mcp_servers.tools_server",
-        "http",
-        "--port",
-        "0",
-        *extra,
-        cwd=REPO,
-        env={**os.environ, **(env or {})},
-        stdout=asyncio.subprocess.PIPE,
-    )
-    assert proc.stdout is not None
-    line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
-    assert line.startswith("PORT "), line
-    return proc, f"http://127.0.0.1:{int(line.split()[1])}/mcp"
+async def wait_for_file(path: Path, timeout: float = 10.0) -> None:
+    """Poll (with a deadline) until `path` exists."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await anyio.Path(path).exists():
+        assert asyncio.get_running_loop().time() < deadline, f"{path} never appeared"
+        await asyncio.sleep(0.02)
 
 
-@pytest.fixture
-async def http_server() -> AsyncIterator[str]:
-    proc, url = await _http_server("--require-bearer", "FAKES_TOKEN", env={"FAKES_TOKEN": "tok-123"})
-    try:
-        yield url
-    finally:
-        proc.terminate()
-        await proc.wait()
+async def test_mcp_tools_server_over_http_with_bearer() -> None:
+    async with async_http_tools_server(bearer_env="FAKES_TOKEN", env={"FAKES_TOKEN": "tok-123"}) as url:
+        async with httpx.AsyncClient() as raw:
+            for headers in ({}, {"Authorization": "Bearer wrong"}):
+                refused = await raw.post(url, json={}, headers=headers)
+                assert refused.status_code == 401 and refused.json()["error"]["code"] == "unauthorized"
+        http = create_mcp_http_client(headers={"Authorization": "Bearer tok-123"})
+        async with http, Client(streamable_http_client(url, http_client=http)) as client:
+            await _exercise(client)
+            assert int(_text(await client.call_tool("pid", {}))) != os.getpid()
 
 
-async def test_mcp_tools_server_over_http_with_bearer(http_server: str) -> None:
-    async with httpx.AsyncClient() as raw:
-        for headers in ({}, {"Authorization": "Bearer wrong"}):
-            refused = await raw.post(http_server, json={}, headers=headers)
-            assert refused.status_code == 401 and refused.json()["error"]["code"] == "unauthorized"
-    http = create_mcp_http_client(headers={"Authorization": "Bearer tok-123"})
-    async with http, Client(streamable_http_client(http_server, http_client=http)) as client:
-        await _exercise(client)
-        assert int(_text(await client.call_tool("pid", {}))) != os.getpid()
+def test_sync_http_helper_without_bearer() -> None:
+    with http_tools_server() as url:
+        answered = httpx.post(url, json={}, headers={"Accept": "application/json, text/event-stream"})
+        # served, without a token: the empty message is refused as bad JSON-RPC, not as unauthorized
+        assert answered.status_code == 400 and answered.json()["jsonrpc"] == "2.0"
