@@ -20,6 +20,7 @@ from atlas.agents.base import AgentContext, StepError
 from atlas.agents.llm import LlmCallConfig, run_llm
 from atlas.agents.runner import run_agent, run_agent_with_usage
 from atlas.config.model import LlmAction, LlmAgent
+from atlas.llm import retry
 from atlas.templating import Templater
 from tests.fake_openai import FakeOpenAI, FakeResponse, fake_openai_server
 from tests.test_agents import Chunks
@@ -39,7 +40,7 @@ def fake() -> Iterator[FakeOpenAI]:
 
 @pytest.fixture(autouse=True)
 def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(llm, "RETRY_BACKOFF", (0.0, 0.0, 0.0))
+    monkeypatch.setattr(retry, "RETRY_BACKOFF", (0.0,))
 
 
 @pytest.fixture
@@ -277,7 +278,8 @@ async def test_key_is_sent_as_bearer_and_redacted(
 ) -> None:
     fake.enqueue(FakeResponse(chunks=[f"the key is {api_key}"]))
     output, _ = await call(agent(fake, api_key_env=KEY_ENV), tmp_path, chunks, templater)
-    assert fake.requests[0].headers["Authorization"] == f"Bearer {api_key}"
+    headers = {name.lower(): value for name, value in fake.requests[0].headers.items()}
+    assert headers["authorization"] == f"Bearer {api_key}"
     assert templater.redact(output) == "the key is ***"
     assert templater.redact({"headers": {"Authorization": f"Bearer {api_key}"}}) == {
         "headers": {"Authorization": "Bearer ***"}
@@ -353,7 +355,7 @@ async def test_an_invalid_schema_fails_before_the_request(
     assert fake.requests == []
 
 
-async def test_a_server_that_ignores_stream_still_works(
+async def test_provider_options_stream_false_asks_for_one_json_completion(
     fake: FakeOpenAI, tmp_path: Path, chunks: Chunks, templater: Templater
 ) -> None:
     completion = {
@@ -363,7 +365,10 @@ async def test_a_server_that_ignores_stream_still_works(
         "usage": {"prompt_tokens": 4, "completion_tokens": 2},
     }
     fake.enqueue(FakeResponse(body=completion))
-    output, usage = await call(agent(fake), tmp_path, chunks, templater)
+    output, usage = await call(agent(fake, provider_options={"stream": False, "top_p": 0.5}), tmp_path, chunks,
+                               templater)
+    body = fake.requests[0].json
+    assert "stream" not in body and body["top_p"] == 0.5  # the other options go into the body unchanged
     assert output == "whole answer"
     assert usage == {"inputTokens": 4, "outputTokens": 2, "model": "plain-json"}
     assert [chunk["delta"] for chunk in chunks.of_type("text-delta")] == ["whole answer"]

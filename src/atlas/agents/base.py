@@ -26,6 +26,10 @@ class StepError(Exception):
         self.code = code
         self.message = message
         self.output = output
+        #: The tool calls an `llm` step made before it failed, still recorded on its `step:complete`.
+        self.tool_calls: list[dict[str, Any]] | None = None
+        #: Token usage of a failed `llm` step (`inputTokens`, `outputTokens`, `model`), when known.
+        self.usage: Any = None
 
 
 def _cut(line: str) -> str:

@@ -1,156 +1,158 @@
-"""`type: llm` agents and inline `llm` FSM actions: one streamed OpenAI-compatible chat completion (spec §2.5).
+"""`type: llm` agents and inline `llm` FSM actions: model turns with tools until a final answer (spec §2.5, #14).
 
 Both shapes share `run_llm`, so that an agent and an inline action behave identically; `LlmCallConfig` is the
-common subset of their fields.
+common subset of their fields. The pieces:
 
-Design decisions:
+- `atlas.llm.providers` picks the server, key and wire format from `provider` (`missing_credentials` before any
+  request);
+- `atlas.llm.openai_wire` / `atlas.llm.anthropic_wire` speak Chat Completions / Messages through the official
+  SDKs, streamed by default (`provider_options: {stream: false}` asks for one JSON answer);
+- `atlas.llm.retry` retries 429, 5xx and connection failures (`max_retries`, default 3) and bounds each model turn
+  by `timeout` (default 120 s), retries included. A turn whose text already streamed is not retried;
+- `atlas.llm.loop` runs the tool loop over the MCP tools the agent's `tools:` names (`atlas.mcp.servers`).
 
-- **Streaming.** The request always uses `stream: true` with `stream_options.include_usage`, so that token deltas
-  can go out live as `text-delta` chunks (§3.3) and the final chunk can report usage for `step:complete.usage`.
-  A server that ignores `stream` and answers with a plain JSON completion is accepted too.
-- **Retries.** 429, 5xx and connection failures are retried with exponential backoff (`RETRY_BACKOFF`, whose
-  length is the retry budget: at most 3 retries). A `Retry-After` header can lengthen a wait, up to
-  `MAX_RETRY_AFTER`. Once a delta has been streamed, a broken stream is *not* retried: the text already sent to
-  watchers would be sent twice.
-- **Timeout.** `timeout` bounds the whole call, retries and backoff included, so a step cannot outlive it. When it
-  passes, the step fails with `llm_error` ("timed out after …"): the spec lists `llm_error` as the failure code of
-  an `llm` step, and the session code `timeout` is reserved for the job timeout (§3.1).
-- **Secrets.** The API key is registered with `Templater.add_secret` before the request is built, so it is
-  redacted from every recorded event, chunk and log line, including error bodies that might echo it (§10.7). It
-  is never logged.
-- **Cancellation.** Cancelling the task leaves the `httpx` stream context, which closes the connection: the
-  request is aborted and no further chunks are emitted (§8.3).
+Prompts. An atlas-format agent (no `provider`) sends its `prompt` as the user message, followed by the `agent`
+action's prompt (spec §2.5). A reference-format agent (`provider` set) means by `prompt` what Friday means: the
+*system* prompt; its user message is the action's prompt, then the step's input (as JSON unless a string), or
+the trigger payload when there is neither. An inline `llm` action's `prompt` is always its user message.
+
+Secrets: the API key is registered with `Templater.add_secret` before any request, so it is redacted from every
+recorded event, chunk and log line, including error bodies that might echo it (§10.7).
+Cancellation: cancelling the step's task cancels the SDK request (the connection closes) and the in-flight tool
+calls (the MCP SDK sends `notifications/cancelled`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import email.utils
 import json
 import logging
 import os
-import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-import httpx
 import jsonschema
 import jsonschema.exceptions
 
 from atlas.agents.base import AgentContext, StepError
 from atlas.config.durations import parse_duration
 from atlas.config.model import LlmAction, LlmAgentConfig
+from atlas.llm.anthropic_wire import AnthropicMessages
+from atlas.llm.conversation import AssistantTurn, TextSink, ToolSpec, TurnRequest, Usage, UserMessage
+from atlas.llm.loop import LoopResult, ToolRunner, run_tool_loop
+from atlas.llm.openai_wire import OpenAIChat
+from atlas.llm.providers import Endpoint, resolve_endpoint
+from atlas.llm.retry import call_with_retries
 from atlas.templating import Templater
 
 __all__ = [
     "DEFAULT_TIMEOUT",
-    "MAX_RETRY_AFTER",
-    "RETRY_BACKOFF",
+    "MAX_OUTPUT_CHARS",
     "LlmCallConfig",
     "LlmResult",
+    "ToolSource",
     "run_llm",
 ]
 
 log = logging.getLogger(__name__)
 
-#: Seconds to wait before retry 1, 2, 3. Its length is the retry budget. Tests shorten it with monkeypatch.
-RETRY_BACKOFF: tuple[float, ...] = (0.5, 1.0, 2.0)
-#: Upper bound for a server's `Retry-After`, so that one header cannot park a step for an hour.
-MAX_RETRY_AFTER = 30.0
 #: The spec's default `timeout` for an `llm` agent (§2.5); inline actions without one use it as well.
 DEFAULT_TIMEOUT = "120s"
 #: The answer is held in memory and recorded; beyond this the step fails rather than the daemon.
 MAX_OUTPUT_CHARS = 4 * 1024 * 1024
 #: One `text-delta` chunk carries at most this many characters, keeping the chunk below 64 KiB (§3.3, §10.6).
 MAX_DELTA_CHARS = 8 * 1024
-#: How much of an error response body is quoted in the step error.
-_ERROR_BODY_EXCERPT = 500
 _MAX_LISTED_ERRORS = 20
 _JSON_INSTRUCTION = "Respond with a single JSON value only: no prose, no explanations and no Markdown code fences."
 
 
 @dataclass(frozen=True, kw_only=True)
 class LlmCallConfig:
-    """The settings of one call, common to `LlmAgentConfig` (agents) and `LlmAction` (inline FSM actions).
+    """The settings of one step, common to `LlmAgentConfig` (agents) and `LlmAction` (inline FSM actions).
 
     `prompt` and `system` are still templates. `include_action_prompt` is true for agents: the prompt an `agent`
-    action gives (already rendered into `ctx.prompt`) is appended to the agent's own prompt. An inline action's
-    prompt *is* `prompt`, so it must not be added a second time from `ctx.prompt`.
+    action gives (already rendered into `ctx.prompt`) is added to the user message. `prompt_is_system` is true
+    for a reference-format agent (see the module docstring).
     """
 
     model: str
     prompt: str
+    provider: str | None = None
     base_url: str | None = None
     api_key_env: str | None = None
     system: str | None = None
     temperature: float | None = None
     max_tokens: int | None = None
+    max_steps: int = 10
+    max_total_tokens: int | None = None
+    tool_choice: str = "auto"
+    tools: tuple[str, ...] = ()
+    provider_options: Mapping[str, Any] = field(default_factory=dict)
+    max_retries: int = 3
     timeout: str = DEFAULT_TIMEOUT
     response_format: str = "text"
     output_schema: dict[str, Any] | None = None
     include_action_prompt: bool = False
+    prompt_is_system: bool = False
 
     @classmethod
     def from_agent(cls, config: LlmAgentConfig) -> LlmCallConfig:
         return cls(
-            model=config.model,
+            **_common(config),
             prompt=config.prompt,
-            base_url=config.base_url,
-            api_key_env=config.api_key_env,
-            system=config.system,
-            temperature=config.temperature,
-            max_tokens=config.max_tokens,
             timeout=config.timeout,
             response_format=config.response_format,
             output_schema=config.output_schema,
             include_action_prompt=True,
+            prompt_is_system=config.provider is not None,
         )
 
     @classmethod
     def from_action(cls, action: LlmAction) -> LlmCallConfig:
-        return cls(
-            model=action.model,
-            prompt=action.prompt,
-            base_url=action.base_url,
-            api_key_env=action.api_key_env,
-            system=action.system,
-            temperature=action.temperature,
-            max_tokens=action.max_tokens,
-            timeout=action.timeout or DEFAULT_TIMEOUT,
-        )
+        return cls(**_common(action), prompt=action.prompt, timeout=action.timeout or DEFAULT_TIMEOUT)
 
     @property
     def wants_json(self) -> bool:
         return self.response_format == "json" or self.output_schema is not None
 
 
+def _common(config: LlmAgentConfig | LlmAction) -> dict[str, Any]:
+    return {
+        "model": config.model,
+        "provider": config.provider,
+        "base_url": config.base_url,
+        "api_key_env": config.api_key_env,
+        "system": config.system,
+        "temperature": config.temperature,
+        "max_tokens": config.max_tokens,
+        "max_steps": config.max_steps,
+        "max_total_tokens": config.max_total_tokens,
+        "tool_choice": config.tool_choice,
+        "tools": tuple(config.tools),
+        "provider_options": dict(config.provider_options),
+        "max_retries": config.max_retries,
+    }
+
+
 @dataclass
 class LlmResult:
-    """The step output (text, or parsed JSON) and `{inputTokens, outputTokens, model}` when the server said."""
+    """The step output (text, or parsed JSON), `{inputTokens, outputTokens, model}` when the server said, the
+    tool calls (`ToolCallSummary` records) and the model's reasoning when it sent some."""
 
     output: Any
     usage: dict[str, Any] | None = None
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    reasoning: str | None = None
 
 
-@dataclass
-class _Stream:
-    """What one attempt collected; `streamed` tells whether any delta already reached the sink."""
-
-    parts: list[str] = field(default_factory=list)
-    size: int = 0
-    usage: dict[str, Any] | None = None
-    model: str | None = None
-    streamed: bool = False
+class ResolvedToolSet(ToolRunner, Protocol):
+    specs: list[ToolSpec]
 
 
-class _Retryable(Exception):
-    """An attempt failed in a way worth retrying (429, 5xx, connection error before any delta)."""
+class ToolSource(Protocol):
+    """The workspace's MCP tools (`atlas.mcp.servers.WorkspaceTools`): resolves an agent's `tools:` names."""
 
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.retry_after = retry_after
+    async def resolve(self, names: list[str]) -> ResolvedToolSet: ...
 
 
 # ---------------------------------------------------------------- entry point
@@ -163,67 +165,115 @@ async def run_llm(
     variables: Mapping[str, Any],
     *,
     default_base_url: str | None,
+    tools: ToolSource | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> LlmResult:
-    """Render the prompt, call `<base_url>/chat/completions` with streaming and return the answer and usage.
+    """Run the step: resolve the endpoint and tools, render the prompts, loop, check the output.
 
     `variables` are the template variables (`signal`, `payload`, `results`, `session`, `input`).
-    `default_base_url` is `ATLAS_LLM_BASE_URL`, used when the config has no `base_url`. Raises StepError with
-    `llm_error`, `invalid_output` or `missing_credentials`; TemplateError escapes for the caller to map to
-    `template_error`.
+    `default_base_url` is `ATLAS_LLM_BASE_URL`. Raises StepError (`llm_error`, `invalid_output`,
+    `missing_credentials`, `unknown_tool`, `tool_conflict`, `max_steps_exceeded`, `budget_exceeded`), with
+    `tool_calls` set when calls were made; TemplateError escapes for the caller to map to `template_error`.
     """
     try:
         timeout = parse_duration(cfg.timeout)
     except ValueError as exc:
         raise StepError("llm_error", str(exc)) from exc
-    url = _endpoint(cfg.base_url or default_base_url)
-    api_key = _api_key(cfg.api_key_env, templater)
+    endpoint = resolve_endpoint(cfg.provider, cfg.base_url, cfg.api_key_env, default_base_url=default_base_url,
+                                environ=os.environ if environ is None else environ)
+    if endpoint.api_key:
+        templater.add_secret(endpoint.api_key)
     if cfg.output_schema is not None:
         _check_schema(cfg.output_schema)
-    body = _request_body(cfg, await _messages(cfg, ctx, templater, variables))
-    headers = {"Accept": "text/event-stream"}
-    if api_key is not None:
-        headers["Authorization"] = f"Bearer {api_key}"
+    runner: ResolvedToolSet | None = None
+    if cfg.tools and cfg.tool_choice != "none":
+        if tools is None:
+            raise StepError("unknown_tool", f"no MCP server offers {cfg.tools[0]!r}: the workspace has no tools.mcp "
+                            "servers")
+        runner = await tools.resolve(list(cfg.tools))
+    system, user = await _prompts(cfg, ctx, templater, variables)
+    options = dict(cfg.provider_options)
+    stream = options.pop("stream", True) is not False
+    request = TurnRequest(
+        model=cfg.model,
+        system=system,
+        messages=[UserMessage(user)],
+        tools=list(runner.specs) if runner is not None else [],
+        tool_choice=cfg.tool_choice,  # type: ignore[arg-type]  # checked by the config model
+        temperature=cfg.temperature,
+        max_tokens=cfg.max_tokens,
+        json_output=cfg.wants_json,
+        provider_options=options,
+        stream=stream,
+    )
+    client = _client(endpoint, timeout)
+    text = _TextOut(ctx)
+    label = f"{cfg.provider or endpoint.provider} {cfg.model}"
+
+    async def turn(req: TurnRequest, on_text: TextSink) -> AssistantTurn:
+        return await call_with_retries(client, req, on_text, max_retries=cfg.max_retries, timeout=timeout,
+                                       label=label, timeout_text=cfg.timeout)
 
     try:
-        async with asyncio.timeout(timeout):
-            stream = await _call_with_retries(url, headers, body, ctx, timeout)
-    except TimeoutError as exc:
-        raise StepError("llm_error", f"{cfg.model}: timed out after {cfg.timeout}") from exc
+        loop = await run_tool_loop(turn, request, runner, max_steps=cfg.max_steps,
+                                   max_total_tokens=cfg.max_total_tokens, emit=ctx._emit, on_text=text.add)
+    except StepError as exc:
+        if isinstance(exc.usage, Usage):
+            exc.usage = _usage(exc.usage, cfg.model, None)
+        raise
+    finally:
+        await client.aclose()
+    return _result(cfg, loop, templater)
 
-    text = "".join(stream.parts)
-    usage = _usage(stream, cfg.model)
+
+def _client(endpoint: Endpoint, timeout: float) -> OpenAIChat | AnthropicMessages:
+    if endpoint.wire == "anthropic":
+        return AnthropicMessages(endpoint, timeout)
+    return OpenAIChat(endpoint, timeout)
+
+
+def _result(cfg: LlmCallConfig, loop: LoopResult, templater: Templater) -> LlmResult:
+    usage = _usage(loop.usage, cfg.model, loop.model)
     if not cfg.wants_json:
-        return LlmResult(text, usage)
-    parsed = _parse_json(text, templater)
-    if cfg.output_schema is not None:
-        _validate(parsed, cfg.output_schema)
-    return LlmResult(parsed, usage)
-
-
-# ---------------------------------------------------------------- request
-
-
-def _endpoint(base_url: str | None) -> httpx.URL:
-    if not base_url:
-        raise StepError("llm_error", "no base_url: set config.base_url or ATLAS_LLM_BASE_URL")
+        return LlmResult(loop.text, usage, loop.tool_calls, loop.reasoning)
     try:
-        url = httpx.URL(base_url.rstrip("/") + "/chat/completions")
-    except httpx.InvalidURL as exc:
-        raise StepError("llm_error", f"invalid base_url: {exc}") from exc
-    if url.scheme not in ("http", "https") or not url.host:
-        raise StepError("llm_error", "base_url must be an absolute http:// or https:// URL")
-    return url
+        parsed = _parse_json(loop.text, templater)
+        if cfg.output_schema is not None:
+            _validate(parsed, cfg.output_schema)
+    except StepError as exc:
+        exc.tool_calls, exc.usage = loop.tool_calls, usage
+        raise
+    return LlmResult(parsed, usage, loop.tool_calls, loop.reasoning)
 
 
-def _api_key(env_name: str | None, templater: Templater) -> str | None:
-    """Read the key and make it a secret before anything could record it; a keyless server gets no header."""
-    if env_name is None:
+class _TextOut:
+    """Streams the answer's text as `text-delta` chunks and bounds its size."""
+
+    def __init__(self, ctx: AgentContext) -> None:
+        self._ctx = ctx
+        self._size = 0
+
+    def add(self, text: str) -> None:
+        self._size += len(text)
+        if self._size > MAX_OUTPUT_CHARS:
+            raise StepError("llm_error", f"answer longer than {MAX_OUTPUT_CHARS} characters")
+        for start in range(0, len(text), MAX_DELTA_CHARS):
+            # AgentContext._emit shields the agent from a failing sink; the runtime's sink never blocks
+            self._ctx._emit({"type": "text-delta", "delta": text[start : start + MAX_DELTA_CHARS]})
+
+
+def _usage(usage: Usage, requested_model: str, served_model: str | None) -> dict[str, Any] | None:
+    """§3.2's `{inputTokens, outputTokens, cacheReadTokens?, model}` summed over the loop; None if unreported."""
+    if not usage.reported:
         return None
-    key = os.environ.get(env_name, "")
-    if not key:
-        raise StepError("missing_credentials", f"environment variable {env_name} (api_key_env) is unset or empty")
-    templater.add_secret(key)
-    return key
+    out: dict[str, Any] = {"inputTokens": usage.input_tokens, "outputTokens": usage.output_tokens}
+    if usage.cache_read_tokens:
+        out["cacheReadTokens"] = usage.cache_read_tokens
+    out["model"] = served_model or requested_model
+    return out
+
+
+# ---------------------------------------------------------------- prompts
 
 
 def _as_text(value: Any) -> str:
@@ -233,255 +283,37 @@ def _as_text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
-async def _messages(
+async def _prompts(
     cfg: LlmCallConfig, ctx: AgentContext, templater: Templater, variables: Mapping[str, Any]
-) -> list[dict[str, str]]:
-    """Build `[system?, user]`, rendering the prompt and system templates off the loop (bug 11).
-
-    The user message is the rendered prompt, plus the `agent` action's prompt for an agent. When both are empty
-    the agent's input is sent instead (as JSON unless it is a string), so an agent in a sequential `execution`
-    chain still has something to answer.
-    """
-    parts = [_as_text(await templater.render_async(cfg.prompt, variables))] if cfg.prompt else []
-    if cfg.include_action_prompt and ctx.prompt:
-        parts.append(ctx.prompt)
-    user = "\n\n".join(part for part in parts if part)
-    if not user:
-        if ctx.input is None:
-            raise StepError("llm_error", "empty prompt: neither a prompt nor an input to send")
-        user = _as_text(ctx.input)
-
+) -> tuple[str | None, str]:
+    """The system prompt and the user message (rendering templates off the loop, bug #19.11)."""
+    prompt = _as_text(await templater.render_async(cfg.prompt, variables)) if cfg.prompt else ""
     system_parts: list[str] = []
+    if cfg.prompt_is_system:
+        system_parts.append(prompt)
+        parts = [ctx.prompt or ""]
+        if ctx.input is not None:
+            parts.append(_as_text(ctx.input))
+        user = "\n\n".join(part for part in parts if part)
+        if not user and ctx.payload:
+            user = _as_text(ctx.payload)
+    else:
+        parts = [prompt]
+        if cfg.include_action_prompt and ctx.prompt:
+            parts.append(ctx.prompt)
+        user = "\n\n".join(part for part in parts if part)
+        if not user and ctx.input is not None:
+            user = _as_text(ctx.input)
+    if not user:
+        raise StepError("llm_error", "empty prompt: neither a prompt nor an input to send")
     if cfg.system:
         system_parts.append(_as_text(await templater.render_async(cfg.system, variables)))
     if cfg.wants_json:
         system_parts.append(_JSON_INSTRUCTION)
         if cfg.output_schema is not None:
             system_parts.append("The JSON must conform to this JSON Schema:\n" + json.dumps(cfg.output_schema))
-    messages = []
     system = "\n\n".join(part for part in system_parts if part)
-    if system:
-        messages.append({"role": "system", "content": system})
-    messages.append({"role": "user", "content": user})
-    return messages
-
-
-def _request_body(cfg: LlmCallConfig, messages: list[dict[str, str]]) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "model": cfg.model,
-        "messages": messages,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
-    if cfg.temperature is not None:
-        body["temperature"] = cfg.temperature
-    if cfg.max_tokens is not None:
-        body["max_tokens"] = cfg.max_tokens
-    if cfg.wants_json:
-        body["response_format"] = {"type": "json_object"}
-    return body
-
-
-# ---------------------------------------------------------------- transport
-
-
-async def _call_with_retries(
-    url: httpx.URL, headers: dict[str, str], body: dict[str, Any], ctx: AgentContext, timeout: float
-) -> _Stream:
-    """Run attempts until one succeeds or the retry budget is spent; the caller's deadline bounds it all."""
-    async with httpx.AsyncClient(timeout=httpx.Timeout(timeout)) as client:
-        for attempt in range(len(RETRY_BACKOFF) + 1):
-            try:
-                return await _attempt(client, url, headers, body, ctx)
-            except _Retryable as exc:
-                if attempt >= len(RETRY_BACKOFF):
-                    raise StepError("llm_error", f"{exc.message} (after {attempt} retries)") from exc
-                delay = RETRY_BACKOFF[attempt]
-                if exc.retry_after is not None:
-                    delay = max(delay, min(exc.retry_after, MAX_RETRY_AFTER))
-                log.info("llm request failed (%s); retry %d in %.1fs", exc.message, attempt + 1, delay)
-                await asyncio.sleep(delay)
-    raise AssertionError("unreachable")  # the loop returns or raises
-
-
-async def _attempt(
-    client: httpx.AsyncClient, url: httpx.URL, headers: dict[str, str], body: dict[str, Any], ctx: AgentContext
-) -> _Stream:
-    stream = _Stream()
-    try:
-        async with client.stream("POST", url, headers=headers, json=body) as response:
-            if response.status_code == 429 or response.status_code >= 500:
-                excerpt = await _excerpt(response)
-                raise _Retryable(f"HTTP {response.status_code}: {excerpt}", _retry_after(response))
-            if not 200 <= response.status_code < 300:
-                excerpt = await _excerpt(response)
-                raise StepError("llm_error", f"HTTP {response.status_code}: {excerpt}")
-            media_type = response.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-            if media_type == "application/json":
-                _take_completion(stream, await _read_json(response), ctx)
-            else:
-                async for data in _sse_data(response):
-                    if data.strip() == "[DONE]":
-                        break
-                    try:
-                        event = json.loads(data)
-                    except ValueError as exc:
-                        raise StepError("llm_error", f"malformed stream event: {data[:200]!r}") from exc
-                    _take_event(stream, event, ctx)
-    except httpx.TimeoutException as exc:
-        # httpx's own timeout (a silent server) is the same failure as the overall deadline
-        raise TimeoutError(str(exc)) from exc
-    except (httpx.TransportError, httpx.StreamError) as exc:
-        message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        if stream.streamed:
-            raise StepError("llm_error", f"stream broken after partial answer: {message}") from exc
-        raise _Retryable(message) from exc
-    except (TypeError, ValueError) as exc:  # e.g. a key that is not valid in a header
-        raise StepError("llm_error", f"invalid request: {type(exc).__name__}") from exc
-    return stream
-
-
-async def _sse_data(response: httpx.Response) -> AsyncIterator[str]:
-    """Yield the `data` of each server-sent event: `data:` lines joined by newlines, ended by a blank line."""
-    lines: list[str] = []
-    async for line in response.aiter_lines():
-        if not line:
-            if lines:
-                yield "\n".join(lines)
-                lines = []
-            continue
-        if line.startswith("data:"):
-            value = line[5:]
-            lines.append(value[1:] if value.startswith(" ") else value)
-        # comments (": keep-alive") and other fields (event:, id:, retry:) carry nothing we use
-    if lines:
-        yield "\n".join(lines)
-
-
-async def _excerpt(response: httpx.Response) -> str:
-    """A short, single-line excerpt of an error body, read without pulling a huge body into memory."""
-    data = bytearray()
-    try:
-        async for chunk in response.aiter_bytes():
-            data += chunk
-            if len(data) > _ERROR_BODY_EXCERPT:
-                break
-    except (httpx.TransportError, httpx.StreamError):
-        pass
-    text = bytes(data[:_ERROR_BODY_EXCERPT]).decode("utf-8", errors="replace")
-    text = " ".join(text.split())
-    if len(data) > _ERROR_BODY_EXCERPT:
-        text += "…"
-    return text or "(empty body)"
-
-
-async def _read_json(response: httpx.Response) -> Any:
-    data = bytearray()
-    async for chunk in response.aiter_bytes():
-        data += chunk
-        if len(data) > MAX_OUTPUT_CHARS * 2:
-            raise StepError("llm_error", "response body too large")
-    try:
-        return json.loads(data)
-    except ValueError as exc:
-        raise StepError("llm_error", "malformed JSON completion from the server") from exc
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    """`Retry-After` in seconds (a number or an HTTP date), or None when absent or unreadable."""
-    value = response.headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-# ---------------------------------------------------------------- response content
-
-
-def _server_error(event: Mapping[str, Any]) -> None:
-    error = event.get("error")
-    if error:
-        message = error.get("message") if isinstance(error, Mapping) else error
-        raise StepError("llm_error", f"server error in stream: {str(message)[:_ERROR_BODY_EXCERPT]}")
-
-
-def _take_event(stream: _Stream, event: Any, ctx: AgentContext) -> None:
-    """Fold one `chat.completion.chunk`: emit and keep its content delta, remember model and usage."""
-    if not isinstance(event, Mapping):
-        return
-    _server_error(event)
-    _take_meta(stream, event)
-    choices = event.get("choices")
-    if not isinstance(choices, list):
-        return
-    for choice in choices:
-        if not isinstance(choice, Mapping) or choice.get("index", 0) != 0:
-            continue
-        delta = choice.get("delta")
-        content = delta.get("content") if isinstance(delta, Mapping) else None
-        if isinstance(content, str) and content:
-            _add_text(stream, content, ctx)
-
-
-def _take_completion(stream: _Stream, completion: Any, ctx: AgentContext) -> None:
-    """Fold a non-streamed `chat.completion` (a server that ignored `stream: true`) as one delta."""
-    if not isinstance(completion, Mapping):
-        raise StepError("llm_error", "malformed completion from the server")
-    _server_error(completion)
-    _take_meta(stream, completion)
-    choices = completion.get("choices")
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], Mapping):
-        raise StepError("llm_error", "completion without choices")
-    message = choices[0].get("message")
-    content = message.get("content") if isinstance(message, Mapping) else None
-    if isinstance(content, str) and content:
-        _add_text(stream, content, ctx)
-
-
-def _take_meta(stream: _Stream, event: Mapping[str, Any]) -> None:
-    model = event.get("model")
-    if isinstance(model, str) and model:
-        stream.model = model
-    usage = event.get("usage")
-    if isinstance(usage, Mapping):
-        stream.usage = dict(usage)
-
-
-def _add_text(stream: _Stream, text: str, ctx: AgentContext) -> None:
-    stream.size += len(text)
-    if stream.size > MAX_OUTPUT_CHARS:
-        raise StepError("llm_error", f"answer longer than {MAX_OUTPUT_CHARS} characters")
-    stream.parts.append(text)
-    stream.streamed = True
-    for start in range(0, len(text), MAX_DELTA_CHARS):
-        # AgentContext._emit shields the agent from a failing sink; the runtime's sink never blocks
-        ctx._emit({"type": "text-delta", "delta": text[start : start + MAX_DELTA_CHARS]})
-
-
-def _usage(stream: _Stream, requested_model: str) -> dict[str, Any] | None:
-    """Map OpenAI usage to §3.2's `{inputTokens, outputTokens, cacheReadTokens?, model}`; None if unreported."""
-    raw = stream.usage
-    if raw is None:
-        return None
-    usage: dict[str, Any] = {}
-    for source, target in (("prompt_tokens", "inputTokens"), ("completion_tokens", "outputTokens")):
-        value = raw.get(source)
-        if isinstance(value, int) and not isinstance(value, bool):
-            usage[target] = value
-    details = raw.get("prompt_tokens_details")
-    cached = details.get("cached_tokens") if isinstance(details, Mapping) else None
-    if isinstance(cached, int) and not isinstance(cached, bool) and cached:
-        usage["cacheReadTokens"] = cached
-    usage["model"] = stream.model or requested_model
-    return usage
+    return system or None, user
 
 
 # ---------------------------------------------------------------- JSON output

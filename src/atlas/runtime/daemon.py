@@ -32,6 +32,8 @@ from atlas.bus.sessionlog import SessionLog
 from atlas.config.durations import parse_duration
 from atlas.config.settings import Settings
 from atlas.errors import AtlasError
+from atlas.mcp.reaper import reap_leftovers
+from atlas.mcp.servers import McpHub, WorkspaceTools
 from atlas.runtime.accept import AcceptPipeline
 from atlas.runtime.background import Background
 from atlas.runtime.catalog import WorkspaceCatalog
@@ -145,10 +147,12 @@ class Daemon:
                                      workspaces=self.workspaces, finalizer=self.finalizer, intake=self.intake,
                                      daemon_id=self.daemon_id, max_cascade_depth=s.max_cascade_depth,
                                      max_tree_sessions=s.max_tree_sessions)
+        # MCP servers of the workspaces' `tools.mcp`, pooled per workspace and started on first use (issue #14)
+        self.mcp = McpHub(self.home)
         engine = EngineServices(templater=self.templater, store=self.store, slots=self.slots,
                                 trigger=self.accept.accept, publish_chunk=self.session_log.publish_chunk,
                                 spawn=self.background.spawn, llm_base_url=s.llm_base_url,
-                                bus_retry_s=s.bus_retry_s)
+                                bus_retry_s=s.bus_retry_s, tools=self.workspace_tools)
         self.lifecycle = SessionLifecycle(bus=self.bus, session_log=self.session_log, store=self.store,
                                           workspaces=self.workspaces, concurrency=self.concurrency,
                                           finalizer=self.finalizer, lineage=self.lineage, markers=self.markers,
@@ -176,6 +180,7 @@ class Daemon:
 
     async def start(self) -> None:
         s = self.settings
+        reap_leftovers(self.home / "run" / "mcp")  # MCP servers (and their children) a killed daemon left
         if self.embedded is not None:
             self.nats_url = await self.embedded.start()
             self.bus.settings.url, self.bus.settings.token = self.nats_url, self.embedded.token
@@ -225,6 +230,7 @@ class Daemon:
             with contextlib.suppress(BaseException):
                 await task
         await self.materializer.stop()
+        await self.mcp.aclose()
         with contextlib.suppress(Exception):
             await self.membership.leave()
         await self.bus.close()
@@ -264,6 +270,11 @@ class Daemon:
 
     async def remove_workspace(self, workspace_id: str) -> None:
         await self.catalog.remove(workspace_id)
+        await self.mcp.unload(workspace_id)
+
+    def workspace_tools(self, ws: Workspace) -> WorkspaceTools | None:
+        """The MCP servers of `ws` (None when it declares none); a reloaded `tools.mcp` gets fresh servers."""
+        return self.mcp.for_workspace(ws.id, ws.config.tools.mcp, ws.path)
 
     async def cluster(self) -> list[dict[str, Any]]:
         return await self.membership.members()

@@ -19,8 +19,8 @@ from typing import Any
 from nats.errors import Error as NatsError
 
 from atlas.agents.base import AgentContext, StepError
-from atlas.agents.llm import LlmCallConfig, run_llm
-from atlas.agents.runner import run_agent_with_usage
+from atlas.agents.llm import LlmCallConfig, ToolSource, run_llm
+from atlas.agents.runner import AgentResult, run_agent_full
 from atlas.config.durations import parse_duration
 from atlas.config.model import (
     Action,
@@ -92,6 +92,8 @@ class EngineServices:
     llm_base_url: str | None
     bus_retry_s: float
     """How long a write rides through a silent bus (for the log line of a run the bus failed under)."""
+    tools: Callable[[Workspace], ToolSource | None] | None = None
+    """The workspace's MCP tools (`McpHub.for_workspace`), for `llm` steps with `tools:`; None: no MCP."""
 
 
 class Engine:
@@ -321,16 +323,18 @@ class Engine:
         await self._step_start(number, plan, action, input_value, prompt)
         self.current_step = number
         child_id: str | None = None
-        usage: dict[str, Any] | None = None
+        result = AgentResult(None)
         try:
             if isinstance(action, SignalAction):
-                output, child_id = await self._cascade(action)
+                result.output, child_id = await self._cascade(action)
             else:
-                output, usage = await self._agent(action, input_value, prompt)
+                result = await self._agent(action, input_value, prompt)
         except TemplateError as exc:
             await self._step_failed(number, started, "template_error", str(exc), None)
         except StepError as exc:
-            await self._step_failed(number, started, exc.code, exc.message, exc.output, exc_child(exc))
+            failed = AgentResult(exc.output, exc.usage if isinstance(exc.usage, dict) else None,
+                                 exc.tool_calls or [])
+            await self._step_failed(number, started, exc.code, exc.message, exc.output, exc_child(exc), failed)
         except asyncio.CancelledError:
             req = self.run_state.cancel
             message = req.message if req else "Daemon shut down"
@@ -358,8 +362,9 @@ class Engine:
 
     async def _write_step_complete(self, number: int, started: float, status: str, output: Any,
                                    error: str | None, code: str | None, child_id: str | None = None,
-                                   usage: dict[str, Any] | None = None) -> None:
+                                   result: AgentResult | None = None) -> None:
         await self._end_chunks(number)
+        redact = self.s.templater.redact
         await self.writer.append(events.step_complete(
             sessionId=self.writer.session_id,
             seq=self.writer.next_seq,
@@ -370,18 +375,19 @@ class Engine:
             error=error,
             errorCode=code,
             childSessionId=child_id,
-            usage=usage,
+            usage=result.usage if result is not None else None,
+            toolCalls=redact(result.tool_calls) if result is not None else None,  # arguments may echo a secret()
+            reasoning=redact(result.reasoning) if result is not None and result.reasoning else None,
         ))
 
     async def _step_failed(self, number: int, started: float, code: str, message: str, output: Any,
-                           child_id: str | None = None) -> None:
+                           child_id: str | None = None, result: AgentResult | None = None) -> None:
         message = str(self.s.templater.redact(message))
-        await self._write_step_complete(number, started, "failed", output, message, code, child_id)
+        await self._write_step_complete(number, started, "failed", output, message, code, child_id, result)
         raise SessionEnd("failed", code, message)
 
-    async def _agent(self, action: AgentAction | LlmAction, input_value: Any,
-                     prompt: str | None) -> tuple[Any, dict[str, Any] | None]:
-        """Run an agent (or an inline llm action); returns its output and token usage, if any."""
+    async def _agent(self, action: AgentAction | LlmAction, input_value: Any, prompt: str | None) -> AgentResult:
+        """Run an agent (or an inline llm action): its output, and for llm steps usage and tool calls."""
         agent = self.ws.config.agents.get(action.agentId) if isinstance(action, AgentAction) else None
         params = getattr(getattr(agent, "config", None), "params", None) or {}
         ctx = AgentContext(
@@ -399,12 +405,14 @@ class Engine:
         )
         variables = self._vars(input=input_value)
         base_url = self.s.llm_base_url
+        tools = self.s.tools(self.ws) if self.s.tools is not None else None
         if isinstance(action, LlmAction):
             result = await run_llm(LlmCallConfig.from_action(action), ctx, self.s.templater, variables,
-                                   default_base_url=base_url)
-            return result.output, result.usage
+                                   default_base_url=base_url, tools=tools)
+            return AgentResult(result.output, result.usage, result.tool_calls, result.reasoning)
         target: Any = agent if agent is not None else action.agentId
-        return await run_agent_with_usage(target, ctx, self.s.templater, variables, default_base_url=base_url)
+        return await run_agent_full(target, ctx, self.s.templater, variables, default_base_url=base_url,
+                                    tools=tools)
 
     #: The run's chunk buffer, made by the first step that emits (see `atlas.runtime.chunks`).
     _chunks: ChunkCoalescer | None = None

@@ -185,6 +185,22 @@ class KeyDetail(TypedDict):
 
 
 @documented
+class ToolCallSummary(TypedDict):
+    """One tool call of an `llm` step: the reference's ToolCallSummary plus atlas's `toolCallId`, `error` and
+    `server` (issue #14). `args` is the decoded JSON object the model sent; `result` what the tool returned (its
+    structured content when present, else its text), cut at 16 KiB with a `… [cut: N more characters]` marker."""
+
+    toolCallId: NotRequired[str]
+    toolName: str
+    args: JsonValue
+    result: NotRequired[JsonValue]
+    durationMs: Count
+    error: NotRequired[str]
+    """Set when the call failed (a tool error, a dead server, a timeout, bad arguments)."""
+    server: NotRequired[str]
+    """The MCP server that ran it."""
+
+
 class Usage(TypedDict, total=False):
     """Token usage an `llm` step's endpoint reported (§3.2); only the keys it reported."""
 
@@ -267,8 +283,8 @@ class StepCompleteEvent(_EventHead):
     stepNumber: StepNumber
     status: StepResultStatus
     durationMs: Count
-    toolCalls: list[JsonValue]
-    """Kept for the reference's shape; always empty today."""
+    toolCalls: list[ToolCallSummary]
+    """The tool calls of an `llm` step, in the order the model made them (also for a failed step)."""
     output: NotRequired[JsonValue]
     """The step's output, or a `{truncated, preview}` stand-in over 256 KiB; absent when `null`."""
     error: NotRequired[str]
@@ -276,6 +292,8 @@ class StepCompleteEvent(_EventHead):
     childSessionId: NotRequired[str]
     """For `signal` actions: the child session."""
     usage: NotRequired[Usage]
+    reasoning: NotRequired[str]
+    """The model's reasoning text, when the provider returned it."""
 
 
 @documented
@@ -424,6 +442,10 @@ def duration_ms(started_at: str, ended_at: str) -> int:
 
 
 # --- recording cap ----------------------------------------------------------------------------------------
+
+
+#: `step:complete.reasoning` is kept up to this many characters.
+MAX_REASONING_CHARS: Final = 64 * 1024
 
 
 def truncate_recorded(value: Any) -> Any:
@@ -629,6 +651,7 @@ def step_complete(
     childSessionId: str | None = None,
     usage: Mapping[str, Any] | None = None,
     toolCalls: list[Any] | None = None,
+    reasoning: str | None = None,
     timestamp: str | None = None,
 ) -> StepCompleteEvent:
     """``step:complete``: a step ended ``completed`` or ``failed``; ``output`` is subject to the 256 KiB cap.
@@ -652,6 +675,9 @@ def step_complete(
         kept = {key: value for key, value in usage.items() if value is not None}
         if kept:
             event["usage"] = kept
+    if reasoning:
+        cut = len(reasoning) - MAX_REASONING_CHARS
+        event["reasoning"] = reasoning if cut <= 0 else f"{reasoning[:MAX_REASONING_CHARS]}… [cut: {cut} more]"
     return cast(StepCompleteEvent, event)
 
 

@@ -108,7 +108,8 @@ class AgentBlock(TypedDict):
     startedAt: NotRequired[Timestamp]
     durationMs: NotRequired[Count]
     toolCalls: list[JsonValue]
-    """Kept for the shape; always empty today."""
+    """The step's tool calls (`ToolCallSummary`), once it ended."""
+    reasoning: NotRequired[str]
     output: NotRequired[JsonValue]
     error: NotRequired[str]
     errorCode: NotRequired[str]
@@ -309,7 +310,9 @@ _START_FIELDS: Final = (
     "depth",
 )
 _STEP_START_FIELDS: Final = ("actionType", "task", "input", "outputKey", "stateId")
-_STEP_COMPLETE_FIELDS: Final = ("durationMs", "output", "error", "errorCode", "childSessionId", "usage")
+_STEP_COMPLETE_FIELDS: Final = (
+    "durationMs", "output", "error", "errorCode", "childSessionId", "usage", "reasoning"
+)
 
 
 def _on_queued(view: View, event: Event) -> View | None:
