@@ -20,7 +20,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Route
 
-from atlas.api import daemon_routes, schedules, sessions, streams, trigger, workspaces
+from atlas.api import daemon_routes, schedules, sessions, streams, tools, trigger, workspaces
 from atlas.api.bench_routes import bench_routes
 from atlas.api.errors import EXCEPTION_HANDLERS
 from atlas.api.openapi import openapi_json
@@ -55,6 +55,7 @@ def routes() -> list[BaseRoute]:
         _route("/api/workspaces/{workspace_id}", workspaces.remove_workspace, "DELETE"),
         _route("/api/workspaces/{workspace_id}/jobs", workspaces.list_jobs, "GET"),
         _route("/api/workspaces/{workspace_id}/signals", workspaces.list_signals, "GET"),
+        _route("/api/workspaces/{workspace_id}/tools", tools.list_tools, "GET"),
         # The streams before /api/sessions/{session_id}: /api/sessions/stream must win.
         _route("/api/sessions/stream", streams.tree_stream, "GET"),
         _route("/api/sessions/{session_id}/stream", streams.session_stream, "GET"),
