@@ -110,7 +110,7 @@ def test_a_workspace_yml_that_holds_something_else_is_not_quoted(daemon: DaemonP
             assert body["details"] and all({"file", "line", "column", "path", "message"} <= e.keys()
                                            for e in body["details"])
     yaml_errors = error(add(daemon, tmp_path / "yaml"), 422, "workspace_invalid")["details"]
-    assert {e["path"] for e in yaml_errors} >= {"aws_access_key_id", "aws_secret_access_key", "version"}
+    assert {e["path"] for e in yaml_errors} >= {"aws_access_key_id", "aws_secret_access_key", "workspace"}
 
 
 def test_long_keys_and_values_are_truncated_in_errors(daemon: DaemonProcess, tmp_path: Path) -> None:

@@ -20,7 +20,9 @@ from starlette.requests import ClientDisconnect, Request
 
 from atlas.errors import AtlasError
 
-ENVELOPE_KEYS = {"payload", "streamId", "parentSessionId"}
+# The reference's envelope keys. `skipStates` and `bypassConcurrency` belong here too (issue #14): read as payload
+# keys they used to turn the request into a webhook.
+ENVELOPE_KEYS = {"payload", "streamId", "parentSessionId", "skipStates", "bypassConcurrency"}
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
               "transfer-encoding", "upgrade", "host", "content-length"}
 REDACTED = {"authorization", "cookie"}
@@ -85,6 +87,7 @@ class TriggerBody:
     stream_id: str | None = None
     parent_session_id: str | None = None
     webhook: dict[str, Any] | None = None
+    skip_states: list[str] | None = None
 
 
 def _is_json(content_type: str) -> bool:
@@ -126,6 +129,17 @@ def parse_trigger_body(raw: bytes, headers: Mapping[str, str]) -> TriggerBody:
     for key in ("streamId", "parentSessionId"):
         if key in data and not isinstance(data[key], str):
             details.append({"path": key, "message": "must be a string"})
+    skip = data.get("skipStates")
+    if skip is not None and (not isinstance(skip, list) or not all(isinstance(s, str) for s in skip)):
+        details.append({"path": "skipStates", "message": "must be a list of state ids (strings)"})
+    bypass = data.get("bypassConcurrency")
+    if bypass is not None and not isinstance(bypass, bool):
+        details.append({"path": "bypassConcurrency", "message": "must be a boolean"})
     if details:
         raise AtlasError("invalid_body", "Invalid envelope", details)
-    return TriggerBody(payload=payload, stream_id=data.get("streamId"), parent_session_id=data.get("parentSessionId"))
+    if bypass:
+        # The reference keeps it for its chat's own job tools; atlas's chat bypasses in-process, never over HTTP.
+        raise AtlasError("bypass_not_allowed", "bypassConcurrency is internal: an HTTP caller cannot bypass the "
+                                               "signal's concurrency policy")
+    return TriggerBody(payload=payload, stream_id=data.get("streamId"), parent_session_id=data.get("parentSessionId"),
+                       skip_states=list(skip) if skip else None)

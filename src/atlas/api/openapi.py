@@ -43,7 +43,7 @@ TRIGGERS: list[str] = list(get_args(Trigger))
 ACTION_TYPES: list[str] = list(get_args(ActionType))
 BLOCK_STATUSES: list[str] = list(get_args(BlockStatus))
 CONCURRENCY = ["skip", "queue", "concurrent", "replace"]
-ENVELOPE_KEYS = ["payload", "streamId", "parentSessionId"]
+ENVELOPE_KEYS = ["payload", "streamId", "parentSessionId", "skipStates", "bypassConcurrency"]
 
 # `nowait` and `force` are case-insensitive; JSON Schema patterns have no flags, hence the character classes.
 _BOOL_WORDS = "[Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee]|1|0|[Yy][Ee][Ss]|[Nn][Oo]"
@@ -168,6 +168,9 @@ ERROR_CODES: dict[str, str] = {
     "body_too_large": "the body exceeds `ATLAS_MAX_BODY` (1 MiB by default)",
     "workspace_invalid": "the workspace file is invalid (`details`: `[{file, line, column, path, message}]`)",
     "unknown_parent_session": "the envelope's `parentSessionId` names no known session",
+    "agent_unavailable": "the job uses an agent atlas cannot run (a Friday `type: system` or bundled agent); "
+                         "nothing is created (`details`: `{jobId, agents: [{id, agent}]}`)",
+    "bypass_not_allowed": "the envelope asks for `bypassConcurrency: true`, which is internal (never over HTTP)",
     "idempotency_key_mismatch": "the `Idempotency-Key` was used before with a different body",
     "session_failed": "the session ended `failed` or `interrupted` (`details`: the session record)",
     "session_cancelled": "the session ended `cancelled` (`details`: the session record)",
@@ -335,6 +338,8 @@ def _schemas() -> dict[str, Schema]:
         "configPath": string("Absolute path of its `workspace.yml`"),
         "status": enum(["ready", "invalid", "missing"]),
         "createdAt": TIMESTAMP, "lastSeen": TIMESTAMP, "signalCount": integer(), "jobCount": integer(),
+        "warnings": array(ref("ValidationError"), "Keys of Friday's schema that atlas does not implement (ignored), "
+                                                  "and other load warnings, with their positions"),
     })
     s["WorkspaceConfig"] = obj(
         {"version": {"const": "1.0"},
@@ -423,13 +428,18 @@ def _schemas() -> dict[str, Schema]:
         {},
         {"payload": {"type": ["object", "null"], "description": "The job's input (`null` counts as `{}`)"},
          "streamId": string("Opaque client stream id, recorded with the session"),
-         "parentSessionId": string("Makes the new session a child of this one (same correlationId)")},
+         "parentSessionId": string("Makes the new session a child of this one (same correlationId)"),
+         "skipStates": array(string(), "State ids of the job's FSM whose `entry` step actions do not run (each "
+                                       "recorded `step:skipped`); their `emit` actions still run. An unknown id is "
+                                       "400 `invalid_body`"),
+         "bypassConcurrency": {"type": "boolean", "description": "Internal: `true` is 403 `bypass_not_allowed`"}},
         closed=True,
         description="The envelope body (spec §5.2); an empty body and `{}` are envelopes too",
     )
     s["WebhookBody"] = {
         "type": "object",
-        "description": "Any JSON object with a key outside `payload`, `streamId` and `parentSessionId`: webhook "
+        "description": "Any JSON object with a key outside the envelope keys (`payload`, `streamId`, "
+                       "`parentSessionId`, `skipStates`, `bypassConcurrency`): webhook "
                        "mode, the whole object is the payload (only for `http` signals)",
         "not": {"propertyNames": {"enum": ENVELOPE_KEYS}},
     }
@@ -639,7 +649,8 @@ def _paths() -> dict[str, Any]:
     p["/api/sessions"] = {"get": _op(
         "listSessions", "sessions", "List sessions",
         "Newest first by (`startedAt`, `sessionId`); filters combine with AND, unknown values match nothing "
-        "(`200 {\"sessions\": []}`), and an unknown query parameter is 400 `invalid_query`. An unknown "
+        "(`200 {\"sessions\": []}`); an unknown query parameter is ignored, a known one with a bad value is 400 "
+        "`invalid_query`. An unknown "
         "correlationId is an empty list, never a placeholder (spec §4.3, §7.2).",
         {"200": response("One page of sessions", ref("SessionList")),
          **errors(method="get", codes=["invalid_query"])},
@@ -742,7 +753,8 @@ def _trigger_operation() -> dict[str, Any]:
             "payload_too_complex", "invalid_idempotency_key", "workspace_not_found", "signal_not_found",
             "no_job_for_signal", "skipped-duplicate", "idempotency_key_in_progress", "cascade_limit_exceeded",
             "workspace_invalid", "unknown_parent_session", "idempotency_key_mismatch", "session_failed",
-            "session_cancelled", "session_skipped", "bus_unavailable", "shutting_down", "wait_timeout"
+            "session_cancelled", "session_skipped", "bus_unavailable", "shutting_down", "wait_timeout",
+            "agent_unavailable", "bypass_not_allowed"
         ]),
     }
     body = {

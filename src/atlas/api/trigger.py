@@ -108,6 +108,17 @@ def failure_error(view: dict[str, Any]) -> AtlasError:
                       details)
 
 
+def _check_skip_states(ws: Workspace, job_id: str, skip_states: list[str] | None) -> None:
+    """400 `invalid_body` for a `skipStates` id that is no state of the job's FSM (the reference only logs it; a
+    typo that silently runs a step the caller meant to skip is worse than a refusal)."""
+    states = ws.fsms[job_id].states
+    unknown = [(i, s) for i, s in enumerate(skip_states or []) if s not in states]
+    if unknown:
+        raise AtlasError("invalid_body", f"skipStates names unknown state(s) of job '{job_id}': "
+                         + ", ".join(repr(s) for _, s in unknown),
+                         [{"path": f"skipStates[{i}]", "message": f"unknown state '{s}'"} for i, s in unknown])
+
+
 async def _disconnected(request: Request) -> None:
     """Returns when the client goes away (the body was already read, so the next message is the disconnect)."""
     while True:
@@ -133,6 +144,7 @@ async def trigger(request: Request) -> Response:
     if parsed.webhook is not None and (signal.provider != "http" or sse):
         raise AtlasError("envelope_required",
                          f"Signal '{signal_id}' ({signal.provider}) accepts only the envelope body here")
+    _check_skip_states(ws, job_id, parsed.skip_states)
     req = TriggerRequest(
         workspace_id=ws.id,
         signal_id=signal_id,
@@ -141,6 +153,7 @@ async def trigger(request: Request) -> Response:
         parent_session_id=parsed.parent_session_id,
         stream_id=parsed.stream_id,
         webhook=parsed.webhook,
+        skip_states=parsed.skip_states,
     )
     validated = daemon.accept.validate(req)
     key = request.headers.get("idempotency-key")

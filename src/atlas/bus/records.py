@@ -59,6 +59,7 @@ class Envelope(TypedDict):
     parentSessionId: NotRequired[str | None]
     streamId: NotRequired[str]
     webhook: NotRequired[dict[str, Any]]
+    skipStates: NotRequired[list[str]]
 
 
 ENVELOPE_REQUIRED = ("workspaceId", "signalId", "sessionId", "correlationId", "rootSessionId", "depth", "trigger")
@@ -68,7 +69,7 @@ ENVELOPE_REQUIRED = ("workspaceId", "signalId", "sessionId", "correlationId", "r
 def envelope(*, workspace_id: str, signal_id: str, session_id: str, correlation_id: str, root_session_id: str,
              depth: int, trigger: str, payload: Any, accepted_at: str, accepted_by: str,
              parent_session_id: str | None = None, stream_id: str | None = None,
-             webhook: dict[str, Any] | None = None) -> dict[str, Any]:
+             webhook: dict[str, Any] | None = None, skip_states: list[str] | None = None) -> dict[str, Any]:
     """The envelope of an accepted trigger (the accept pipeline's). A plain dict typed loosely on purpose: it is
     built on every trigger and handed on as is (see `Envelope` for its shape)."""
     out: dict[str, Any] = {
@@ -89,6 +90,8 @@ def envelope(*, workspace_id: str, signal_id: str, session_id: str, correlation_
         out["streamId"] = stream_id
     if webhook is not None:
         out["webhook"] = webhook
+    if skip_states:
+        out["skipStates"] = skip_states
     return out
 
 

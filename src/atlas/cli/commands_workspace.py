@@ -97,6 +97,9 @@ def workspace_show(ident: WorkspaceArg, url: UrlOpt = None, token: TokenOpt = No
     ])
     for err in ws.get("errors") or []:
         out.print(f"  error: {err}")
+    for warning in ws.get("warnings") or []:  # Friday keys atlas ignores (issue #14)
+        out.print(f"  warning: {warning.get('line')}:{warning.get('column')}: {warning.get('path')}: "
+                  f"{warning.get('message')}")
     out.blank()
     out.table(["signal", "provider", "concurrency", "schema (* required)", "jobs"],
               [[s["name"], s["signal"].get("provider", ""), s["signal"].get("concurrency", ""),

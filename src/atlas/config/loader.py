@@ -26,7 +26,7 @@ import hashlib
 import os
 import re
 import stat
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from ruamel.yaml.reader import ReaderError
 
+from atlas.config.compat import prune_reference_keys
 from atlas.config.model import (
     BUILTIN_AGENTS,
     ID_PATTERN,
@@ -60,6 +61,8 @@ from atlas.config.model import (
 WORKSPACE_FILE = "workspace.yml"
 MAX_FILE_BYTES = 1024 * 1024
 MAX_ERRORS = 50
+# A Friday file warns once per ignored key (issue #14); a big one has many more than it could have errors.
+MAX_WARNINGS = 500
 # How many extra nodes alias expansion may add. Aliases are shared objects once loaded, but validation walks
 # them expanded, so a "billion laughs" document would otherwise cost exponential time.
 MAX_ALIAS_EXPANSION = 100_000
@@ -138,6 +141,9 @@ class LoadedWorkspace:
     warnings: list[ConfigProblem]
     id: str
     digest: str
+    unavailable_agents: dict[str, str] = field(default_factory=dict)
+    """Agents of the file that atlas cannot run (a `type: system` or bundled reference agent), by id, with what
+    they are; they are not in `config.agents` (see `atlas.config.compat`)."""
 
     @property
     def ok(self) -> bool:
@@ -173,9 +179,10 @@ def load_workspace(path: str | Path) -> LoadedWorkspace:
         file=absolute,
         config=outcome.config if not outcome.errors else None,
         errors=_finish(outcome.errors),
-        warnings=_finish(outcome.warnings),
+        warnings=_finish(outcome.warnings, MAX_WARNINGS),
         id=outcome.id,
         digest=outcome.digest,
+        unavailable_agents=outcome.unavailable_agents,
     )
 
 
@@ -188,6 +195,7 @@ class _Outcome:
     config: WorkspaceConfig | None = None
     errors: list[ConfigProblem] = field(default_factory=list)
     warnings: list[ConfigProblem] = field(default_factory=list)
+    unavailable_agents: dict[str, str] = field(default_factory=dict)
 
 
 def _load(file: Path, report: _Reporter, outcome: _Outcome) -> None:
@@ -210,8 +218,13 @@ def _load(file: Path, report: _Reporter, outcome: _Outcome) -> None:
         got = "an empty file" if raw is None else _kind(_plain(raw))
         report.at_root(f"expected a mapping with 'version' and 'workspace', got {got}")
         return
+    # The reference's keys of features atlas lacks warn and are dropped before validation (issue #14).
+    document = _plain(raw)
+    pruned = prune_reference_keys(document, report.warning)
+    outcome.unavailable_agents = pruned.unavailable_agents
+    report.original = pruned.original
     try:
-        config = WorkspaceConfig.model_validate(_plain(raw))
+        config = WorkspaceConfig.model_validate(document)
     except ValidationError as exc:
         _report_validation(exc.errors(include_url=False), report)
         return
@@ -219,7 +232,7 @@ def _load(file: Path, report: _Reporter, outcome: _Outcome) -> None:
     if not derived:
         report.error(("workspace", "name"), "cannot derive a workspace id from this name; set workspace.id")
     outcome.id = derived or outcome.id
-    _CrossChecker(config, outcome.id, report).run()
+    _CrossChecker(config, outcome.id, report, outcome.unavailable_agents).run()
     outcome.config = config
 
 
@@ -527,6 +540,9 @@ class _Reporter:
         self.root: Any = None
         self.errors: list[ConfigProblem] = []
         self.warnings: list[ConfigProblem] = []
+        # Maps a path of the validated document to the file's (they differ where an ignored Friday action was
+        # taken out of a list, `atlas.config.compat`); warnings are made with the file's paths already.
+        self.original: Callable[[tuple[Segment, ...]], tuple[Segment, ...]] = tuple
 
     def locate(self, segments: Sequence[Segment]) -> _Located:
         """Walk existing keys/items; stop at the deepest one that exists (the best position we have)."""
@@ -549,6 +565,7 @@ class _Reporter:
 
     def error(self, segments: Sequence[Segment], message: str, *, at_mapping: bool = False) -> None:
         """Report at the key `segments` names; `at_mapping` points at the mapping itself (a missing key)."""
+        segments = self.original(tuple(segments))
         here = self.locate(segments)
         if at_mapping:
             here.line, here.column = _node_position(here.node) or (here.line, here.column)
@@ -563,12 +580,12 @@ class _Reporter:
         self.errors.append(ConfigProblem(self.file, line, column, "", message))
 
 
-def _finish(items: Sequence[ConfigProblem]) -> list[ConfigProblem]:
+def _finish(items: Sequence[ConfigProblem], cap: int = MAX_ERRORS) -> list[ConfigProblem]:
     """Drop exact duplicates, order by position (the order a reader scans the file in), cap the list."""
     unique = list(dict.fromkeys(items))
     unique.sort(key=lambda e: (e.line, e.column))
     return [e if len(e.message) <= MAX_MESSAGE else replace(e, message=_clip(e.message, MAX_MESSAGE))
-            for e in unique[:MAX_ERRORS]]
+            for e in unique[:cap]]
 
 
 # ---------------------------------------------------------------- pydantic errors → ConfigProblem
@@ -613,6 +630,8 @@ def _resolve(report: _Reporter, error: ErrorDetails) -> _Translated:
                 here.node = None
                 continue
         elif isinstance(node, CommentedSeq) and isinstance(seg, int) and 0 <= seg < len(node):
+            mapped = report.original((*here.segments, seg))[-1]
+            seg = mapped if isinstance(mapped, int) else seg
             here.line, here.column = _item_position(node, seg) or (here.line, here.column)
             here.segments.append(seg)
             here.node = node[seg]
@@ -825,10 +844,12 @@ def is_valid_timezone(name: str) -> bool:
 class _CrossChecker:
     """Rules that span several parts of a structurally valid file (spec §2.8 "Cross-references")."""
 
-    def __init__(self, config: WorkspaceConfig, ws_id: str, report: _Reporter) -> None:
+    def __init__(self, config: WorkspaceConfig, ws_id: str, report: _Reporter,
+                 unavailable_agents: Mapping[str, str]) -> None:
         self.config = config
         self.ws_id = ws_id
         self.report = report
+        self.unavailable_agents = unavailable_agents
 
     def run(self) -> None:
         for signal_id in self.config.signals:
@@ -942,7 +963,9 @@ class _CrossChecker:
             self._check_signal_action(job, at, action)
 
     def _check_agent_ref(self, at: tuple[Segment, ...], agent_id: str) -> None:
-        if agent_id not in self.config.agents and agent_id not in BUILTIN_AGENTS:
+        # An agent atlas cannot run was warned about where it is declared; its job refuses triggers instead.
+        if agent_id not in self.config.agents and agent_id not in BUILTIN_AGENTS \
+                and agent_id not in self.unavailable_agents:
             self.report.error(at, f"unknown agent '{agent_id}'")
 
     def _check_signal_action(self, job: Job, at: tuple[Segment, ...], action: SignalAction) -> None:

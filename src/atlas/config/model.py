@@ -369,7 +369,10 @@ class ToolsConfig(Strict):
 
 
 class WorkspaceConfig(Strict):
-    version: Literal["1.0"]
+    """The whole file. `version` may be left out (issue #14: a file with only `workspace` and `memory` is valid);
+    when present it must be "1.0", the only version the reference and atlas know."""
+
+    version: Literal["1.0"] = "1.0"
     workspace: WorkspaceInfo
     signals: dict[Annotated[str, Field(pattern=ID_PATTERN)], Signal] = {}
     jobs: dict[Annotated[str, Field(pattern=ID_PATTERN)], Job] = {}

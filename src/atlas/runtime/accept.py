@@ -56,6 +56,7 @@ class TriggerRequest:
     parent_session_id: str | None = None
     stream_id: str | None = None
     webhook: dict[str, Any] | None = None
+    skip_states: list[str] | None = None  # the envelope's `skipStates` (issue #14), checked against the job's FSM
 
 
 @dataclass
@@ -161,6 +162,7 @@ class AcceptPipeline:
         job_id = ws.job_for_signal.get(signal_id)
         if job_id is None:
             raise AtlasError("no_job_for_signal", f"No job handles signal '{signal_id}' in '{workspace_id}'")
+        ws.check_runnable(job_id)  # agent_unavailable: a job using an agent atlas lacks (issue #14)
         return ws, job_id
 
     def validate_payload(self, ws: Workspace, signal_id: str, payload: Any) -> None:
@@ -199,7 +201,7 @@ class AcceptPipeline:
             workspace_id=ws.id, signal_id=req.signal_id, session_id=sid, correlation_id=correlation_id,
             root_session_id=root, depth=depth, trigger=req.trigger, payload=req.payload, accepted_at=now_iso(),
             accepted_by=self.daemon_id, parent_session_id=parent["sessionId"] if parent is not None else None,
-            stream_id=req.stream_id, webhook=req.webhook,
+            stream_id=req.stream_id, webhook=req.webhook, skip_states=req.skip_states,
         )
         try:
             data = dumps(envelope)  # anything unencodable fails here, before a single write

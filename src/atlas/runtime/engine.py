@@ -123,6 +123,8 @@ class Engine:
         signal = ws.config.signals[envelope["signalId"]]
         self.signal_info = {"id": envelope["signalId"], "provider": signal.provider, "workspaceId": ws.id}
         self.current_step: int | None = None
+        # The envelope's `skipStates` (issue #14): the step actions of these states' `entry` are recorded skipped.
+        self.skip_states = frozenset(envelope.get("skipStates") or ())
 
     # ------------------------------------------------------------ top level
 
@@ -219,6 +221,11 @@ class Engine:
         queue: deque[tuple[str, Any]] = deque([(self.env["signalId"], self.env.get("payload"))])
         state_id = self.fsm.initial
         trigger_pending = True
+        if self.fsm.states[state_id].type == "final":
+            # Nothing can happen in a machine that starts finished: `skipped`, as in the reference (spec Revision 2).
+            raise SessionEnd("skipped", "no_transition",
+                             f'Signal "{self.env["signalId"]}" had no matching transition in state "{state_id}"'
+                             " (the initial state is final)")
         await self._enter(state_id, queue)
         while True:
             state = self.fsm.states[state_id]
@@ -258,12 +265,18 @@ class Engine:
         return None
 
     async def _enter(self, state_id: str, queue: deque[tuple[str, Any]]) -> None:
-        await self._actions(self.fsm.states[state_id].entry, state_id, queue)
+        await self._actions(self.fsm.states[state_id].entry, state_id, queue, skip=state_id in self.skip_states)
 
-    async def _actions(self, actions: list[Action], state_id: str, queue: deque[tuple[str, Any]]) -> None:
+    async def _actions(self, actions: list[Action], state_id: str, queue: deque[tuple[str, Any]],
+                       skip: bool = False) -> None:
+        """Run `actions` in order; with `skip` (a `skipStates` entry) step actions are recorded `step:skipped`
+        instead of run, while `emit` still queues its event so the machine moves on."""
         for action in actions:
             if isinstance(action, EmitAction):
                 queue.append((action.event, action.data))
+                continue
+            if skip:
+                await self._skipped(state_id, action)
                 continue
             if action.if_ is not None:
                 try:
@@ -271,12 +284,15 @@ class Engine:
                 except TemplateError as exc:
                     raise SessionEnd("failed", "template_error", str(exc)) from exc
                 if not runs:
-                    name = self._plan(state_id, action)["agentName"]
-                    await self.writer.append(events.step_skipped(
-                        sessionId=self.writer.session_id, seq=self.writer.next_seq, stateId=state_id, agentName=name,
-                    ))
+                    await self._skipped(state_id, action)
                     continue
             await self._step(action, state_id)
+
+    async def _skipped(self, state_id: str, action: AgentAction | LlmAction | SignalAction) -> None:
+        name = self._plan(state_id, action)["agentName"]
+        await self.writer.append(events.step_skipped(
+            sessionId=self.writer.session_id, seq=self.writer.next_seq, stateId=state_id, agentName=name,
+        ))
 
     # ------------------------------------------------------------ steps
 

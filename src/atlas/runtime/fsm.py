@@ -52,6 +52,18 @@ def job_fsm(job_id: str, job: Job) -> Fsm:
     return compile_execution(job_id, job)
 
 
+def agent_ids(fsm: Fsm) -> list[str]:
+    """Every `agentId` the machine's actions name (entry and transition actions), in file order, once each."""
+    found: dict[str, None] = {}
+    for state in fsm.states.values():
+        actions = list(state.entry)
+        for spec in state.on.values():
+            for transition in spec if isinstance(spec, list) else [spec]:
+                actions.extend(transition.actions)
+        found.update((a.agentId, None) for a in actions if isinstance(a, AgentAction))
+    return list(found)
+
+
 def compile_execution(job_id: str, job: Job) -> Fsm:
     """Compile `execution: {strategy: sequential, agents}` into the FSM of spec §2.4.
 

@@ -22,7 +22,7 @@ from jsonschema import Draft202012Validator
 from atlas.config.loader import WORKSPACE_FILE, LoadedWorkspace, load_workspace
 from atlas.config.model import Fsm, Job, WorkspaceConfig
 from atlas.errors import AtlasError
-from atlas.runtime.fsm import job_display_name, job_fsm, planned_steps
+from atlas.runtime.fsm import agent_ids, job_display_name, job_fsm, planned_steps
 from atlas.sessions.events import PlannedStep, now_iso
 
 
@@ -34,6 +34,8 @@ class Workspace:
     fsms: dict[str, Fsm]
     plans: dict[str, list[PlannedStep]]
     validators: dict[str, Draft202012Validator]
+    unavailable: dict[str, list[str]] = field(default_factory=dict)
+    """Per job, the agents it uses that atlas cannot run (issue #14); such a job refuses every trigger."""
     created_at: str = field(default_factory=now_iso)
     last_seen: str = field(default_factory=now_iso)
 
@@ -47,6 +49,18 @@ class Workspace:
 
     def job(self, job_id: str) -> Job:
         return self.config.jobs[job_id]
+
+    def check_runnable(self, job_id: str) -> None:
+        """422 `agent_unavailable` for a job that uses an agent atlas lacks (a reference `type: system` agent or a
+        bundled one such as `agent: web`): refused at acceptance, before anything is written, rather than failing a
+        session at its first step."""
+        missing = self.unavailable.get(job_id)
+        if not missing:
+            return
+        whats = self.loaded.unavailable_agents
+        names = ", ".join(f"'{a}' ({whats.get(a, 'unavailable')})" for a in missing)
+        raise AtlasError("agent_unavailable", f"Job '{job_id}' uses agent {names}, which atlas cannot run",
+                         {"jobId": job_id, "agents": [{"id": a, "agent": whats.get(a, "")} for a in missing]})
 
     def entry(self) -> dict[str, Any]:
         """The list item of `GET /api/workspaces` (spec §9)."""
@@ -62,6 +76,7 @@ class Workspace:
             "lastSeen": self.last_seen,
             "signalCount": len(self.config.signals),
             "jobCount": len(self.config.jobs),
+            "warnings": [w.to_dict() for w in self.loaded.warnings],
         }
 
     def jobs_listing(self) -> list[dict[str, Any]]:
@@ -93,7 +108,9 @@ def compile_workspace(loaded: LoadedWorkspace) -> Workspace:
     validators = {
         sig_id: Draft202012Validator(sig.schema_) for sig_id, sig in cfg.signals.items() if sig.schema_ is not None
     }
-    return Workspace(loaded, cfg, job_for_signal, fsms, plans, validators)
+    unavailable = {job_id: missing for job_id, fsm in fsms.items()
+                   if (missing := [a for a in agent_ids(fsm) if a in loaded.unavailable_agents])}
+    return Workspace(loaded, cfg, job_for_signal, fsms, plans, validators, unavailable)
 
 
 WORKSPACE_FILE_NAMES = frozenset({WORKSPACE_FILE, "workspace.yaml"})
