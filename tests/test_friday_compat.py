@@ -165,6 +165,19 @@ def test_a_file_with_only_workspace_and_memory_is_valid(tmp_path: Path) -> None:
     assert [(e.line, e.column, e.path) for e in wrong.errors] == [(1, 1, "version")]
 
 
+def test_execution_strategy_defaults_to_sequential_as_in_the_reference(tmp_path: Path) -> None:
+    loaded = load_workspace(write(tmp_path, """\
+        version: "1.0"
+        workspace: { name: Pipeline }
+        signals: { go: { provider: http, config: { path: /go } } }
+        jobs:
+          j: { triggers: [{ signal: go }], execution: { agents: [atlas/echo] } }
+    """))
+    assert loaded.errors == [] and loaded.warnings == [] and loaded.config is not None
+    execution = loaded.config.jobs["j"].execution
+    assert execution is not None and execution.strategy == "sequential"
+
+
 def test_a_key_in_neither_schema_is_still_an_error(tmp_path: Path) -> None:
     loaded = load_workspace(write(tmp_path, """\
         version: "1.0"

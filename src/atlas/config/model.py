@@ -273,7 +273,8 @@ class SequentialStep(Strict):
 
 
 class Execution(Strict):
-    strategy: Literal["sequential"]
+    # Optional as in the reference, whose default it is (issue #14: its files load unedited).
+    strategy: Literal["sequential"] = "sequential"
     agents: list[str | SequentialStep] = Field(min_length=1)
 
 
