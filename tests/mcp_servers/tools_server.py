@@ -66,6 +66,17 @@ async def slow(seconds: float, marker: str = "") -> str:
 
 
 @server.tool(structured_output=False)
+async def rendezvous(mine: str, other: str, seconds: float = 30.0) -> str:
+    """Create the file `mine`, then wait for the file `other`: two calls only meet if they run at the same time."""
+    await anyio.Path(mine).touch()
+    for _ in range(int(seconds * 100)):
+        if await anyio.Path(other).exists():
+            return "met"
+        await anyio.sleep(0.01)
+    raise ToolError(f"{other} never appeared: the calls did not run concurrently")
+
+
+@server.tool(structured_output=False)
 def env(name: str) -> str:
     """The value of this server's environment variable `name`, or "<unset>"."""
     return os.environ.get(name, "<unset>")

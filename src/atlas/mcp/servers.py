@@ -135,8 +135,7 @@ class McpServer:
                 async with asyncio.timeout(START_TIMEOUT):
                     client = await asyncio.shield(ready)
                 self.tools = await self._list_tools(client)
-            except (TimeoutError, ServerUnavailable, MCPError, OSError, anyio.BrokenResourceError,
-                    anyio.ClosedResourceError) as exc:
+            except Exception as exc:  # any start failure (often an ExceptionGroup from the SDK's task groups)
                 await self._stop_owner()
                 message = exc.args[0] if isinstance(exc, ServerUnavailable) else _describe(exc)
                 if isinstance(exc, TimeoutError):
@@ -371,9 +370,9 @@ class WorkspaceTools:
         routes: dict[str, McpServer] = {}
         specs: list[ToolSpec] = []
 
-        def add(name: str, server: McpServer) -> None:
+        def add(name: str, server: McpServer, *, by_server: bool = False) -> None:
             owners = offered.get(name, [])
-            if len(owners) > 1:
+            if len(owners) > 1 and not by_server:
                 ids = " and ".join(repr(owner.id) for owner in owners)
                 raise StepError("tool_conflict", f"tool {name!r} is offered by MCP servers {ids}: "
                                 "deny it on one of them (tools.mcp.servers.<id>.tools.deny)")
@@ -384,7 +383,7 @@ class WorkspaceTools:
         for name in names:
             if name in self.servers and name not in offered:
                 for spec in self.servers[name].tools:
-                    add(spec.name, self.servers[name])
+                    add(spec.name, self.servers[name], by_server=True)
             elif name in offered:
                 add(name, offered[name][0])
             else:
