@@ -359,8 +359,8 @@ class Engine:
             raise
         finally:
             self.current_step = None
-        self.results[output_key] = output
-        await self._write_step_complete(number, started, "completed", output, None, None, child_id, usage)
+        self.results[output_key] = result.output
+        await self._write_step_complete(number, started, "completed", result.output, None, None, child_id, result)
 
     async def _step_start(self, number: int, plan: PlannedStep, action: Any, input_value: Any,
                           prompt: str | None) -> None:
