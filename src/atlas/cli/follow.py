@@ -76,6 +76,7 @@ class Tracker:
 
     def __init__(self) -> None:
         self._views: dict[str, dict[str, Any]] = {}
+        self._live_tools: dict[tuple[str, int], list[dict[str, Any]]] = {}
         self._lock = threading.Lock()
 
     def apply(self, event: dict[str, Any]) -> None:
@@ -90,6 +91,40 @@ class Tracker:
         with self._lock:
             if isinstance(sid, str) and sid in self._views:
                 self._views[sid] = apply_chunk(self._views[sid], message)
+                self._fold_tool_chunk(sid, message)
+
+    def _fold_tool_chunk(self, sid: str, message: dict[str, Any]) -> None:
+        """Tool chunks are kept here, apart from the view: the reducer keeps only `progress`/`log`/`text-delta`
+        chunks, and only the last 50, so a chatty step would push its tool calls out of `ephemeral`."""
+        chunk = message.get("chunk")
+        if not isinstance(chunk, dict) or chunk.get("type") not in TOOL_CHUNK_TYPES:
+            return
+        view = self._views[sid]
+        if is_terminal(view.get("status")):
+            return
+        step = message.get("stepNumber")
+        if not isinstance(step, int) or isinstance(step, bool):
+            step = next((b.get("stepNumber") for b in view.get("agentBlocks") or []
+                         if isinstance(b, dict) and b.get("status") == "running"), None)
+            if not isinstance(step, int):
+                return
+        key = (sid, step)
+        self._live_tools[key] = fold_tool_chunk(self._live_tools.get(key, []), chunk)
+
+    def tool_calls(self, sid: str, block: dict[str, Any]) -> list[dict[str, Any]]:
+        """The calls to show for a block: the live ones while it runs, its recorded `toolCalls` once it ended (the
+        live ones, if the record has none, e.g. a step the session's cancel ended without a `step:complete`)."""
+        step = block.get("stepNumber")
+        with self._lock:
+            live = self._live_tools.get((sid, step), []) if isinstance(step, int) else []
+        recorded = block.get("toolCalls")
+        if block.get("status") == "running":
+            return list(live)
+        if isinstance(recorded, list) and recorded:
+            return [call for call in recorded if isinstance(call, dict)]
+        # A call still running when its step ended never got a result: say so rather than "running".
+        return [{**{k: v for k, v in c.items() if k != "running"}, "unfinished": True} if c.get("running") else c
+                for c in live]
 
     def view(self, sid: str) -> dict[str, Any] | None:
         with self._lock:
@@ -182,6 +217,60 @@ def stream_items(api: Api, path: str, params: dict[str, Any] | None, deadline: f
         time.sleep(min(2.0, 0.1 * 2 ** failures))  # reconnect backoff
 
 
+# -------------------------------------------------------------------- tool calls (issue #14)
+
+TOOL_CHUNK_TYPES = ("tool-call", "tool-result")
+ARGS_CHARS = 80
+RESULT_CHARS = 80
+LIVE_TREE_CALLS = 6  # the live tree shows a step's last few calls, so a long loop keeps the screen readable
+
+
+def fold_tool_chunk(calls: list[dict[str, Any]], chunk: dict[str, Any]) -> list[dict[str, Any]]:
+    """The live calls of one step after a `tool-call` or `tool-result` chunk (a new list; `calls` is kept).
+
+    A `tool-call` adds a call marked `running`; its `tool-result` (matched by `toolCallId`, else by the oldest
+    running call of that name) sets result, error and duration. A result whose call we never saw (we attached
+    in between) is added on its own, without arguments.
+    """
+    kind = chunk.get("type")
+    fields = {k: chunk[k] for k in ("toolCallId", "toolName", "args", "server") if k in chunk}
+    if kind == "tool-call":
+        return [*calls, {**fields, "running": True}]
+    if kind != "tool-result":
+        return list(calls)
+    outcome = {k: chunk[k] for k in ("durationMs", "result", "error", "server") if k in chunk}
+    call_id = chunk.get("toolCallId")
+    for index, call in enumerate(calls):
+        same = call.get("toolCallId") == call_id if call_id is not None else \
+            call.get("toolName") == chunk.get("toolName")
+        if same and call.get("running"):
+            done = {k: v for k, v in call.items() if k != "running"}
+            return [*calls[:index], {**done, **outcome}, *calls[index + 1:]]
+    return [*calls, {**fields, **outcome}]
+
+
+def _call_key(call: dict[str, Any]) -> str:
+    """What identifies a call across its chunks and its record: its id, else its name (ids are always set by
+    atlas's loop; the name is a fallback for a record without one)."""
+    return str(call.get("toolCallId") or f"name:{call.get('toolName')}")
+
+
+def tool_call_line(call: dict[str, Any]) -> str:
+    """`→ tool add {"a":2,"b":3} (server t)`: a call as it starts."""
+    server = f" (server {call['server']})" if call.get("server") else ""
+    args = compact(call["args"], ARGS_CHARS, tight=True) if "args" in call else ""
+    return f"→ tool {call.get('toolName', '?')} {args}".rstrip() + server
+
+
+def tool_result_line(call: dict[str, Any]) -> str:
+    """`← add 12ms: 5` or `← add failed: <error>`: a call as it ends (results cut to one short line)."""
+    name = call.get("toolName", "?")
+    if call.get("error") is not None:
+        return f"← {name} failed: {compact(call['error'], RESULT_CHARS)}"
+    result = compact(call["result"], RESULT_CHARS, tight=True) if call.get("result") is not None else "(no result)"
+    return f"← {name} {fmt_duration(call.get('durationMs'))}: {result}"
+
+
 # -------------------------------------------------------------------- renderers
 
 
@@ -239,6 +328,9 @@ def describe(event: dict[str, Any], view: dict[str, Any] | None) -> str | None:
         block = _block(view, event.get("stepNumber"))
         text = (f"step {event.get('stepNumber')} {block.get('agentName', '?')} {event.get('status')} "
                 f"in {fmt_duration(event.get('durationMs'))}")
+        calls = event.get("toolCalls")
+        if isinstance(calls, list) and calls:
+            text += f", {len(calls)} tool call{'s' if len(calls) != 1 else ''}"
         if event.get("status") == "failed":
             text += f": {event.get('errorCode') or 'error'}: {event.get('error') or ''}".rstrip()
         if event.get("childSessionId"):
@@ -271,6 +363,10 @@ def describe_chunk(message: dict[str, Any]) -> str | None:
         return f"{where}progress {amount if note in ('', amount) else f'{amount} {note}'}".rstrip()
     if chunk.get("type") == "log":
         return f"{where}{chunk.get('stream', 'stdout')}: {chunk.get('line', '')}"
+    if chunk.get("type") == "tool-call":
+        return f"{where}{tool_call_line(chunk)}"
+    if chunk.get("type") == "tool-result":
+        return f"{where}{tool_result_line(chunk)}"
     return None
 
 
@@ -281,6 +377,7 @@ class Lines:
         self.out = out
         self.tracker = tracker
         self.base_depth: int | None = None  # the depth of the first session seen (the root of what we follow)
+        self.printed_calls: set[tuple[str, str]] = set()  # (sessionId, call key) whose result was printed live
 
     def start(self) -> None:
         pass
@@ -296,14 +393,30 @@ class Lines:
                        f"{'  ' * level}{session_label(view)}  {text}")
 
     def event(self, event: dict[str, Any]) -> None:
-        text = describe(event, self.tracker.view(event.get("sessionId") or ""))
+        sid = event.get("sessionId") or ""
+        if event.get("type") == "step:complete":
+            self._recorded_calls(sid, event)
+        text = describe(event, self.tracker.view(sid))
         if text:
-            self._line(event.get("sessionId") or "", event.get("timestamp"), text)
+            self._line(sid, event.get("timestamp"), text)
+
+    def _recorded_calls(self, sid: str, event: dict[str, Any]) -> None:
+        """The step's recorded calls that were not printed live (chunks are best effort and never replayed, so
+        following a finished run, or attaching mid-step, still shows every call), before the step's own line."""
+        calls = event.get("toolCalls")
+        where = f"step {event.get('stepNumber')} "
+        for call in calls if isinstance(calls, list) else []:
+            if isinstance(call, dict) and (sid, _call_key(call)) not in self.printed_calls:
+                self._line(sid, event.get("timestamp"), where + tool_call_line(call))
+                self._line(sid, event.get("timestamp"), where + tool_result_line(call))
 
     def chunk(self, message: dict[str, Any]) -> None:
         text = describe_chunk(message)
         if text:
             self._line(message.get("sessionId") or "", None, text)
+        chunk = message.get("chunk")
+        if isinstance(chunk, dict) and chunk.get("type") == "tool-result":
+            self.printed_calls.add((message.get("sessionId") or "", _call_key(chunk)))
 
     def stop(self, done: bool) -> None:
         pass
@@ -354,9 +467,33 @@ class LiveTree:
             parent = nodes.get(view.get("parentSessionId") or "", root)
             node = parent.add(self._session_label(view))
             for block in view.get("agentBlocks") or []:
-                node.add(self._block_label(block))
+                block_node = node.add(self._block_label(block))
+                self._add_calls(block_node, self.tracker.tool_calls(view.get("sessionId") or "", block))
             nodes[view.get("sessionId") or ""] = node
         return Group(top, root)
+
+    @staticmethod
+    def _add_calls(node: Tree, calls: list[dict[str, Any]]) -> None:
+        """A step's tool calls under it: the last few, one line each (`add {"a":2,"b":3} · t  12ms: 5`)."""
+        if len(calls) > LIVE_TREE_CALLS:
+            node.add(Text(f"… {len(calls) - LIVE_TREE_CALLS} earlier tool calls", style="dim"))
+        for call in calls[-LIVE_TREE_CALLS:]:
+            text = Text.assemble(("tool ", "dim"), (str(call.get("toolName", "?")), "bold"))
+            if "args" in call:
+                text.append(f" {compact(call['args'], ARGS_CHARS, tight=True)}")
+            if call.get("server"):
+                text.append(f" · {call['server']}", style="dim")
+            if call.get("running"):
+                text.append("  running…", style="bold blue")
+            elif call.get("unfinished"):
+                text.append("  no result (the step ended first)", style="yellow")
+            elif call.get("error") is not None:
+                text.append(f"  failed: {compact(call['error'], RESULT_CHARS)}", style="red")
+            else:
+                text.append(f"  {fmt_duration(call.get('durationMs'))}", style="dim")
+                if call.get("result") is not None:
+                    text.append(f": {compact(call['result'], RESULT_CHARS, tight=True)}")
+            node.add(text)
 
     def _session_label(self, view: dict[str, Any]) -> RenderableType:
         status = view.get("status") or "queued"

@@ -225,8 +225,11 @@ def status_text(status: str, rich: bool = True, symbol: bool = True) -> Text:
     return Text(mark + status, style=STATUS_STYLE.get(status, ""))
 
 
-def compact(value: Any, limit: int = 120) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
+def compact(value: Any, limit: int = 120, *, tight: bool = False) -> str:
+    """One line of at most `limit` characters; `tight` drops the spaces after `,` and `:` (tool arguments read
+    like the JSON the model sent, `{"a":2,"b":3}`)."""
+    separators = (",", ":") if tight else (", ", ": ")
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, separators=separators)
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
