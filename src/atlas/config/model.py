@@ -222,7 +222,8 @@ class AgentAction(Strict):
 class LlmAction(_LlmCommon):
     type: Literal["llm"]
     prompt: str
-    outputTo: str = Field(min_length=1)
+    outputTo: str | None = Field(default=None, min_length=1)
+    """Optional as in the reference; without it the result is stored under `llm:<stateId>`."""
     timeout: Duration | None = None
     inputFrom: str | list[str] | None = None
     if_: str | bool | None = Field(default=None, alias="if")
@@ -303,7 +304,8 @@ class SummarySpec(Strict):
 class Job(Strict):
     title: str | None = None
     description: str | None = None
-    triggers: list[TriggerRef] = Field(min_length=1)
+    triggers: list[TriggerRef] = []
+    """Optional as in the reference, where a job without triggers is a tool of chat; atlas loads it, untriggerable."""
     config: JobConfig = JobConfig()
     fsm: Fsm | None = None
     execution: Execution | None = None

@@ -142,12 +142,13 @@ def planned_step(
             outputKey=action.outputTo or action.agentId,
         )
     if isinstance(action, LlmAction):
+        key = action.outputTo or f"llm:{state_id}"
         return events.planned_step(
-            agentName=action.outputTo,
+            agentName=key,
             stateId=state_id,
             task=f"llm:{action.model}",
             actionType="llm",
-            outputKey=action.outputTo,
+            outputKey=key,
         )
     if isinstance(action, SignalAction):
         name = action.outputTo or f"signal:{action.signal}"
