@@ -11,13 +11,14 @@ The model is the only fake: the provider's base-URL variable points the SDK at i
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.daemon_proc import ROOT, DaemonProcess
+from tests.daemon_proc import ATLAS, ROOT, DaemonProcess
 from tests.fake_models import FakeModels, Recorded, Reply, ToolCall, fake_models
 from tests.test_api_core import post, wait_terminal
 from tests.test_event_schemas import durable_events
@@ -141,3 +142,17 @@ def test_example_agent_calls_mcp_server_time(example: tuple[DaemonProcess, FakeM
     assert [c["toolName"] for c in block["toolCalls"]] == ["get_current_time"]
     everything = json.dumps(durable_events(d, sid)) + d.log()
     assert OPENAI_KEY not in everything and ANTHROPIC_KEY not in everything
+
+
+def test_readme_command_prints_the_tool_call(example: tuple[DaemonProcess, FakeModels]) -> None:
+    """The README's `atlas signal trigger ask -w agents -d …` follows the run and prints the call and its result."""
+    d, fake = example
+    fake.enqueue(Reply(tool_calls=[ToolCall("get_current_time", {"timezone": "Asia/Tokyo"})]),
+                 Reply(text=["It is late in Tokyo."]))
+    argv = [ATLAS, "signal", "trigger", "ask", "-w", "agents", "-d", json.dumps({"question": "Time in Tokyo?"}),
+            "--url", d.url]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert '→ tool get_current_time {"timezone":"Asia/Tokyo"} (server time)' in r.stdout, r.stdout
+    assert "← get_current_time" in r.stdout and "Asia/Tokyo" in r.stdout.split("← get_current_time", 1)[1]
+    assert "It is late in Tokyo." in r.stdout
