@@ -13,8 +13,8 @@ common subset of their fields. The pieces:
 
 Prompts. An atlas-format agent (no `provider`) sends its `prompt` as the user message, followed by the `agent`
 action's prompt (spec §2.5). A reference-format agent (`provider` set) means by `prompt` what Friday means: the
-*system* prompt; its user message is the action's prompt, then the step's input (as JSON unless a string), or
-the trigger payload when there is neither. An inline `llm` action's `prompt` is always its user message.
+*system* prompt; its user message is the action's prompt, else the step's input (as JSON unless a string), else
+the trigger payload. An inline `llm` action's `prompt` is always its user message.
 
 Secrets: the API key is registered with `Templater.add_secret` before any request, so it is redacted from every
 recorded event, chunk and log line, including error bodies that might echo it (§10.7).
@@ -291,12 +291,7 @@ async def _prompts(
     system_parts: list[str] = []
     if cfg.prompt_is_system:
         system_parts.append(prompt)
-        parts = [ctx.prompt or ""]
-        if ctx.input is not None:
-            parts.append(_as_text(ctx.input))
-        user = "\n\n".join(part for part in parts if part)
-        if not user and ctx.payload:
-            user = _as_text(ctx.payload)
+        user = ctx.prompt or _as_text(ctx.input) or (_as_text(ctx.payload) if ctx.payload else "")
     else:
         parts = [prompt]
         if cfg.include_action_prompt and ctx.prompt:

@@ -248,6 +248,9 @@ def run_daemon(settings: Settings, lock: HomeLock | None = None) -> int:
         level=getattr(logging, settings.log_level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # the model and MCP SDKs' HTTP clients log every request at INFO: one line per model turn is noise
+    for noisy in ("httpx2", "httpx", "mcp"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     with lock:
         try:
             import uvloop

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 def session_members(sid: int) -> list[int]:
-    """Pids of the live processes whose session id is `sid` (field 6 of /proc/<pid>/stat)."""
+    """Pids of the live processes whose session id is `sid` (field 6 of /proc/<pid>/stat, after the name)."""
     members = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -32,7 +32,7 @@ def session_members(sid: int) -> list[int]:
                 fields = stat.read().rpartition(")")[2].split()
         except OSError:
             continue
-        if len(fields) > 4 and fields[0] != "Z" and int(fields[4]) == sid:
+        if len(fields) > 3 and fields[0] != "Z" and int(fields[3]) == sid:
             members.append(int(entry.name))
     return members
 

@@ -23,6 +23,7 @@ import asyncio
 import logging
 import os
 import re
+import signal
 import sys
 from collections.abc import Mapping
 from contextlib import suppress
@@ -41,6 +42,7 @@ from atlas.config.durations import parse_duration
 from atlas.config.model import McpConfig, McpServerConfig, McpStdioTransport
 from atlas.llm.conversation import ToolSpec
 from atlas.llm.loop import ToolOutcome
+from atlas.mcp.reaper import session_members
 
 __all__ = ["McpHub", "McpServer", "ResolvedTools", "WorkspaceTools"]
 
@@ -170,9 +172,23 @@ class McpServer:
             log.info("MCP server %s.%s ended: %s", self.workspace_id, self.id, _describe(exc))
         finally:
             self._client = None
-            self.pidfile.unlink(missing_ok=True)
+            self._stop_leftovers()
             if errlog is not None:
                 errlog.close()
+
+    def _stop_leftovers(self) -> None:
+        """Kill what is left of a stdio server's session once the SDK let go of it.
+
+        Why: the SDK kills the server's process group only when the server outlives the grace period after its
+        stdin closes; a server that exits promptly leaves its own children running. They carry its session id.
+        """
+        pid = self.pid()
+        self.pidfile.unlink(missing_ok=True)
+        if pid is None:
+            return
+        for member in session_members(pid):
+            with suppress(OSError):
+                os.kill(member, signal.SIGKILL)
 
     async def _hold(self, client: Client, ready: asyncio.Future[Client], stop: asyncio.Event) -> None:
         if not ready.done():
