@@ -26,12 +26,14 @@ from tests.mcp_servers import REPO
 from tests.test_api_core import post, wait_terminal
 
 KEY = "sk-test-agents-0123456789abcdef"
+SERVICE_TOKEN = "svc-token-fedcba9876543210"
 WORKSPACE = FIXTURES / "agents_friday"
 
 
 def daemon_env(fake: FakeModels) -> dict[str, str]:
     return {"OPENAI_BASE_URL": fake.openai_url, "ANTHROPIC_BASE_URL": fake.anthropic_url,
-            "OPENAI_API_KEY": KEY, "ANTHROPIC_API_KEY": KEY, "ATLAS_TEST_REPO": str(REPO)}
+            "OPENAI_API_KEY": KEY, "ANTHROPIC_API_KEY": KEY, "ATLAS_TEST_REPO": str(REPO),
+            "ATLAS_TEST_SERVICE_TOKEN": SERVICE_TOKEN}
 
 
 @pytest.fixture(scope="module")
@@ -92,15 +94,20 @@ def test_reference_agent_calls_a_stdio_mcp_tool_and_answers_with_it(
         assert sent[-1]["content"][0]["tool_use_id"] == "call-1" and sent[-1]["content"][0]["content"] == "42"
 
 
-def test_tool_arguments_and_results_never_record_the_api_key(env: tuple[DaemonProcess, FakeModels]) -> None:
+def test_tool_arguments_and_results_never_record_a_credential(env: tuple[DaemonProcess, FakeModels]) -> None:
+    """The API key, and a token the MCP server gets through `env: {SERVICE_TOKEN: ${…}}`, are redacted."""
     d, fake = env
-    fake.enqueue(Reply(tool_calls=[ToolCall("echo", {"text": f"key={KEY}"})]), Reply(text=[f"done {KEY}"]))
+    fake.enqueue(Reply(tool_calls=[ToolCall("echo", {"text": f"key={KEY}"}),
+                                   ToolCall("env", {"name": "SERVICE_TOKEN"})]),
+                 Reply(text=[f"done {KEY}"]))
     r = post(d, "agents-friday", "ask-openai", {"payload": {"question": "echo your key"}}, query="")
     view = wait_terminal(d, r.json()["sessionId"])
-    [call] = view["agentBlocks"][0]["toolCalls"]
-    assert call["args"] == {"text": "key=***"} and call["result"] == "key=***"
-    assert KEY not in json.dumps(events_of(d, view["sessionId"]))
-    assert KEY not in d.log()
+    echoed, token = view["agentBlocks"][0]["toolCalls"]
+    assert echoed["args"] == {"text": "key=***"} and echoed["result"] == "key=***"
+    assert token["result"] == "***"
+    recorded = json.dumps(events_of(d, view["sessionId"]))
+    assert KEY not in recorded and SERVICE_TOKEN not in recorded
+    assert KEY not in d.log() and SERVICE_TOKEN not in d.log()
 
 
 def test_cancelling_the_session_aborts_the_running_tool(env: tuple[DaemonProcess, FakeModels], tmp_path: Path) -> None:

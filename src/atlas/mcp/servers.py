@@ -25,7 +25,7 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import suppress
 from pathlib import Path
 from typing import Any, TextIO
@@ -51,20 +51,28 @@ log = logging.getLogger(__name__)
 #: How long a server may take to start and answer `initialize` and `tools/list`.
 START_TIMEOUT = 60.0
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
 
 
 class ServerUnavailable(Exception):
     """A server could not be started or reached; the message names the server and never a secret."""
 
 
-def expand_env(values: Mapping[str, str], environ: Mapping[str, str], server_id: str) -> dict[str, str]:
-    """`${VAR}` in `env:` values from the daemon's environment; an unset variable is an error naming it."""
+def expand_env(values: Mapping[str, str], environ: Mapping[str, str], server_id: str,
+               on_secret: Callable[[str], None] = lambda value: None) -> dict[str, str]:
+    """`${VAR}` in `env:` values from the daemon's environment; an unset variable is an error naming it.
+
+    The value of a variable whose name says it holds a credential (`…KEY`, `…TOKEN`, `…SECRET`, `…PASSWORD`) goes
+    to `on_secret`, so that a tool echoing it is redacted from the record like an API key.
+    """
     out: dict[str, str] = {}
     for key, value in values.items():
         def substitute(match: re.Match[str], key: str = key) -> str:
             name = match.group(1)
             if name not in environ:
                 raise ServerUnavailable(f"MCP server {server_id!r}: env.{key} uses ${{{name}}}, which is unset")
+            if _SECRET_NAME.search(name):
+                on_secret(environ[name])
             return environ[name]
 
         out[key] = _VAR.sub(substitute, value)
@@ -75,7 +83,8 @@ class McpServer:
     """One configured server: its connection (owner task), its tool list, its calls."""
 
     def __init__(self, workspace_id: str, server_id: str, config: McpServerConfig, *, defaults: Any,
-                 workspace_dir: Path, home: Path, environ: Mapping[str, str]) -> None:
+                 workspace_dir: Path, home: Path, environ: Mapping[str, str],
+                 on_secret: Callable[[str], None] = lambda value: None) -> None:
         self.workspace_id = workspace_id
         self.id = server_id
         self.config = config
@@ -86,6 +95,7 @@ class McpServer:
         self._run_dir = home / "run" / "mcp"
         self._log_dir = home / "logs" / "mcp"
         self._environ = environ
+        self._on_secret = on_secret
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._stop: asyncio.Event | None = None
@@ -205,7 +215,7 @@ class McpServer:
         env = get_default_environment()
         bin_dir = str(Path(sys.executable).parent)
         env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", os.defpath)])
-        env.update(expand_env(self.config.env, self._environ, self.id))
+        env.update(expand_env(self.config.env, self._environ, self.id, self._on_secret))
         self._run_dir.mkdir(parents=True, exist_ok=True)
         self.pidfile.unlink(missing_ok=True)
         command = [sys.executable, "-m", "atlas.mcp.launch", str(self.pidfile), "--", transport.command,
@@ -219,6 +229,7 @@ class McpServer:
         token = self._environ.get(auth.token_env, "")
         if not token:
             raise ServerUnavailable(f"MCP server {self.id!r}: auth.token_env {auth.token_env} is unset or empty")
+        self._on_secret(token)
         return {"Authorization": f"Bearer {token}"}
 
     async def _list_tools(self, client: Client) -> list[ToolSpec]:
@@ -351,13 +362,13 @@ class WorkspaceTools:
     """The servers of one workspace's `tools.mcp`."""
 
     def __init__(self, workspace_id: str, config: McpConfig, *, workspace_dir: Path, home: Path,
-                 environ: Mapping[str, str]) -> None:
+                 environ: Mapping[str, str], on_secret: Callable[[str], None] = lambda value: None) -> None:
         self.workspace_id = workspace_id
         self.config = config
         defaults = config.client_config.timeout
         self.servers = {
             server_id: McpServer(workspace_id, server_id, server, defaults=defaults, workspace_dir=workspace_dir,
-                                 home=home, environ=environ)
+                                 home=home, environ=environ, on_secret=on_secret)
             for server_id, server in config.servers.items()
         }
 
@@ -435,9 +446,12 @@ class WorkspaceTools:
 class McpHub:
     """The daemon's MCP servers, one `WorkspaceTools` per loaded workspace that declares `tools.mcp`."""
 
-    def __init__(self, home: Path, environ: Mapping[str, str] | None = None) -> None:
+    def __init__(self, home: Path, environ: Mapping[str, str] | None = None,
+                 on_secret: Callable[[str], None] = lambda value: None) -> None:
+        """`on_secret` receives the credentials servers are started with (the runtime's `Templater.add_secret`)."""
         self.home = home
         self._environ = environ if environ is not None else os.environ
+        self._on_secret = on_secret
         self._workspaces: dict[str, WorkspaceTools] = {}
 
     def for_workspace(self, workspace_id: str, config: McpConfig | None, workspace_dir: Path) -> WorkspaceTools | None:
@@ -452,7 +466,7 @@ class McpHub:
         if config is None or not config.servers:
             return None
         tools = WorkspaceTools(workspace_id, config, workspace_dir=workspace_dir, home=self.home,
-                               environ=self._environ)
+                               environ=self._environ, on_secret=self._on_secret)
         self._workspaces[workspace_id] = tools
         return tools
 

@@ -148,7 +148,7 @@ class Daemon:
                                      daemon_id=self.daemon_id, max_cascade_depth=s.max_cascade_depth,
                                      max_tree_sessions=s.max_tree_sessions)
         # MCP servers of the workspaces' `tools.mcp`, pooled per workspace and started on first use (issue #14)
-        self.mcp = McpHub(self.home)
+        self.mcp = McpHub(self.home, on_secret=self.templater.add_secret)
         engine = EngineServices(templater=self.templater, store=self.store, slots=self.slots,
                                 trigger=self.accept.accept, publish_chunk=self.session_log.publish_chunk,
                                 spawn=self.background.spawn, llm_base_url=s.llm_base_url,
