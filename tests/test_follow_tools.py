@@ -51,11 +51,12 @@ def write_agents_workspace(dest: Path, model_url: str) -> Path:
 
 
 @contextmanager
-def agents_daemon(tmp: Path) -> Iterator[tuple[DaemonProcess, FakeModels]]:
-    """A real daemon with the agents_ui workspace, and the scripted model server its `calc` agent talks to."""
+def agents_daemon(tmp: Path, *more: Path) -> Iterator[tuple[DaemonProcess, FakeModels]]:
+    """A real daemon with the agents_ui workspace (and `more` workspaces), and the scripted model server its
+    `calc` agent talks to."""
     with fake_models() as fake:
         workspace = write_agents_workspace(tmp / "agents-ui", fake.openai_url)
-        daemon = DaemonProcess(tmp / "home", [workspace], env={"ATLAS_TEST_LLM_KEY": LLM_KEY}).start()
+        daemon = DaemonProcess(tmp / "home", [workspace, *more], env={"ATLAS_TEST_LLM_KEY": LLM_KEY}).start()
         try:
             yield daemon, fake
         finally:

@@ -112,7 +112,7 @@ export function tick(root = document) {
 // --- badges and small widgets ------------------------------------------------------------------------------
 
 const KNOWN_STATUSES = new Set(["queued", "active", "completed", "failed", "skipped", "cancelled", "interrupted",
-  "pending", "running", "ready", "invalid", "missing", "paused", "unknown"]);
+  "pending", "running", "ready", "invalid", "missing", "paused", "unknown", "error"]);
 
 export function badge(status, attrs = {}) {
   const known = KNOWN_STATUSES.has(status) ? status : "unknown";

@@ -19,7 +19,7 @@ const QUEUED_FIELDS = ["sessionId", "workspaceId", "jobName", "signalId", "task"
 const START_FIELDS = ["sessionId", "workspaceId", "jobName", "task", "signalId", "correlationId", "rootSessionId",
   "depth"];
 const STEP_START_FIELDS = ["actionType", "task", "input", "outputKey", "stateId"];
-const STEP_COMPLETE_FIELDS = ["durationMs", "output", "error", "errorCode", "childSessionId", "usage"];
+const STEP_COMPLETE_FIELDS = ["durationMs", "output", "error", "errorCode", "childSessionId", "usage", "reasoning"];
 
 // --- helpers ------------------------------------------------------------------------------------------------
 

@@ -6,15 +6,18 @@
 import { api, ApiError, isAbort, qs, readEventStream } from "../api.js";
 import { jobLabel, jobNames } from "../data.js";
 import {
-  absoluteTime, announce, badge, copyButton, durationEl, empty, errorState, fill, h, json, loading, shortId,
-  timeAgo, triggerTag,
+  absoluteTime, announce, badge, copyButton, durationEl, empty, errorState, fill, formatDuration, h, json, loading,
+  shortId, timeAgo, triggerTag,
 } from "../dom.js";
 import { applyChunk, initialView, isTerminal, reduce } from "../reducer.js";
+import { applyToolChunk, callsOfBlock } from "../toolcalls.js";
 
 const RETRY_DELAYS_MS = [1000, 2000, 4000];
 const POLL_MS = 500;
 const LINEAGE_POLL_MS = 2000;
 const LOG_LINES = 6;
+const ARGS_CHARS = 100; // a call's arguments in its summary line; the whole JSON is one click away
+const RESULT_INLINE_CHARS = 160; // a result this short (one line) is shown as is, a longer one folded
 
 const sessionHref = (id) => `/sessions/${encodeURIComponent(id)}`;
 
@@ -66,9 +69,10 @@ function liveInfo(block) {
   return parts.length ? h("div", { class: "live", role: "status" }, parts) : null;
 }
 
-function collapsible(key, label, value, openKeys) {
+/** Folded content whose open state survives re-renders (`openKeys`); `text` defaults to the value's JSON. */
+function collapsible(key, label, value, openKeys, text = json(value)) {
   const details = h("details", { open: openKeys.has(key), dataset: { key } },
-    h("summary", { dataset: { focusKey: key } }, label), h("pre", { class: "json" }, json(value)));
+    h("summary", { dataset: { focusKey: key } }, label), h("pre", { class: "json" }, text));
   details.addEventListener("toggle", () => {
     if (details.open) openKeys.add(key);
     else openKeys.delete(key);
@@ -76,7 +80,63 @@ function collapsible(key, label, value, openKeys) {
   return details;
 }
 
-function renderBlock(block, index, openKeys) {
+function cut(text, limit) {
+  return text.length <= limit ? text : `${text.slice(0, limit - 1)}…`;
+}
+
+/** JSON on one line, as the model sent it (`{"a":2,"b":3}`); a string stays itself. */
+function oneLine(value) {
+  if (typeof value === "string") return value;
+  try {
+    return JSON.stringify(value) ?? String(value);
+  } catch {
+    return String(value);
+  }
+}
+
+/** The result of a call: short one-line text inline, anything longer (or structured) folded. */
+function callResult(call, key, openKeys) {
+  if (call.error !== undefined && call.error !== null) {
+    return h("p", { class: "toolcall-error" }, h("strong", {}, "Error: "), String(call.error));
+  }
+  if (call.running) return h("p", { class: "toolcall-pending muted small" }, "Waiting for the result…");
+  if (call.unfinished) return h("p", { class: "toolcall-pending muted small" }, "No result: the step ended first.");
+  if (call.result === undefined || call.result === null) return h("p", { class: "muted small" }, "No result");
+  const text = typeof call.result === "string" ? call.result : json(call.result);
+  if (typeof call.result === "string" && text.length <= RESULT_INLINE_CHARS && !text.includes("\n")) {
+    return h("p", { class: "toolcall-result" }, h("span", { class: "muted" }, "Result: "), h("code", {}, text));
+  }
+  return collapsible(`${key}:result`, `Result (${text.length.toLocaleString()} characters)`, call.result, openKeys,
+    text);
+}
+
+function toolCallItem(call, key, openKeys) {
+  const name = String(call.toolName ?? "?");
+  const state = call.running ? "running" : call.error !== undefined && call.error !== null ? "failed" : null;
+  const args = call.args === undefined ? null : oneLine(call.args);
+  return h("li", { class: `toolcall${state ? ` toolcall-${state}` : ""}`, dataset: { tool: name } },
+    h("div", { class: "toolcall-head" },
+      h("code", { class: "toolcall-name" }, name),
+      call.server ? h("span", { class: "tag", title: `MCP server ${call.server}` }, String(call.server)) : null,
+      state ? badge(state) : null,
+      h("span", { class: "toolcall-duration" }, typeof call.durationMs === "number" ? formatDuration(call.durationMs)
+        : "")),
+    args === null ? null : collapsible(`${key}:args`,
+      ["Arguments ", h("code", { class: "toolcall-args" }, cut(args, ARGS_CHARS))], call.args, openKeys),
+    callResult(call, key, openKeys));
+}
+
+/** The step's tool calls: the live ones while it runs (from the chunks), its recorded `toolCalls` afterwards. */
+function toolCallList(block, index, calls, openKeys) {
+  if (!calls.length) return null;
+  const titleId = `block-${index}-tools`;
+  return h("section", { class: "toolcalls", "aria-labelledby": titleId },
+    h("h4", { id: titleId, class: "toolcalls-title" }, `Tool calls (${calls.length})`),
+    h("ol", { class: "toolcall-list" }, calls.map((call, i) =>
+      toolCallItem(call, `${index}:tool:${call.toolCallId ?? i}`, openKeys))));
+}
+
+function renderBlock(block, index, openKeys, calls) {
   const running = block.status === "running";
   const step = typeof block.stepNumber === "number" ? `Step ${block.stepNumber}` : "Planned";
   const titleId = `block-${index}-title`;
@@ -84,6 +144,9 @@ function renderBlock(block, index, openKeys) {
   if (block.input !== undefined) sections.push(collapsible(`${index}:input`, "Input", block.input, openKeys));
   if (block.output !== undefined) sections.push(collapsible(`${index}:output`, "Output", block.output, openKeys));
   if (block.usage) sections.push(collapsible(`${index}:usage`, "Usage", block.usage, openKeys));
+  if (typeof block.reasoning === "string" && block.reasoning) {
+    sections.push(collapsible(`${index}:reasoning`, "Reasoning", block.reasoning, openKeys, block.reasoning));
+  }
   return h("li", { class: `block block-${block.status}`, "aria-labelledby": titleId },
     h("div", { class: "block-head" },
       h("span", { class: "step-no" }, step),
@@ -93,6 +156,7 @@ function renderBlock(block, index, openKeys) {
       h("span", { class: "block-duration" },
         durationEl(block.durationMs, running ? block.startedAt : null, running))),
     block.task && block.task !== block.agentName ? h("p", { class: "task" }, block.task) : null,
+    toolCallList(block, index, calls, openKeys),
     liveInfo(block),
     block.error ? h("p", { class: "block-error" }, block.error,
       block.errorCode ? h("code", { class: "small" }, ` ${block.errorCode}`) : null) : null,
@@ -132,6 +196,7 @@ export async function mount(root, ctx) {
   fill(root, loading("Loading run…"));
 
   let view = initialView();
+  let liveCalls = new Map(); // stepNumber → the tool calls seen live (toolcalls.js)
   let have = false; // a view with a sessionId has arrived
   let names = new Map();
   const openKeys = new Set(["results"]); // the run's output starts open; the user's toggles win afterwards
@@ -204,6 +269,7 @@ export async function mount(root, ctx) {
           h("section", { "aria-labelledby": "payload-title" }, h("h2", { id: "payload-title" }, "Input payload"), payload))));
     ui = { title, status, meta, cancelButton, cancelMsg, connection, errorBox, outcome, lineage, payload, timeline,
       crumbWs, crumbRuns, blocks: [], metaKey: null, payloadKey: null, errorKey: null, outcomeKey: null };
+    setMode(mode); // the stream may have opened before the first view built the page: show its state now
   }
 
   function render() {
@@ -296,10 +362,11 @@ export async function mount(root, ctx) {
     }
     const active = document.activeElement;
     blocks.forEach((block, i) => {
-      const key = JSON.stringify(block);
+      const calls = callsOfBlock(block, liveCalls);
+      const key = JSON.stringify([block, calls]);
       const old = ui.blocks[i];
       if (old && old.key === key) return;
-      const el = renderBlock(block, i, openKeys);
+      const el = renderBlock(block, i, openKeys, calls);
       if (old) {
         const focusKey = old.el.contains(active) ? active.dataset.focusKey : null;
         old.el.replaceWith(el);
@@ -471,8 +538,16 @@ export async function mount(root, ctx) {
             } catch {
               return;
             }
-            if (event === "message") apply(reduce(view, parsed));
-            else if (event === "ephemeral") apply(applyChunk(view, parsed));
+            if (event === "message") {
+              apply(reduce(view, parsed));
+            } else if (event === "ephemeral") {
+              const calls = applyToolChunk(liveCalls, view, parsed);
+              if (calls !== liveCalls && !isTerminal(view.status)) {
+                liveCalls = calls;
+                schedule();
+              }
+              apply(applyChunk(view, parsed));
+            }
           },
         });
         if (ended || isTerminal(view.status)) {

@@ -1,4 +1,5 @@
-// `/workspaces/<ws>`: jobs (with Run), the 5 most recent runs (live first), and the signals with their schedules.
+// `/workspaces/<ws>`: jobs (with Run), the 5 most recent runs (live first), the signals with their schedules, the
+// MCP servers with their tools (loaded last: listing starts them), and the file's load warnings.
 
 import { api, ApiError, isAbort, qs } from "../api.js";
 import { schedules } from "../data.js";
@@ -57,6 +58,45 @@ function signalsTable(signals, scheduleMap) {
         h("td", {}, schemaFields(sig.schema)),
         h("td", {}, (entry.jobs || []).join(", ") || h("span", { class: "muted" }, "none")));
     }))));
+}
+
+/** Load warnings (reference keys atlas does not implement), each with its position; nothing when there are none. */
+function warningsSection(warnings) {
+  if (!Array.isArray(warnings) || !warnings.length) return null;
+  return h("section", { class: "banner banner-warn warnings-banner", "aria-labelledby": "warnings-title" },
+    h("h2", { id: "warnings-title" }, `Configuration warnings (${warnings.length})`),
+    h("ul", { class: "warnings" }, warnings.map((w) => h("li", {},
+      h("code", {}, [w.file, w.line, w.column].filter((part) => part !== undefined && part !== null).join(":")),
+      w.path ? [" ", h("code", {}, String(w.path))] : null,
+      " ", String(w.message ?? "")))));
+}
+
+function toolsTable(server) {
+  const tools = Array.isArray(server.tools) ? server.tools : [];
+  if (!tools.length) return h("p", { class: "muted" }, server.status === "error" ? "No tools: the server is not running."
+    : "This server offers no tools.");
+  return h("div", { class: "table-scroll" }, h("table", { class: "tools" },
+    h("caption", { class: "visually-hidden" }, `Tools of ${server.id}`),
+    h("thead", {}, h("tr", {}, ["Tool", "Description", "Arguments"].map((t) => h("th", { scope: "col" }, t)))),
+    h("tbody", {}, tools.map((tool) => h("tr", { dataset: { tool: tool.name } },
+      h("th", { scope: "row" }, h("code", {}, String(tool.name))),
+      h("td", {}, tool.description ? String(tool.description) : h("span", { class: "muted" }, "—")),
+      h("td", {}, schemaFields(tool.inputSchema)))))));
+}
+
+function serversList(servers) {
+  if (!servers.length) return empty("This workspace declares no MCP servers.");
+  return h("ul", { class: "servers", role: "list" }, servers.map((server) => {
+    const headingId = `server-${server.id}`;
+    return h("li", { class: "server", "aria-labelledby": headingId, dataset: { server: server.id } },
+      h("div", { class: "server-head" },
+        h("h3", { id: headingId }, String(server.id)),
+        h("span", { class: "tag", title: "Transport" }, String(server.transport ?? "?")),
+        badge(server.status === "running" ? "running" : "error", { class: "server-status" })),
+      server.description ? h("p", { class: "description" }, String(server.description)) : null,
+      server.error ? h("p", { class: "block-error" }, String(server.error)) : null,
+      toolsTable(server));
+  }));
 }
 
 function jobCard(job, signalsById, onRun) {
@@ -140,6 +180,11 @@ export async function mount(root, ctx) {
   const recentSlot = h("div", {}, loading("Loading runs…"));
   const signalsSlot = h("div", {}, signalsTable(signalList, null));
   const welcome = ws.config?.workspace?.welcome;
+  // MCP servers: listing them starts them (a second or two), so they load after the page, into their own slot.
+  const declared = ws.config ? Object.keys(ws.config?.tools?.mcp?.servers || {}).length > 0 : true;
+  const serversSlot = h("div", {}, loading("Starting the MCP servers…"));
+  const serversSection = declared ? h("section", { "aria-labelledby": "servers-title" },
+    h("h2", { id: "servers-title" }, "MCP servers"), serversSlot) : null;
 
   fill(root,
     h("nav", { class: "crumbs", "aria-label": "Breadcrumb" }, h("ol", {},
@@ -149,6 +194,7 @@ export async function mount(root, ctx) {
       h("a", { href: `/workspaces/${enc}/sessions` }, "All runs")),
     ws.description ? h("p", { class: "lead" }, ws.description) : null,
     welcome ? h("p", { class: "welcome" }, welcome) : null,
+    warningsSection(ws.warnings),
     h("section", { "aria-labelledby": "jobs-title" },
       h("h2", { id: "jobs-title" }, "Jobs"),
       jobs.length ? h("ul", { class: "cards jobs", role: "list" }, jobViews.map((v) => v.card))
@@ -158,7 +204,25 @@ export async function mount(root, ctx) {
         h("a", { href: `/workspaces/${enc}/sessions` }, "All runs")),
       recentSlot),
     h("section", { "aria-labelledby": "signals-title" },
-      h("h2", { id: "signals-title" }, "Signals"), signalsSlot));
+      h("h2", { id: "signals-title" }, "Signals"), signalsSlot),
+    serversSection);
+
+  if (serversSection) {
+    const loadServers = () => api(`/api/workspaces/${enc}/tools`, { signal: ctx.signal }).then((listing) => {
+      if (!ctx.alive) return;
+      const servers = Array.isArray(listing?.servers) ? listing.servers : [];
+      if (!servers.length && !ws.config) serversSection.remove();
+      else fill(serversSlot, serversList(servers));
+    }).catch((exc) => {
+      if (isAbort(exc) || !ctx.alive) return;
+      fill(serversSlot, errorState(`Could not list the MCP servers: ${exc.describe ? exc.describe() : exc.message}`,
+        () => {
+          fill(serversSlot, loading("Starting the MCP servers…"));
+          loadServers();
+        }));
+    });
+    loadServers();
+  }
 
   if (signalList.some((entry) => entry.signal.provider === "schedule")) {
     schedules(ctx.signal).then((map) => {
