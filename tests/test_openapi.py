@@ -63,6 +63,7 @@ EXPECTED_OPERATIONS = {
     ("delete", "/api/workspaces/{workspace_id}"),
     ("get", "/api/workspaces/{workspace_id}/jobs"),
     ("get", "/api/workspaces/{workspace_id}/signals"),
+    ("get", "/api/workspaces/{workspace_id}/tools"),
     ("post", "/api/workspaces/{workspace_id}/signals/{signal_id}"),
     ("get", "/api/sessions"),
     ("get", "/api/sessions/stream"),
@@ -248,6 +249,7 @@ def test_real_responses_match_the_document(daemon: DaemonProcess, document: Docu
         check("get", "/api/workspaces/{workspace_id}", httpx.get(f"{url}/api/workspaces/{ws}"))
         check("get", "/api/workspaces/{workspace_id}/jobs", httpx.get(f"{url}/api/workspaces/{ws}/jobs"))
         check("get", "/api/workspaces/{workspace_id}/signals", httpx.get(f"{url}/api/workspaces/{ws}/signals"))
+        check("get", "/api/workspaces/{workspace_id}/tools", httpx.get(f"{url}/api/workspaces/{ws}/tools"))
 
     # Schedules: list, pause, resume, unknown.
     schedules = check("get", "/api/schedules", httpx.get(url + "/api/schedules"))["schedules"]

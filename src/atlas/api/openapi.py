@@ -405,6 +405,17 @@ def _schemas() -> dict[str, Schema]:
         "jobs": array(string(), "Ids of the jobs it triggers"),
     }))})
 
+    s["ToolListing"] = obj({
+        "workspaceId": string(),
+        "servers": array(obj({
+            "id": string("The server id under tools.mcp.servers"),
+            "transport": enum(["stdio", "http"]),
+            "status": enum(["running", "error"], "`error` when it could not be started or reached"),
+            "tools": array(obj({"name": string(), "description": string(), "inputSchema": {"type": "object"}}),
+                           "The tools it offers, after its allow/deny filter (empty on error)"),
+        }, {"description": string(), "error": string("Why it could not be started (never a secret)")})),
+    })
+
     # -- schedules
     s["ScheduleEntry"] = obj(
         {"workspaceId": string(), "signalId": string(), "schedule": string("Cron expression"),
@@ -624,6 +635,11 @@ def _paths() -> dict[str, Any]:
         "trigger.",
         {"200": response("Signals", ref("SignalListing")),
          **errors(method="get", codes=["workspace_not_found"])},
+    )}
+    p["/api/workspaces/{workspace_id}/tools"] = {"parameters": [WORKSPACE_ID], "get": _op(
+        "listTools", "workspaces", "List a workspace's MCP servers and tools", "The servers of `tools.mcp`, each with "
+        "its status and the tools it offers; servers not running yet are started (they are pooled per workspace).",
+        {"200": response("Tools", ref("ToolListing")), **errors(method="get", codes=["workspace_not_found"])},
     )}
     p["/api/workspaces/{workspace_id}/signals/{signal_id}"] = {
         "parameters": [WORKSPACE_ID, SIGNAL_ID],
