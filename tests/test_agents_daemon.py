@@ -113,7 +113,8 @@ def test_tool_arguments_and_results_never_record_a_credential(env: tuple[DaemonP
 def test_cancelling_the_session_aborts_the_running_tool(env: tuple[DaemonProcess, FakeModels], tmp_path: Path) -> None:
     d, fake = env
     marker = str(tmp_path / "slow")
-    fake.enqueue(Reply(tool_calls=[ToolCall("slow", {"seconds": 600, "marker": marker})]))
+    fake.enqueue(Reply(tool_calls=[ToolCall("add", {"a": 2, "b": 2}, id="quick")]),
+                 Reply(tool_calls=[ToolCall("slow", {"seconds": 600, "marker": marker}, id="long")]))
     r = post(d, "agents-friday", "ask-anthropic", {"payload": {"question": "wait"}})
     assert r.status_code == 202, r.text
     sid = r.json()["sessionId"]
@@ -122,7 +123,12 @@ def test_cancelling_the_session_aborts_the_running_tool(env: tuple[DaemonProcess
     assert cancelled.status_code in (200, 202), cancelled.text
     view = wait_terminal(d, sid)
     assert view["status"] == "cancelled"
-    assert view["agentBlocks"][0]["status"] == "failed"
+    [block] = view["agentBlocks"]
+    assert block["status"] == "failed"
+    # the record keeps the calls made before the cancel, the one cut short included
+    quick, long = block["toolCalls"]
+    assert quick["toolCallId"] == "quick" and quick["result"] == "4"
+    assert long["toolCallId"] == "long" and long["error"].startswith("cancelled") and "result" not in long
     # the pooled server is still there for the next session
     fake.enqueue(Reply(tool_calls=[ToolCall("add", {"a": 1, "b": 1})]), Reply(text=["2"]))
     again = post(d, "agents-friday", "ask-anthropic", {"payload": {"question": "1+1"}}, query="")

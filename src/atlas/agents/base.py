@@ -65,6 +65,8 @@ class AgentContext:
     params: dict[str, Any] = field(default_factory=dict)
     cancelled: threading.Event = field(default_factory=threading.Event)
     _progress_sink: Callable[[dict[str, Any]], None] = field(default=_no_sink, repr=False)
+    #: An `llm` step's tool calls, recorded as they end (read by the runtime when the step is cancelled).
+    tool_calls: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.results, types.MappingProxyType):

@@ -216,7 +216,8 @@ async def run_llm(
 
     try:
         loop = await run_tool_loop(turn, request, runner, max_steps=cfg.max_steps,
-                                   max_total_tokens=cfg.max_total_tokens, emit=ctx._emit, on_text=text.add)
+                                   max_total_tokens=cfg.max_total_tokens, emit=ctx._emit, on_text=text.add,
+                                   record=ctx.tool_calls)
     except StepError as exc:
         if isinstance(exc.usage, Usage):
             exc.usage = _usage(exc.usage, cfg.model, None)

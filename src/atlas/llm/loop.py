@@ -113,9 +113,14 @@ async def run_tool_loop(
     max_total_tokens: int | None,
     emit: Callable[[dict[str, Any]], None],
     on_text: TextSink,
+    record: list[dict[str, Any]] | None = None,
 ) -> LoopResult:
-    """Run turns until one answers without tool calls; raises StepError with `tool_calls` on the record."""
-    result = LoopResult(text="")
+    """Run turns until one answers without tool calls; raises StepError with `tool_calls` on the record.
+
+    `record`, when given, is the list the calls are recorded into as they end: the caller still has them when the
+    step is cancelled mid-turn (a call cut short is recorded with `error` "cancelled").
+    """
+    result = LoopResult(text="", tool_calls=record if record is not None else [])
     messages: list[Message] = list(request.messages)
     reasoning: list[str] = []
     choice = request.tool_choice
@@ -156,6 +161,8 @@ async def _run_calls(
     calls: list[ToolCallRequest], tools: ToolRunner, emit: Callable[[dict[str, Any]], None],
     record: list[dict[str, Any]],
 ) -> list[ToolResultMessage]:
+    first = len(record)
+
     async def one(call: ToolCallRequest) -> tuple[ToolResultMessage, dict[str, Any]]:
         server = tools.server_of(call.name)
         chunk: dict[str, Any] = {"type": "tool-call", "toolCallId": call.id, "toolName": call.name,
@@ -167,7 +174,14 @@ async def _run_calls(
         if call.args_error is not None:
             outcome = ToolOutcome(text=f"Error: {call.args_error}", error=call.args_error, server=server)
         else:
-            outcome = await tools.call(call.name, call.args)
+            try:
+                outcome = await tools.call(call.name, call.args)
+            except asyncio.CancelledError:
+                record.append({"toolCallId": call.id, "toolName": call.name, "args": call.args,
+                               "durationMs": int((time.monotonic() - started) * 1000),
+                               "error": "cancelled: the step ended before the tool answered",
+                               **({"server": server} if server else {})})
+                raise
         duration = int((time.monotonic() - started) * 1000)
         entry: dict[str, Any] = {"toolCallId": call.id, "toolName": call.name, "args": call.args,
                                  "result": _cut_value(outcome.result if outcome.result is not None else outcome.text,
@@ -181,10 +195,11 @@ async def _run_calls(
         if outcome.server or server:
             entry["server"] = live["server"] = outcome.server or server
         emit(live)
+        record.append(entry)  # as it ends, so that a cancelled step still records its finished calls
         message = ToolResultMessage(call.id, call.name, cut(outcome.text, MODEL_RESULT_CHARS),
                                     is_error=outcome.error is not None)
         return message, entry
 
     done = await asyncio.gather(*(one(call) for call in calls))
-    record.extend(entry for _, entry in done)
+    record[first:] = [entry for _, entry in done]  # the model's order, not the order they ended in
     return [message for message, _ in done]

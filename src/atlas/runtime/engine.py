@@ -108,6 +108,8 @@ class Engine:
         self.writer = writer
         self.run_state = run
         self.results: dict[str, Any] = {}
+        #: The running step's tool calls as they end (its AgentContext's list), kept for a cancelled step's record.
+        self._tool_calls: list[dict[str, Any]] = []
         self.step_number = 0
         self.transitions = 0
         self.max_steps = self.job.config.max_steps
@@ -338,6 +340,7 @@ class Engine:
             await self._step_failed(number, started, exc.code, exc.message, exc.output)
         await self._step_start(number, plan, action, input_value, prompt)
         self.current_step = number
+        self._tool_calls = []
         child_id: str | None = None
         result = AgentResult(None)
         try:
@@ -355,7 +358,9 @@ class Engine:
             req = self.run_state.cancel
             message = req.message if req else "Daemon shut down"
             code = req.code if req else "daemon_shutdown"
-            await asyncio.shield(self._write_step_complete(number, started, "failed", None, message, code))
+            cut_short = AgentResult(None, tool_calls=self._tool_calls)  # the calls it made before the cancel
+            await asyncio.shield(self._write_step_complete(number, started, "failed", None, message, code,
+                                                           result=cut_short))
             raise
         finally:
             self.current_step = None
@@ -407,6 +412,7 @@ class Engine:
         agent = self.ws.config.agents.get(action.agentId) if isinstance(action, AgentAction) else None
         params = getattr(getattr(agent, "config", None), "params", None) or {}
         ctx = AgentContext(
+            tool_calls=self._tool_calls,
             input=input_value,
             prompt=prompt,
             payload=self.env.get("payload"),
