@@ -96,13 +96,13 @@ def envelope(*, workspace_id: str, signal_id: str, session_id: str, correlation_
 
 
 _FROM_QUEUED = ("workspaceId", "signalId", "sessionId", "correlationId", "parentSessionId", "rootSessionId", "depth",
-                "trigger", "payload")
+                "trigger", "payload", "skipStates")
 
 
 def envelope_from_queued(event: dict[str, Any]) -> dict[str, Any]:
     """The envelope of a session, rebuilt from its `session:queued` (which carries everything the consumer needs;
     a webhook's raw body and an SSE stream id are not kept there, and a session republished this way runs
-    without them). Recovery republishes it when the original envelope may never have landed."""
+    without them; `skipStates` is). Recovery republishes it when the original envelope may never have landed."""
     out = {k: event[k] for k in _FROM_QUEUED if event.get(k) is not None or k == "payload"}
     out["acceptedAt"] = event.get("timestamp")
     return out

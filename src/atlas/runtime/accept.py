@@ -125,6 +125,7 @@ def queued_event(envelope: dict[str, Any], ws: Workspace | None, job_id: str) ->
         depth=envelope["depth"],
         plannedSteps=ws.plans.get(job_id, []) if ws is not None else [],
         payload=payload,
+        skipStates=envelope.get("skipStates"),
     )
 
 

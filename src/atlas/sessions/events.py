@@ -237,6 +237,8 @@ class SessionQueuedEvent(_EventHead):
     plannedSteps: list[PlannedStep]
     payload: JsonValue
     """The trigger's payload (`null` for a non-JSON webhook body, §5.2)."""
+    skipStates: NotRequired[list[str]]
+    """The envelope's `skipStates` (issue #14), kept so that an envelope rebuilt from this event still has them."""
 
 
 @documented
@@ -546,6 +548,7 @@ def queued(
     plannedSteps: list[PlannedStep],
     payload: Any,
     parentSessionId: str | None = None,
+    skipStates: list[str] | None = None,
     seq: int = 1,
     timestamp: str | None = None,
 ) -> SessionQueuedEvent:
@@ -569,6 +572,8 @@ def queued(
     )
     event["plannedSteps"] = plannedSteps
     event["payload"] = payload
+    if skipStates:
+        event["skipStates"] = skipStates
     return cast(SessionQueuedEvent, event)
 
 
