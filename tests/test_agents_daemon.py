@@ -24,6 +24,7 @@ from tests.daemon_proc import FIXTURES, DaemonProcess, wait_for
 from tests.fake_models import FakeModels, Reply, ToolCall, fake_models
 from tests.mcp_servers import REPO
 from tests.test_api_core import post, wait_terminal
+from tests.test_event_schemas import document
 
 KEY = "sk-test-agents-0123456789abcdef"
 SERVICE_TOKEN = "svc-token-fedcba9876543210"
@@ -203,3 +204,34 @@ def test_one_pooled_server_serves_the_sessions_of_its_workspace(env: tuple[Daemo
         r = post(d, "agents-friday", "ask-openai", {"payload": {"question": "pid"}}, query="")
         pids.add(wait_terminal(d, r.json()["sessionId"])["agentBlocks"][0]["toolCalls"][0]["result"])
     assert len(pids) == 1
+
+
+def test_live_tool_chunks_match_the_published_schema(env: tuple[DaemonProcess, FakeModels], tmp_path: Path) -> None:
+    """`tool-call` / `tool-result` chunks on the session stream are described by `/openapi.json`'s EphemeralChunk.
+
+    The first call waits for a file the test writes once its stream is attached, so no chunk is missed."""
+    d, fake = env
+    doc = document(d)
+    gate, mine = tmp_path / "gate", tmp_path / "mine"
+    fake.enqueue(Reply(tool_calls=[ToolCall("rendezvous", {"mine": str(mine), "other": str(gate)})]),
+                 Reply(tool_calls=[ToolCall("add", {"a": 1, "b": 2})]), Reply(text=["3"]))
+    r = post(d, "agents-friday", "ask-anthropic", {"payload": {"question": "gate"}})
+    sid = r.json()["sessionId"]
+    chunks: list[dict[str, Any]] = []
+    with httpx.stream("GET", f"{d.url}/api/sessions/{sid}/stream", timeout=60) as stream:
+        name: str | None = None
+        for line in stream.iter_lines():
+            if line.startswith("event:"):
+                name = line[len("event:"):].strip()
+            elif line.startswith("data:"):
+                data = json.loads(line[len("data:"):])
+                if name == "ephemeral":
+                    chunks.append(data)
+                    doc.check_component("EphemeralChunk", data)
+                gate.touch()  # attached: let the first tool answer
+            elif not line:
+                if name == "end":
+                    break
+                name = None
+    kinds = [(c["chunk"]["type"], c["chunk"].get("toolName")) for c in chunks if c["chunk"]["type"] != "text-delta"]
+    assert kinds[-3:] == [("tool-result", "rendezvous"), ("tool-call", "add"), ("tool-result", "add")]

@@ -29,7 +29,7 @@ REF_TEMPLATE: Final = "#/components/schemas/{model}"
 EVENT_UNION: Final = "Event"
 
 # The published types; each is a component named after its class, as are the types they reference (KeyDetail,
-# Usage, AiSummary, ChunkBody and its three chunk kinds).
+# Usage, AiSummary, ChunkBody and its three chunk kinds, StreamChunkBody with the two tool-call kinds).
 _TOP_LEVEL: Final[tuple[type[Any], ...]] = (
     *EVENT_TYPES.values(),
     PlannedStep,

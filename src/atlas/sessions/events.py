@@ -386,12 +386,46 @@ ChunkBody = TypeAliasType(
 
 
 @documented
+class ToolCallChunk(TypedDict):
+    """An `llm` step started a tool call (issue #14); its `tool-result` follows with the same `toolCallId`."""
+
+    type: Literal["tool-call"]
+    toolCallId: str
+    toolName: str
+    args: JsonValue
+    server: NotRequired[str]
+
+
+@documented
+class ToolResultChunk(TypedDict):
+    """A tool call ended; `result` is cut at 8 KiB, `error` is set when it failed."""
+
+    type: Literal["tool-result"]
+    toolCallId: str
+    toolName: str
+    durationMs: Count
+    result: NotRequired[JsonValue]
+    error: NotRequired[str]
+    server: NotRequired[str]
+
+
+StreamChunkBody = TypeAliasType(
+    "StreamChunkBody",
+    Annotated[
+        ProgressChunk | LogChunk | TextDeltaChunk | ToolCallChunk | ToolResultChunk,
+        JsonSchema(description="A chunk on the live stream: the kept kinds (`progress`, `log`, `text-delta`) and "
+                               "the tool calls of `llm` steps (`tool-call`, `tool-result`), which views do not keep"),
+    ],
+)
+
+
+@documented
 class EphemeralChunk(TypedDict):
     """Live-only progress of a running step, never stored or replayed; may be dropped."""
 
     sessionId: str
     stepNumber: NotRequired[StepNumber]
-    chunk: ChunkBody
+    chunk: StreamChunkBody
 
 
 # --- time -------------------------------------------------------------------------------------------------
