@@ -103,6 +103,7 @@ class McpServer:
         self.tools: list[ToolSpec] = []
         self.error: str | None = None
         self.starts = 0
+        self._pid: int | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -127,13 +128,19 @@ class McpServer:
         return True
 
     def pid(self) -> int | None:
-        try:
-            return int(self.pidfile.read_text(encoding="ascii").split()[0])
-        except (OSError, ValueError, IndexError):
-            return None
+        """The running stdio server's pid, read once from the launcher's pid file (checked on every call)."""
+        if self._pid is None:
+            try:
+                self._pid = int(self.pidfile.read_text(encoding="ascii").split()[0])
+            except (OSError, ValueError, IndexError):
+                return None
+        return self._pid
 
     async def ensure(self) -> Client:
         """The connected client, starting (or restarting a dead) server first; raises ServerUnavailable."""
+        if self.running():  # the hot path: no lock, one read of /proc
+            assert self._client is not None
+            return self._client
         async with self._lock:
             if self.running():
                 assert self._client is not None
@@ -193,6 +200,7 @@ class McpServer:
         stdin closes; a server that exits promptly leaves its own children running. They carry its session id.
         """
         pid = self.pid()
+        self._pid = None
         self.pidfile.unlink(missing_ok=True)
         if pid is None:
             return
@@ -217,6 +225,7 @@ class McpServer:
         env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", os.defpath)])
         env.update(expand_env(self.config.env, self._environ, self.id, self._on_secret))
         self._run_dir.mkdir(parents=True, exist_ok=True)
+        self._pid = None
         self.pidfile.unlink(missing_ok=True)
         command = [sys.executable, "-m", "atlas.mcp.launch", str(self.pidfile), "--", transport.command,
                    *transport.args]
