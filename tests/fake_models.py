@@ -359,8 +359,12 @@ def _format_of(path: str) -> Format | None:
 
 def _handler(fake: FakeModels) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
-        # HTTP/1.0: every response ends by closing the connection, so no chunked encoding is needed to stream
-        protocol_version = "HTTP/1.0"
+        # HTTP/1.1 with keep-alive, as real providers: an answer has a Content-Length, except a held stream, which
+        # is sent without one and ends the connection (`Connection: close`), so no chunked encoding is needed
+        protocol_version = "HTTP/1.1"
+        # headers and body are separate writes: without TCP_NODELAY a kept-alive connection waits ~40 ms for the
+        # client's delayed ACK between them (Nagle)
+        disable_nagle_algorithm = True
 
         def log_message(self, format: str, *args: Any) -> None:  # keep test output quiet
             pass
@@ -393,22 +397,31 @@ def _handler(fake: FakeModels) -> type[BaseHTTPRequestHandler]:
             streamed = isinstance(body, dict) and bool(body.get("stream"))
             if not streamed:
                 if reply.hold:  # never answer: the client is left waiting until it gives up
+                    self.close_connection = True
                     self._hold()
                     return
                 answer = _openai_completion(reply, serial) if fmt == "openai" else _anthropic_message(reply, serial)
                 self._json(200, answer, reply.headers)
                 return
-            self.send_response(200)
-            for name, value in reply.headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Type", "text/event-stream")
-            self.send_header("Cache-Control", "no-cache")
-            self.end_headers()
             if fmt == "openai":
                 options = body.get("stream_options") or {}
                 events = _openai_stream(reply, serial, bool(options.get("include_usage")))
             else:
                 events = _anthropic_stream(reply, serial)
+            self.send_response(200)
+            for name, value in reply.headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-cache")
+            if not reply.hold:  # the whole stream at once, with its length: the connection stays open
+                data = b"".join(events)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                return
+            self.send_header("Connection", "close")
+            self.close_connection = True
+            self.end_headers()
             try:
                 for data in events:
                     self.wfile.write(data)
@@ -416,8 +429,7 @@ def _handler(fake: FakeModels) -> type[BaseHTTPRequestHandler]:
             except (BrokenPipeError, ConnectionResetError):
                 fake.client_gone.set()
                 return
-            if reply.hold:
-                self._hold()
+            self._hold()
 
         def _json(self, status: int, payload: Any, headers: dict[str, str]) -> None:
             data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()

@@ -55,11 +55,13 @@ class AnthropicMessages:
             body["tool_choice"] = _TOOL_CHOICE[request.tool_choice]
         if request.temperature is not None:
             body["temperature"] = request.temperature
-        options = dict(request.provider_options)
+        extra = {**body, **request.provider_options}
+        # plain JSON as `extra_body`, past the SDK's per-turn typed transform of the whole history (see openai_wire)
+        typed: dict[str, Any] = {"model": request.model, "messages": [], "max_tokens": body["max_tokens"]}
         if not request.stream:
-            message = await self._client.messages.create(**body, extra_body=options)
+            message = await self._client.messages.create(**typed, extra_body=extra)
             return _from_message(message, request.model, on_text)
-        stream = await self._client.messages.create(**body, stream=True, extra_body=options)
+        stream = await self._client.messages.create(**typed, stream=True, extra_body=extra)
         return await _from_stream(stream, request.model, on_text)
 
 

@@ -65,13 +65,17 @@ class OpenAIChat:
             body["max_tokens"] = request.max_tokens
         if request.json_output:
             body["response_format"] = {"type": "json_object"}
+        # The body goes in as `extra_body` (merged over the typed parameters, SDK-documented precedence): it is
+        # plain JSON already, and the SDK's typed-parameter transform walks the whole history on every turn, which
+        # made a 10-turn tool loop cost milliseconds per turn in the SDK alone (bench/tool_roundtrip.py).
         if not request.stream:
             completion = await self._client.chat.completions.create(
-                **body, extra_body=options, extra_headers=self._headers
+                model=request.model, messages=[], extra_body={**body, **options}, extra_headers=self._headers
             )
             return _from_completion(completion, request.model, on_text)
         stream = await self._client.chat.completions.create(
-            **body, stream=True, stream_options={"include_usage": True}, extra_body=options, extra_headers=self._headers
+            model=request.model, messages=[], stream=True, extra_headers=self._headers,
+            extra_body={**body, "stream_options": {"include_usage": True}, **options},
         )
         return await _from_stream(stream, request.model, on_text)
 
