@@ -235,3 +235,15 @@ def test_live_tool_chunks_match_the_published_schema(env: tuple[DaemonProcess, F
                 name = None
     kinds = [(c["chunk"]["type"], c["chunk"].get("toolName")) for c in chunks if c["chunk"]["type"] != "text-delta"]
     assert kinds[-3:] == [("tool-result", "rendezvous"), ("tool-call", "add"), ("tool-result", "add")]
+
+
+def test_an_inline_llm_action_uses_tools_too(env: tuple[DaemonProcess, FakeModels]) -> None:
+    d, fake = env
+    fake.enqueue(Reply(tool_calls=[ToolCall("add", {"a": 5, "b": 6})]), Reply(text=["11"]))
+    r = post(d, "agents-friday", "ask-inline", {"payload": {"question": "5+6?"}}, query="")
+    assert r.status_code == 200, r.text
+    assert r.json()["output"] == {"llm:work": "11"}  # no outputTo: stored under llm:<stateId>
+    view = wait_terminal(d, r.json()["sessionId"])
+    [block] = view["agentBlocks"]
+    assert block["actionType"] == "llm" and block["toolCalls"][0]["result"] == "11"
+    assert fake.requests[-1].json["messages"][0] == {"role": "user", "content": "5+6?"}
