@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 HOME_DIR ?= $(HOME)/.atlas
 
-.PHONY: install run test lint bench clean soak chromium
+.PHONY: install run test lint bench clean soak chromium postgres loadgen
 
 install: $(STAMP)
 
@@ -25,10 +25,19 @@ lint: install
 chromium:
 	test -x /usr/lib/chromium/chromium || test -x /usr/bin/chromium || (apt-get update -qq && apt-get install -y -qq chromium)
 
-test: lint chromium
+# PostgreSQL 15 binaries for the tests' private servers (tests/pg.py runs initdb/pg_ctl itself, in a temp dir);
+# the tests never use a cluster the package may have started on port 5432.
+postgres:
+	test -x /usr/lib/postgresql/15/bin/postgres || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql)
+
+# The HTTP load generators of the benches.
+loadgen:
+	command -v hey >/dev/null 2>&1 && command -v wrk >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq hey wrk)
+
+test: lint chromium postgres
 	$(BIN)/pytest
 
-bench: install
+bench: install loadgen
 	bash bench/run.sh
 
 # Multi-daemon tests on a 3-node nats-server cluster, long chaos variants included (`make test` runs the short ones).
@@ -36,8 +45,7 @@ test-cluster: install
 	ATLAS_CLUSTER_LONG=1 $(BIN)/pytest tests/cluster -m "cluster"
 
 # Trigger throughput with 1, 2 and 3 daemons on one cluster, then the cascade hop; markdown in bench/results/cluster.md.
-bench-cluster: install
-	command -v wrk >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq wrk)
+bench-cluster: install loadgen postgres
 	mkdir -p bench/results
 	timeout --kill-after=10 900 $(BIN)/python bench/cluster_throughput.py > bench/results/cluster.md; \
 		rc=$$?; timeout --kill-after=10 120 $(BIN)/python bench/cascade_hop.py --cascades 300 >> bench/results/cluster.md \
