@@ -33,10 +33,12 @@ from typing import Any
 from atlas.jsoncodec import loads, to_json
 
 __all__ = [
+    "NON_TERMINAL",
     "STREAM_SEQ_KEY",
     "ReadModel",
     "decode_cursor",
     "encode_cursor",
+    "list_query",
     "normalize_timestamp",
     "open_read_model",
 ]
@@ -284,6 +286,59 @@ def _record_clean_close(path: Path) -> None:
         log.warning("read model %s: clean close not recorded (%s); the next start checks the whole file", path, exc)
 
 
+def list_query(
+    mark: str,
+    *,
+    workspace_id: str | None = None,
+    correlation_id: str | None = None,
+    job_name: str | None = None,
+    signal_id: str | None = None,
+    parent_session_id: str | None = None,
+    root_session_id: str | None = None,
+    statuses: Sequence[str] | None = None,
+    since: str | None = None,
+    until: str | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> tuple[str, list[Any]]:
+    """The list query of `list_sessions` and its parameters, with `mark` as the placeholder (SQLite's `?`,
+    psycopg's `%s`): one text for both adapters, so their filters and keyset pages are the same."""
+    if limit < 1:
+        raise ValueError("limit must be at least 1")
+    where: list[str] = []
+    params: list[Any] = []
+    for column, value in (
+        ("workspace_id", workspace_id),
+        ("correlation_id", correlation_id),
+        ("job_name", job_name),
+        ("signal_id", signal_id),
+        ("parent_session_id", parent_session_id),
+        ("root_session_id", root_session_id),
+    ):
+        if value is not None:
+            where.append(f"{column} = {mark}")
+            params.append(value)
+    if statuses is not None:
+        # An empty list matches nothing, like any other filter value no session has.
+        where.append(f"status IN ({', '.join([mark] * len(statuses))})" if statuses else "1 = 0")
+        params.extend(statuses)
+    if since is not None:
+        where.append(f"started_at >= {mark}")
+        params.append(normalize_timestamp(since))
+    if until is not None:
+        where.append(f"started_at < {mark}")
+        params.append(normalize_timestamp(until))
+    if cursor is not None:
+        where.append(f"(started_at, session_id) < ({mark}, {mark})")
+        params.extend(decode_cursor(cursor))
+    sql = "SELECT summary_json, started_at, session_id FROM sessions"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += f" ORDER BY started_at DESC, session_id DESC LIMIT {mark}"
+    params.append(limit + 1)  # one extra row tells whether there is a next page
+    return sql, params
+
+
 class ReadModel:
     """The read model at ``path`` (normally ``$ATLAS_HOME/atlas.db``).
 
@@ -457,54 +512,8 @@ class ReadModel:
     # -- lists ----
 
     @staticmethod
-    def _list_query(
-        *,
-        workspace_id: str | None = None,
-        correlation_id: str | None = None,
-        job_name: str | None = None,
-        signal_id: str | None = None,
-        parent_session_id: str | None = None,
-        root_session_id: str | None = None,
-        statuses: Sequence[str] | None = None,
-        since: str | None = None,
-        until: str | None = None,
-        limit: int = 50,
-        cursor: str | None = None,
-    ) -> tuple[str, list[Any]]:
-        if limit < 1:
-            raise ValueError("limit must be at least 1")
-        where: list[str] = []
-        params: list[Any] = []
-        for column, value in (
-            ("workspace_id", workspace_id),
-            ("correlation_id", correlation_id),
-            ("job_name", job_name),
-            ("signal_id", signal_id),
-            ("parent_session_id", parent_session_id),
-            ("root_session_id", root_session_id),
-        ):
-            if value is not None:
-                where.append(f"{column} = ?")
-                params.append(value)
-        if statuses is not None:
-            # An empty list matches nothing, like any other filter value no session has.
-            where.append(f"status IN ({', '.join('?' * len(statuses))})" if statuses else "0")
-            params.extend(statuses)
-        if since is not None:
-            where.append("started_at >= ?")
-            params.append(normalize_timestamp(since))
-        if until is not None:
-            where.append("started_at < ?")
-            params.append(normalize_timestamp(until))
-        if cursor is not None:
-            where.append("(started_at, session_id) < (?, ?)")
-            params.extend(decode_cursor(cursor))
-        sql = "SELECT summary_json, started_at, session_id FROM sessions"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY started_at DESC, session_id DESC LIMIT ?"
-        params.append(limit + 1)  # one extra row tells whether there is a next page
-        return sql, params
+    def _list_query(**filters: Any) -> tuple[str, list[Any]]:
+        return list_query("?", **filters)
 
     def list_sessions(
         self,

@@ -1,0 +1,248 @@
+"""The PostgreSQL read model (issue #15): the same contract as the SQLite one (`atlas.sessions.readmodel`), for
+a database that several daemons share (`ATLAS_DATABASE_URL`).
+
+Same rows, same guard, same queries: one row per session with the filtered columns, the SessionSummary and the
+SessionView as compact JSON text and `last_seq`; an upsert only moves a row forward (`WHERE excluded.last_seq >
+sessions.last_seq`), so a late or repeated write is a no-op whichever daemon sends it; the list query is the
+SQLite adapter's own text (`list_query`) with psycopg's placeholder, over "C"-collated columns, so both adapters
+filter and page identically. The schema is versioned (`atlas.sessions.pg_schema`).
+
+This first slice keeps the store's synchronous interface: writes run on the store's writer thread, reads on the
+caller's (a pooled connection each, so they never wait behind a write transaction). Connection problems raise
+`psycopg.OperationalError`, which the store treats like a full disk: the rows stay dirty and are retried.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
+from typing import Any, Final
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from atlas.jsoncodec import loads
+from atlas.sessions.pg_schema import migrate
+from atlas.sessions.readmodel import (
+    NON_TERMINAL,
+    STREAM_SEQ_KEY,
+    encode_cursor,
+    encode_rows,
+    list_query,
+    normalize_timestamp,
+)
+
+__all__ = ["PostgresReadModel"]
+
+log = logging.getLogger("atlas.readmodel.pg")
+
+_COLUMNS: Final = (
+    "session_id, workspace_id, correlation_id, job_name, signal_id, parent_session_id, root_session_id, "
+    "status, started_at, queued_at, last_seq, summary_json, view_json"
+)
+_WIDTH: Final = 13
+_ROWS_PER_STATEMENT: Final = 500
+_SET_LATEST: Final = """
+ON CONFLICT (session_id) DO UPDATE SET
+    workspace_id = excluded.workspace_id,
+    correlation_id = excluded.correlation_id,
+    job_name = excluded.job_name,
+    signal_id = excluded.signal_id,
+    parent_session_id = excluded.parent_session_id,
+    root_session_id = excluded.root_session_id,
+    status = excluded.status,
+    started_at = excluded.started_at,
+    queued_at = excluded.queued_at,
+    last_seq = excluded.last_seq,
+    summary_json = excluded.summary_json,
+    view_json = excluded.view_json
+WHERE excluded.last_seq > sessions.last_seq
+"""
+_SET_STREAM_SEQ: Final = """
+INSERT INTO meta (key, value) VALUES (%s, %s)
+ON CONFLICT (key) DO UPDATE SET value = excluded.value
+WHERE CAST(excluded.value AS bigint) > CAST(meta.value AS bigint)
+"""
+
+
+def _upsert_sql(rows: int) -> str:
+    marks = "(" + ", ".join(["%s"] * _WIDTH) + ")"
+    return f"INSERT INTO sessions ({_COLUMNS}) VALUES " + ", ".join([marks] * rows) + _SET_LATEST
+
+
+def _newest_per_session(params: list[Any]) -> list[Any]:
+    """The batch with one row per session, the one the guard would keep: the highest `last_seq`, the earliest of
+    equal ones. PostgreSQL refuses a statement that updates one row twice; SQLite applied the pairs in order, which
+    the guard makes equivalent to this."""
+    best: dict[str, list[Any]] = {}
+    order: list[str] = []
+    for start in range(0, len(params), _WIDTH):
+        row = params[start:start + _WIDTH]
+        sid = row[0]
+        kept = best.get(sid)
+        if kept is None:
+            order.append(sid)
+            best[sid] = row
+        elif row[10] > kept[10]:
+            best[sid] = row
+    return [value for sid in order for value in best[sid]]
+
+
+class PostgresReadModel:
+    """The read model in the database at `dsn` (a `postgresql://` URL); migrates the schema when opened."""
+
+    #: Errors worth another try later (the server is down or restarting); the store keeps the rows meanwhile.
+    transient_errors: tuple[type[Exception], ...] = (psycopg.OperationalError,)
+
+    def __init__(self, dsn: str, *, pool_size: int = 4, connect_timeout: float = 10.0) -> None:
+        self.dsn = dsn
+        self.path = None  # no file: the SQLite adapter's damage checks do not apply
+        self._pool = ConnectionPool(dsn, min_size=1, max_size=max(2, pool_size), open=False,
+                                    kwargs={"autocommit": True}, name="atlas-readmodel")
+        self._pool.open(wait=True, timeout=connect_timeout)
+        try:
+            with self._pool.connection() as conn:
+                applied = migrate(conn)
+            if applied:
+                log.info("read model schema migrated to version %d", applied[-1])
+        except BaseException:
+            self._pool.close()
+            raise
+        self._closed = False
+
+    @contextmanager
+    def _conn(self) -> Any:
+        with self._pool.connection() as conn:
+            yield conn
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        with self._conn() as conn:
+            return conn.execute(sql, params).fetchall()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._pool.close()
+
+    # -- writes ----
+
+    def upsert(self, view: dict[str, Any], summary: dict[str, Any], stream_seq: int | None = None) -> bool:
+        return self.upsert_many([(view, summary)], stream_seq) > 0
+
+    def upsert_many(self, rows: Iterable[tuple[dict[str, Any], dict[str, Any]]], stream_seq: int | None = None) -> int:
+        return self.upsert_encoded(encode_rows(rows), stream_seq)
+
+    def upsert_encoded(self, params: list[Any], stream_seq: int | None = None) -> int:
+        """One transaction: the rows (at most 500 a statement), then the stream sequence; returns rows written."""
+        params = _newest_per_session(params)
+        per = _ROWS_PER_STATEMENT * _WIDTH
+        written = 0
+        with self._conn() as conn, conn.transaction():
+            for start in range(0, len(params), per):
+                chunk = params[start:start + per]
+                cur = conn.execute(_upsert_sql(len(chunk) // _WIDTH), chunk)
+                written += max(cur.rowcount, 0)
+            if stream_seq is not None:
+                conn.execute(_SET_STREAM_SEQ, (STREAM_SEQ_KEY, str(stream_seq)))
+        return written
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._conn() as conn:
+            conn.execute("INSERT INTO meta (key, value) VALUES (%s, %s) "
+                         "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
+
+    def get_meta(self, key: str) -> str | None:
+        rows = self._query("SELECT value FROM meta WHERE key = %s", (key,))
+        return rows[0][0] if rows else None
+
+    def get_stream_seq(self) -> int:
+        value = self.get_meta(STREAM_SEQ_KEY)
+        return int(value) if value else 0
+
+    def note_stream_seq(self, stream_seq: int) -> None:
+        with self._conn() as conn:
+            conn.execute(_SET_STREAM_SEQ, (STREAM_SEQ_KEY, str(stream_seq)))
+
+    # -- single-session reads ----
+
+    def get_view(self, sid: str) -> dict[str, Any] | None:
+        rows = self._query("SELECT view_json FROM sessions WHERE session_id = %s", (sid,))
+        return loads(rows[0][0]) if rows else None
+
+    def get_summary(self, sid: str) -> dict[str, Any] | None:
+        rows = self._query("SELECT summary_json FROM sessions WHERE session_id = %s", (sid,))
+        return loads(rows[0][0]) if rows else None
+
+    def get_last_seq(self, sid: str) -> int:
+        rows = self._query("SELECT last_seq FROM sessions WHERE session_id = %s", (sid,))
+        return int(rows[0][0]) if rows else 0
+
+    # -- lists ----
+
+    def list_sessions(self, *, limit: int = 50, **filters: Any) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of summaries, newest first; the SQLite adapter's filters, cursor and errors exactly."""
+        sql, params = list_query("%s", limit=limit, **filters)
+        rows = self._query(sql, params)
+        next_cursor = None
+        if len(rows) > limit:
+            rows = rows[:limit]
+            next_cursor = encode_cursor(rows[-1][1], rows[-1][2])
+        return [loads(row[0]) for row in rows], next_cursor
+
+    def explain(self, sql: str, params: Sequence[Any] = ()) -> list[str]:
+        """`EXPLAIN` lines for `sql` (tests check that lookups are index scans)."""
+        return [row[0] for row in self._query("EXPLAIN " + sql, params)]
+
+    def explain_get(self) -> list[str]:
+        return self.explain("SELECT view_json FROM sessions WHERE session_id = %s", ("x",))
+
+    def explain_list(self, **filters: Any) -> list[str]:
+        sql, params = list_query("%s", **filters)
+        return self.explain(sql, params)
+
+    def children(self, parent_id: str) -> list[dict[str, Any]]:
+        rows = self._query("SELECT summary_json FROM sessions WHERE parent_session_id = %s "
+                           "ORDER BY queued_at, session_id", (parent_id,))
+        return [loads(row[0]) for row in rows]
+
+    def descendants(self, sid: str) -> list[str]:
+        rows = self._query(
+            """
+            WITH RECURSIVE tree(id) AS (
+                SELECT session_id FROM sessions WHERE parent_session_id = %s
+                UNION
+                SELECT s.session_id FROM sessions AS s JOIN tree ON s.parent_session_id = tree.id
+            )
+            SELECT id FROM tree WHERE id != %s
+            """,
+            (sid, sid),
+        )
+        return [row[0] for row in rows]
+
+    def non_terminal(self, statuses: Sequence[str] = NON_TERMINAL, *, queued_after: str | None = None,
+                     queued_before: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        where = "status = ANY(%s)"
+        params: list[Any] = [list(statuses)]
+        if queued_after is not None:
+            where, params = where + " AND queued_at > %s", [*params, queued_after]
+        if queued_before is not None:
+            where, params = where + " AND queued_at < %s", [*params, queued_before]
+        tail = "" if limit is None else f" LIMIT {int(limit)}"
+        rows = self._query(f"SELECT summary_json FROM sessions WHERE {where} ORDER BY queued_at, session_id{tail}",
+                           params)
+        return [loads(row[0]) for row in rows]
+
+    def count_by_status(self) -> dict[str, int]:
+        rows = self._query("SELECT status, COUNT(*) FROM sessions GROUP BY status")
+        return {status: int(count) for status, count in rows}
+
+    def count_correlation(self, correlation_id: str) -> int:
+        rows = self._query("SELECT COUNT(*) FROM sessions WHERE correlation_id = %s", (correlation_id,))
+        return int(rows[0][0])
+
+    def prune(self, before: str) -> int:
+        with self._conn() as conn:
+            cur = conn.execute("DELETE FROM sessions WHERE started_at < %s AND status <> ALL(%s)",
+                               (normalize_timestamp(before), list(NON_TERMINAL)))
+            return max(cur.rowcount, 0)
