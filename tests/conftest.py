@@ -16,6 +16,7 @@ import pytest
 import uvloop
 
 from tests.daemon_proc import FIXTURES, DaemonProcess
+from tests.pg import PgServer, PgUnavailable, start_pg_server
 
 _UVLOOP: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {"uvloop": uvloop.new_event_loop}
 _BOTH: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {**_UVLOOP, "asyncio": asyncio.new_event_loop}
@@ -38,3 +39,28 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
     yield proc
     code = proc.stop()
     assert code == 0, f"daemon exited with {code}:\n{proc.log()}"
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[PgServer]:
+    """One private PostgreSQL server per pytest session, started by the first test that asks for it (tests/pg.py).
+
+    Missing binaries fail the test with the fix (`make postgres`), never skip it: a skipped PostgreSQL test would
+    hide that the shared read model went untested.
+    """
+    try:
+        server = start_pg_server()
+    except PgUnavailable as exc:
+        missing = str(exc)
+    else:
+        missing = ""
+    if missing:
+        pytest.fail(missing, pytrace=False)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def pg_dsn(pg: PgServer) -> str:
+    """A fresh empty database on the session's server, for one test (databases are cheap; servers are not)."""
+    return pg.create_database()
