@@ -167,6 +167,9 @@ def daemon_start(
         "--workspace", "-w", metavar="PATH", help="Workspace directory to load (repeatable).")] = [],  # noqa: B006
     nats_url: Annotated[str | None, typer.Option(
         metavar="URL", help="External NATS URL(s); default: start an embedded server.")] = None,
+    database_url: Annotated[str | None, typer.Option(
+        metavar="URL", help="PostgreSQL read model shared by daemons (postgresql://…, ATLAS_DATABASE_URL); "
+        "default: SQLite under the home.")] = None,
     detach: Annotated[bool, typer.Option(
         "--detach", help="Run in the background (log in $ATLAS_HOME/daemon.log, pid in daemon.pid); return once "
         "/health is ok and print the URL and pid.")] = False,
@@ -181,8 +184,10 @@ def daemon_start(
     """
     settings = Settings.from_env().with_overrides(
         host=host, port=port, home=home.expanduser().resolve() if home else None, nats_url=nats_url,
-        workspaces=tuple(p.expanduser().resolve() for p in workspace) or None,
+        workspaces=tuple(p.expanduser().resolve() for p in workspace) or None, database_url=database_url,
     )
+    if database_url:  # a detached child reads it from its environment: a password stays out of `ps`
+        os.environ["ATLAS_DATABASE_URL"] = database_url
     out = Output(json_out)
     lock = HomeLock.acquire(settings.home)
     if lock is None:

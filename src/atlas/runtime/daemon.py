@@ -54,6 +54,7 @@ from atlas.runtime.workspaces import Workspace, WorkspaceRegistry
 from atlas.sessions.events import format_iso, now_iso
 from atlas.sessions.materializer import Materializer
 from atlas.sessions.readmodel import open_read_model
+from atlas.sessions.readmodel_pg import PostgresReadModel
 from atlas.sessions.store import SessionStore
 from atlas.templating import Templater
 
@@ -122,7 +123,8 @@ class Daemon:
         self.bus = Bus(bus_settings(s))
         self.bus_health = BusHealth(self.bus, self.embedded)  # degraded while the bus cannot write
         self.session_log = SessionLog(self.bus)
-        self.store = SessionStore(open_read_model(self.home / "atlas.db"))
+        self.store = SessionStore(open_read_model(self.home / "atlas.db") if not s.database_url
+                                  else PostgresReadModel(s.database_url))
         # An embedded bus is private to this daemon (token, loopback): nobody else writes its log (see Materializer).
         self.materializer = Materializer(bus=self.bus, store=self.store, session_log=self.session_log,
                                          follow=bool(s.nats_url))

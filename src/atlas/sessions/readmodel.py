@@ -348,6 +348,9 @@ class ReadModel:
     held briefly.
     """
 
+    #: Errors worth another try later (a full disk, an I/O error); the store keeps the rows meanwhile.
+    transient_errors: tuple[type[Exception], ...] = (sqlite3.OperationalError,)
+
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)

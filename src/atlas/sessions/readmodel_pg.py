@@ -180,9 +180,27 @@ class PostgresReadModel:
 
     # -- lists ----
 
-    def list_sessions(self, *, limit: int = 50, **filters: Any) -> tuple[list[dict[str, Any]], str | None]:
+    def list_sessions(
+        self,
+        *,
+        workspace_id: str | None = None,
+        correlation_id: str | None = None,
+        job_name: str | None = None,
+        signal_id: str | None = None,
+        parent_session_id: str | None = None,
+        root_session_id: str | None = None,
+        statuses: list[str] | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[dict[str, Any]], str | None]:
         """One page of summaries, newest first; the SQLite adapter's filters, cursor and errors exactly."""
-        sql, params = list_query("%s", limit=limit, **filters)
+        sql, params = list_query(
+            "%s", workspace_id=workspace_id, correlation_id=correlation_id, job_name=job_name, signal_id=signal_id,
+            parent_session_id=parent_session_id, root_session_id=root_session_id, statuses=statuses, since=since,
+            until=until, limit=limit, cursor=cursor,
+        )
         rows = self._query(sql, params)
         next_cursor = None
         if len(rows) > limit:

@@ -26,7 +26,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from atlas.sessions.readmodel import ReadModel, encode_rows
+from atlas.sessions.readmodel import encode_rows
+from atlas.sessions.readmodel_port import ReadModelPort
 from atlas.sessions.reducer import apply_chunk, initial_view, is_terminal, reduce, summarize
 
 log = logging.getLogger("atlas.store")
@@ -44,8 +45,10 @@ class SessionStore:
     RETRY_DELAY_S = 1.0
     """After a failed read-model write (a full disk: SQLITE_FULL), the rows wait this long before the next try."""
 
-    def __init__(self, readmodel: ReadModel) -> None:
+    def __init__(self, readmodel: ReadModelPort) -> None:
         self._rm = readmodel
+        # What a write may fail with and be retried after (SQLite: a full disk; PostgreSQL: the server is down).
+        self._transient = readmodel.transient_errors
         self._dirty: dict[str, dict[str, Any]] = {}
         self._pending_stream_seq = 0
         self._flush_handle: asyncio.TimerHandle | None = None
@@ -116,7 +119,7 @@ class SessionStore:
     # ------------------------------------------------------------ reading
 
     @property
-    def rm(self) -> ReadModel:
+    def rm(self) -> ReadModelPort:
         """The read model, with every pending write committed first: the batch on the writer thread (one
         transaction, milliseconds) is waited for, and what is still dirty is written here and now."""
         if self._writing:
@@ -125,7 +128,7 @@ class SessionStore:
             batch, encoded, seq = self._take_dirty()
             try:
                 self._write(encoded, seq)
-            except sqlite3.OperationalError as exc:
+            except self._transient as exc:
                 # The disk is full (or the file unwritable): answer from what is stored rather than fail the read,
                 # and keep the rows for the next try (issue #19, bug 9).
                 self._write_failed(batch, seq, exc)
@@ -295,7 +298,7 @@ class SessionStore:
             self._writing = {}
         if error is None:
             self._write_succeeded()
-        elif isinstance(error, sqlite3.OperationalError):  # full disk, I/O error: worth another try
+        elif isinstance(error, self._transient):  # full disk, I/O error, database down: worth another try
             self._write_failed(batch, seq, error)
         else:
             log.error("read-model write of %d sessions failed", len(batch), exc_info=error)
@@ -332,9 +335,10 @@ class SessionStore:
             self._writer = None
         self._writing = {}
         if self._dirty or self._pending_stream_seq:
+            failures: tuple[type[Exception], ...] = (sqlite3.Error, *self._transient)
             try:
                 self._write(*self._take_dirty()[1:])
-            except sqlite3.Error as exc:  # e.g. a full disk: the next start replays these rows from the bus
+            except failures as exc:  # a full disk, the database down: the next start catches up from the bus
                 log.warning("read model not fully written at stop (%s); the next start catches up from the bus", exc)
         self._rm.close()
 
