@@ -70,6 +70,7 @@ STATUS: dict[str, int] = {
     # the daemon cannot serve it
     "internal_error": 500,
     "bus_unavailable": 503,
+    "read_model_unavailable": 503,
     "shutting_down": 503,
     "wait_timeout": 504,
 }

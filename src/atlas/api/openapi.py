@@ -178,6 +178,7 @@ ERROR_CODES: dict[str, str] = {
     "internal_error": "an unexpected server error; never a stack trace (`details.requestId`, also in "
                       "`X-Request-Id`)",
     "bus_unavailable": "the message bus (NATS JetStream) cannot be reached",
+    "read_model_unavailable": "the PostgreSQL read model (ATLAS_DATABASE_URL) cannot be reached",
     "shutting_down": "the daemon is shutting down and accepts no new triggers",
     "wait_timeout": "the session did not end within the wait limit; it keeps running "
                     "(`details`: `{sessionId, correlationId}`)",
@@ -669,7 +670,7 @@ def _paths() -> dict[str, Any]:
         "`invalid_query`. An unknown "
         "correlationId is an empty list, never a placeholder (spec §4.3, §7.2).",
         {"200": response("One page of sessions", ref("SessionList")),
-         **errors(method="get", codes=["invalid_query"])},
+         **errors(method="get", codes=["invalid_query", "read_model_unavailable"])},
         parameters=[
             query_param("workspaceId", "Exact match", string()),
             query_param("correlationId", "Exact match: a whole trigger tree", string()),
@@ -703,7 +704,7 @@ def _paths() -> dict[str, Any]:
             "The SessionView. Works on every daemon of a cluster: one that has not seen the session yet "
             "rebuilds it from the bus.",
             {"200": response("The session", ref("SessionView")),
-             **errors(method="get", codes=["session_not_found"])},
+             **errors(method="get", codes=["session_not_found", "read_model_unavailable"])},
         ),
         "delete": _op(
             "cancelSession", "sessions", "Cancel a session and its descendants",

@@ -22,6 +22,7 @@ from typing import Any, Final
 import psycopg
 from psycopg_pool import ConnectionPool
 
+from atlas.errors import AtlasError
 from atlas.jsoncodec import loads
 from atlas.sessions.pg_schema import migrate
 from atlas.sessions.readmodel import (
@@ -95,11 +96,14 @@ class PostgresReadModel:
     #: Errors worth another try later (the server is down or restarting); the store keeps the rows meanwhile.
     transient_errors: tuple[type[Exception], ...] = (psycopg.OperationalError,)
 
-    def __init__(self, dsn: str, *, pool_size: int = 4, connect_timeout: float = 10.0) -> None:
+    def __init__(self, dsn: str, *, pool_size: int = 4, connect_timeout: float = 5.0) -> None:
         self.dsn = dsn
         self.path = None  # no file: the SQLite adapter's damage checks do not apply
-        self._pool = ConnectionPool(dsn, min_size=1, max_size=max(2, pool_size), open=False,
-                                    kwargs={"autocommit": True}, name="atlas-readmodel")
+        # A request waits at most `connect_timeout` for a connection: a database that is down fails reads with 503
+        # and writes with an error the store retries, instead of holding the caller for the pool's default 30 s.
+        self._pool = ConnectionPool(dsn, min_size=1, max_size=max(2, pool_size), open=False, timeout=connect_timeout,
+                                    kwargs={"autocommit": True, "connect_timeout": max(1, int(connect_timeout))},
+                                    name="atlas-readmodel")
         self._pool.open(wait=True, timeout=connect_timeout)
         try:
             with self._pool.connection() as conn:
@@ -117,8 +121,13 @@ class PostgresReadModel:
             yield conn
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        with self._conn() as conn:
-            return conn.execute(sql, params).fetchall()
+        """A read; a database that cannot be reached is the API's 503 `read_model_unavailable`."""
+        try:
+            with self._conn() as conn:
+                return conn.execute(sql, params).fetchall()
+        except psycopg.OperationalError as exc:
+            raise AtlasError("read_model_unavailable", "The PostgreSQL read model cannot be reached",
+                             {"reason": type(exc).__name__}) from exc
 
     def close(self) -> None:
         if not self._closed:
