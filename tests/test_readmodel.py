@@ -1,4 +1,10 @@
-"""The SQLite read model (spec §7.1, §7.2; checklist items 42 and 43)."""
+"""The read model (spec §7.1, §7.2; checklist items 42 and 43) and its two adapters (issue #15).
+
+The contract tests take the `rm` fixture and run twice: on SQLite (`ReadModel`, a file under the test's tmp dir) and
+on PostgreSQL (`PostgresReadModel`, a fresh database on the session's private server, tests/pg.py), so both adapters
+store, guard, filter and page identically. Tests about the file itself (modes, WAL, damage, reopening) build their
+own SQLite model; the query-plan tests have one large table per adapter.
+"""
 
 from __future__ import annotations
 
@@ -12,16 +18,25 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
+from atlas.sessions import readmodel_pg
+from atlas.sessions.pg_schema import MIGRATIONS
 from atlas.sessions.readmodel import (
     STREAM_SEQ_KEY,
     ReadModel,
     decode_cursor,
     encode_cursor,
+    encode_rows,
     normalize_timestamp,
     open_read_model,
 )
+from atlas.sessions.readmodel_pg import PostgresReadModel
+from tests.pg import PgServer
+
+Model = ReadModel | PostgresReadModel
+"""Either adapter: what the contract tests hold to."""
 
 STATUSES = ["queued", "active", "completed", "failed", "skipped", "cancelled", "interrupted"]
 
@@ -72,8 +87,23 @@ def session(
     return view, summary
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def rm(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Model]:
+    """Each adapter in turn, empty; PostgreSQL only costs a database (the server is started once, on first use)."""
+    model: Model
+    if request.param == "sqlite":
+        model = ReadModel(tmp_path / "atlas.db")
+    else:
+        model = PostgresReadModel(request.getfixturevalue("pg_dsn"))
+    try:
+        yield model
+    finally:
+        model.close()
+
+
 @pytest.fixture
-def rm(tmp_path: Path) -> Iterator[ReadModel]:
+def sqlite_rm(tmp_path: Path) -> Iterator[ReadModel]:
+    """The SQLite adapter alone, for what only a file has."""
     model = ReadModel(tmp_path / "atlas.db")
     try:
         yield model
@@ -81,7 +111,28 @@ def rm(tmp_path: Path) -> Iterator[ReadModel]:
         model.close()
 
 
-def all_pages(rm: ReadModel, limit: int, **filters: Any) -> list[str]:
+def stored_documents(rm: Model, sid: str) -> tuple[str, str]:
+    """The stored (view_json, summary_json) text of one row, read past the adapter."""
+    sql = "SELECT view_json, summary_json FROM sessions WHERE session_id = "
+    if isinstance(rm, ReadModel):
+        row = rm._conn.execute(sql + "?", (sid,)).fetchone()
+    else:
+        with psycopg.connect(rm.dsn) as conn:
+            row = conn.execute(sql + "%s", (sid,)).fetchone()
+    assert row is not None, sid
+    return row[0], row[1]
+
+
+def pairs_or_rows(rm: Model, *, pairs: int, rows: int) -> int:
+    """What `upsert_many` counts as written, which the adapters do not agree on when a batch holds several pairs
+    of one session: SQLite applies every pair in order and counts each one the guard let through; PostgreSQL
+    refuses to update a row twice in one statement, so its adapter keeps the newest pair of each session and
+    counts rows changed. The stored rows are the same either way (the other assertions), and the store ignores the
+    count."""
+    return pairs if isinstance(rm, ReadModel) else rows
+
+
+def all_pages(rm: Model, limit: int, **filters: Any) -> list[str]:
     ids: list[str] = []
     cursor: str | None = None
     while True:
@@ -96,7 +147,7 @@ def all_pages(rm: ReadModel, limit: int, **filters: Any) -> list[str]:
 # -- writes ----
 
 
-def test_upsert_is_guarded_by_last_seq(rm: ReadModel) -> None:
+def test_upsert_is_guarded_by_last_seq(rm: Model) -> None:
     assert rm.upsert(*session("s1", seq=1, status="queued"))
     assert not rm.upsert(*session("s1", seq=1, status="queued")), "the same event twice is a no-op"
     assert rm.upsert(*session("s1", seq=3, status="active"))
@@ -109,13 +160,13 @@ def test_upsert_is_guarded_by_last_seq(rm: ReadModel) -> None:
     assert summary is not None and summary["status"] == "completed"
 
 
-def test_unknown_session_reads(rm: ReadModel) -> None:
+def test_unknown_session_reads(rm: Model) -> None:
     assert rm.get_view("nope") is None
     assert rm.get_summary("nope") is None
     assert rm.get_last_seq("nope") == 0
 
 
-def test_stream_seq_is_stored_with_the_rows_and_only_moves_forward(rm: ReadModel) -> None:
+def test_stream_seq_is_stored_with_the_rows_and_only_moves_forward(rm: Model) -> None:
     assert rm.get_stream_seq() == 0
     rm.upsert(*session("a"), stream_seq=10)
     assert rm.get_stream_seq() == 10
@@ -135,7 +186,7 @@ def test_stream_seq_is_stored_with_the_rows_and_only_moves_forward(rm: ReadModel
     assert rm.get_meta("missing") is None
 
 
-def test_upsert_many_applies_a_batch_in_order(rm: ReadModel) -> None:
+def test_upsert_many_applies_a_batch_in_order(rm: Model) -> None:
     rm.upsert(*session("old", seq=5, status="active"))
     written = rm.upsert_many(
         [
@@ -146,35 +197,40 @@ def test_upsert_many_applies_a_batch_in_order(rm: ReadModel) -> None:
         ],
         stream_seq=42,
     )
-    assert written == 3
+    assert written == pairs_or_rows(rm, pairs=3, rows=2)
     assert rm.get_last_seq("a") == 2
     assert (rm.get_summary("a") or {})["status"] == "active"
     assert (rm.get_summary("old") or {})["status"] == "active"
     assert rm.get_stream_seq() == 42
 
 
-def test_a_batch_larger_than_one_statement_is_split_and_stays_in_order(rm: ReadModel) -> None:
+def test_a_batch_larger_than_one_statement_is_split_and_stays_in_order(
+    rm: Model, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Batches go in as multi-row statements; across the chunk boundaries rows still apply in order."""
-    rm._rows_per_statement = 2
+    if isinstance(rm, ReadModel):
+        rm._rows_per_statement = 2
+    else:
+        monkeypatch.setattr(readmodel_pg, "_ROWS_PER_STATEMENT", 2)
     rows = [session("a", seq=1), session("b", seq=1), session("a", seq=2, status="active"),
             session("c", seq=1), session("a", seq=3, status="completed")]
-    assert rm.upsert_many(rows, stream_seq=5) == 5
+    assert rm.upsert_many(rows, stream_seq=5) == pairs_or_rows(rm, pairs=5, rows=3)
     assert (rm.get_summary("a") or {})["status"] == "completed" and rm.get_last_seq("a") == 3
     assert rm.get_view("b") is not None and rm.get_view("c") is not None
     assert rm.get_stream_seq() == 5
 
 
-def test_stored_documents_are_the_compact_json_of_the_view_and_summary(rm: ReadModel) -> None:
+def test_stored_documents_are_the_compact_json_of_the_view_and_summary(rm: Model) -> None:
     view, summary = session("u", seq=1)
     view["payload"] = {"text": "é\u2028\n\"\\ \u0001 😀", "big": 12345678901234567890, "f": 1e-7}
     rm.upsert_many([(view, summary)])
-    stored = rm._conn.execute("SELECT view_json, summary_json FROM sessions WHERE session_id = 'u'").fetchone()
+    stored = stored_documents(rm, "u")
     assert json.loads(stored[0]) == view
     assert '"text":"é' in stored[0] and ", " not in stored[0] and '": ' not in stored[0]  # compact, UTF-8 as is
     assert json.loads(stored[1]) == summary
 
 
-def test_a_failed_batch_writes_nothing(rm: ReadModel) -> None:
+def test_a_failed_batch_writes_nothing(rm: Model) -> None:
     bad_view, bad_summary = session("x")
     del bad_view["sessionId"], bad_summary["sessionId"]
     with pytest.raises(ValueError):
@@ -228,7 +284,7 @@ def test_a_damaged_file_is_moved_aside_and_replaced(tmp_path: Path) -> None:
         rm.close()
 
 
-def test_concurrent_writers_from_threads(rm: ReadModel) -> None:
+def test_concurrent_writers_from_threads(rm: Model) -> None:
     def write(worker: int) -> None:
         for i in range(200):
             rm.upsert(*session(f"w{worker}-{i}"))
@@ -255,9 +311,9 @@ def test_files_are_private(tmp_path: Path) -> None:
         model.close()
 
 
-def test_database_is_in_wal_mode(rm: ReadModel) -> None:
+def test_database_is_in_wal_mode(sqlite_rm: ReadModel) -> None:
     # WAL is a property of the file, so another connection sees it.
-    other = sqlite3.connect(rm.path)
+    other = sqlite3.connect(sqlite_rm.path)
     try:
         assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     finally:
@@ -315,7 +371,7 @@ def expected(rows: list[tuple[dict[str, Any], dict[str, Any]]], **filters: Any) 
 
 
 @pytest.fixture
-def loaded(rm: ReadModel) -> tuple[ReadModel, list[tuple[dict[str, Any], dict[str, Any]]]]:
+def loaded(rm: Model) -> tuple[Model, list[tuple[dict[str, Any], dict[str, Any]]]]:
     rows = fixed_set()
     rm.upsert_many(rows)
     return rm, rows
@@ -336,7 +392,7 @@ FILTER_CASES: list[dict[str, Any]] = [
 
 @pytest.mark.parametrize("filters", FILTER_CASES)
 def test_filters_combine_with_and(
-    loaded: tuple[ReadModel, list[tuple[dict[str, Any], dict[str, Any]]]], filters: dict[str, Any]
+    loaded: tuple[Model, list[tuple[dict[str, Any], dict[str, Any]]]], filters: dict[str, Any]
 ) -> None:
     rm, rows = loaded
     want = expected(rows, **filters)
@@ -349,7 +405,7 @@ def test_filters_combine_with_and(
 @pytest.mark.parametrize("filters", FILTER_CASES)
 @pytest.mark.parametrize("limit", [1, 7, 50, 125, 250, 500])
 def test_paging_visits_every_match_once_in_order(
-    loaded: tuple[ReadModel, list[tuple[dict[str, Any], dict[str, Any]]]],
+    loaded: tuple[Model, list[tuple[dict[str, Any], dict[str, Any]]]],
     filters: dict[str, Any],
     limit: int,
 ) -> None:
@@ -358,7 +414,7 @@ def test_paging_visits_every_match_once_in_order(
 
 
 def test_exact_multiple_of_limit_has_no_empty_last_page(
-    loaded: tuple[ReadModel, list[tuple[dict[str, Any], dict[str, Any]]]],
+    loaded: tuple[Model, list[tuple[dict[str, Any], dict[str, Any]]]],
 ) -> None:
     rm, _ = loaded
     cursor: str | None = None
@@ -373,7 +429,7 @@ def test_exact_multiple_of_limit_has_no_empty_last_page(
 
 
 def test_unknown_values_match_nothing(
-    loaded: tuple[ReadModel, list[tuple[dict[str, Any], dict[str, Any]]]],
+    loaded: tuple[Model, list[tuple[dict[str, Any], dict[str, Any]]]],
 ) -> None:
     rm, _ = loaded
     cases: list[dict[str, Any]] = [
@@ -392,7 +448,7 @@ def test_unknown_values_match_nothing(
         assert rm.list_sessions(**filters) == ([], None), filters
 
 
-def test_time_bounds_accept_any_rfc3339_shape(rm: ReadModel) -> None:
+def test_time_bounds_accept_any_rfc3339_shape(rm: Model) -> None:
     rm.upsert(*session("a", started_at="2026-11-24T10:15:02.000Z"))
     rm.upsert(*session("b", started_at="2026-11-24T10:15:02.123Z"))
     rm.upsert(*session("c", started_at="2026-11-24T10:15:03.000Z"))
@@ -411,7 +467,7 @@ def test_time_bounds_accept_any_rfc3339_shape(rm: ReadModel) -> None:
             rm.list_sessions(since=bad)
 
 
-def test_bad_cursor_and_limit_raise_value_error(rm: ReadModel) -> None:
+def test_bad_cursor_and_limit_raise_value_error(rm: Model) -> None:
     def b64(value: object) -> str:
         return base64.urlsafe_b64encode(json.dumps(value).encode()).decode()
 
@@ -436,7 +492,7 @@ def test_bad_cursor_and_limit_raise_value_error(rm: ReadModel) -> None:
 # -- lineage and status ----
 
 
-def test_children_in_acceptance_order_and_descendants(rm: ReadModel) -> None:
+def test_children_in_acceptance_order_and_descendants(rm: Model) -> None:
     rm.upsert_many(
         [
             session("root", queued_at=ts(0)),
@@ -457,12 +513,12 @@ def test_children_in_acceptance_order_and_descendants(rm: ReadModel) -> None:
     assert rm.descendants("unknown") == []
 
 
-def test_descendants_terminate_on_a_cycle(rm: ReadModel) -> None:
+def test_descendants_terminate_on_a_cycle(rm: Model) -> None:
     rm.upsert_many([session("a", parent="b"), session("b", parent="a")])
     assert rm.descendants("a") == ["b"]
 
 
-def test_non_terminal_and_counts(rm: ReadModel) -> None:
+def test_non_terminal_and_counts(rm: Model) -> None:
     rm.upsert_many(
         [
             session("q", status="queued", queued_at=ts(3)),
@@ -536,3 +592,147 @@ def test_other_indexed_filters_search(big: ReadModel) -> None:
     ]
     for filters in cases:
         assert_index_search(big.explain_list(**filters))
+
+
+# -- PostgreSQL: schema versions and query plans at scale (issue #15) ----
+
+
+def test_postgres_survives_reopening_and_migrates_once(pg_dsn: str) -> None:
+    first = PostgresReadModel(pg_dsn)
+    first.upsert(*session("s1", seq=2), stream_seq=9)
+    first.close()
+    first.close()  # idempotent
+    second = PostgresReadModel(pg_dsn)
+    try:
+        assert second.get_last_seq("s1") == 2
+        assert second.get_stream_seq() == 9
+    finally:
+        second.close()
+    with psycopg.connect(pg_dsn) as conn:
+        versions = [row[0] for row in conn.execute("SELECT version FROM schema_migrations ORDER BY version")]
+    assert versions == [version for version, _ in MIGRATIONS]
+
+
+def test_postgres_daemons_starting_together_migrate_once(pg_dsn: str) -> None:
+    """Several adapters opening one empty database at the same moment (daemons started together): each waits on
+    the advisory lock, one creates the schema, none fails, and every version is recorded once."""
+    gate = threading.Barrier(4)
+    opened: list[PostgresReadModel] = []
+    errors: list[BaseException] = []
+
+    def open_one() -> None:
+        gate.wait()
+        try:
+            opened.append(PostgresReadModel(pg_dsn))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        assert errors == []
+        assert len(opened) == 4
+        opened[0].upsert(*session("s1"))
+        assert all(model.get_last_seq("s1") == 1 for model in opened)
+    finally:
+        for model in opened:
+            model.close()
+    with psycopg.connect(pg_dsn) as conn:
+        versions = [row[0] for row in conn.execute("SELECT version FROM schema_migrations ORDER BY version")]
+    assert versions == [version for version, _ in MIGRATIONS]
+
+
+PG_BIG_ROWS = 30_000
+"""Rows of the plan tests' table: enough that a sequential scan costs more than an index scan, and no more than
+ANALYZE's default sample (300 × default_statistics_target), so the statistics and with them the plans are the
+same on every run."""
+
+
+@pytest.fixture(scope="module")
+def big_pg(pg: PgServer) -> Iterator[PostgresReadModel]:
+    """A PostgreSQL read model with PG_BIG_ROWS sessions in 20 workspaces × 7 statuses, correlations of three,
+    and lineage: every session whose index is not a multiple of three is the child of the one before it."""
+    model = PostgresReadModel(pg.create_database())
+    batch: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    for i in range(PG_BIG_ROWS):
+        batch.append(
+            session(
+                f"sid-{i:06d}",
+                started_at=ts(i % 3600, i % 1000),
+                workspace_id=f"ws-{i % 20}",
+                correlation_id=f"corr-{i // 3}",
+                status=STATUSES[i % len(STATUSES)],
+                parent=f"sid-{i - 1:06d}" if i % 3 else None,
+                root=f"sid-{i - i % 3:06d}",
+            )
+        )
+        if len(batch) == 5_000:
+            model.upsert_encoded(encode_rows(batch))
+            batch = []
+    model.upsert_encoded(encode_rows(batch))
+    with psycopg.connect(model.dsn, autocommit=True) as conn:
+        conn.execute("ANALYZE sessions")
+    try:
+        yield model
+    finally:
+        model.close()
+
+
+def assert_pg_index_scan(plan: list[str], index: str) -> None:
+    """No sequential scan of the sessions table anywhere in the plan, and `index` is what reads it."""
+    text = "\n".join(plan)
+    assert "Seq Scan" not in text, text
+    assert f"Index Scan using {index} on sessions" in text or f"Index Scan Backward using {index} on sessions" \
+        in text or f"Index Only Scan using {index} on sessions" in text or f"Bitmap Index Scan on {index}" in text, text
+
+
+def test_postgres_plan_table_is_loaded_and_analyzed(big_pg: PostgresReadModel) -> None:
+    assert sum(big_pg.count_by_status().values()) == PG_BIG_ROWS
+    with psycopg.connect(big_pg.dsn) as conn:
+        row = conn.execute("SELECT reltuples FROM pg_class WHERE relname = 'sessions'").fetchone()
+    assert row is not None and int(row[0]) == PG_BIG_ROWS  # ANALYZE ran and saw every row
+
+
+def test_postgres_session_id_lookup_is_an_index_scan(big_pg: PostgresReadModel) -> None:
+    assert_pg_index_scan(big_pg.explain_get(), "sessions_pkey")
+    summary = big_pg.get_summary("sid-024321")
+    assert summary is not None and summary["correlationId"] == "corr-8107"
+
+
+def test_postgres_correlation_id_lookup_is_an_index_scan(big_pg: PostgresReadModel) -> None:
+    assert_pg_index_scan(big_pg.explain_list(correlation_id="corr-8107"), "idx_sessions_correlation")
+    cursor = encode_cursor(ts(100), "sid-000300")
+    assert_pg_index_scan(big_pg.explain_list(correlation_id="corr-8107", cursor=cursor, limit=1),
+                         "idx_sessions_correlation")
+    page, _ = big_pg.list_sessions(correlation_id="corr-8107")
+    assert sorted(s["sessionId"] for s in page) == ["sid-024321", "sid-024322", "sid-024323"]
+
+
+def test_postgres_workspace_and_status_list_is_an_index_scan(big_pg: PostgresReadModel) -> None:
+    assert_pg_index_scan(big_pg.explain_list(workspace_id="ws-3", statuses=["active"]),
+                         "idx_sessions_workspace_status")
+    page, cursor = big_pg.list_sessions(workspace_id="ws-3", statuses=["active"], limit=20)
+    assert len(page) == 20 and cursor is not None
+    assert all(s["workspaceId"] == "ws-3" and s["status"] == "active" for s in page)
+    keys = [(s["startedAt"], s["sessionId"]) for s in page]
+    assert keys == sorted(keys, reverse=True)
+    for filters in ({"workspace_id": "ws-3"}, {"statuses": ["active"]}, {}):
+        assert "Seq Scan" not in "\n".join(big_pg.explain_list(**filters)), filters
+
+
+def test_postgres_lineage_lookups_are_index_scans(big_pg: PostgresReadModel) -> None:
+    assert_pg_index_scan(big_pg.explain_list(parent_session_id="sid-000301"), "idx_sessions_parent")
+    assert_pg_index_scan(big_pg.explain_list(root_session_id="sid-000300"), "idx_sessions_root")
+    # The queries of children() and of descendants() (its recursive step joins on parent_session_id).
+    assert_pg_index_scan(
+        big_pg.explain("SELECT summary_json FROM sessions WHERE parent_session_id = %s ORDER BY queued_at, session_id",
+                       ("sid-000301",)),
+        "idx_sessions_parent",
+    )
+    assert [s["sessionId"] for s in big_pg.children("sid-000300")] == ["sid-000301"]
+    assert sorted(big_pg.descendants("sid-000300")) == ["sid-000301", "sid-000302"]
+    page, _ = big_pg.list_sessions(root_session_id="sid-000300")
+    assert sorted(s["sessionId"] for s in page) == ["sid-000300", "sid-000301", "sid-000302"]
