@@ -70,27 +70,42 @@ def test_daemons_starting_together_migrate_the_schema_once(pg_dsn: str) -> None:
         rm.close()
 
 
-def test_rows_written_while_the_database_was_down_arrive_when_it_is_back(tmp_path: Path) -> None:
-    """The store keeps the rows it could not write and retries: every accepted session gets its row."""
+def test_while_the_database_is_down_triggers_are_refused_and_no_accepted_session_loses_its_row(
+    tmp_path: Path,
+) -> None:
+    """Issue #15 item 5: new triggers answer 503 once the shared read model cannot be written (another daemon could
+    not show them); what was accepted runs on, and every accepted session gets its terminal row once PostgreSQL is
+    back (the store keeps and retries the rows)."""
     with pg_server() as pg:
         dsn = pg.create_database()
         d = DaemonProcess(tmp_path / "home", [FIXTURES / "core"], {"ATLAS_DATABASE_URL": dsn}).start()
         try:
             pg.stop()
-            sids = []
-            for n in range(5):
-                r = post(d, "core", "echo", {"payload": {"n": n}})
-                assert r.status_code == 202, r.text
-                sids.append(r.json()["sessionId"])
-            for sid in sids:  # they run and end while the database is down, served from memory
+            accepted: list[str] = []
+            refused: list[httpx.Response] = []
+
+            def trigger_until_refused() -> bool:
+                r = post(d, "core", "echo", {"payload": {"n": len(accepted)}})
+                if r.status_code == 202:
+                    accepted.append(r.json()["sessionId"])
+                    return False
+                refused.append(r)
+                return True
+
+            wait_for(trigger_until_refused, 60, interval=0.05, what="a trigger refused while PostgreSQL is down")
+            assert refused[0].status_code == 503, refused[0].text
+            assert refused[0].json()["error"]["code"] == "read_model_unavailable"
+            for sid in accepted:  # they run and end while the database is down, served from memory
                 assert wait_terminal(d, sid)["status"] == "completed"
             listing = httpx.get(f"{d.url}/api/sessions", timeout=30)  # a query the database must answer
             assert listing.status_code == 503, listing.text
             assert listing.json()["error"]["code"] == "read_model_unavailable"
             pg.start()
             wait_for(lambda: sorted(r[0] for r in rows(dsn, "SELECT session_id FROM sessions WHERE status = "
-                                                          "'completed'")) == sorted(sids),
-                     30, what="the rows of the sessions accepted while PostgreSQL was down")
+                                                          "'completed'")) == sorted(accepted),
+                     30, what="the rows of the sessions accepted around the outage")
+            r = post(d, "core", "echo", {"payload": {"after": True}})  # accepted again once writes succeed
+            assert r.status_code == 202, r.text
         finally:
             _stop(d, pg)
 

@@ -136,6 +136,8 @@ def _consume_exception(fut: asyncio.Future[Any]) -> None:
 
 class AcceptPipeline:
     TAILS_KEPT = 100_000
+    #: How long an accept waits for its queued row in a shared read model before answering anyway.
+    COMMIT_WAIT_S = 5.0
 
     def __init__(self, *, bus: Bus, session_log: SessionLog, store: SessionStore, workspaces: WorkspaceRegistry,
                  finalizer: Finalizer, intake: Intake, daemon_id: str, max_cascade_depth: int,
@@ -190,6 +192,9 @@ class AcceptPipeline:
         """Validate (unless the caller did), mint ids, hand the envelope to SIGNALS, then write `session:queued`."""
         ws, job_id, parent = validated or self.validate(req)
         self.intake.check()
+        if self.store.shared and not self.store.writable():
+            # Another daemon could not list what this one accepts now (issue #15): refuse rather than accept.
+            raise AtlasError("read_model_unavailable", "The shared read model (PostgreSQL) cannot be written")
 
         sid = str(uuid.uuid4())
         if parent is not None:
@@ -237,6 +242,8 @@ class AcceptPipeline:
                 self._tails[sid] = writer.stream_seq
                 while len(self._tails) > self.TAILS_KEPT:
                     self._tails.pop(next(iter(self._tails)))
+                if self.store.shared:  # read-your-writes on every daemon: the row is in the database before the 202
+                    await self._row_committed(sid)
             try:
                 await envelope_sent
             except Exception as exc:
@@ -252,6 +259,15 @@ class AcceptPipeline:
             if not envelope_sent.done():  # cancelled (the client went away mid-write): let it land or fail
                 envelope_sent.add_done_callback(_consume_exception)
         return Accepted(sid, correlation_id, ws.id, req.signal_id, job_id, "queued")
+
+    async def _row_committed(self, sid: str) -> None:
+        """Wait (at most `COMMIT_WAIT_S`) for the queued row of a shared read model; past it the trigger is still
+        accepted (it is in the log, and its row follows when the database answers again)."""
+        try:
+            async with asyncio.timeout(self.COMMIT_WAIT_S):
+                await self.store.committed(sid)
+        except TimeoutError:
+            log.warning("queued row of %s not committed within %gs; accepted anyway", sid, self.COMMIT_WAIT_S)
 
     def ride_through_s(self) -> float:
         """How long an accept keeps sending its writes while the bus does not answer: half a run's patience, so a

@@ -70,6 +70,10 @@ class SessionStore:
         self.sole_writer = False
         self._mark = 0
         self._ahead: set[int] = set()
+        # Shared read model (PostgreSQL, issue #15): other daemons answer queries from it, so an accept waits for its
+        # `queued` row to be committed (`committed`); the futures of those waits, by session.
+        self.shared = False
+        self._commit_waiters: dict[str, list[asyncio.Future[None]]] = {}
 
     # ------------------------------------------------------------ sole writer
 
@@ -116,6 +120,42 @@ class SessionStore:
             self._pending_stream_seq = max(self._pending_stream_seq, self._mark)
             self._schedule_flush()
 
+    # ------------------------------------------------------------ committing (a shared read model)
+
+    def writable(self) -> bool:
+        """False while read-model writes fail (the store is retrying them): a shared read model's daemons refuse
+        new triggers then, since another daemon could not show them (issue #15)."""
+        return not self._retry_at
+
+    async def committed(self, session_id: str) -> None:
+        """Return once the row of `session_id`, as applied so far, is committed to the read model.
+
+        The dirty row is flushed now rather than after `FLUSH_DELAY_S`; accepts that wait together share one
+        transaction (the writer thread takes every row dirty by then). While writes fail it waits for the retry
+        that succeeds: callers bound it with a timeout."""
+        if session_id not in self._dirty and session_id not in self._writing:
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._commit_waiters.setdefault(session_id, []).append(waiter)
+        if session_id in self._dirty:
+            self.flush()
+        try:
+            await waiter
+        finally:
+            waiters = self._commit_waiters.get(session_id)
+            if waiters is not None and waiter in waiters:
+                waiters.remove(waiter)
+                if not waiters:
+                    del self._commit_waiters[session_id]
+
+    def _wake_committed(self, batch: dict[str, dict[str, Any]]) -> None:
+        if not self._commit_waiters:
+            return
+        for sid in batch:
+            for waiter in self._commit_waiters.pop(sid, ()):
+                if not waiter.done():
+                    waiter.set_result(None)
+
     # ------------------------------------------------------------ reading
 
     @property
@@ -134,6 +174,7 @@ class SessionStore:
                 self._write_failed(batch, seq, exc)
             else:
                 self._write_succeeded()
+                self._wake_committed(batch)
         return self._rm
 
     def _in_memory(self, session_id: str) -> dict[str, Any] | None:
@@ -298,6 +339,7 @@ class SessionStore:
             self._writing = {}
         if error is None:
             self._write_succeeded()
+            self._wake_committed(batch)
         elif isinstance(error, self._transient):  # full disk, I/O error, database down: worth another try
             self._write_failed(batch, seq, error)
         else:
