@@ -57,6 +57,7 @@ EXPECTED_OPERATIONS = {
     ("get", "/health"),
     ("get", "/api/daemon/status"),
     ("post", "/api/daemon/shutdown"),
+    ("post", "/api/admin/rebuild-readmodel"),
     ("get", "/api/workspaces"),
     ("post", "/api/workspaces/add"),
     ("get", "/api/workspaces/{workspace_id}"),

@@ -20,7 +20,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Route
 
-from atlas.api import daemon_routes, schedules, sessions, streams, tools, trigger, workspaces
+from atlas.api import admin_routes, daemon_routes, schedules, sessions, streams, tools, trigger, workspaces
 from atlas.api.bench_routes import bench_routes
 from atlas.api.errors import EXCEPTION_HANDLERS
 from atlas.api.openapi import openapi_json
@@ -49,6 +49,7 @@ def routes() -> list[BaseRoute]:
         _route("/health", daemon_routes.health, "GET"),
         _route("/api/daemon/status", daemon_routes.daemon_status, "GET"),
         _route("/api/daemon/shutdown", daemon_routes.daemon_shutdown, "POST"),
+        _route("/api/admin/rebuild-readmodel", admin_routes.rebuild_readmodel, "POST"),
         _route("/api/workspaces", workspaces.list_workspaces, "GET"),
         _route("/api/workspaces/add", workspaces.add_workspace, "POST"),
         _route("/api/workspaces/{workspace_id}", workspaces.show_workspace, "GET"),

@@ -332,6 +332,14 @@ def _schemas() -> dict[str, Schema]:
         "cluster": array(ref("ClusterDaemon")),
     })
     s["Message"] = obj({"message": string()})
+    s["RebuildResult"] = obj(
+        {"events": integer(description="Events replayed from SESSION_EVENTS"),
+         "sessions": integer(description="Sessions those events belong to"),
+         "written": integer(description="Rows written: missing or behind the log (0 when the read model was right)"),
+         "readModel": enum(["sqlite", "postgresql"], "Where this daemon's read model lives")},
+        closed=True,
+        description="The counts of a read-model rebuild",
+    )
 
     # -- workspaces
     s["WorkspaceEntry"] = obj({
@@ -590,6 +598,17 @@ def _paths() -> dict[str, Any]:
          **errors(method="post", codes=["forbidden"])},
     )}
 
+    p["/api/admin/rebuild-readmodel"] = {"post": _op(
+        "rebuildReadModel", "admin", "Rebuild the read model from the log",
+        "Replays the whole SESSION_EVENTS stream and writes every session's row folded from its events, guarded "
+        "by `last_seq`: missing rows come back, rows behind the log move forward, right rows stay untouched. "
+        "Idempotent (a second run writes 0 rows). For an empty or damaged read model and for a move from SQLite "
+        "to PostgreSQL (`ATLAS_DATABASE_URL`). Answers once the replay is written.",
+        {"200": response("Rebuilt", ref("RebuildResult"),
+                         example={"events": 1200, "sessions": 300, "written": 300, "readModel": "postgresql"}),
+         **errors(method="post", codes=["bus_unavailable", "read_model_unavailable"])},
+    )}
+
     p["/api/workspaces"] = {"get": _op(
         "listWorkspaces", "workspaces", "List workspaces", "All registered workspaces, by name.",
         {"200": response("Workspaces", array(ref("WorkspaceEntry"))), **errors(method="get")},
@@ -827,6 +846,7 @@ def build_openapi() -> dict[str, Any]:
         },
         "tags": [
             {"name": "daemon", "description": "Health, status and shutdown"},
+            {"name": "admin", "description": "Operator actions"},
             {"name": "workspaces", "description": "Registered workspaces, their jobs and signals"},
             {"name": "signals", "description": "Triggering jobs (spec §5)"},
             {"name": "sessions", "description": "Session queries, cancellation and live streams"},
