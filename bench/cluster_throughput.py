@@ -22,6 +22,10 @@ Usage: python bench/cluster_throughput.py [--duration 10] [--rounds 2] [--connec
    the machine's cores went: on a 2-core machine, 3 nats-servers, n daemons and wrk share the same two cores,
    so adding daemons can only help as far as one daemon leaves CPU idle.
 
+5. With `--postgres` (issue #15), the daemons share a PostgreSQL read model (a private PostgreSQL 15 server,
+   ``tests/pg.py``; ``ATLAS_DATABASE_URL``): completions are counted in it, no daemon needs to catch up on start,
+   and the CPU of the PostgreSQL processes is reported as well.
+
 Markdown goes to stdout, progress to stderr. Nothing asserts a number: the ratios are the result.
 """
 
@@ -41,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import psycopg
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -48,6 +53,7 @@ if str(ROOT) not in sys.path:
 
 from tests.cluster.harness import ClusterDaemon, NatsCluster  # noqa: E402
 from tests.daemon_proc import FIXTURES  # noqa: E402
+from tests.pg import PgServer, start_pg_server  # noqa: E402
 
 BODY = '{"payload":{"n":1}}'
 PATH = "/api/workspaces/cluster/signals/echo?nowait=true"
@@ -127,7 +133,12 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def completed(db: Path) -> int:
+def completed(db: Path | str) -> int:
+    """Completed sessions in a read model: daemon 1's SQLite file, or the shared PostgreSQL database (a DSN)."""
+    if isinstance(db, str):
+        with psycopg.connect(db, autocommit=True) as pg:
+            row = pg.execute("SELECT COUNT(*) FROM sessions WHERE status = 'completed'").fetchone()
+            return int(row[0]) if row else 0
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
     try:
         row = con.execute("SELECT COUNT(*) FROM sessions WHERE status = 'completed'").fetchone()
@@ -136,7 +147,7 @@ def completed(db: Path) -> int:
         con.close()
 
 
-def wait_completed(db: Path, target: int, timeout: float) -> float:
+def wait_completed(db: Path | str, target: int, timeout: float) -> float:
     """Poll daemon 1's read model until `target` sessions are completed; returns when (monotonic)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -147,8 +158,11 @@ def wait_completed(db: Path, target: int, timeout: float) -> float:
         time.sleep(0.05)
 
 
-def wait_caught_up(d: ClusterDaemon, db: Path, timeout: float) -> None:
-    """Poll until daemon `d`'s read model has as many completed sessions as daemon 1's."""
+def wait_caught_up(d: ClusterDaemon, db: Path | str, timeout: float) -> None:
+    """Poll until daemon `d`'s read model has as many completed sessions as daemon 1's (nothing to wait for when
+    they share PostgreSQL)."""
+    if isinstance(db, str):
+        return
     target = completed(db)
     mine = d.home / "atlas.db"
     deadline = time.monotonic() + timeout
@@ -168,6 +182,7 @@ class Run:
     sessions: int
     cpu_daemons: float
     cpu_nats: float
+    cpu_pg: float = 0.0
 
     @property
     def rps(self) -> float:
@@ -198,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2, help="how many times to measure 1, 2 and 3 daemons")
     parser.add_argument("--connections", type=int, default=32, help="wrk connections in total")
     parser.add_argument("--drain-timeout", type=float, default=180.0)
+    parser.add_argument("--postgres", action="store_true", help="share a PostgreSQL read model (issue #15)")
     args = parser.parse_args(argv)
 
     print("## Multi-daemon: nowait trigger throughput with 1, 2 and 3 daemons on a 3-node cluster\n")
@@ -212,14 +228,16 @@ def main(argv: list[str] | None = None) -> int:
         script.write_text(LUA)
         say("starting the 3-node nats cluster")
         cluster = NatsCluster(root / "nats").start()
+        pg = start_pg_server() if args.postgres else None
+        env = {**ENV, "ATLAS_DATABASE_URL": pg.create_database("atlas")} if pg is not None else ENV
         daemons = [ClusterDaemon(root / f"d{i + 1}", [FIXTURES / "cluster"], cluster,
-                                 {**ENV, "ATLAS_BENCH_BASELINE": "1"} if i == 0 else ENV) for i in range(3)]
+                                 {**env, "ATLAS_BENCH_BASELINE": "1"} if i == 0 else env) for i in range(3)]
         runs: list[Run] = []
         baselines: list[float] = []
         try:
             say("starting daemon 1")
             daemons[0].start(timeout=60)
-            db = daemons[0].home / "atlas.db"
+            db: Path | str = env["ATLAS_DATABASE_URL"] if pg is not None else daemons[0].home / "atlas.db"
             with httpx.Client() as client:
                 for url in (daemons[0].url + PATH, daemons[0].url + BASELINE_PATH):
                     r = client.post(url, content=BODY, headers={"Content-Type": "application/json"})
@@ -239,12 +257,12 @@ def main(argv: list[str] | None = None) -> int:
                             # A new daemon first materialises every session of the earlier runs: let it catch
                             # up before measuring, or its replay would be counted against n daemons.
                             wait_caught_up(d, db, args.drain_timeout)
-                    runs.append(measure(daemons[:n], daemons[:n], cluster, db, script, args))
+                    runs.append(measure(daemons[:n], daemons[:n], cluster, db, script, args, pg))
                     say(f"round {rnd + 1}, {n} daemon(s): {runs[-1].rps:,.0f} req/s, "
                         f"{runs[-1].session_rate:,.0f} sessions/s")
                 # What the extra daemons cost without taking any triggers: they still run sessions and
                 # materialise every event.
-                runs.append(measure(daemons, daemons[:1], cluster, db, script, args))
+                runs.append(measure(daemons, daemons[:1], cluster, db, script, args, pg))
                 say(f"round {rnd + 1}, 3 daemons, triggers to daemon 1 only: {runs[-1].rps:,.0f} req/s, "
                     f"{runs[-1].session_rate:,.0f} sessions/s")
                 for d in daemons[1:]:
@@ -261,24 +279,47 @@ def main(argv: list[str] | None = None) -> int:
             for d in daemons:
                 d.stop()
             cluster.stop()
+            if pg is not None:
+                pg.close()
     report(runs, baselines, args)
     return 0
 
 
-def measure(ds: list[ClusterDaemon], targets: list[ClusterDaemon], cluster: NatsCluster, db: Path, script: Path,
-            args: argparse.Namespace) -> Run:
-    """wrk against `targets` while the daemons `ds` run; CPU over all of `ds`."""
+def pg_pids(pg: PgServer | None) -> list[int]:
+    """The postmaster and its children (backends, writer, WAL writer…): PostgreSQL's whole CPU."""
+    if pg is None:
+        return []
+    try:
+        master = int((pg.datadir / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return []
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rpartition(")")[2].split()[1]) == master:
+                    children.append(int(entry.name))
+            except (OSError, ValueError, IndexError):
+                continue
+    return [master, *children]
+
+
+def measure(ds: list[ClusterDaemon], targets: list[ClusterDaemon], cluster: NatsCluster, db: Path | str,
+            script: Path, args: argparse.Namespace, pg: PgServer | None = None) -> Run:
+    """wrk against `targets` while the daemons `ds` run; CPU over all of `ds` (and of PostgreSQL, if shared)."""
     pids = [d.proc.pid for d in ds if d.proc is not None]
     nats_pids = [n.proc.pid for n in cluster.nodes if n.proc is not None]
     before = completed(db)
+    pg_before = {p: cpu_s(p) for p in pg_pids(pg)}
     c0 = (sum(cpu_s(p) for p in pids), sum(cpu_s(p) for p in nats_pids))
     t0 = time.monotonic()
     wrks = run_wrk_parallel([d.url + PATH for d in targets], script, args.duration, args.connections)
     t1 = time.monotonic()
     c1 = (sum(cpu_s(p) for p in pids), sum(cpu_s(p) for p in nats_pids))
+    pg_cpu = sum(cpu_s(p) - pg_before.get(p, 0.0) for p in pg_pids(pg))  # backends born during the run count whole
     ok = sum(w.requests - w.non2xx for w in wrks)
     t_end = wait_completed(db, before + ok, args.drain_timeout)
-    return Run(len(ds), len(targets), wrks, t1 - t0, t_end - t0, ok, c1[0] - c0[0], c1[1] - c0[1])
+    return Run(len(ds), len(targets), wrks, t1 - t0, t_end - t0, ok, c1[0] - c0[0], c1[1] - c0[1], pg_cpu)
 
 
 def report(runs: list[Run], baselines: list[float], args: argparse.Namespace) -> None:
@@ -293,18 +334,24 @@ def report(runs: list[Run], baselines: list[float], args: argparse.Namespace) ->
                       for n in (1, 2, 3))
           + " req/s). The last row keeps 3 daemons running but sends every trigger to daemon 1 (all "
           f"{args.connections} connections): the cost of the other two without any accepting.\n")
+    shared = args.postgres
+    pg_head = " | PostgreSQL CPU (cores) | PostgreSQL CPU per 202" if shared else ""
     print("| daemons | 202/s (sum) | vs 1 daemon | p50 | p99 | sessions completed/s | vs 1 daemon "
-          "| daemons CPU (cores) | nats CPU (cores) | daemon CPU per 202 | non-2xx | socket errors |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          f"| daemons CPU (cores) | nats CPU (cores) | daemon CPU per 202 | vs 1 daemon{pg_head} | non-2xx "
+          "| socket errors |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if shared else "") + "---|---|")
+    per_one = one.cpu_daemons / max(1, sum(w.requests for w in one.wrks))
     for k in kinds:
         r = best[k]
         requests = max(1, sum(w.requests for w in r.wrks))
         label = str(r.n) if r.n == r.targets else f"{r.n}, triggers to daemon 1 only"
+        pg_cells = (f" | {r.cpu_pg / r.seconds:.2f} | {r.cpu_pg * 1e3 / requests:.2f} ms" if shared else "")
         print(f"| {label} | {r.rps:,.0f} | **{r.rps / one.rps:.2f}×** "
               f"| {r.latency('50'):.1f} ms | {r.latency('99'):.1f} ms "
               f"| {r.session_rate:,.0f} | {r.session_rate / one.session_rate:.2f}× "
               f"| {r.cpu_daemons / r.seconds:.2f} | {r.cpu_nats / r.seconds:.2f} "
-              f"| {r.cpu_daemons * 1e3 / requests:.2f} ms | {r.non2xx} | {r.socket_errors} |")
+              f"| {r.cpu_daemons * 1e3 / requests:.2f} ms | {r.cpu_daemons / requests / per_one:.2f}×{pg_cells} "
+              f"| {r.non2xx} | {r.socket_errors} |")
     print()
     errors: Counter[str] = Counter()
     for r in runs:
