@@ -7,14 +7,24 @@ the `atlas` CLI as a subprocess. The rows are read and damaged with plain SQL, a
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psycopg
+import pytest
 
+from atlas.bus.client import SESSION_EVENTS, events_subject
+from atlas.jsoncodec import dumps
+from atlas.runtime.accept import TriggerRequest
+from atlas.sessions import events as ev
+from atlas.sessions import materializer
+from tests import inproc
 from tests.daemon_proc import ATLAS, FIXTURES, DaemonProcess, wait_for
 from tests.pg import PgServer
 
@@ -96,7 +106,7 @@ def test_rebuild_refills_an_emptied_and_a_damaged_postgresql_read_model(pg_dsn: 
         execute(pg_dsn, "TRUNCATE sessions")
         assert listed(d, AUTH) == {}
         first = rebuild(d, "--token", TOKEN)
-        assert first == {"events": events, "sessions": 6, "written": 6, "readModel": "postgresql"}
+        assert first == {"events": events, "sessions": 6, "written": 6, "partial": 0, "readModel": "postgresql"}
         assert snapshot(pg_dsn) == before
         assert listed(d, AUTH) == dict.fromkeys(sids, "completed")
 
@@ -157,3 +167,56 @@ def test_a_sqlite_home_moves_to_postgresql_and_still_works_without_it(pg: PgServ
         assert listed(again) == dict.fromkeys(on_sqlite + on_postgres + later, "completed")
     finally:
         assert again.stop() == 0
+
+
+async def until(predicate: Any, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+async def test_rebuild_leaves_the_sole_writer_bookkeeping_alone_and_skips_sessions_without_their_head(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process, embedded bus (the daemon owns the log and moves the resume point with its own writes); events
+    are put on the bus directly only to stand for a session whose head aged out and for a late `session:summary`."""
+    async with inproc.running(tmp_path / "home", (FIXTURES / "core",)) as d:
+        sids = [(await d.accept.accept(TriggerRequest("core", "echo", {"n": i}, "http"))).session_id
+                for i in range(3)]
+        for sid in sids:
+            assert (await d.store.wait_terminal(sid, 30))["status"] == "completed"
+
+        async def stream_end() -> int:
+            return int((await d.bus.js.stream_info(SESSION_EVENTS)).state.last_seq)
+
+        end = await stream_end()
+        await until(lambda: d.store.rm.get_stream_seq() == end)
+        assert d.store.sole_writer
+        result = await d.materializer.rebuild_all()
+        assert result == {"events": end, "sessions": 3, "written": 0, "partial": 0}
+        assert d.store.sole_writer and d.store.rm.get_stream_seq() == end and d.store.gaps() == []
+        later = (await d.accept.accept(TriggerRequest("core", "echo", {"n": 9}, "http"))).session_id
+        assert (await d.store.wait_terminal(later, 30))["status"] == "completed"
+        end = await stream_end()
+        await until(lambda: d.store.rm.get_stream_seq() == end)  # own writes still move the resume point
+
+        # A session whose first two events have left the stream, and a summary after a terminal event. With one
+        # session a batch, the ended session's view is written and dropped before its summary comes: it is folded
+        # again from its own log.
+        headless = str(uuid.uuid4())
+        late = sids[0]
+        last = int(d.store.view(late)["lastSeq"])  # type: ignore[index]
+        nc = d.bus.nc
+        assert nc is not None
+        tail = {**ev.summary(sessionId=headless, seq=3, summary="tail"), "workspaceId": "core"}
+        await nc.publish(events_subject(headless), dumps(tail), headers={"Nats-Msg-Id": f"{headless}:3"})
+        note = ev.summary(sessionId=late, seq=last + 1, summary="written late")
+        await nc.publish(events_subject(late), dumps(note), headers={"Nats-Msg-Id": f"{late}:{last + 1}"})
+        await nc.flush()
+        monkeypatch.setattr(materializer._Refill, "BATCH", 1)
+        result = await d.materializer.rebuild_all()
+        assert result["partial"] == 1 and result["sessions"] == 4
+        assert d.store.rm.get_view(headless) is None
+        row = d.store.rm.get_view(late)
+        assert row is not None and row["lastSeq"] == last + 1 and row["status"] == "completed"
+        assert row["aiSummary"]["summary"] == "written late"

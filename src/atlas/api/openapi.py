@@ -336,6 +336,8 @@ def _schemas() -> dict[str, Schema]:
         {"events": integer(description="Events replayed from SESSION_EVENTS"),
          "sessions": integer(description="Sessions those events belong to"),
          "written": integer(description="Rows written: missing or behind the log (0 when the read model was right)"),
+         "partial": integer(description="Sessions skipped: their first event has left the stream (retention), "
+                                        "so no row is folded from their tail"),
          "readModel": enum(["sqlite", "postgresql"], "Where this daemon's read model lives")},
         closed=True,
         description="The counts of a read-model rebuild",
@@ -605,7 +607,8 @@ def _paths() -> dict[str, Any]:
         "Idempotent (a second run writes 0 rows). For an empty or damaged read model and for a move from SQLite "
         "to PostgreSQL (`ATLAS_DATABASE_URL`). Answers once the replay is written.",
         {"200": response("Rebuilt", ref("RebuildResult"),
-                         example={"events": 1200, "sessions": 300, "written": 300, "readModel": "postgresql"}),
+                         example={"events": 1200, "sessions": 300, "written": 300, "partial": 0,
+                                  "readModel": "postgresql"}),
          **errors(method="post", codes=["bus_unavailable", "read_model_unavailable"])},
     )}
 

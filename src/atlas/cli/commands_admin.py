@@ -31,4 +31,5 @@ def rebuild_readmodel(url: UrlOpt = None, token: TokenOpt = None, json_out: Json
         out.emit_json(body)
         return
     out.fields([("read model", body["readModel"]), ("events", str(body["events"])),
-                ("sessions", str(body["sessions"])), ("rows written", str(body["written"]))])
+                ("sessions", str(body["sessions"])), ("rows written", str(body["written"])),
+                ("partial", f"{body['partial']} (first event past retention: skipped)")])

@@ -144,7 +144,8 @@ class Materializer:
 
     async def rebuild_all(self) -> dict[str, int]:
         """Refill the read model from the whole SESSION_EVENTS stream (`atlas admin rebuild-readmodel`); returns
-        `{events, sessions, written}`: the events replayed, the sessions they belong to, the rows written.
+        `{events, sessions, written, partial}`: the events folded, the sessions they belong to, the rows written,
+        and the sessions skipped because the stream no longer holds their first event (see `_Refill`).
 
         Each session is folded from its first event, never from its row, and written with the read model's
         `last_seq` guard: a missing row comes back, a row behind the log moves forward, a row that is right is
@@ -170,9 +171,11 @@ class Materializer:
             except refill.rm.transient_errors as exc:
                 raise AtlasError("read_model_unavailable", "The read model cannot be written",
                                  {"reason": type(exc).__name__}) from exc
-            log.info("read model rebuilt from %d events of %d sessions (stream sequences 1 to %d): %d rows written",
-                     refill.events, len(refill.seen), reached or 0, refill.written)
-            return {"events": refill.events, "sessions": len(refill.seen), "written": refill.written}
+            log.info("read model rebuilt from %d events of %d sessions (stream sequences 1 to %d): %d rows written, "
+                     "%d partial sessions skipped", refill.events, len(refill.seen), reached or 0, refill.written,
+                     len(refill.partial))
+            return {"events": refill.events, "sessions": len(refill.seen), "written": refill.written,
+                    "partial": len(refill.partial)}
 
     async def fill_gaps(self) -> int:
         """Sole writer: read back the messages behind write acknowledgements that never arrived; returns how many
@@ -216,7 +219,9 @@ class _Refill:
 
     Memory stays bounded by the sessions in flight, not the whole log: once a terminal view is written it is
     dropped (a terminal view only takes `session:summary` after that); should a later event of such a session
-    come, its view is folded again from its own log."""
+    come, its view is folded again from its own log. A session whose first event in the stream is not its
+    `seq` 1 lost its head to retention (or a purge): it is skipped (`partial`) rather than written as a row folded
+    from its tail, and its row, if any, is left as it is."""
 
     BATCH = 500
 
@@ -226,6 +231,7 @@ class _Refill:
         self.views: dict[str, dict[str, Any]] = {}
         self.dirty: set[str] = set()
         self.seen: set[str] = set()
+        self.partial: set[str] = set()
         self.events = 0
         self.written = 0
         self.error: Exception | None = None
@@ -247,13 +253,21 @@ class _Refill:
             log.warning("skipping unreadable event on %s", msg.subject)
             return
         sid = event.get("sessionId") if isinstance(event, dict) else None
-        if not isinstance(sid, str) or not isinstance(event.get("seq"), int):
+        if not isinstance(sid, str) or not isinstance(event.get("seq"), int) or sid in self.partial:
             return
-        self.events += 1
         base = self.views.get(sid)
         if base is None:
-            base = initial_view() if sid not in self.seen else await self._refold(sid)
+            if sid in self.seen:  # written and dropped already: its whole log, this event included, again
+                self.views[sid] = await self._refold(sid)
+                self.dirty.add(sid)
+                self.events += 1
+                return
+            if event["seq"] != 1:  # its head aged out of the stream (retention): no row from a tail
+                self.partial.add(sid)
+                return
+            base = initial_view()
             self.seen.add(sid)
+        self.events += 1
         view = reduce(base, event)
         self.views[sid] = view
         if view is not base:
