@@ -83,3 +83,18 @@ async def wait_until(predicate: Any, timeout: float = 10.0) -> None:
     while not predicate():
         assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
         await asyncio.sleep(0.005)
+
+
+def test_a_session_whose_log_lacks_its_head_does_not_block_later_writes(tmp_path: Path) -> None:
+    """A view folded from a log whose first events aged out has no sessionId: it is dropped, and the rows applied
+    with it and after it are still written (it used to fail every later flush with `ValueError`)."""
+    s = SessionStore(ReadModel(tmp_path / "atlas.db"))
+    s.apply({"type": "step:skipped", "sessionId": "tail-only", "seq": 7, "timestamp": "2026-01-01T00:00:00.000Z",
+             "stateId": "x", "agentName": "a"})
+    s.apply(queued("s1", 1))
+    s.flush()
+    page, _ = s.rm.list_sessions()
+    assert [row["sessionId"] for row in page] == ["s1"]
+    s.apply(started("s1"))
+    assert s.rm.get_view("s1")["status"] == "active"
+    s.close()

@@ -305,6 +305,13 @@ class SessionStore:
         """The dirty views, encoded for `upsert_encoded` (on the caller's thread: JSON needs the GIL, and the
         writer thread should hold it as little as possible), and the resume point to store with them."""
         batch = self._dirty
+        headless = [sid for sid, view in batch.items() if not view.get("sessionId")]
+        if headless:
+            # Folded from a log whose first events aged out (retention): no identity, so no row can be written,
+            # and raising here would fail every later flush too. Dropped; `atlas admin rebuild-readmodel` says so.
+            log.warning("not storing %d session(s) whose log lacks its first events (e.g. %s)", len(headless),
+                        headless[0])
+            batch = {sid: view for sid, view in batch.items() if view.get("sessionId")}
         encoded = encode_rows((view, summarize(view)) for view in batch.values()) if batch else None
         seq = self._pending_stream_seq or None
         self._dirty = {}
