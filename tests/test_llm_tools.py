@@ -20,7 +20,7 @@ from atlas.agents.llm import LlmCallConfig, run_llm
 from atlas.config.model import McpConfig
 from atlas.llm import retry
 from atlas.llm.loop import RECORD_RESULT_CHARS
-from atlas.mcp.servers import WorkspaceTools
+from atlas.mcp.servers import McpHub, WorkspaceTools
 from atlas.templating import Templater
 from tests.fake_models import FakeModels, Reply, ToolCall, fake_models
 from tests.mcp_servers import REPO, async_http_tools_server, tools_server_argv
@@ -409,3 +409,20 @@ async def test_progress_timeout_bounds_a_silent_tool(fake: FakeModels, tmp_path:
         assert "progressTimeout" in result.tool_calls[0]["error"]
     finally:
         await pool.aclose()
+
+
+async def test_a_reloaded_workspace_gets_new_servers_and_the_old_ones_stop(tmp_path: Path) -> None:
+    hub = McpHub(tmp_path / "home")
+    first = McpConfig.model_validate({"servers": {"t": stdio_server()}})
+    pool = hub.for_workspace("ws", first, tmp_path)
+    assert pool is not None and hub.for_workspace("ws", first, tmp_path) is pool  # same config: same servers
+    old_pid = int((await (await pool.resolve(["pid"])).call("pid", {})).text)
+    changed = McpConfig.model_validate({"servers": {"t": stdio_server(env={"X": "1"})}})
+    fresh = hub.for_workspace("ws", changed, tmp_path)
+    assert fresh is not None and fresh is not pool
+    new_pid = int((await (await fresh.resolve(["pid"])).call("pid", {})).text)
+    await hub.aclose()  # waits for the old servers' stop too
+    assert new_pid != old_pid
+    for pid in (old_pid, new_pid):
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)

@@ -462,6 +462,7 @@ class McpHub:
         self._environ = environ if environ is not None else os.environ
         self._on_secret = on_secret
         self._workspaces: dict[str, WorkspaceTools] = {}
+        self._closing: set[asyncio.Task[None]] = set()
 
     def for_workspace(self, workspace_id: str, config: McpConfig | None, workspace_dir: Path) -> WorkspaceTools | None:
         """The workspace's servers; a reloaded workspace with another `tools.mcp` gets new ones (the old ones
@@ -471,7 +472,9 @@ class McpHub:
             return current
         if current is not None:
             del self._workspaces[workspace_id]
-            asyncio.get_running_loop().create_task(current.aclose())
+            closing = asyncio.get_running_loop().create_task(current.aclose())
+            self._closing.add(closing)  # a reference until it is done: the loop keeps only weak ones
+            closing.add_done_callback(self._closing.discard)
         if config is None or not config.servers:
             return None
         tools = WorkspaceTools(workspace_id, config, workspace_dir=workspace_dir, home=self.home,
@@ -486,6 +489,6 @@ class McpHub:
 
     async def aclose(self) -> None:
         tools, self._workspaces = list(self._workspaces.values()), {}
-        await asyncio.gather(*(entry.aclose() for entry in tools))
+        await asyncio.gather(*(entry.aclose() for entry in tools), *self._closing)
 
 
