@@ -736,3 +736,35 @@ def test_postgres_lineage_lookups_are_index_scans(big_pg: PostgresReadModel) -> 
     assert sorted(big_pg.descendants("sid-000300")) == ["sid-000301", "sid-000302"]
     page, _ = big_pg.list_sessions(root_session_id="sid-000300")
     assert sorted(s["sessionId"] for s in page) == ["sid-000300", "sid-000301", "sid-000302"]
+
+
+def test_postgres_writers_of_overlapping_rows_in_any_order_never_fail(pg_dsn: str) -> None:
+    """Several daemons upserting the same sessions in different orders (each materialises every event of the
+    cluster): batches must wait for each other, not deadlock (a deadlock made the store answer triggers 503)."""
+    models = [PostgresReadModel(pg_dsn) for _ in range(4)]
+    sids = [f"s{i:03d}" for i in range(150)]
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(models))
+
+    def write(rm: PostgresReadModel, seed: int) -> None:
+        rng = random.Random(seed)
+        barrier.wait()
+        try:
+            for seq in range(1, 16):
+                order = sids[:]
+                rng.shuffle(order)
+                rm.upsert_many([session(sid, seq=seq) for sid in order])
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(rm, n)) for n, rm in enumerate(models)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    try:
+        assert errors == []
+        assert {models[0].get_last_seq(sid) for sid in sids} == {15}
+    finally:
+        for rm in models:
+            rm.close()
