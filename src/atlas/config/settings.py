@@ -93,6 +93,7 @@ class Settings:
     bus_retry_s: float = 30.0  # ATLAS_BUS_RETRY: how long writes ride through a silent bus (leader elections)
     llm_base_url: str | None = None
     database_url: str | None = None  # ATLAS_DATABASE_URL: a PostgreSQL read model shared by daemons (issue #15)
+    database_pool: int = 4  # ATLAS_DATABASE_POOL: at most this many connections per daemon
     log_level: str = "info"
     workspaces: tuple[Path, ...] = field(default_factory=tuple)
 
@@ -126,6 +127,7 @@ class Settings:
             bus_retry_s=_seconds("ATLAS_BUS_RETRY", "30s", allow_zero=True),
             llm_base_url=env.get("ATLAS_LLM_BASE_URL") or None,
             database_url=env.get("ATLAS_DATABASE_URL") or None,
+            database_pool=max(2, int(env.get("ATLAS_DATABASE_POOL") or 4)),
             log_level=(env.get("ATLAS_LOG_LEVEL") or "info").lower(),
         )
 

@@ -124,7 +124,7 @@ class Daemon:
         self.bus_health = BusHealth(self.bus, self.embedded)  # degraded while the bus cannot write
         self.session_log = SessionLog(self.bus)
         self.store = SessionStore(open_read_model(self.home / "atlas.db") if not s.database_url
-                                  else PostgresReadModel(s.database_url))
+                                  else PostgresReadModel(s.database_url, pool_size=s.database_pool))
         self.store.shared = bool(s.database_url)  # other daemons read it: rows are committed before a 202
         # An embedded bus is private to this daemon (token, loopback): nobody else writes its log (see Materializer).
         self.materializer = Materializer(bus=self.bus, store=self.store, session_log=self.session_log,
