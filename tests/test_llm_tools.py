@@ -426,3 +426,15 @@ async def test_a_reloaded_workspace_gets_new_servers_and_the_old_ones_stop(tmp_p
     for pid in (old_pid, new_pid):
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+async def test_huge_arguments_are_cut_on_the_record_but_reach_the_tool_whole(
+    fake: FakeModels, tools: WorkspaceTools, tmp_path: Path
+) -> None:
+    text = "y" * (RECORD_RESULT_CHARS + 50)
+    fake.enqueue(Reply(tool_calls=[ToolCall("echo", {"text": text})]), Reply(text=["ok"]))
+    result = await run(config(fake, "openai", tools=("echo",)), tools, Chunks(), tmp_path)
+    [call] = result.tool_calls
+    assert isinstance(call["args"], str) and call["args"].endswith("more characters]")
+    assert len(call["args"]) < RECORD_RESULT_CHARS + 100
+    assert tool_messages(fake.requests[1])[0][1] == text  # the tool got the whole argument and echoed it

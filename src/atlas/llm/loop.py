@@ -11,13 +11,15 @@ Rules:
   its final answer.
 - Usage is summed over the turns; past `max_total_tokens` the step fails `budget_exceeded`.
 - Each call is recorded as the reference's ToolCallSummary `{toolName, args, result, durationMs}` plus
-  `toolCallId`, `error` when it failed and `server` (the MCP server id). Results are cut for the record at
-  `RECORD_RESULT_CHARS` and for the model at `MODEL_RESULT_CHARS`, with a marker saying how much was cut.
+  `toolCallId`, `error` when it failed and `server` (the MCP server id). Results (and arguments) are cut for the
+  record at `RECORD_RESULT_CHARS` and results for the model at `MODEL_RESULT_CHARS`, with a marker saying how much
+  was cut; a structured value too big to record is recorded as its cut JSON text.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -98,8 +100,6 @@ def _cut_value(value: Any, limit: int) -> Any:
         return cut(value, limit)
     if value is None or isinstance(value, bool | int | float):
         return value
-    import json
-
     text = json.dumps(value, ensure_ascii=False, default=str)
     return value if len(text) <= limit else cut(text, limit)
 
@@ -166,7 +166,8 @@ async def _run_calls(
     async def one(call: ToolCallRequest) -> tuple[ToolResultMessage, dict[str, Any]]:
         server = tools.server_of(call.name)
         chunk: dict[str, Any] = {"type": "tool-call", "toolCallId": call.id, "toolName": call.name,
-                                 "args": call.args}
+                                 "args": _cut_value(call.args, CHUNK_RESULT_CHARS)}
+        args = _cut_value(call.args, RECORD_RESULT_CHARS)  # huge arguments become their cut JSON text
         if server:
             chunk["server"] = server
         emit(chunk)
@@ -177,13 +178,13 @@ async def _run_calls(
             try:
                 outcome = await tools.call(call.name, call.args)
             except asyncio.CancelledError:
-                record.append({"toolCallId": call.id, "toolName": call.name, "args": call.args,
+                record.append({"toolCallId": call.id, "toolName": call.name, "args": args,
                                "durationMs": int((time.monotonic() - started) * 1000),
                                "error": "cancelled: the step ended before the tool answered",
                                **({"server": server} if server else {})})
                 raise
         duration = int((time.monotonic() - started) * 1000)
-        entry: dict[str, Any] = {"toolCallId": call.id, "toolName": call.name, "args": call.args,
+        entry: dict[str, Any] = {"toolCallId": call.id, "toolName": call.name, "args": args,
                                  "result": _cut_value(outcome.result if outcome.result is not None else outcome.text,
                                                       RECORD_RESULT_CHARS),
                                  "durationMs": duration}
