@@ -43,6 +43,8 @@ _COLUMNS: Final = (
     "status, started_at, queued_at, last_seq, summary_json, view_json"
 )
 _WIDTH: Final = 13
+#: The longest one reconnection attempt of the pool keeps backing off before starting over at one second.
+RECONNECT_TIMEOUT_S: Final = 4.0
 _ROWS_PER_STATEMENT: Final = 500
 _SET_LATEST: Final = """
 ON CONFLICT (session_id) DO UPDATE SET
@@ -100,9 +102,12 @@ class PostgresReadModel:
         self.path = None  # no file: the SQLite adapter's damage checks do not apply
         # A request waits at most `connect_timeout` for a connection: a database that is down fails reads with 503
         # and writes with an error the store retries, instead of holding the caller for the pool's default 30 s.
+        # `reconnect_timeout` bounds the pool's doubling backoff between reconnection attempts: after an outage of
+        # a few seconds, the default (5 minutes) let the delay grow so long that the daemon stayed refused for tens
+        # of seconds after the database was back.
         self._pool = ConnectionPool(dsn, min_size=1, max_size=max(2, pool_size), open=False, timeout=connect_timeout,
                                     kwargs={"autocommit": True, "connect_timeout": max(1, int(connect_timeout))},
-                                    name="atlas-readmodel")
+                                    reconnect_timeout=RECONNECT_TIMEOUT_S, name="atlas-readmodel")
         self._pool.open(wait=True, timeout=connect_timeout)
         try:
             with self._pool.connection() as conn:

@@ -26,6 +26,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from atlas.errors import AtlasError
 from atlas.sessions.readmodel import encode_rows
 from atlas.sessions.readmodel_port import ReadModelPort
 from atlas.sessions.reducer import apply_chunk, initial_view, is_terminal, reduce, summarize
@@ -187,6 +188,25 @@ class SessionStore:
             return live
         return self._rm.get_view(session_id)
 
+    def _stored(self, read: Callable[[str], Any], session_id: str, unknown: Any) -> Any:
+        """A read of the stored row on the apply path, or `unknown` while the read model cannot be read.
+
+        Why: applying an event must not fail because a shared database is down — the event is already in the log,
+        and a writer that saw its append fail would send it again (a cluster test crashed a session that way). A
+        session this daemon does not hold in memory is then folded from what it has; a fold without the session's
+        head has no identity and is never stored (`_take_dirty`), and the daemons that hold the whole session (all
+        of them follow the log in this version) write its row once the database is back.
+        """
+        try:
+            return read(session_id)
+        except AtlasError as exc:
+            if exc.code != "read_model_unavailable":
+                raise
+        except self._transient:
+            pass
+        log.debug("read model unavailable while applying an event of %s", session_id)
+        return unknown
+
     def live_sessions(self) -> list[dict[str, Any]]:
         return list(self._live.values())
 
@@ -197,7 +217,7 @@ class SessionStore:
         recent = self._recent_seq.get(session_id)
         if recent is not None:
             return recent
-        return self._rm.get_last_seq(session_id)
+        return self._stored(self._rm.get_last_seq, session_id, 0)
 
     # ------------------------------------------------------------ writing
 
@@ -223,7 +243,7 @@ class SessionStore:
                 if stream_seq is not None:
                     self._note(stream_seq)
                 return None
-            base = self._in_memory(sid) or self._rm.get_view(sid) or initial_view()
+            base = self._in_memory(sid) or self._stored(self._rm.get_view, sid, None) or initial_view()
         view = reduce(base, event)
         if view is base:
             return None
