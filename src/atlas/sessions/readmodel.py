@@ -514,10 +514,6 @@ class ReadModel:
 
     # -- lists ----
 
-    @staticmethod
-    def _list_query(**filters: Any) -> tuple[str, list[Any]]:
-        return list_query("?", **filters)
-
     def list_sessions(
         self,
         *,
@@ -540,7 +536,8 @@ class ReadModel:
         per scan even while new sessions arrive; ``nextCursor`` is None on the last page. ``ValueError`` for a
         bad cursor, timestamp or limit (the API's 400 ``invalid_query``).
         """
-        sql, params = self._list_query(
+        sql, params = list_query(
+            "?",
             workspace_id=workspace_id,
             correlation_id=correlation_id,
             job_name=job_name,
@@ -570,7 +567,7 @@ class ReadModel:
 
     def explain_list(self, **filters: Any) -> list[str]:
         """Query plan of :meth:`list_sessions` called with the same keyword arguments."""
-        sql, params = self._list_query(**filters)
+        sql, params = list_query("?", **filters)
         return self.explain(sql, params)
 
     def children(self, parent_id: str) -> list[dict[str, Any]]:
