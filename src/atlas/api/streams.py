@@ -182,11 +182,17 @@ class _Subscriptions:
         self.wants_chunks_of = wants_chunks_of
         self.sub: Any = None
         self.released = False
+        self._watching = contextlib.AsyncExitStack()
 
     def listen(self) -> None:
         self.hub._feeds.add(self.feed)
         self.hub.opened += 1
         self.daemon.store.add_listener(self.listener)
+
+    async def watch(self, session_id: str | None) -> None:
+        """On a shared read model, events other daemons append to the session (None: to any) reach the listener
+        too (`SessionStore.watching`); call after `listen` and before the replay."""
+        await self._watching.enter_async_context(self.daemon.store.watching(session_id))
 
     async def subscribe_chunks(self, session_id: str | None) -> None:
         """Chunks of one session (None: of all, filtered by `wants_chunks_of`), registered at the server before the
@@ -217,6 +223,8 @@ class _Subscriptions:
         self.daemon.store.remove_listener(self.listener)
         self.hub._feeds.discard(self.feed)
         self.feed.close()
+        with anyio.move_on_after(5, shield=True), contextlib.suppress(Exception):
+            await self._watching.aclose()
         if self.sub is not None:
             # Runs while the request's cancel scope may be cancelled (client gone): shield the UNSUB.
             with anyio.move_on_after(5, shield=True), contextlib.suppress(Exception):
@@ -552,6 +560,7 @@ async def tree_stream(request: Request) -> Response:
     subs = _Subscriptions(hub, daemon, feed, listener, members.__contains__)
     subs.listen()
     try:
+        await subs.watch(None)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + hub.settings.correlation_wait_s
         while True:
@@ -595,6 +604,7 @@ async def session_stream(request: Request) -> Response:
     subs = _Subscriptions(hub, daemon, feed, listener, session_id.__eq__)
     subs.listen()
     try:
+        await subs.watch(session_id)
         await subs.subscribe_chunks(session_id)
     except BaseException:
         await subs.release()

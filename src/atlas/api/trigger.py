@@ -275,6 +275,8 @@ async def _sse(daemon: Daemon, request: Request, accepted: Accepted, ws_id: str,
             feed.put_chunk(data)
 
     daemon.store.add_listener(on_event)
+    watching = contextlib.AsyncExitStack()  # another daemon may run it (shared read model): its events, too
+    await watching.enter_async_context(daemon.store.watching(sid))
     sub = await daemon.session_log.follow_chunks(sid, on_chunk, backlog=cfg.chunk_backlog)
     cursor = LogCursor(sid)
     last = 0  # the seq of the last durable event sent
@@ -351,5 +353,7 @@ async def _sse(daemon: Daemon, request: Request, accepted: Accepted, ws_id: str,
         feed.close()
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
+        with contextlib.suppress(Exception):
+            await asyncio.shield(watching.aclose())
         if not finished:
             await asyncio.shield(daemon.cancel_tree(sid, "client_disconnected", "The streaming client disconnected"))

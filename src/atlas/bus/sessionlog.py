@@ -116,6 +116,28 @@ class SessionLog:
             raise _unavailable(exc) from exc
         return sub
 
+    async def follow_events(self, session_id: str | None, on_event: Callable[[bytes], None]) -> Subscription:
+        """Deliver every durable event of one session (`None`: of every session) as published, to `on_event`,
+        until the returned subscription is unsubscribed; returns once the server has registered it.
+
+        A plain subscription on the log's subjects, not a JetStream consumer: it costs the stream nothing, and
+        it sees what any daemon appends from now on. What was appended before, the caller reads from the log
+        (`last`, `read_page`); a shared read model's daemons use it for the waits and streams of sessions another
+        daemon writes (issue #15)."""
+        nc = self._bus.nc
+        if nc is None:
+            raise AtlasError("bus_unavailable", "The message bus is unavailable")
+
+        async def deliver(msg: Any) -> None:
+            on_event(msg.data)
+
+        try:
+            sub = await nc.subscribe(events_subject("*" if session_id is None else session_id), cb=deliver)
+            await nc.flush(timeout=1)
+        except _BUS_ERRORS as exc:
+            raise _unavailable(exc) from exc
+        return sub
+
     # ------------------------------------------------------------ the runtime's side
 
     async def append(self, event: dict[str, Any], expected_last_subject_seq: int | None,

@@ -50,6 +50,7 @@ from atlas.runtime.membership import Membership
 from atlas.runtime.recovery import Recovery
 from atlas.runtime.scheduler import Scheduler
 from atlas.runtime.slots import Slots
+from atlas.runtime.watch import SessionWatch
 from atlas.runtime.workspaces import Workspace, WorkspaceRegistry
 from atlas.sessions.events import format_iso, now_iso
 from atlas.sessions.materializer import Materializer
@@ -125,13 +126,15 @@ class Daemon:
         self.session_log = SessionLog(self.bus)
         self.store = SessionStore(open_read_model(self.home / "atlas.db") if not s.database_url
                                   else PostgresReadModel(s.database_url, pool_size=s.database_pool))
-        self.store.shared = bool(s.database_url)  # other daemons read it: rows are committed before a 202
+        self.background = Background()
+        if s.database_url:  # other daemons read it: rows are written once, by each session's writer (issue #15)
+            watch = SessionWatch(session_log=self.session_log, store=self.store, spawn=self.background.spawn)
+            self.store.share(watch.watch)
         # An embedded bus is private to this daemon (token, loopback): nobody else writes its log (see Materializer).
         self.materializer = Materializer(bus=self.bus, store=self.store, session_log=self.session_log,
                                          follow=bool(s.nats_url))
 
         # The runtime, leaves first: each component gets what it uses and nothing else.
-        self.background = Background()
         self.workspaces = WorkspaceRegistry()
         self.catalog = WorkspaceCatalog(bus=self.bus, workspaces=self.workspaces)
         self.templater = Templater()
@@ -246,7 +249,13 @@ class Daemon:
         while True:
             if self.settings.session_retention_s:
                 cutoff = time.time() - self.settings.session_retention_s
-                removed = self.store.rm.prune(format_iso(datetime.fromtimestamp(cutoff, UTC)))
+                before = format_iso(datetime.fromtimestamp(cutoff, UTC))
+                try:  # a shared database's delete runs off the loop: it may wait on the network
+                    removed = (await asyncio.to_thread(self.store.rm.prune, before) if self.store.shared
+                               else self.store.rm.prune(before))
+                except Exception as exc:  # the database is down: the next pass prunes
+                    log.warning("pruning the read model failed: %s", exc)
+                    removed = 0
                 if removed:
                     log.info("pruned %d sessions past retention", removed)
             await asyncio.sleep(min(3600.0, max(1.0, self.settings.session_retention_s / 10)))

@@ -171,6 +171,12 @@ class Recovery:
             try:
                 events = await self.session_log.read_all(sid)
                 if len(events) != 1 or events[0][0].get("type") != "session:queued":
+                    if self.store.shared and len(events) > 1:
+                        # Its row is still `queued` although the log moved on: its writer died before writing
+                        # the row (each session's rows are its writer's alone): reconciled from the log here, and
+                        # an `active` one whose runner is gone is then ended by `_settle_active`.
+                        for event, stream_seq in events:
+                            self.store.apply(event, stream_seq)
                     continue  # moved on since the read model looked
                 await self.bus.publish_envelope(envelope_from_queued(events[0][0]))
             except Exception:
@@ -181,8 +187,9 @@ class Recovery:
                 self._republished.pop(next(iter(self._republished)))
 
     async def _ensure_view(self, sid: str) -> None:
-        """A read model that lacks the session (e.g. a deleted SQLite file) is refilled from the log."""
-        if self.store.view(sid) is None:
+        """A read model that lacks the session (e.g. a deleted SQLite file) is refilled from the log; so is a shared
+        one's row always, since the writer it is recovered from may have died before writing its last rows."""
+        if self.store.shared or self.store.view(sid) is None:
             await self.materializer.rebuild(sid)
 
     async def interrupt(self, sid: str, envelope: dict[str, Any] | None = None) -> None:

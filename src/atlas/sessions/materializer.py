@@ -10,6 +10,11 @@ and stops; the store then moves the resume point with its own acknowledged write
 write whose acknowledgement was lost, so a restart never replays more than the last few moments. Should another
 daemon connect to the embedded bus anyway (it says hello on start, and shows up in the heartbeats), the
 materialiser follows from the resume point on, so nothing it wrote meanwhile is missed.
+
+On a shared read model (PostgreSQL, issue #15) nobody follows the log: each session's rows are written once, by the
+daemon that writes its events (`SessionStore.share`), so the work per event does not grow with the daemons. The
+materialiser then only folds logs on demand: a whole session (`rebuild`: recovery reconciling the rows of a
+session whose writer died) or the whole stream (`rebuild_all`: `atlas admin rebuild-readmodel`).
 """
 
 from __future__ import annotations
@@ -43,15 +48,18 @@ class Materializer:
 
     def __init__(self, *, bus: Bus, store: SessionStore, session_log: SessionLog, follow: bool = True) -> None:
         """`follow`: follow the log live (an external bus: other daemons write to it), rather than catch up once
-        at start and own it (an embedded one, see above)."""
+        at start and own it (an embedded one, see above). Neither on a shared read model (`store.shared`)."""
         self.bus = bus
         self.store = store
         self.session_log = session_log
-        self.follow = follow
+        self.follow = follow or store.shared  # other daemons change nothing then: see `follow_now`
         self._sub: Any = None
         self._rebuilding = asyncio.Lock()  # one `rebuild_all` at a time
 
     async def start(self) -> None:
+        if self.store.shared:
+            log.info("shared read model: each session's rows are written by the daemon that writes its events")
+            return
         last = self.store.rm.get_stream_seq()
         if not self.follow:
             await self._catch_up(last)

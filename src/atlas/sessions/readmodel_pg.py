@@ -7,14 +7,20 @@ sessions.last_seq`), so a late or repeated write is a no-op whichever daemon sen
 SQLite adapter's own text (`list_query`) with psycopg's placeholder, over "C"-collated columns, so both adapters
 filter and page identically. The schema is versioned (`atlas.sessions.pg_schema`).
 
-This first slice keeps the store's synchronous interface: writes run on the store's writer thread, reads on the
-caller's (a pooled connection each, so they never wait behind a write transaction). Connection problems raise
+The interface is the store's synchronous one: writes run on the store's writer thread, reads on the caller's (a
+pooled connection each, so they never wait behind a write transaction). Connection problems raise
 `psycopg.OperationalError`, which the store treats like a full disk: the rows stay dirty and are retried.
+
+Reads run on the daemon's event loop, which must never stall for long (a daemon whose heartbeat goes stale has its
+sessions interrupted by the others). So a read waits at most `READ_WAIT_S` for a connection, and once the database
+has failed, reads fail at once (503) for `DOWN_FOR_S` before one tries again: an outage costs the loop at most one
+short wait a second, instead of a pool timeout per request.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager, nullcontext
 from typing import Any, Final
@@ -46,6 +52,10 @@ _WIDTH: Final = 13
 #: The longest one reconnection attempt of the pool keeps backing off before starting over at one second.
 RECONNECT_TIMEOUT_S: Final = 4.0
 _ROWS_PER_STATEMENT: Final = 500
+#: The longest a read (on the event loop) waits for a pooled connection.
+READ_WAIT_S: Final = 0.5
+#: After a failure, reads fail at once for this long before one tries the database again.
+DOWN_FOR_S: Final = 1.0
 _SET_LATEST: Final = """
 ON CONFLICT (session_id) DO UPDATE SET
     workspace_id = excluded.workspace_id,
@@ -118,6 +128,7 @@ class PostgresReadModel:
             self._pool.close()
             raise
         self._closed = False
+        self._down_until = 0.0  # monotonic time before which reads fail at once (the database failed)
 
     @contextmanager
     def _conn(self) -> Any:
@@ -125,13 +136,26 @@ class PostgresReadModel:
             yield conn
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        """A read; a database that cannot be reached is the API's 503 `read_model_unavailable`."""
+        """A read; a database that cannot be reached is the API's 503 `read_model_unavailable` (at once while it
+        is known to be down, see the module's docstring)."""
+        if time.monotonic() < self._down_until:
+            raise AtlasError("read_model_unavailable", "The PostgreSQL read model cannot be reached",
+                             {"reason": "down"})
         try:
-            with self._conn() as conn:
+            with self._pool.connection(timeout=READ_WAIT_S) as conn:
                 return conn.execute(sql, params).fetchall()
         except psycopg.OperationalError as exc:
+            self._failed()
             raise AtlasError("read_model_unavailable", "The PostgreSQL read model cannot be reached",
                              {"reason": type(exc).__name__}) from exc
+
+    def _failed(self) -> None:
+        self._down_until = time.monotonic() + DOWN_FOR_S
+
+    @property
+    def available(self) -> bool:
+        """False while the database is known to be down (a read or write failed within `DOWN_FOR_S`)."""
+        return time.monotonic() >= self._down_until
 
     def close(self) -> None:
         if not self._closed:
@@ -161,6 +185,9 @@ class PostgresReadModel:
             except (psycopg.errors.TransactionRollback, psycopg.errors.DeadlockDetected):  # just retry
                 if attempt == 2:
                     raise
+            except psycopg.OperationalError:
+                self._failed()
+                raise
         raise AssertionError("unreachable")
 
     def _upsert(self, params: list[Any], stream_seq: int | None) -> int:

@@ -24,6 +24,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from atlas.errors import AtlasError
@@ -34,6 +35,9 @@ from atlas.sessions.reducer import apply_chunk, initial_view, is_terminal, reduc
 log = logging.getLogger("atlas.store")
 
 Listener = Callable[[dict[str, Any]], None]
+Watch = Callable[[str | None], AbstractAsyncContextManager[None]]
+"""`watch(sid)` (None: every session): while entered, events other daemons append reach `observe`, and a
+session's end reaches `settle` (a shared read model, see `SessionStore.shared`)."""
 
 
 class SessionStore:
@@ -72,9 +76,13 @@ class SessionStore:
         self._mark = 0
         self._ahead: set[int] = set()
         # Shared read model (PostgreSQL, issue #15): other daemons answer queries from it, so an accept waits for its
-        # `queued` row to be committed (`committed`); the futures of those waits, by session.
+        # `queued` row to be committed (`committed`); the futures of those waits, by session. See `share`.
         self.shared = False
         self._commit_waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._watch: Watch | None = None
+        # Queued views committed and handed over (shared mode): a base for this daemon's next write of the session
+        # (its runner is most often the daemon that accepted it), never an answer to a read.
+        self._handed: OrderedDict[str, dict[str, Any]] = OrderedDict()
 
     # ------------------------------------------------------------ sole writer
 
@@ -123,6 +131,15 @@ class SessionStore:
 
     # ------------------------------------------------------------ committing (a shared read model)
 
+    def share(self, watch: Watch) -> None:
+        """The read model is shared with other daemons (PostgreSQL, issue #15), and each session's rows are written
+        by the daemon that writes its events, once: this store folds and writes only what this daemon appends (no
+        materialiser follows the log). So memory holds only the sessions this daemon writes — a `queued` view is
+        handed over once committed, since any daemon may run it — and every other read is the database's.
+        Waits and listeners for sessions other daemons write go through `watch` (subscriptions on their subjects)."""
+        self.shared = True
+        self._watch = watch
+
     def writable(self) -> bool:
         """False while read-model writes fail (the store is retrying them): a shared read model's daemons refuse
         new triggers then, since another daemon could not show them (issue #15)."""
@@ -162,7 +179,13 @@ class SessionStore:
     @property
     def rm(self) -> ReadModelPort:
         """The read model, with every pending write committed first: the batch on the writer thread (one
-        transaction, milliseconds) is waited for, and what is still dirty is written here and now."""
+        transaction, milliseconds) is waited for, and what is still dirty is written here and now.
+
+        Not for a shared read model: its writes may wait on the network (or on a server that is down), which must
+        never hold the loop. There an accept commits its row before the 202 (`committed`), and later rows follow
+        within a flush (`FLUSH_DELAY_S`)."""
+        if self.shared:
+            return self._rm
         if self._writing:
             self._idle.wait()
         if (self._dirty or self._pending_stream_seq) and time.monotonic() >= self._retry_at:
@@ -181,6 +204,10 @@ class SessionStore:
     def _in_memory(self, session_id: str) -> dict[str, Any] | None:
         """The newest view held in memory: running, dirty, or in the batch being written."""
         return self._live.get(session_id) or self._dirty.get(session_id) or self._writing.get(session_id)
+
+    def _base(self, session_id: str) -> dict[str, Any] | None:
+        """The newest view this daemon folded, handed-over ones included: what its next write of it folds onto."""
+        return self._in_memory(session_id) or self._handed.get(session_id)
 
     def view(self, session_id: str) -> dict[str, Any] | None:
         live = self._in_memory(session_id)
@@ -211,7 +238,7 @@ class SessionStore:
         return list(self._live.values())
 
     def _last_seq(self, session_id: str) -> int:
-        live = self._in_memory(session_id)
+        live = self._base(session_id)
         if live is not None:
             return int(live["lastSeq"])
         recent = self._recent_seq.get(session_id)
@@ -243,11 +270,17 @@ class SessionStore:
                 if stream_seq is not None:
                     self._note(stream_seq)
                 return None
-            base = self._in_memory(sid) or self._stored(self._rm.get_view, sid, None) or initial_view()
+            held = self._base(sid)
+            if held is None or (self.shared and seq > int(held["lastSeq"]) + 1):
+                # Not folded here, or (shared) events another daemon wrote since: the stored row is newer.
+                held = self._stored(self._rm.get_view, sid, None) or held
+            base = held or initial_view()
         view = reduce(base, event)
         if view is base:
             return None
         self._dirty[sid] = view
+        if self._handed:
+            self._handed.pop(sid, None)
         if stream_seq is not None:
             self._note_applied(stream_seq)
         self._schedule_flush()
@@ -262,6 +295,20 @@ class SessionStore:
         for listener in list(self._listeners):
             listener(event)
         return view
+
+    def seed(self, event: dict[str, Any]) -> None:
+        """Shared read model: the `session:queued` a runner read from the log is the base of the runner's first
+        write, so taking over a session another daemon accepted costs no database read."""
+        sid = event.get("sessionId")
+        if self.shared and isinstance(sid, str) and event.get("seq") == 1 and self._base(sid) is None:
+            self._handed[sid] = reduce(initial_view(), event)
+            if len(self._handed) > self._RECENT:
+                self._handed.popitem(last=False)
+
+    def watching(self, session_id: str | None) -> AbstractAsyncContextManager[None]:
+        """While entered, events other daemons append to the session (None: to any) reach the listeners too; a
+        no-op unless the read model is shared (every event is folded here then)."""
+        return self._watch(session_id) if self._watch is not None else contextlib.nullcontext()
 
     def has_applied(self, session_id: str, seq: int) -> bool:
         """Whether event `seq` of the session is already folded in (cheap: no JSON involved)."""
@@ -366,6 +413,8 @@ class SessionStore:
             self._writing = {}
         if error is None:
             self._write_succeeded()
+            if self.shared:
+                self._hand_over(batch)
             self._wake_committed(batch)
         elif isinstance(error, self._transient):  # full disk, I/O error, database down: worth another try
             self._write_failed(batch, seq, error)
@@ -376,6 +425,16 @@ class SessionStore:
             self.flush()
         elif error is not None:
             self._schedule_flush()
+
+    def _hand_over(self, batch: dict[str, dict[str, Any]]) -> None:
+        """Committed `queued` views leave memory: whichever daemon runs the session writes its rows from now on,
+        so a view kept here would go stale for this daemon's readers."""
+        for sid, view in batch.items():
+            if view["status"] == "queued" and self._live.get(sid) is view:
+                del self._live[sid]
+                self._handed[sid] = view
+                if len(self._handed) > self._RECENT:
+                    self._handed.popitem(last=False)
 
     def _write_failed(self, batch: dict[str, dict[str, Any]], seq: int | None, error: Exception) -> None:
         """A batch that could not be written goes back to the dirty rows (unless a newer view of the session is
@@ -426,20 +485,51 @@ class SessionStore:
     # ------------------------------------------------------------ waiting
 
     async def wait_terminal(self, session_id: str, timeout: float | None = None) -> dict[str, Any]:
-        """The session's terminal view; raises TimeoutError after `timeout` seconds."""
+        """The session's terminal view; raises TimeoutError after `timeout` seconds.
+
+        Shared read model: unless this daemon holds the session, another one may write its end, which reaches this
+        store through a watch of its subject (`settle`), entered after the waiter is registered so that nothing
+        in between is missed."""
         view = self.view(session_id)
         if view is not None and is_terminal(view["status"]):
             return view
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(session_id, []).append(fut)
         try:
-            return await asyncio.wait_for(asyncio.shield(fut), timeout)
+            if self._watch is None or session_id in self._live:
+                return await asyncio.wait_for(asyncio.shield(fut), timeout)
+            async with asyncio.timeout(timeout), self._watch(session_id):
+                return await asyncio.shield(fut)
         finally:
             waiters = self._waiters.get(session_id)
             if waiters and fut in waiters:
                 waiters.remove(fut)
                 if not waiters:
                     self._waiters.pop(session_id, None)
+
+    def observe(self, event: dict[str, Any]) -> None:
+        """An event another daemon appended (shared read model, from a watch): shown to the listeners, not folded
+        nor written — its writer writes its row. Events this store applied itself are not shown twice."""
+        sid, seq = event.get("sessionId"), event.get("seq")
+        if not isinstance(sid, str) or not isinstance(seq, int):
+            return
+        mine = self._in_memory(sid)
+        if mine is not None and seq <= int(mine["lastSeq"]):
+            return
+        for listener in list(self._listeners):
+            listener(event)
+
+    def awaited(self, session_id: str) -> bool:
+        """Whether anybody waits for the session's end (`wait_terminal`)."""
+        return bool(self._waiters.get(session_id))
+
+    def settle(self, session_id: str, view: dict[str, Any]) -> None:
+        """The session's terminal view, folded from its log by a watch: wakes whoever waits for its end."""
+        if not is_terminal(view.get("status")):
+            return
+        for fut in self._waiters.pop(session_id, []):
+            if not fut.done():
+                fut.set_result(view)
 
     def add_listener(self, listener: Listener) -> None:
         self._listeners.add(listener)

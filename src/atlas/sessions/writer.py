@@ -56,6 +56,7 @@ class SessionWriter:
         if last is None:
             return cls(log, store, session_id)
         event, stream_seq = last
+        store.seed(event)
         return cls(log, store, session_id, seq=int(event["seq"]), stream_seq=stream_seq, last_type=event.get("type"))
 
     @property
