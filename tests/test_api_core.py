@@ -54,6 +54,7 @@ def assert_error(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
 def test_health_and_workspaces(daemon: DaemonProcess) -> None:
     health = httpx.get(daemon.url + "/health").json()
     assert health["status"] == "ok" and health["activeWorkspaces"] == 2
+    assert health["readModel"] == {"kind": "sqlite", "available": True}
     listing = httpx.get(daemon.url + "/api/workspaces").json()
     assert [w["id"] for w in listing] == ["core", "other"]
     assert listing[0]["jobCount"] == 10 and listing[0]["signalCount"] == 11 and listing[0]["status"] == "ready"

@@ -7,6 +7,7 @@ Real parts: a 3-node nats-server cluster, two atlasd processes, a private Postgr
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,9 +21,10 @@ from atlas.api.app import create_app
 from atlas.jsoncodec import loads
 from atlas.runtime.accept import TriggerRequest
 from tests.cluster.conftest import DaemonFactory
-from tests.cluster.harness import NatsCluster, http
-from tests.daemon_proc import FIXTURES
+from tests.cluster.harness import ClusterDaemon, NatsCluster, http
+from tests.daemon_proc import FIXTURES, wait_for
 from tests.inproc import running
+from tests.pg import pg_server
 
 pytestmark = pytest.mark.cluster
 
@@ -89,7 +91,7 @@ async def test_sessions_another_daemon_runs_are_written_by_it_alone(
     homes = [tmp_path / name for name in "abc"]
     async with running(homes[0], [FIXTURES / "cluster"], nats_cluster.urls, database_url=pg_dsn,
                        max_concurrent_sessions=0) as a, \
-            running(homes[1], [FIXTURES / "cluster"], nats_cluster.urls, database_url=pg_dsn) as b, \
+            running(homes[1], [FIXTURES / "cluster"], nats_cluster.urls, database_url=pg_dsn), \
             running(homes[2], [FIXTURES / "cluster"], nats_cluster.urls, database_url=pg_dsn,
                     max_concurrent_sessions=0) as c:
         assert c.bus.nc is not None
@@ -99,12 +101,12 @@ async def test_sessions_another_daemon_runs_are_written_by_it_alone(
         await until_async(lambda: all(pg_rows(pg_dsn).get(sid, ("",))[0] == "completed" for sid in sids), 60,
                           "every session completed in the shared read model")
         received = c.bus.nc.stats["in_msgs"] - received_before
-        events = sum(int(view["lastSeq"]) for status, view in pg_rows(pg_dsn).values())
+        events = sum(int(view["lastSeq"]) for _, view in pg_rows(pg_dsn).values())
         assert events > 100
         assert received < 30, f"the idle daemon received {received} messages while {events} events were written"
         rows = pg_rows(pg_dsn)
         for acc in accepted:
-            status, view = rows[acc.session_id]
+            view = rows[acc.session_id][1]
             assert view["status"] == "completed" and view["correlationId"] == acc.correlation_id
             assert view["results"], view
         assert not sids & {v["sessionId"] for v in a.store.live_sessions()}
@@ -141,3 +143,72 @@ async def test_waits_and_streams_follow_a_session_another_daemon_runs(
                     if line.startswith("data: ") and b'"seq"' in line.encode()]
             assert seqs == list(range(1, final["lastSeq"] + 1)), r.text
             assert "event: end" in r.text
+
+
+# ------------------------------------------------------------------ faults
+
+
+def health(d: ClusterDaemon) -> tuple[str, dict[str, Any]]:
+    body = http.get(f"{d.url}/health", timeout=5).json()
+    return body["status"], body["readModel"]
+
+
+def test_postgresql_stopped_under_load_loses_no_accepted_trigger(daemons: DaemonFactory) -> None:
+    """Issue #15 item 5, next to the nats-node kill: two daemons take triggers while the shared PostgreSQL stops for
+    a while. New triggers are refused with 503 (JSON) while it cannot be written; every accepted one ends in exactly
+    one completed row once it is back (its rows waited in its writer's memory); the daemons keep working, and
+    their heartbeats stay fresh, so neither interrupts the other's sessions."""
+    with pg_server() as pg:
+        dsn = pg.create_database()
+        ds = daemons(2, env={"ATLAS_DATABASE_URL": dsn})
+        accepted: list[str] = []
+        refused: list[dict[str, Any]] = []
+        stop = threading.Event()
+
+        def load(d: ClusterDaemon) -> None:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                try:
+                    r = http.post(f"{d.url}/api/workspaces/cluster/signals/echo?nowait=true",
+                                  json={"payload": {"n": n}}, timeout=30)
+                except httpx.HTTPError:
+                    continue
+                if r.status_code == 202:
+                    accepted.append(r.json()["sessionId"])
+                else:
+                    refused.append({"status": r.status_code, **r.json()})
+
+        threads = [threading.Thread(target=load, args=(d,)) for d in ds]
+        for thread in threads:
+            thread.start()
+        try:
+            wait_for(lambda: len(accepted) >= 20, 60, what="load before the outage")
+            pg.stop()
+            wait_for(lambda: len(refused) >= 4, 60, what="triggers refused while PostgreSQL is down")
+            for d in ds:
+                wait_for(lambda d=d: health(d) == ("degraded", {"kind": "postgresql", "available": False}), 10,
+                         what=f"{d.name}'s /health to report the read model unavailable")
+            during = len(accepted)
+            pg.start()
+            wait_for(lambda: len(accepted) >= during + 20, 60, what="triggers accepted again")
+            for d in ds:
+                wait_for(lambda d=d: health(d) == ("ok", {"kind": "postgresql", "available": True}), 10,
+                         what=f"{d.name}'s /health to be ok again")
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(60)
+            if not pg.running:
+                pg.start()
+        assert {r["status"] for r in refused} == {503}, refused[:3]
+        assert {r["error"]["code"] for r in refused} == {"read_model_unavailable"}
+        assert len(set(accepted)) == len(accepted)
+
+        def rows() -> dict[str, str]:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                return dict(conn.execute("SELECT session_id, status FROM sessions").fetchall())
+
+        wait_for(lambda: all(rows().get(sid) == "completed" for sid in accepted), 120,
+                 what="a completed row for every accepted trigger")
+        assert set(rows()) == set(accepted)  # exactly the accepted sessions: none refused got a row

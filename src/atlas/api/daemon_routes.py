@@ -20,14 +20,17 @@ async def health(request: Request) -> Response:
     """Liveness and readiness, open without a token.
 
     `bus` is "degraded" while the bus cannot take writes (disconnected, or its store's disk is full): triggers get
-    503 then, so a running daemon reports `degraded` rather than `ok` (issue #19, bug 9).
+    503 then, so a running daemon reports `degraded` rather than `ok` (issue #19, bug 9). So is the daemon while
+    its read model cannot be written (a full disk) or, shared, reached (PostgreSQL down, issue #15).
     """
     daemon = daemon_of(request)
     bus = daemon.bus_health.status
+    read_model = daemon.store.health()
     status = daemon.status
     return json_response({
-        "status": "degraded" if status == "ok" and bus != "ok" else status,
+        "status": "degraded" if status == "ok" and (bus != "ok" or not read_model["available"]) else status,
         "bus": bus,
+        "readModel": read_model,
         "uptime": daemon.uptime,
         "timestamp": now_iso(),
         "version": __version__,

@@ -302,9 +302,16 @@ def _schemas() -> dict[str, Schema]:
     s["Health"] = obj({
         "status": enum(["ok", "starting", "stopping", "degraded"],
                        "`starting` until the first recovery pass is done; `stopping` while shutting down; "
-                       "`degraded` while the bus cannot take writes (see `bus`)"),
+                       "`degraded` while the bus cannot take writes (see `bus`) or the read model is unavailable "
+                       "(see `readModel`)"),
         "bus": enum(["ok", "degraded"], "`degraded` while the bus is disconnected or its store cannot write (a full "
                                         "disk): triggers get 503 `bus_unavailable` until it recovers by itself"),
+        "readModel": obj({
+            "kind": enum(["sqlite", "postgresql"], "`postgresql` with `ATLAS_DATABASE_URL` (shared by the cluster)"),
+            "available": {"type": "boolean", "description": "False while read-model writes fail (a full disk) or "
+                                                            "the shared database cannot be reached: triggers get "
+                                                            "503 then"},
+        }),
         "uptime": {"type": "number", "minimum": 0, "description": "Seconds since start"},
         "timestamp": TIMESTAMP,
         "version": string(),

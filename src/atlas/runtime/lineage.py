@@ -29,11 +29,11 @@ class Lineage:
     def ancestors(self, sid: str) -> set[str]:
         """The session's parent chain (at most 64: deeper trees are refused at accept anyway)."""
         out: set[str] = set()
-        view = self.store.view(sid)
+        view = self.store.identity(sid)
         while view is not None and view.get("parentSessionId") and len(out) < MAX_ANCESTORS:
             parent = view["parentSessionId"]
             out.add(parent)
-            view = self.store.view(parent)
+            view = self.store.identity(parent)
         return out
 
     def live_descendants(self, sid: str) -> list[str]:

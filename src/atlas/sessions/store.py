@@ -145,6 +145,12 @@ class SessionStore:
         new triggers then, since another daemon could not show them (issue #15)."""
         return not self._retry_at
 
+    def health(self) -> dict[str, Any]:
+        """`/health`'s `readModel`: which adapter, and whether it can be used now (writes succeed, and a shared
+        database answers reads)."""
+        return {"kind": "postgresql" if self.shared else "sqlite",
+                "available": self.writable() and bool(getattr(self._rm, "available", True))}
+
     async def committed(self, session_id: str) -> None:
         """Return once the row of `session_id`, as applied so far, is committed to the read model.
 
@@ -208,6 +214,11 @@ class SessionStore:
     def _base(self, session_id: str) -> dict[str, Any] | None:
         """The newest view this daemon folded, handed-over ones included: what its next write of it folds onto."""
         return self._in_memory(session_id) or self._handed.get(session_id)
+
+    def identity(self, session_id: str) -> dict[str, Any] | None:
+        """A view to read the session's fixed fields from (its ids, parent, root, correlationId), never its status:
+        a handed-over view will do, which spares a shared database a read per started session."""
+        return self._base(session_id) or self.view(session_id)
 
     def view(self, session_id: str) -> dict[str, Any] | None:
         live = self._in_memory(session_id)
@@ -464,10 +475,16 @@ class SessionStore:
         self._writing = {}
         if self._dirty or self._pending_stream_seq:
             failures: tuple[type[Exception], ...] = (sqlite3.Error, *self._transient)
+            pending = len(self._dirty)
             try:
                 self._write(*self._take_dirty()[1:])
-            except failures as exc:  # a full disk, the database down: the next start catches up from the bus
-                log.warning("read model not fully written at stop (%s); the next start catches up from the bus", exc)
+            except failures as exc:  # a full disk, the database down
+                if self.shared:  # nobody replays these: see docs/deploy.md, "When PostgreSQL is down"
+                    log.error("%d session rows not written at stop (%s): the other daemons' recovery writes those "
+                              "of running sessions; run `atlas admin rebuild-readmodel` for the rest", pending, exc)
+                else:
+                    log.warning("read model not fully written at stop (%s); the next start catches up from the bus",
+                                exc)
         self._rm.close()
 
     def apply_chunk(self, chunk: dict[str, Any]) -> None:
@@ -496,7 +513,8 @@ class SessionStore:
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(session_id, []).append(fut)
         try:
-            if self._watch is None or session_id in self._live:
+            running_here = self._live.get(session_id, {}).get("status") not in (None, "queued")
+            if self._watch is None or running_here:
                 return await asyncio.wait_for(asyncio.shield(fut), timeout)
             async with asyncio.timeout(timeout), self._watch(session_id):
                 return await asyncio.shield(fut)
