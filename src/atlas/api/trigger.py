@@ -12,6 +12,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
+import anyio
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
@@ -353,7 +354,7 @@ async def _sse(daemon: Daemon, request: Request, accepted: Accepted, ws_id: str,
         feed.close()
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
-        with contextlib.suppress(Exception):
-            await asyncio.shield(watching.aclose())
+        with anyio.CancelScope(shield=True), contextlib.suppress(Exception):  # the request may be cancelled
+            await watching.aclose()
         if not finished:
             await asyncio.shield(daemon.cancel_tree(sid, "client_disconnected", "The streaming client disconnected"))
