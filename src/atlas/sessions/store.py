@@ -2,7 +2,8 @@
 
 Events this daemon writes are applied at once (so a 202 is followed by a visible session); events from other
 daemons arrive through the materialiser. Both paths go through `apply`, whose `seq` guard makes a second
-application a no-op.
+application a no-op. On a shared read model (PostgreSQL) there is no second path: each daemon folds and writes only
+what it appends, and reads everything else from the database (see `share`).
 
 SQLite writes are batched: an event only marks its session's row dirty, and a flush a few milliseconds later writes
 every dirty row (the latest view of each session, once) in one transaction together with the materialiser's resume
