@@ -183,7 +183,7 @@ jobs:
 CASES: dict[str, tuple[str, tuple[int, int, str, str]]] = {
     "unknown top-level key": (
         "toolz: {}\n",
-        (7, 1, "toolz", "unknown key 'toolz'"),
+        (7, 1, "toolz", "unknown key 'toolz': did you mean 'tools'?"),
     ),
     "unknown nested key": (
         JOB_WITH_AGENT.replace("{agent}", "builder")
@@ -197,7 +197,9 @@ CASES: dict[str, tuple[str, tuple[int, int, str, str]]] = {
     ),
     "unknown agent": (
         JOB_WITH_AGENT.replace("{agent}", "buidler").replace("{target}", "done"),
-        (14, 35, "jobs.build.fsm.states.run.entry[0].agentId", "unknown agent 'buidler'"),
+        (14, 35, "jobs.build.fsm.states.run.entry[0].agentId",
+         "unknown agent 'buidler': did you mean 'builder'?"
+         " (known agents: builder, atlas/sleep, atlas/echo, atlas/count)"),
     ),
     "bad target state": (
         JOB_WITH_AGENT.replace("{agent}", "builder").replace("{target}", "nowhere"),
@@ -211,7 +213,7 @@ CASES: dict[str, tuple[str, tuple[int, int, str, str]]] = {
     "unknown trigger signal": (
         "jobs:\n  build:\n    triggers: [ { signal: go }, { signal: og } ]\n"
         "    execution: { strategy: sequential, agents: [ builder ] }\n",
-        (9, 35, "jobs.build.triggers[1].signal", "unknown signal 'og'"),
+        (9, 35, "jobs.build.triggers[1].signal", "unknown signal 'og' (known signals: go)"),
     ),
     "both fsm and execution": (
         "jobs:\n  build:\n    triggers: [ { signal: go } ]\n"
@@ -238,7 +240,8 @@ CASES: dict[str, tuple[str, tuple[int, int, str, str]]] = {
     "unknown agent in execution": (
         "jobs:\n  build:\n    triggers: [ { signal: go } ]\n"
         "    execution: { strategy: sequential, agents: [ builder, { id: tester } ] }\n",
-        (10, 61, "jobs.build.execution.agents[1].id", "unknown agent 'tester'"),
+        (10, 61, "jobs.build.execution.agents[1].id",
+         "unknown agent 'tester' (known agents: builder, atlas/sleep, atlas/echo, atlas/count)"),
     ),
     "strategy parallel": (
         "jobs:\n  build:\n    triggers: [ { signal: go } ]\n"
@@ -457,8 +460,7 @@ def test_yaml_syntax_error_has_the_parser_position(tmp_path: Path) -> None:
             3,
             1,
             "",
-            "YAML syntax error: expected ',' or '}', but got '<stream end>'"
-            " (while parsing a flow mapping started at line 2, column 12)",
+            "YAML syntax error: the '{' at line 2, column 12 is never closed: add '}'",
         )
     ]
 
@@ -609,7 +611,8 @@ def test_file_is_shown_as_the_caller_named_it(tmp_path: Path, monkeypatch: pytes
     monkeypatch.chdir(tmp_path)
     loaded = load_workspace("x")
     assert [e.format() for e in loaded.errors] == [
-        "x/workspace.yml:14:35: jobs.build.fsm.states.run.entry[0].agentId: unknown agent 'buidler'"
+        "x/workspace.yml:14:35: jobs.build.fsm.states.run.entry[0].agentId: unknown agent 'buidler':"
+        " did you mean 'builder'? (known agents: builder, atlas/sleep, atlas/echo, atlas/count)"
     ]
 
 
@@ -622,7 +625,7 @@ def test_validate_command_reports_errors_with_exit_5(
     path = write(tmp_path, "toolz: {}\nmemoryz: {}\n")
     assert validate_command(str(path)) == 5
     assert capsys.readouterr().out.splitlines() == [
-        f"{path}:7:1: toolz: unknown key 'toolz'",
+        f"{path}:7:1: toolz: unknown key 'toolz': did you mean 'tools'?",
         f"{path}:8:1: memoryz: unknown key 'memoryz'",
     ]
 

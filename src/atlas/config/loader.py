@@ -26,15 +26,17 @@ import hashlib
 import os
 import re
 import stat
+import types
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from difflib import get_close_matches
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from zoneinfo import ZoneInfo
 
 from croniter import croniter
 from jsonschema import Draft202012Validator
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
@@ -74,6 +76,8 @@ CRON_MACROS = ("@hourly", "@daily", "@weekly", "@monthly")
 MAX_QUOTED_VALUE = 32
 MAX_QUOTED_KEY = 64
 MAX_MESSAGE = 240
+# How many known names an "unknown agent/signal" message lists (the rest is "…").
+MAX_LISTED_NAMES = 8
 _TOO_LARGE = f"file is larger than {MAX_FILE_BYTES} bytes (1 MiB)"
 
 _CORE_TAG_PREFIX = "tag:yaml.org,2002:"
@@ -226,14 +230,51 @@ def _load(file: Path, report: _Reporter, outcome: _Outcome) -> None:
     try:
         config = WorkspaceConfig.model_validate(document)
     except ValidationError as exc:
-        _report_validation(exc.errors(include_url=False), report)
+        errors = exc.errors(include_url=False)
+        _report_validation(errors, report)
+        # The references of the well-formed rest are still checked: one bad key must not hide every unknown
+        # agent of the file until it is fixed (issue #16).
+        salvaged = _salvage(document, errors)
+        if salvaged is not None:
+            _CrossChecker(salvaged, outcome.id, report, outcome.unavailable_agents, document).run()
         return
     derived = config.workspace.id or slugify_workspace_id(config.workspace.name)
     if not derived:
         report.error(("workspace", "name"), "cannot derive a workspace id from this name; set workspace.id")
     outcome.id = derived or outcome.id
-    _CrossChecker(config, outcome.id, report, outcome.unavailable_agents).run()
+    _CrossChecker(config, outcome.id, report, outcome.unavailable_agents, document).run()
     outcome.config = config
+
+
+_SECTIONS = ("signals", "agents", "jobs")
+
+
+def _salvage(document: dict[str, Any], errors: Sequence[ErrorDetails]) -> WorkspaceConfig | None:
+    """The document without the parts that have structural errors, validated; None when nothing sound is left.
+
+    A broken signal, agent or job is left out whole (its own references are not checked: its shape is unknown),
+    a broken `workspace` becomes a bare name, any other broken top-level key is dropped. A section that is itself
+    malformed (`jobs: 3`) gives up: the names it declares are unknown, so every reference could be misjudged.
+    The names left out still count as declared (`_CrossChecker` reads them from the document).
+    """
+    pruned = {key: dict(value) if key in _SECTIONS and isinstance(value, dict) else value
+              for key, value in document.items()}
+    for error in errors:
+        loc = error["loc"]
+        head = loc[0] if loc else None
+        section = pruned.get(head) if isinstance(head, str) else None
+        if head in _SECTIONS and len(loc) >= 2 and isinstance(section, dict):
+            section.pop(loc[1], None)
+        elif head == "workspace":
+            pruned["workspace"] = {"name": "workspace"}
+        elif head is None or head in _SECTIONS:
+            return None
+        else:
+            pruned.pop(str(head), None)
+    try:
+        return WorkspaceConfig.model_validate(pruned)
+    except ValidationError:
+        return None
 
 
 # ---------------------------------------------------------------- reading and parsing
@@ -300,7 +341,7 @@ def _parse(data: bytes, report: _Reporter) -> Any:
             return None
         return yaml.constructor.construct_document(node)
     except MarkedYAMLError as exc:
-        report.errors.append(_syntax_error(report.file, exc))
+        report.errors.append(_syntax_error(report.file, exc, text))
     except ReaderError as exc:  # a character YAML does not allow (e.g. a control character)
         line, column = _offset_position(text.encode(), len(text[: exc.position].encode()))
         report.errors.append(ConfigProblem(report.file, line, column, "",
@@ -312,16 +353,88 @@ def _parse(data: bytes, report: _Reporter) -> Any:
     return None
 
 
-def _syntax_error(file: str, exc: MarkedYAMLError) -> ConfigProblem:
-    """Position at the parser's problem; mention where the enclosing construct started, if it knows."""
+def _syntax_error(file: str, exc: MarkedYAMLError, text: str) -> ConfigProblem:
+    """Position at the parser's problem, with a plain hint for the mistakes people make (issue #16).
+
+    The parser's own words ("expected <block end>, but found '<block mapping start>'") describe its state, not the
+    file; the common slips (one space of indentation, a tab, an unclosed quote or bracket) get a sentence that says
+    what to change. Anything else keeps the parser's message and where the enclosing construct started.
+    """
     mark = exc.problem_mark or exc.context_mark
     line, column = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
-    message = exc.problem or exc.context or "invalid YAML"
-    if exc.problem and exc.context:
+    message = _syntax_hint(exc, text.splitlines(), line) or exc.problem or exc.context or "invalid YAML"
+    if message == exc.problem and exc.context:
         started = exc.context_mark
         where = f" started at line {started.line + 1}, column {started.column + 1}" if started else ""
         message = f"{exc.problem} ({exc.context}{where})"
     return ConfigProblem(file, line, column, "", f"YAML syntax error: {message}")
+
+
+def _indent(text: str) -> int:
+    """1-based column of a line's first character that is not a space."""
+    return len(text) - len(text.lstrip(" ")) + 1
+
+
+def _content_lines_before(lines: Sequence[str], line: int) -> list[tuple[int, str]]:
+    """The (1-based number, text) of the lines above `line` that hold YAML (not blank, not a comment), nearest first."""
+    above = [(n + 1, lines[n]) for n in range(min(line - 1, len(lines)) - 1, -1, -1)]
+    return [(n, t) for n, t in above if t.strip() and not t.lstrip().startswith("#")]
+
+
+def _open_columns(lines: Sequence[str], line: int) -> list[int]:
+    """The columns a line at `line` could line up with: the indentation of each block still open above it."""
+    columns: list[int] = []
+    for _, text in _content_lines_before(lines, line):
+        column = _indent(text)
+        if not columns or column < columns[-1]:
+            columns.append(column)
+    return sorted(columns)
+
+
+def _syntax_hint(exc: MarkedYAMLError, lines: Sequence[str], line: int) -> str | None:
+    """A sentence for the YAML mistakes people make, or None to keep the parser's words."""
+    problem, context = exc.problem or "", exc.context or ""
+    started = exc.context_mark
+    start = f"line {started.line + 1}, column {started.column + 1}" if started is not None else "above"
+    if "'\\t'" in problem or "\t" in problem:
+        return "a tab character: YAML is indented with spaces, never tabs"
+    if problem.startswith("expected <block end>, but found"):
+        return _indentation_hint(lines, line, problem.endswith(("'-'", "'<block sequence start>'")))
+    if problem == "mapping values are not allowed here":
+        return _colon_hint(lines, line)
+    if context == "while scanning a quoted scalar" and "end of stream" in problem:
+        return f"the quoted string that starts at {start} is never closed: add the closing quote"
+    if context.startswith("while parsing a flow") and problem.endswith("'<stream end>'"):
+        bracket = "{" if "mapping" in context else "["
+        closing = "}" if bracket == "{" else "]"
+        return f"the '{bracket}' at {start} is never closed: add '{closing}'"
+    if problem == "could not find expected ':'":
+        return f"a key without ':' (at {start}): write 'key: value', or quote a value that spans lines"
+    return None
+
+
+def _indentation_hint(lines: Sequence[str], line: int, item: bool) -> str:
+    """A line whose indentation lines up with no open block: say its column and the ones it could have."""
+    text = lines[line - 1] if 0 < line <= len(lines) else ""
+    columns = [str(c) for c in _open_columns(lines, line)] or ["1"]
+    listed = columns[0] if len(columns) == 1 else f"{', '.join(columns[:-1])} or {columns[-1]}"
+    what = "this list item ('-')" if item else "this line"
+    return (f"bad indentation: {what} starts in column {_indent(text)}, but the lines above start in"
+            f" column {listed}; line it up with the keys (or items) it belongs with")
+
+
+def _colon_hint(lines: Sequence[str], line: int) -> str:
+    """`key: value` where YAML allows no ':': a line indented under a value, a key with no ':', or `a: b: c`."""
+    text = lines[line - 1] if 0 < line <= len(lines) else ""
+    before = _content_lines_before(lines, line)
+    if before:
+        number, previous = before[0]
+        if _indent(text) > _indent(previous) and not previous.rstrip().endswith(":"):
+            return (f"this line is indented more than line {number}, so YAML reads it as the rest of that line's"
+                    f" value: line it up with the key above (column {_indent(previous)})")
+        if ":" not in previous and not previous.lstrip().startswith("-"):
+            return f"line {number} has no ':' after its key, so YAML reads it and this line as one value"
+    return "a ':' inside a value: quote the value (e.g. name: \"a: b\")"
 
 
 def _offset_position(data: bytes, offset: int) -> tuple[int, int]:
@@ -598,6 +711,10 @@ class _Translated:
     located: _Located
     error: ErrorDetails
     union_depth: int | None = None
+    message: str | None = None
+    """Set by `_explain_unknown_keys`: the message to use instead of the one made from `error`."""
+    merged: bool = False
+    """A "missing required key" that an unknown key's message already names (a typo): not reported alone."""
 
 
 def _resolve(report: _Reporter, error: ErrorDetails) -> _Translated:
@@ -651,6 +768,8 @@ def _is_discriminator_tag(node: CommentedMap, seg: Segment) -> bool:
 def _report_validation(errors: Sequence[ErrorDetails], report: _Reporter) -> None:
     """Translate every pydantic error, collapsing the per-member errors of a plain union into one."""
     translated = [_resolve(report, e) for e in errors]
+    _explain_unknown_keys(report, translated)
+    translated = [item for item in translated if not item.merged]
     groups: dict[tuple[Segment, ...], list[_Translated]] = {}
     for item in translated:
         if item.union_depth is None:
@@ -667,6 +786,101 @@ def _report_validation(errors: Sequence[ErrorDetails], report: _Reporter) -> Non
                 _emit(report, item, _message(item))
         else:
             _emit(report, items[0], _union_message(items))
+
+
+def _explain_unknown_keys(report: _Reporter, translated: Sequence[_Translated]) -> None:
+    """Give each unknown key the key it was probably meant to be (issue #16).
+
+    A misspelt required key is two pydantic errors, the unknown key and the missing one; when a missing key of
+    the same mapping is close to the unknown one, they become one error at the unknown key. Otherwise the
+    closest key the model allows there (and the mapping does not have yet) is suggested, if any is close.
+    """
+    missing: dict[tuple[Segment, ...], list[_Translated]] = {}
+    for item in translated:
+        if item.error["type"] == "missing" and item.located.segments:
+            missing.setdefault(tuple(item.located.segments[:-1]), []).append(item)
+    for item in translated:
+        key = item.error["loc"][-1] if item.error["loc"] else None
+        if item.error["type"] != "extra_forbidden" or not isinstance(key, str) or not item.located.segments:
+            continue
+        parent = tuple(item.located.segments[:-1])
+        absent = {str(m.located.segments[-1]): m for m in missing.get(parent, []) if not m.merged}
+        shown = _clip(key, MAX_QUOTED_KEY)
+        typo = _closest(key, list(absent))
+        if typo is not None:
+            absent[typo].merged = True
+            item.message = f"unknown key '{shown}': did you mean '{typo}'? ('{typo}' is required)"
+            continue
+        mapping = report.locate(parent).node
+        present = set(mapping) if isinstance(mapping, CommentedMap) else set()
+        allowed = [k for k in _allowed_keys(item.error["loc"][:-1]) if k not in present]
+        suggestion = _closest(key, allowed)
+        if suggestion is not None:
+            item.message = f"unknown key '{shown}': did you mean '{suggestion}'?"
+
+
+def _closest(name: str, candidates: Sequence[str]) -> str | None:
+    """The candidate `name` was most likely meant to be (difflib's ratio ≥ 0.6), or None."""
+    matches = get_close_matches(name, candidates, n=1)
+    return matches[0] if matches else None
+
+
+def _allowed_keys(loc: Sequence[Segment]) -> list[str]:
+    """The keys the model allows in the mapping at pydantic location `loc` (empty when it is not a model).
+
+    Walks the model's annotations along `loc`: a field name into its type, a dict key into the value type, an
+    index into the item type. Where pydantic put a union label into the location (a tag such as `python`, or a
+    member such as `Transition`), the members it names are kept; an unrecognised label keeps every member.
+    """
+    candidates = _members(WorkspaceConfig)
+    for seg in loc:
+        stepped = [inner for tp in candidates for inner in _step_into(tp, seg)]
+        if not stepped:
+            labelled = [tp for tp in candidates if _is_labelled(tp, seg)]
+            stepped = labelled or candidates
+        candidates = stepped
+    keys: list[str] = []
+    for tp in candidates:
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            keys += [info.alias or name for name, info in tp.model_fields.items()]
+    return list(dict.fromkeys(keys))
+
+
+def _members(tp: Any) -> list[Any]:
+    """A type with `Annotated` and unions (`X | Y`, `Optional`) unwrapped into its members."""
+    origin = get_origin(tp)
+    if origin is Annotated:
+        return _members(get_args(tp)[0])
+    if origin is Union or origin is types.UnionType:
+        return [member for arg in get_args(tp) for member in _members(arg)]
+    return [tp]
+
+
+def _step_into(tp: Any, seg: Segment) -> list[Any]:
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        for name, info in tp.model_fields.items():
+            if seg in (name, info.alias):
+                return _members(info.annotation)
+        return []
+    origin, args = get_origin(tp), get_args(tp)
+    if origin is dict and isinstance(seg, str) and len(args) == 2:
+        return _members(args[1])
+    if origin is list and isinstance(seg, int) and args:
+        return _members(args[0])
+    return []
+
+
+def _is_labelled(tp: Any, seg: Segment) -> bool:
+    """Whether pydantic's union label `seg` names the member `tp`: its class name or its tag value."""
+    if not (isinstance(tp, type) and issubclass(tp, BaseModel)):
+        return False
+    if seg == tp.__name__:
+        return True
+    for key in _DISCRIMINATOR_KEYS:
+        info = tp.model_fields.get(key)
+        if info is not None and get_origin(info.annotation) is Literal and seg in get_args(info.annotation):
+            return True
+    return False
 
 
 def _emit(report: _Reporter, item: _Translated, message: str) -> None:
@@ -737,6 +951,8 @@ def _union_message(items: Sequence[_Translated]) -> str:
 
 def _message(item: _Translated) -> str:
     """A short, specific message for one pydantic error (pydantic's own wording is the fallback)."""
+    if item.message is not None:
+        return item.message
     error = item.error
     kind = error["type"]
     ctx = error.get("ctx") or {}
@@ -845,11 +1061,15 @@ class _CrossChecker:
     """Rules that span several parts of a structurally valid file (spec §2.8 "Cross-references")."""
 
     def __init__(self, config: WorkspaceConfig, ws_id: str, report: _Reporter,
-                 unavailable_agents: Mapping[str, str]) -> None:
+                 unavailable_agents: Mapping[str, str], document: Mapping[str, Any]) -> None:
+        """`document` is the file's data: its declared names count even for the entries `config` left out
+        (`_salvage`), so a reference to a malformed agent is not also reported as unknown."""
         self.config = config
         self.ws_id = ws_id
         self.report = report
         self.unavailable_agents = unavailable_agents
+        self.signal_names = _declared(document, "signals")
+        self.agent_names = [*_declared(document, "agents"), *unavailable_agents]
 
     def run(self) -> None:
         for signal_id in self.config.signals:
@@ -905,8 +1125,8 @@ class _CrossChecker:
     def _check_triggers(self, job_id: str, job: Job, handled_by: dict[str, str]) -> None:
         for index, trigger in enumerate(job.triggers):
             at = ("jobs", job_id, "triggers", index, "signal")
-            if trigger.signal not in self.config.signals:
-                self.report.error(at, f"unknown signal '{trigger.signal}'")
+            if trigger.signal not in self.signal_names:
+                self.report.error(at, _unknown("signal", trigger.signal, self.signal_names))
                 continue
             owner = handled_by.setdefault(trigger.signal, job_id)
             if owner == job_id and any(t.signal == trigger.signal for t in job.triggers[:index]):
@@ -964,19 +1184,36 @@ class _CrossChecker:
 
     def _check_agent_ref(self, at: tuple[Segment, ...], agent_id: str) -> None:
         # An agent atlas cannot run was warned about where it is declared; its job refuses triggers instead.
-        if agent_id not in self.config.agents and agent_id not in BUILTIN_AGENTS \
-                and agent_id not in self.unavailable_agents:
-            self.report.error(at, f"unknown agent '{agent_id}'")
+        if agent_id not in self.agent_names and agent_id not in BUILTIN_AGENTS:
+            self.report.error(at, _unknown("agent", agent_id, [*self.agent_names, *BUILTIN_AGENTS]))
 
     def _check_signal_action(self, job: Job, at: tuple[Segment, ...], action: SignalAction) -> None:
         """Same-workspace targets can be checked now; other workspaces are only known at run time."""
         if action.workspace not in (None, self.ws_id):
             return
-        if action.signal not in self.config.signals:
-            self.report.error((*at, "signal"), f"unknown signal '{action.signal}'")
+        if action.signal not in self.signal_names:
+            self.report.error((*at, "signal"), _unknown("signal", action.signal, self.signal_names))
         elif action.wait and any(t.signal == action.signal for t in job.triggers):
             self.report.error(
                 (*at, "signal"),
                 f"a 'wait: true' signal action cannot trigger its own job's signal '{action.signal}'"
                 " (it would wait for itself)",
             )
+
+
+def _declared(document: Mapping[str, Any], section: str) -> list[str]:
+    """The names a section of the file declares, in file order, malformed entries included."""
+    entries = document.get(section)
+    return [name for name in entries if isinstance(name, str)] if isinstance(entries, dict) else []
+
+
+def _unknown(kind: str, name: str, known: Sequence[str]) -> str:
+    """`unknown agent 'x': did you mean 'y'? (known agents: …)`: the closest name, then the names there are."""
+    message = f"unknown {kind} '{name}'"
+    closest = _closest(name, known)
+    if closest is not None:
+        message += f": did you mean '{closest}'?"
+    if not known:
+        return f"{message} (this workspace declares no {kind}s)"
+    listed = ", ".join(known[:MAX_LISTED_NAMES]) + (", …" if len(known) > MAX_LISTED_NAMES else "")
+    return f"{message} (known {kind}s: {listed})"
