@@ -83,6 +83,12 @@ SID = "7f0c2a51-8d7e-4f43-9a51-0b8f6c1de2aa"
 PLAN = [ev.planned_step(agentName="a", stateId="s0", task="t", actionType="agent", outputKey="a")]
 
 
+#: A two-level cause chain with every field (issue #16).
+CAUSE = {"sessionId": "k", "workspaceId": "w", "jobName": "j", "status": "failed", "error": "e",
+         "errorCode": "child_failed", "stepNumber": 1, "agentName": "a",
+         "cause": {"sessionId": "g", "jobName": "h", "errorDetails": {"type": "ValueError", "message": "m"}}}
+
+
 def every_field_of_every_event() -> list[dict[str, Any]]:
     """One event of each type with every optional field set (the constructors omit an unset one)."""
     lineage = {"correlationId": "c", "parentSessionId": "p", "rootSessionId": "r", "depth": 1}
@@ -96,10 +102,14 @@ def every_field_of_every_event() -> list[dict[str, Any]]:
                               error="e", errorCode="c", childSessionId="k", usage={"inputTokens": 1, "model": "m"},
                               toolCalls=[{"toolCallId": "t1", "toolName": "add", "args": {"a": 1}, "result": "2",
                                           "durationMs": 3, "error": "x", "server": "s"}],
-                              reasoning="because")),
+                              reasoning="because",
+                              errorDetails={"type": "ShellError", "message": "m", "traceback": "t",
+                                            "stderrTail": "s", "exitCode": 3},
+                              cause=CAUSE)),
         dict(ev.step_skipped(sessionId=SID, seq=5, stateId="s1", agentName="b")),
         dict(ev.summary(sessionId=SID, seq=6, summary="s", keyDetails=[{"label": "l", "value": 1, "url": "u"}])),
-        dict(ev.complete(sessionId=SID, seq=7, status="failed", durationMs=9, error="e", errorCode="c")),
+        dict(ev.complete(sessionId=SID, seq=7, status="failed", durationMs=9, error="e", errorCode="c",
+                         cause=CAUSE)),
     ]
 
 

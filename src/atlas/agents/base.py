@@ -30,6 +30,10 @@ class StepError(Exception):
         self.tool_calls: list[dict[str, Any]] | None = None
         #: Token usage of a failed `llm` step (`inputTokens`, `outputTokens`, `model`), when known.
         self.usage: Any = None
+        #: `errorDetails` (issue #16): a python step's `{type, message, traceback}`, a shell step's stderr tail.
+        self.details: dict[str, Any] | None = None
+        #: `cause` (issue #16): the failed child session behind a `signal` step's error.
+        self.cause: dict[str, Any] | None = None
 
 
 def _cut(line: str) -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from atlas.agents.base import AgentContext, StepError
+from atlas.agents.errordetails import python_details
 from atlas.config.model import PythonAgentConfig
 
 __all__ = ["run_python"]
@@ -65,9 +66,18 @@ async def _load(entrypoint: str, workspace_dir: Path) -> Callable[..., Any]:
         try:
             function = await asyncio.to_thread(_import, entrypoint, workspace_dir)
         except Exception as exc:  # ImportError, SyntaxError, AttributeError, errors raised at import time…
-            raise StepError("agent_error", f"cannot load {entrypoint}: {type(exc).__name__}: {exc}") from exc
+            raise await _failure(f"cannot load {entrypoint}: {type(exc).__name__}: {exc}", exc) from exc
         _functions[key] = function
     return function
+
+
+async def _failure(message: str, exc: BaseException) -> StepError:
+    """An `agent_error` carrying the exception's `errorDetails` (its traceback names the user's file and line).
+
+    The traceback is formatted on a thread because formatting reads the frames' source lines from disk."""
+    err = StepError("agent_error", message)
+    err.details = await asyncio.to_thread(python_details, exc)
+    return err
 
 
 def _json_output(value: Any) -> Any:
@@ -95,8 +105,10 @@ async def run_python(config: PythonAgentConfig, ctx: AgentContext) -> Any:
     except asyncio.CancelledError:
         ctx.cancelled.set()
         raise
-    except StepError:
-        raise  # workspace code may fail with a specific errorCode on purpose
+    except StepError as exc:  # workspace code may fail with a specific errorCode on purpose
+        if exc.details is None:
+            exc.details = await asyncio.to_thread(python_details, exc)
+        raise
     except (Exception, SystemExit) as exc:  # sys.exit() in workspace code must not stop the daemon
-        raise StepError("agent_error", f"{type(exc).__name__}: {exc}") from exc
+        raise await _failure(f"{type(exc).__name__}: {exc}", exc) from exc
     return _json_output(result)

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from atlas.agents.base import MAX_LOG_LINE_CHARS, AgentContext, StepError
+from atlas.agents.errordetails import STDERR_TAIL_BYTES, shell_details
 from atlas.config.durations import parse_duration
 from atlas.config.model import ShellAgentConfig
 from atlas.templating import Templater
@@ -96,6 +97,9 @@ class _Capture:
         self.truncated = False
         self._pending = bytearray()
         self._skipping_long_line = False
+        #: The stream's last bytes, whatever the cap kept: a failed step's `stderrTail` is the end of stderr.
+        self._tail = bytearray()
+        self._seen = 0
 
     async def pump(self, stream: asyncio.StreamReader | None) -> None:
         if stream is None:
@@ -106,6 +110,7 @@ class _Capture:
                 self.truncated = True
             if room > 0:
                 self.data += chunk[:room]
+            self._keep_tail(chunk)
             self._split_lines(chunk)
         if self._pending and not self._skipping_long_line:
             self._emit(bytes(self._pending))
@@ -113,6 +118,16 @@ class _Capture:
 
     def text(self) -> str:
         return self.data.decode("utf-8", errors="replace")
+
+    def _keep_tail(self, chunk: bytes) -> None:
+        self._seen += len(chunk)
+        self._tail += chunk[-STDERR_TAIL_BYTES:]
+        if len(self._tail) > STDERR_TAIL_BYTES:
+            del self._tail[: len(self._tail) - STDERR_TAIL_BYTES]
+
+    def tail(self) -> tuple[str, bool]:
+        """The stream's last bytes as text, and whether they are only its end (its first line then is partial)."""
+        return self._tail.decode("utf-8", errors="replace"), self._seen > len(self._tail)
 
     def _split_lines(self, chunk: bytes) -> None:
         """Emit every line `chunk` completes; a line is never held (or sent) beyond _MAX_PENDING_LINE_BYTES.
@@ -202,6 +217,12 @@ async def _terminate(process: asyncio.subprocess.Process, io: asyncio.Future[Any
             io.exception()  # mark retrieved: the step already failed for a better reason
 
 
+def _details(message: str, stderr: _Capture, exit_code: int | None) -> dict[str, Any]:
+    """The failed step's `errorDetails`: so `command exited with status 3` comes with what the command said."""
+    text, partial = stderr.tail()
+    return shell_details(message, text, exit_code=exit_code, cut_before=partial)
+
+
 def _output(exit_code: int | None, stdout: _Capture, stderr: _Capture) -> dict[str, Any]:
     output: dict[str, Any] = {"exitCode": exit_code, "stdout": stdout.text(), "stderr": stderr.text()}
     if stdout.truncated or stderr.truncated:
@@ -243,16 +264,18 @@ async def run_shell(
             exit_code = await process.wait()
     except TimeoutError:
         await _terminate(process, io)
-        raise StepError(
-            "timeout",
-            f"command timed out after {config.timeout}",
-            output=_output(process.returncode, stdout, stderr),
-        ) from None
+        message = f"command timed out after {config.timeout}"
+        err = StepError("timeout", message, output=_output(process.returncode, stdout, stderr))
+        err.details = _details(message, stderr, process.returncode)
+        raise err from None
     except BaseException:  # cancellation (or a bug): never leave the process group running
         await _terminate(process, io)
         raise
 
     output = _output(exit_code, stdout, stderr)
     if exit_code != 0:
-        raise StepError("exit_status", f"command exited with status {exit_code}", output=output)
+        message = f"command exited with status {exit_code}"
+        err = StepError("exit_status", message, output=output)
+        err.details = _details(message, stderr, exit_code)
+        raise err
     return output

@@ -11,6 +11,7 @@ from rich.text import Text
 
 from atlas.cli.client import EXIT_NOT_FOUND, EXIT_USAGE, Api, CliError
 from atlas.cli.common import JsonOpt, TokenOpt, UrlOpt, complete_session, complete_workspace, connect, handle_errors
+from atlas.cli.failures import print_failures
 from atlas.cli.follow import follow_run
 from atlas.cli.render import (
     Output,
@@ -204,6 +205,7 @@ def show_view(out: Output, view: dict[str, Any], children: list[dict[str, Any]])
                      Text(detail, style="red" if rich and block.get("status") == "failed" else "")])
     out.table(["#", "step", "type", "status", "duration", "output / error"], rows, title="Timeline",
               empty="No steps.")
+    print_failures(out, view)  # tracebacks, stderr tails and cause chains, in full (issue #16)
     for label, output in long_outputs:  # outputs the table had to cut, in full (up to 40 lines each)
         out.blank()
         out.print(Text(f"{label} output", style="bold") if rich else f"{label} output")

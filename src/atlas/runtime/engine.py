@@ -39,6 +39,7 @@ from atlas.runtime.fsm import planned_step
 from atlas.runtime.slots import Slots
 from atlas.runtime.workspaces import Workspace
 from atlas.sessions import events
+from atlas.sessions.causes import cause_from_view, refused_child_cause
 from atlas.sessions.events import PlannedStep
 from atlas.sessions.reducer import is_terminal
 from atlas.sessions.store import SessionStore
@@ -51,9 +52,12 @@ log = logging.getLogger("atlas.engine")
 class SessionEnd(Exception):
     """Ends the run with a terminal status (raised by actions and guards)."""
 
-    def __init__(self, status: str, code: str | None, message: str | None) -> None:
+    def __init__(self, status: str, code: str | None, message: str | None,
+                 cause: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+        #: The failed child behind a failed `signal` step (issue #16), recorded on `session:complete` too.
+        self.cause = cause
 
 
 @dataclass
@@ -137,6 +141,7 @@ class Engine:
     async def execute(self) -> None:
         started = time.monotonic()
         status, code, message = "completed", None, None
+        cause: dict[str, Any] | None = None
         timeout_s = self._timeout_s()
         task = asyncio.current_task()
         # The job timeout is a cancel with its own reason, so the running step records `timeout` too.
@@ -144,7 +149,7 @@ class Engine:
         try:
             await self._run_fsm()
         except SessionEnd as end:
-            status, code, message = end.status, end.code, end.message
+            status, code, message, cause = end.status, end.code, end.message, end.cause
         except asyncio.CancelledError:
             req = self.run_state.cancel or CancelRequest("interrupted", "daemon_shutdown", "Daemon shut down")
             status, code, message = req.status, req.code, req.message
@@ -173,6 +178,7 @@ class Engine:
             durationMs=int((time.monotonic() - started) * 1000),
             error=message,
             errorCode=code,
+            cause=cause,
         ))
 
     def _time_out(self, task: asyncio.Task[Any] | None, timeout_s: float) -> None:
@@ -353,7 +359,8 @@ class Engine:
         except StepError as exc:
             failed = AgentResult(exc.output, exc.usage if isinstance(exc.usage, dict) else None,
                                  exc.tool_calls or [])
-            await self._step_failed(number, started, exc.code, exc.message, exc.output, exc_child(exc), failed)
+            await self._step_failed(number, started, exc.code, exc.message, exc.output, exc_child(exc), failed,
+                                    details=exc.details, cause=exc.cause)
         except asyncio.CancelledError:
             req = self.run_state.cancel
             message = req.message if req else "Daemon shut down"
@@ -383,7 +390,8 @@ class Engine:
 
     async def _write_step_complete(self, number: int, started: float, status: str, output: Any,
                                    error: str | None, code: str | None, child_id: str | None = None,
-                                   result: AgentResult | None = None) -> None:
+                                   result: AgentResult | None = None, details: dict[str, Any] | None = None,
+                                   cause: dict[str, Any] | None = None) -> None:
         await self._end_chunks(number)
         redact = self.s.templater.redact
         await self.writer.append(events.step_complete(
@@ -399,13 +407,18 @@ class Engine:
             usage=result.usage if result is not None else None,
             toolCalls=redact(result.tool_calls) if result is not None else None,  # arguments may echo a secret()
             reasoning=redact(result.reasoning) if result is not None and result.reasoning else None,
+            errorDetails=redact(details) if details else None,  # a traceback or stderr may show a secret()
+            cause=cause,  # redacted by _step_failed
         ))
 
     async def _step_failed(self, number: int, started: float, code: str, message: str, output: Any,
-                           child_id: str | None = None, result: AgentResult | None = None) -> None:
+                           child_id: str | None = None, result: AgentResult | None = None, *,
+                           details: dict[str, Any] | None = None, cause: dict[str, Any] | None = None) -> None:
         message = str(self.s.templater.redact(message))
-        await self._write_step_complete(number, started, "failed", output, message, code, child_id, result)
-        raise SessionEnd("failed", code, message)
+        cause = self.s.templater.redact(cause) if cause else None  # its child may have run where ours were unknown
+        await self._write_step_complete(number, started, "failed", output, message, code, child_id, result,
+                                        details, cause)
+        raise SessionEnd("failed", code, message, cause)
 
     async def _agent(self, action: AgentAction | LlmAction, input_value: Any, prompt: str | None) -> AgentResult:
         """Run an agent (or an inline llm action): its output, and for llm steps usage and tool calls."""
@@ -485,6 +498,8 @@ class Engine:
             err = StepError(accepted.error_code or "child_failed", f"Child session {accepted.session_id} "
                             f"failed: {accepted.error_code}", info)
             err.child_session_id = accepted.session_id  # type: ignore[attr-defined]
+            err.cause = refused_child_cause(accepted.session_id, accepted.workspace_id, accepted.job_id,
+                                            accepted.error_code)
             raise err
         if not action.wait:
             return info, accepted.session_id
@@ -500,6 +515,7 @@ class Engine:
             err = StepError("child_failed", f"Child session {accepted.session_id} ended {view['status']}"
                             + (f": {view.get('error')}" if view.get("error") else ""), info)
             err.child_session_id = accepted.session_id  # type: ignore[attr-defined]
+            err.cause = cause_from_view(view)  # the child's error and its own cause, down to the root cause
             raise err
         return info, accepted.session_id
 

@@ -46,6 +46,8 @@ __all__ = [
     "Count",
     "DurableEvent",
     "EphemeralChunk",
+    "ErrorCause",
+    "ErrorDetails",
     "JsonSchema",
     "JsonValue",
     "KeyDetail",
@@ -212,6 +214,44 @@ class Usage(TypedDict, total=False):
 
 
 @documented
+class ErrorDetails(TypedDict):
+    """Why a step failed, beyond its one-line `error` (issue #16): what a user needs to find the faulty line or the
+    failing command's complaint. Secrets are redacted and every text is bounded (cut with a `… [cut: …]` marker)."""
+
+    type: str
+    """The exception's class (`ValueError`, `steps.LoadError`), or `ShellError` for a shell step."""
+    message: str
+    traceback: NotRequired[str]
+    """A python step's formatted traceback (`File "…/steps.py", line 12, in load_rows`), the daemon's frames
+    trimmed."""
+    stderrTail: NotRequired[str]
+    """A shell step's last stderr lines (at most 20 lines, 4 KiB)."""
+    exitCode: NotRequired[int]
+    """A shell step's exit status, when it exited."""
+
+
+@documented
+class ErrorCause(TypedDict):
+    """The failed child session behind a `signal` step's error, taken from the child's view: its error, its failing
+    step's `errorDetails` and, for a grandchild, its own `cause` (nested at most 8 levels)."""
+
+    sessionId: str
+    workspaceId: NotRequired[str]
+    jobName: str
+    status: NotRequired[str]
+    """The child's terminal status (`failed`, `cancelled`, `interrupted`…)."""
+    error: NotRequired[str]
+    errorCode: NotRequired[str]
+    stepNumber: NotRequired[StepNumber]
+    """The child's failed step."""
+    agentName: NotRequired[str]
+    errorDetails: NotRequired[ErrorDetails]
+    """The failed step's details (a traceback, a stderr tail)."""
+    cause: NotRequired[ErrorCause]
+    """The child's own cause, when it failed because of a grandchild."""
+
+
+@documented
 class _EventHead(TypedDict):
     sessionId: str
     seq: Seq
@@ -296,6 +336,10 @@ class StepCompleteEvent(_EventHead):
     usage: NotRequired[Usage]
     reasoning: NotRequired[str]
     """The model's reasoning text, when the provider returned it."""
+    errorDetails: NotRequired[ErrorDetails]
+    """A failed step's traceback (python) or stderr tail (shell), issue #16."""
+    cause: NotRequired[ErrorCause]
+    """A failed `signal` step's failed child session, with its own error and cause (issue #16)."""
 
 
 @documented
@@ -326,6 +370,8 @@ class SessionCompleteEvent(_EventHead):
     """Milliseconds the session ran (0 for one that never started)."""
     error: NotRequired[str]
     errorCode: NotRequired[str]
+    cause: NotRequired[ErrorCause]
+    """The failed child session that made this one fail (its failing `signal` step's `cause`), issue #16."""
 
 
 #: Any durable event, as a `SessionWriter` appends it.
@@ -691,6 +737,8 @@ def step_complete(
     usage: Mapping[str, Any] | None = None,
     toolCalls: list[Any] | None = None,
     reasoning: str | None = None,
+    errorDetails: Mapping[str, Any] | None = None,
+    cause: Mapping[str, Any] | None = None,
     timestamp: str | None = None,
 ) -> StepCompleteEvent:
     """``step:complete``: a step ended ``completed`` or ``failed``; ``output`` is subject to the 256 KiB cap.
@@ -717,6 +765,8 @@ def step_complete(
     if reasoning:
         cut = len(reasoning) - MAX_REASONING_CHARS
         event["reasoning"] = reasoning if cut <= 0 else f"{reasoning[:MAX_REASONING_CHARS]}… [cut: {cut} more]"
+    _put(event, "errorDetails", dict(errorDetails) if errorDetails else None)
+    _put(event, "cause", dict(cause) if cause else None)
     return cast(StepCompleteEvent, event)
 
 
@@ -761,6 +811,7 @@ def complete(
     durationMs: float,
     error: str | None = None,
     errorCode: str | None = None,
+    cause: Mapping[str, Any] | None = None,
     timestamp: str | None = None,
 ) -> SessionCompleteEvent:
     """``session:complete``: the one terminal record, always last (§3.2, §4.4).
@@ -773,4 +824,5 @@ def complete(
     event["durationMs"] = _check_duration(durationMs)
     _put(event, "error", error)
     _put(event, "errorCode", errorCode)
+    _put(event, "cause", dict(cause) if cause else None)
     return cast(SessionCompleteEvent, event)

@@ -36,6 +36,8 @@ from atlas.sessions.events import (
     ActionType,
     ChunkBody,
     Count,
+    ErrorCause,
+    ErrorDetails,
     JsonValue,
     KeyDetail,
     ParentId,
@@ -118,6 +120,10 @@ class AgentBlock(TypedDict):
     usage: NotRequired[Usage]
     childSessionId: NotRequired[str]
     """For `signal` actions: the child session."""
+    errorDetails: NotRequired[ErrorDetails]
+    """A failed step's traceback (python) or stderr tail (shell), issue #16."""
+    cause: NotRequired[ErrorCause]
+    """A failed `signal` step's failed child, with its error and its own cause (issue #16)."""
 
 
 @documented
@@ -151,6 +157,8 @@ class SessionView(TypedDict):
     error: NotRequired[str]
     errorCode: NotRequired[str]
     aiSummary: NotRequired[AiSummary]
+    cause: NotRequired[ErrorCause]
+    """The failed child session that made this one fail, nested down to the root cause (issue #16)."""
 
 
 @documented
@@ -311,7 +319,7 @@ _START_FIELDS: Final = (
 )
 _STEP_START_FIELDS: Final = ("actionType", "task", "input", "outputKey", "stateId")
 _STEP_COMPLETE_FIELDS: Final = (
-    "durationMs", "output", "error", "errorCode", "childSessionId", "usage", "reasoning"
+    "durationMs", "output", "error", "errorCode", "childSessionId", "usage", "reasoning", "errorDetails", "cause"
 )
 
 
@@ -487,6 +495,9 @@ def _on_complete(view: View, event: Event) -> View | None:
         new["error"] = _clone(error)
     if error_code is not None:
         new["errorCode"] = _clone(error_code)
+    cause = event.get("cause")
+    if isinstance(cause, Mapping):
+        new["cause"] = _clone(cause)
     return new
 
 

@@ -19,7 +19,8 @@ const QUEUED_FIELDS = ["sessionId", "workspaceId", "jobName", "signalId", "task"
 const START_FIELDS = ["sessionId", "workspaceId", "jobName", "task", "signalId", "correlationId", "rootSessionId",
   "depth"];
 const STEP_START_FIELDS = ["actionType", "task", "input", "outputKey", "stateId"];
-const STEP_COMPLETE_FIELDS = ["durationMs", "output", "error", "errorCode", "childSessionId", "usage", "reasoning"];
+const STEP_COMPLETE_FIELDS = ["durationMs", "output", "error", "errorCode", "childSessionId", "usage", "reasoning",
+  "errorDetails", "cause"];
 
 // --- helpers ------------------------------------------------------------------------------------------------
 
@@ -242,6 +243,7 @@ function onComplete(view, event) {
   }
   if (error !== null) next.error = clone(error);
   if (errorCode !== null) next.errorCode = clone(errorCode);
+  if (isObject(event.cause)) next.cause = clone(event.cause);
   return next;
 }
 

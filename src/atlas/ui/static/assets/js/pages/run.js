@@ -9,6 +9,7 @@ import {
   absoluteTime, announce, badge, copyButton, durationEl, empty, errorState, fill, formatDuration, h, json, loading,
   shortId, timeAgo, triggerTag,
 } from "../dom.js";
+import { causeChain, errorDetailsEl } from "../failures.js";
 import { applyChunk, initialView, isTerminal, reduce } from "../reducer.js";
 import { applyToolChunk, callsOfBlock } from "../toolcalls.js";
 
@@ -160,6 +161,8 @@ function renderBlock(block, index, openKeys, calls) {
     liveInfo(block),
     block.error ? h("p", { class: "block-error" }, block.error,
       block.errorCode ? h("code", { class: "small" }, ` ${block.errorCode}`) : null) : null,
+    errorDetailsEl(block.errorDetails),
+    causeChain(block.cause),
     block.childSessionId ? h("p", { class: "small" }, "Child run: ",
       h("a", { href: sessionHref(block.childSessionId) }, shortId(block.childSessionId))) : null,
     sections.length ? h("div", { class: "block-io" }, sections) : null);
@@ -295,12 +298,13 @@ export async function mount(root, ctx) {
       ui.metaKey = metaKey;
       renderMeta(v);
     }
-    const errorKey = JSON.stringify([v.error, v.errorCode, v.status]);
+    const errorKey = JSON.stringify([v.error, v.errorCode, v.status, v.cause]);
     if (errorKey !== ui.errorKey) {
       ui.errorKey = errorKey;
       fill(ui.errorBox, v.error || v.errorCode
         ? h("div", { class: `banner banner-${v.status === "failed" || v.status === "interrupted" ? "error" : "warn"}` },
-          h("strong", {}, `Run ${v.status}: `), v.error || "", v.errorCode ? h("code", {}, ` ${v.errorCode}`) : null)
+          h("strong", {}, `Run ${v.status}: `), v.error || "", v.errorCode ? h("code", {}, ` ${v.errorCode}`) : null,
+          causeChain(v.cause))
         : "");
     }
     const outcomeKey = JSON.stringify([v.results, v.aiSummary]);
