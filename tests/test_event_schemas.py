@@ -94,7 +94,8 @@ def every_field_of_every_event() -> list[dict[str, Any]]:
     lineage = {"correlationId": "c", "parentSessionId": "p", "rootSessionId": "r", "depth": 1}
     common = {"workspaceId": "w", "jobName": "j", "signalId": "s", "task": "t", "plannedSteps": PLAN, **lineage}
     return [
-        dict(ev.queued(sessionId=SID, trigger="cascade", payload={"x": 1}, skipStates=["s1"], **common)),
+        dict(ev.queued(sessionId=SID, trigger="cascade", payload={"x": 1}, skipStates=["s1"], rerunOf="r0",
+                       **common)),
         dict(ev.start(sessionId=SID, runner="daemon-1", **common)),
         dict(ev.step_start(sessionId=SID, seq=3, stepNumber=1, agentName="a", stateId="s0", actionType="agent",
                            task="t", outputKey="a", input={"x": 1})),

@@ -71,6 +71,7 @@ EXPECTED_OPERATIONS = {
     ("get", "/api/sessions/{session_id}"),
     ("delete", "/api/sessions/{session_id}"),
     ("get", "/api/sessions/{session_id}/children"),
+    ("post", "/api/sessions/{session_id}/rerun"),
     ("get", "/api/sessions/{session_id}/stream"),
     ("get", "/api/schedules"),
     ("post", "/api/schedules/{workspace_id}/{signal_id}/pause"),

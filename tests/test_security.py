@@ -270,7 +270,8 @@ def test_preflight_from_listed_origin_is_204_without_token(token_daemon: DaemonP
     assert r.content == b""
     assert r.headers["access-control-allow-origin"] == UI
     assert r.headers["access-control-allow-methods"] == "GET, POST, DELETE, OPTIONS"
-    assert r.headers["access-control-allow-headers"] == "Authorization, Content-Type, Idempotency-Key, Last-Event-ID"
+    assert r.headers["access-control-allow-headers"] == ("Authorization, Content-Type, Idempotency-Key, Last-Event-ID, "
+                                                         "X-Atlas-Client")
     assert r.headers["access-control-max-age"] == "600"
     assert r.headers["vary"] == "Origin"
 

@@ -102,6 +102,19 @@ def webhook_record(raw: bytes, headers: Mapping[str, str]) -> dict[str, Any]:
     return {"headers": kept, "bodyBase64": base64.b64encode(raw).decode()}
 
 
+def parse_json(raw: bytes) -> Any:
+    """A JSON body by the trigger's rules (strict RFC 8259: no NaN, no lone surrogates), refused as the trigger
+    refuses one (`invalid_json`, `payload_too_complex`), for routes that take only JSON (the re-run)."""
+    try:
+        return _decode(raw)
+    except UnicodeEncodeError:
+        raise AtlasError("invalid_json", "Malformed JSON body: lone surrogate escape in a string") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise AtlasError("invalid_json", f"Malformed JSON body: {exc}") from None
+    except RecursionError:
+        raise AtlasError("payload_too_complex", "The JSON body is nested too deeply") from None
+
+
 def parse_trigger_body(raw: bytes, headers: Mapping[str, str]) -> TriggerBody:
     content_type = headers.get("content-type", "")
     if not raw.strip():

@@ -55,6 +55,7 @@ STATUS: dict[str, int] = {
     "workspace_exists": 409,
     "workspace_busy": 409,
     "session_not_active": 409,
+    "session_not_finished": 409,
     "idempotency_key_in_progress": 409,
     "skipped-duplicate": 409,
     "cascade_limit_exceeded": 409,

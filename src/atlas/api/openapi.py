@@ -158,6 +158,8 @@ ERROR_CODES: dict[str, str] = {
     "skipped-duplicate": "policy `skip` found a running session of this signal (`details`: the session record, "
                          "with `runningSessionId` when known)",
     "session_not_active": "the session already ended (`details.status`: its terminal status)",
+    "session_not_finished": "the session is still queued or active, so it cannot be re-run yet "
+                            "(`details.status`: its current status)",
     "idempotency_key_in_progress": "a request with the same `Idempotency-Key` is still in flight after 5 s "
                                    "(`Retry-After: 1`)",
     "cascade_limit_exceeded": "the envelope's `parentSessionId` names a tree that already holds "
@@ -196,6 +198,7 @@ ERROR_DETAILS: dict[str, Schema] = {
     "session_cancelled": ref("SessionErrorDetails"),
     "session_skipped": ref("SessionErrorDetails"),
     "session_not_active": obj({"status": enum(TERMINAL_STATUSES)}),
+    "session_not_finished": obj({"status": enum(["queued", "active"])}),
     "workspace_busy": obj({"activeSessionIds": array(string())}),
     "path_not_allowed": obj({"roots": array(string())}),
     "wait_timeout": obj({"sessionId": string(), "correlationId": string()}),
@@ -479,6 +482,12 @@ def _schemas() -> dict[str, Schema]:
         closed=True,
         description="The 202 of nowait and webhook mode (spec §4.2): exactly these six keys",
     )
+    s["RerunRequest"] = obj(
+        {}, {"payload": {"type": ["object", "null"],
+                         "description": "The input of the re-run; absent or null: the original session's payload"}},
+        closed=True,
+        description="The body of `POST /api/sessions/{session_id}/rerun` (empty: `{}`)",
+    )
     s["TriggerCompleted"] = obj(
         {"message": {"const": "Signal completed"}, "status": {"const": "completed"},
          "workspaceId": string(), "signalId": string(), "sessionId": string(), "correlationId": string(),
@@ -750,6 +759,24 @@ def _paths() -> dict[str, Any]:
         {"200": response("Children", ref("SessionChildren")),
          **errors(method="get", codes=["session_not_found"])},
     )}
+    p["/api/sessions/{session_id}/rerun"] = {"parameters": [SESSION_ID], "post": _op(
+        "rerunSession", "sessions", "Re-run a finished session",
+        "Triggers the finished session's signal again (issue #16), as a nowait trigger does: 202 with a new "
+        "sessionId and correlationId, whose SessionView and SessionSummary carry `trigger: rerun` and `rerunOf: "
+        "<this sessionId>`. The payload is the original one unless the body gives another; it is checked against "
+        "the signal's schema as it is now (400 `payload_invalid`). A queued or active session is 409 "
+        "`session_not_finished`; a workspace or signal removed since is 404. The body is read as JSON whatever its "
+        "`Content-Type`; an empty body is `{}`.",
+        {"202": response("Accepted, durable and visible at once (read-your-writes)", ref("TriggerAccepted"),
+                         headers={"Location": header("`/api/sessions/<sessionId>` of the new run",
+                                                     string(pattern="^/api/sessions/"), required=True)}),
+         **errors(method="post", reads_body=True, codes=[
+             "invalid_json", "invalid_body", "payload_invalid", "payload_too_complex", "session_not_found",
+             "workspace_not_found", "signal_not_found", "no_job_for_signal", "session_not_finished",
+             "agent_unavailable", "bus_unavailable", "read_model_unavailable", "shutting_down",
+         ])},
+        body={"required": False, "content": json_content(ref("RerunRequest"), {"payload": {"n": 2}})},
+    )}
     p["/api/sessions/{session_id}/stream"] = {"parameters": [SESSION_ID], "get": _op(
         "streamSession", "sessions", "Stream a session (SSE)", _session_stream_description(False),
         {"200": {"description": "The event stream", "content": SSE_CONTENT},
@@ -827,6 +854,10 @@ def _trigger_operation() -> dict[str, Any]:
                             "`ATLAS_IDEMPOTENCY_TTL` (24 h). The same key with another body is 422 "
                             "`idempotency_key_mismatch`.",
              "schema": string(pattern="^[\\x20-\\x7E]{1,255}$", minLength=1, maxLength=255)},
+            {"name": "X-Atlas-Client", "in": "header", "required": False,
+             "description": "Who triggers: `ui` (the web UI) or `cli` (the `atlas` CLI) is recorded as the session's "
+                            "`trigger`; any other value (or none) records `http` (a webhook body: `webhook`).",
+             "schema": string(pattern="^[\\x21-\\x7E]{1,32}$", examples=["ui", "cli"])},
         ],
         body=body,
     )

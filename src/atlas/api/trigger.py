@@ -60,6 +60,19 @@ def _nowait_param(request: Request) -> str | None:
     return value.decode("latin-1") if key == b"nowait" else None
 
 
+CLIENT_HEADER = "x-atlas-client"
+CLIENT_TRIGGERS = frozenset({"ui", "cli"})
+"""The only `X-Atlas-Client` values a trigger records as its source; any other (or none) stays `http`, so a caller
+cannot label its run with a source that means something else (`schedule`, `cascade`, `rerun`)."""
+
+
+def client_trigger(request: Request) -> str:
+    """`ui` or `cli` when the web UI or the CLI says so in `X-Atlas-Client`, else `http` (issue #16): a run started
+    from the UI is then told apart from any curl call, in the view, the runs list and its filter."""
+    client = request.headers.get(CLIENT_HEADER, "").strip().lower()
+    return client if client in CLIENT_TRIGGERS else "http"
+
+
 def accepted_body(ws_id: str, signal_id: str, accepted_sid: str, correlation_id: str, webhook: bool) -> dict[str, Any]:
     return {
         "message": "Webhook accepted" if webhook else "Signal accepted",
@@ -150,7 +163,7 @@ async def trigger(request: Request) -> Response:
         workspace_id=ws.id,
         signal_id=signal_id,
         payload=parsed.payload,
-        trigger="webhook" if parsed.webhook is not None else "http",
+        trigger="webhook" if parsed.webhook is not None else client_trigger(request),
         parent_session_id=parsed.parent_session_id,
         stream_id=parsed.stream_id,
         webhook=parsed.webhook,

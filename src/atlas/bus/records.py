@@ -60,6 +60,7 @@ class Envelope(TypedDict):
     streamId: NotRequired[str]
     webhook: NotRequired[dict[str, Any]]
     skipStates: NotRequired[list[str]]
+    rerunOf: NotRequired[str]
 
 
 ENVELOPE_REQUIRED = ("workspaceId", "signalId", "sessionId", "correlationId", "rootSessionId", "depth", "trigger")
@@ -69,7 +70,8 @@ ENVELOPE_REQUIRED = ("workspaceId", "signalId", "sessionId", "correlationId", "r
 def envelope(*, workspace_id: str, signal_id: str, session_id: str, correlation_id: str, root_session_id: str,
              depth: int, trigger: str, payload: Any, accepted_at: str, accepted_by: str,
              parent_session_id: str | None = None, stream_id: str | None = None,
-             webhook: dict[str, Any] | None = None, skip_states: list[str] | None = None) -> dict[str, Any]:
+             webhook: dict[str, Any] | None = None, skip_states: list[str] | None = None,
+             rerun_of: str | None = None) -> dict[str, Any]:
     """The envelope of an accepted trigger (the accept pipeline's). A plain dict typed loosely on purpose: it is
     built on every trigger and handed on as is (see `Envelope` for its shape)."""
     out: dict[str, Any] = {
@@ -92,11 +94,13 @@ def envelope(*, workspace_id: str, signal_id: str, session_id: str, correlation_
         out["webhook"] = webhook
     if skip_states:
         out["skipStates"] = skip_states
+    if rerun_of is not None:
+        out["rerunOf"] = rerun_of
     return out
 
 
 _FROM_QUEUED = ("workspaceId", "signalId", "sessionId", "correlationId", "parentSessionId", "rootSessionId", "depth",
-                "trigger", "payload", "skipStates")
+                "trigger", "payload", "skipStates", "rerunOf")
 
 
 def envelope_from_queued(event: dict[str, Any]) -> dict[str, Any]:

@@ -153,7 +153,8 @@ class Api:
 
     def __init__(self, target: Target, timeout: float = 30.0) -> None:
         self.target = target
-        headers = {"User-Agent": "atlas-cli", "Accept": "application/json"}
+        # X-Atlas-Client: the daemon records runs this client triggers as `trigger: cli` (issue #16).
+        headers = {"User-Agent": "atlas-cli", "Accept": "application/json", "X-Atlas-Client": "cli"}
         if target.token:
             headers["Authorization"] = f"Bearer {target.token}"
         self.http = httpx.Client(base_url=target.url, headers=headers, timeout=timeout)

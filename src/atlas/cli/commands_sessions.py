@@ -1,4 +1,4 @@
-"""`atlas sessions list|show|follow|cancel`, `atlas follow --correlation-id` and `atlas ps` (spec §11)."""
+"""`atlas sessions list|show|follow|cancel|rerun`, `atlas follow --correlation-id` and `atlas ps` (spec §11)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import typer
 from rich.text import Text
 
 from atlas.cli.client import EXIT_NOT_FOUND, EXIT_USAGE, Api, CliError
+from atlas.cli.commands_signal import parse_data, print_ids
 from atlas.cli.common import JsonOpt, TokenOpt, UrlOpt, complete_session, complete_workspace, connect, handle_errors
 from atlas.cli.failures import print_failures
 from atlas.cli.follow import follow_run
@@ -153,6 +154,8 @@ def show_view(out: Output, view: dict[str, Any], children: list[dict[str, Any]])
         ("task", view.get("task", "")),
         ("queued", f"{local_time(view.get('queuedAt'), True)} ({rel_time(view.get('queuedAt'))})"),
     ]
+    if view.get("rerunOf"):
+        fields.append(("re-run of", view["rerunOf"]))
     if view.get("startedAt") and view.get("startedAt") != view.get("queuedAt"):
         fields.append(("started", f"{local_time(view.get('startedAt'), True)} ({rel_time(view.get('startedAt'))})"))
     if view.get("completedAt"):
@@ -304,6 +307,53 @@ def sessions_cancel(
         out.print(f"Cancel requested for {sid}; it is still {result.get('status')}{tail}")
     else:
         out.print(f"Session {sid} is now ", status_text(result.get("status", "?"), out.rich), tail)
+
+
+def _payload_option(raw: str) -> dict[str, Any]:
+    """`--payload` read like `signal trigger --data` (JSON, @file, @-), its errors naming `--payload`."""
+    try:
+        return parse_data(raw)
+    except CliError as err:
+        err.message = err.message.replace("--data", "--payload", 1)
+        raise
+
+
+@sessions_app.command("rerun")
+@handle_errors
+def sessions_rerun(
+    ident: SessionArg,
+    payload: Annotated[str | None, typer.Option(
+        "--payload", "-d", metavar="JSON|@FILE",
+        help="Another payload: a JSON object, @file.json, or @- for stdin. Default: the original payload.")] = None,
+    wait: Annotated[bool, typer.Option(
+        "--wait", help="Follow the new run live until it ends and exit with its status code.")] = False,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Re-run a finished session: its job again, with the same payload (or --payload).
+
+    Prints the new run's correlationId and sessionId first; the new run records `rerunOf` (the session re-run).
+    A session still queued or active cannot be re-run (exit 1). --json prints the API's 202 answer.
+    """
+    out = Output(json_out)
+    body = {"payload": _payload_option(payload)} if payload is not None else {}
+    with connect(url, token) as api:
+        sid = api.resolve_session_id(ident)
+        accepted = api.post(f"/api/sessions/{sid}/rerun", body)
+        if out.json and not wait:
+            out.emit_json(accepted)
+            return
+        if not out.json:
+            print_ids(out, accepted)
+            out.note(f"Re-run of {sid}")
+        if not wait:
+            out.note(f"Follow it with: atlas sessions follow {accepted['sessionId']}")
+            return
+        header = {k: accepted[k] for k in ("correlationId", "sessionId", "workspaceId", "signalId")}
+        code = follow_run(api, out, session_id=accepted["sessionId"], correlation_id=accepted["correlationId"],
+                          tree=True, header=header, resume_hint=f"atlas sessions follow {accepted['sessionId']}")
+    raise typer.Exit(code)
 
 
 @handle_errors

@@ -52,11 +52,12 @@ class TriggerRequest:
     workspace_id: str
     signal_id: str
     payload: Any
-    trigger: str  # http | webhook | schedule | cascade
+    trigger: str  # a `Trigger` of atlas.sessions.events: http | webhook | schedule | cascade | ui | cli | rerun
     parent_session_id: str | None = None
     stream_id: str | None = None
     webhook: dict[str, Any] | None = None
     skip_states: list[str] | None = None  # the envelope's `skipStates` (issue #14), checked against the job's FSM
+    rerun_of: str | None = None  # for `trigger="rerun"`: the session re-run (issue #16)
 
 
 @dataclass
@@ -126,6 +127,7 @@ def queued_event(envelope: dict[str, Any], ws: Workspace | None, job_id: str) ->
         plannedSteps=ws.plans.get(job_id, []) if ws is not None else [],
         payload=payload,
         skipStates=envelope.get("skipStates"),
+        rerunOf=envelope.get("rerunOf"),
     )
 
 
@@ -207,7 +209,7 @@ class AcceptPipeline:
             workspace_id=ws.id, signal_id=req.signal_id, session_id=sid, correlation_id=correlation_id,
             root_session_id=root, depth=depth, trigger=req.trigger, payload=req.payload, accepted_at=now_iso(),
             accepted_by=self.daemon_id, parent_session_id=parent["sessionId"] if parent is not None else None,
-            stream_id=req.stream_id, webhook=req.webhook, skip_states=req.skip_states,
+            stream_id=req.stream_id, webhook=req.webhook, skip_states=req.skip_states, rerun_of=req.rerun_of,
         )
         try:
             data = dumps(envelope)  # anything unencodable fails here, before a single write

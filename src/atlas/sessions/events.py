@@ -96,8 +96,10 @@ SessionStatus = Literal["queued", "active", "completed", "failed", "skipped", "c
 TerminalStatus = Literal["completed", "failed", "skipped", "cancelled", "interrupted"]
 #: `step:complete.status`.
 StepResultStatus = Literal["completed", "failed"]
-#: `session:queued.trigger` (§4.1).
-Trigger = Literal["http", "webhook", "schedule", "cascade"]
+#: `session:queued.trigger` (§4.1), where the run came from: a plain HTTP call, a webhook, a cron tick, a parent's
+#: `signal` action, the web UI or the CLI (from their `X-Atlas-Client` header), the reference's chat (reserved: no
+#: producer yet) or a re-run of an earlier session (issue #16).
+Trigger = Literal["http", "webhook", "schedule", "cascade", "ui", "cli", "chat", "rerun"]
 #: `actionType` of a step (§2.4).
 ActionType = Literal["agent", "llm", "signal"]
 
@@ -279,6 +281,8 @@ class SessionQueuedEvent(_EventHead):
     """The trigger's payload (`null` for a non-JSON webhook body, §5.2)."""
     skipStates: NotRequired[list[str]]
     """The envelope's `skipStates` (issue #14), kept so that an envelope rebuilt from this event still has them."""
+    rerunOf: NotRequired[str]
+    """For `trigger: rerun`: the session this one re-runs (issue #16)."""
 
 
 @documented
@@ -629,6 +633,7 @@ def queued(
     payload: Any,
     parentSessionId: str | None = None,
     skipStates: list[str] | None = None,
+    rerunOf: str | None = None,
     seq: int = 1,
     timestamp: str | None = None,
 ) -> SessionQueuedEvent:
@@ -654,6 +659,8 @@ def queued(
     event["payload"] = payload
     if skipStates:
         event["skipStates"] = skipStates
+    if rerunOf:
+        event["rerunOf"] = rerunOf
     return cast(SessionQueuedEvent, event)
 
 

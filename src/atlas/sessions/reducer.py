@@ -159,6 +159,8 @@ class SessionView(TypedDict):
     aiSummary: NotRequired[AiSummary]
     cause: NotRequired[ErrorCause]
     """The failed child session that made this one fail, nested down to the root cause (issue #16)."""
+    rerunOf: NotRequired[str]
+    """The session this one re-runs (`trigger: rerun`, issue #16)."""
 
 
 @documented
@@ -186,6 +188,8 @@ class SessionSummary(TypedDict):
     depth: Count
     queuedAt: Timestamp
     errorCode: NotRequired[str]
+    rerunOf: NotRequired[str]
+    """The session this one re-runs (`trigger: rerun`, issue #16)."""
 
 
 # --- small helpers ----------------------------------------------------------------------------------------
@@ -306,6 +310,7 @@ _QUEUED_FIELDS: Final = (
     "correlationId",
     "rootSessionId",
     "depth",
+    "rerunOf",
 )
 _START_FIELDS: Final = (
     "sessionId",
@@ -656,7 +661,7 @@ def summarize(view: Mapping[str, Any]) -> dict[str, Any]:
         "depth": field("depth", 0),
         "queuedAt": field("queuedAt", ""),
     }
-    for key in ("completedAt", "durationMs", "error", "errorCode"):
+    for key in ("completedAt", "durationMs", "error", "errorCode", "rerunOf"):
         value = view.get(key)
         if value is not None:
             summary[key] = value

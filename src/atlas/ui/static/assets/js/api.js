@@ -59,6 +59,7 @@ export function onUnauthorized(handler) {
 
 function headersWith(extra) {
   const headers = new Headers(extra || {});
+  headers.set("X-Atlas-Client", "ui"); // the daemon records runs started here as `trigger: ui` (issue #16)
   const token = getToken();
   if (token) headers.set("Authorization", `Bearer ${token}`);
   return headers;

@@ -15,7 +15,7 @@ export const EPHEMERAL_LIMIT = 50;
 const RAN = ["completed", "failed"];
 
 const QUEUED_FIELDS = ["sessionId", "workspaceId", "jobName", "signalId", "task", "trigger", "correlationId",
-  "rootSessionId", "depth"];
+  "rootSessionId", "depth", "rerunOf"];
 const START_FIELDS = ["sessionId", "workspaceId", "jobName", "task", "signalId", "correlationId", "rootSessionId",
   "depth"];
 const STEP_START_FIELDS = ["actionType", "task", "input", "outputKey", "stateId"];
@@ -331,7 +331,7 @@ export function summarize(view) {
     signalId: field("signalId", ""), trigger: field("trigger", ""), rootSessionId: field("rootSessionId", ""),
     depth: field("depth", 0), queuedAt: field("queuedAt", ""),
   };
-  for (const key of ["completedAt", "durationMs", "error", "errorCode"]) {
+  for (const key of ["completedAt", "durationMs", "error", "errorCode", "rerunOf"]) {
     if (present(view[key])) summary[key] = view[key];
   }
   if (present(view.aiSummary)) summary.aiSummary = clone(view.aiSummary);

@@ -1,5 +1,7 @@
 // The run-job dialog (spec §12): a form generated from the trigger signal's JSON Schema, submitted as a nowait
 // trigger with an Idempotency-Key minted when the dialog opened; on the 202 it navigates straight to the run.
+// Opened with `rerun` (issue #16), the same form is pre-filled with a finished run's payload and sent to
+// POST /api/sessions/<sid>/rerun instead.
 
 import { ApiError, NETWORK_MESSAGE, request } from "./api.js";
 import { fill, h, newIdempotencyKey, prettifyId } from "./dom.js";
@@ -95,7 +97,23 @@ function makeField(name, prop, required, prefix, index) {
     }
     return { value: raw };
   };
-  return { name, label, el, input, setError, read };
+  /** Pre-fill the control with a recorded value (a re-run's original payload); values it cannot show are left. */
+  const setValue = (value) => {
+    if (value === undefined || value === null) return;
+    if (kind === "enum") {
+      const at = prop.enum.findIndex((option) => JSON.stringify(option) === JSON.stringify(value));
+      if (at !== -1) input.value = String(at);
+    } else if (kind === "boolean") {
+      input.checked = value === true;
+    } else if (kind === "integer" || kind === "number") {
+      if (typeof value === "number") input.value = String(value);
+    } else if (kind === "json") {
+      input.value = JSON.stringify(value, null, 2);
+    } else {
+      input.value = typeof value === "string" ? value : JSON.stringify(value);
+    }
+  };
+  return { name, label, el, input, setError, read, setValue };
 }
 
 function schemaProperties(schema) {
@@ -105,10 +123,12 @@ function schemaProperties(schema) {
 
 /**
  * Open the dialog for `job` ({id, name, triggers}) of `workspaceId`; `signalsById` maps signal id → signal spec
- * (with `schema`). `opener` gets the focus back when the dialog closes.
+ * (with `schema`). `opener` gets the focus back when the dialog closes. With `rerun` ({sessionId, signalId,
+ * payload}) it re-runs that finished session: the form starts from its payload (keys the form has no field for are
+ * sent as they were; a signal without a schema gets one JSON box for the whole payload).
  */
-export function openRunDialog({ workspaceId, job, signalsById, opener }) {
-  const triggers = job.triggers || [];
+export function openRunDialog({ workspaceId, job, signalsById, opener, rerun = null }) {
+  const triggers = rerun ? [rerun.signalId] : job.triggers || [];
   if (!triggers.length) return;
   const prefix = `run${++dialogCount}`;
   const jobName = job.name || job.title || prettifyId(job.id);
@@ -120,7 +140,11 @@ export function openRunDialog({ workspaceId, job, signalsById, opener }) {
   const titleId = `${prefix}-title`;
   const topError = h("div", { class: "form-error", role: "alert", hidden: true });
   const fieldsBox = h("div", { class: "fields" });
-  const submit = h("button", { type: "submit", class: "primary" }, "Start run");
+  const submitText = rerun ? "Start re-run" : "Start run";
+  const submit = h("button", { type: "submit", class: "primary" }, submitText);
+  const original = rerun && rerun.payload && typeof rerun.payload === "object" && !Array.isArray(rerun.payload)
+    ? rerun.payload : null;
+  let wholePayload = false; // a re-run of a signal without schema fields: one JSON box holds the payload
   const cancel = h("button", { type: "button", onclick: () => close() }, "Cancel");
 
   let chooser = null;
@@ -142,7 +166,7 @@ export function openRunDialog({ workspaceId, job, signalsById, opener }) {
     event.preventDefault();
     start();
   } },
-  h("h2", { id: titleId }, `Run ${jobName}?`),
+  h("h2", { id: titleId }, rerun ? `Re-run ${jobName}?` : `Run ${jobName}?`),
   topError, chooser, fieldsBox,
   h("div", { class: "dialog-actions" }, cancel, submit));
   const dialog = h("dialog", { class: "dialog run-dialog", "aria-labelledby": titleId }, form);
@@ -152,6 +176,17 @@ export function openRunDialog({ workspaceId, job, signalsById, opener }) {
     const schema = signalsById.get(signalId)?.schema;
     const required = new Set(Array.isArray(schema?.required) ? schema.required : []);
     fields = schemaProperties(schema).map(([name, prop], i) => makeField(name, prop, required.has(name), prefix, i));
+    wholePayload = Boolean(rerun) && !fields.length;
+    if (wholePayload) {
+      const box = makeField("payload", { type: "object", title: "Payload (JSON)",
+        description: "The original run's input; edit it to re-run with another" }, false, prefix, "p");
+      box.input.rows = 8; // room for a whole payload
+      box.setValue(original ?? rerun.payload);
+      fields = [box];
+      fill(fieldsBox, box.el);
+      return;
+    }
+    if (original) for (const f of fields) f.setValue(original[f.name]);
     if (!fields.length) {
       fill(fieldsBox, h("p", { class: "immediate" }, EMPTY_FORM_TEXT));
       return;
@@ -190,7 +225,9 @@ export function openRunDialog({ workspaceId, job, signalsById, opener }) {
   async function start() {
     if (inFlight) return;
     clearErrors();
-    const payload = {};
+    // A re-run keeps the original keys the form has no field for (the schema may not list them all).
+    let payload = original && !wholePayload
+      ? Object.fromEntries(Object.entries(original).filter(([key]) => !fields.some((f) => f.name === key))) : {};
     const invalid = [];
     for (const f of fields) {
       const got = f.read();
@@ -200,6 +237,14 @@ export function openRunDialog({ workspaceId, job, signalsById, opener }) {
       } else if (!got.skip) {
         payload[f.name] = got.value;
       }
+    }
+    if (wholePayload) {
+      const value = payload.payload;
+      if (value !== undefined && (value === null || typeof value !== "object" || Array.isArray(value))) {
+        fields[0].setError(`Field "${fields[0].label}" must be a JSON object`);
+        invalid.push(fields[0]);
+      }
+      payload = value; // undefined (left empty): the server re-runs with the original payload
     }
     if (invalid.length) {
       invalid[0].input.focus();
@@ -211,9 +256,11 @@ export function openRunDialog({ workspaceId, job, signalsById, opener }) {
     submit.textContent = "Starting…";
     form.setAttribute("aria-busy", "true");
     try {
-      const url = `/api/workspaces/${encodeURIComponent(workspaceId)}/signals/${encodeURIComponent(signalId)}?nowait=true`;
-      const response = await request(url, { method: "POST", body: { payload },
-        headers: { "Idempotency-Key": idempotencyKey } });
+      const response = rerun
+        ? await request(`/api/sessions/${encodeURIComponent(rerun.sessionId)}/rerun`, { method: "POST",
+          body: payload === undefined ? {} : { payload } })
+        : await request(`/api/workspaces/${encodeURIComponent(workspaceId)}/signals/${encodeURIComponent(signalId)}?nowait=true`,
+          { method: "POST", body: { payload }, headers: { "Idempotency-Key": idempotencyKey } });
       const accepted = await response.json();
       if (!accepted || typeof accepted.sessionId !== "string") {
         throw new ApiError(response.status, "bad_answer", "The daemon accepted the run but did not say which session it is");
@@ -226,7 +273,7 @@ export function openRunDialog({ workspaceId, job, signalsById, opener }) {
       inFlight = false;
       submit.disabled = false;
       cancel.disabled = false;
-      submit.textContent = "Start run";
+      submit.textContent = submitText;
       form.removeAttribute("aria-busy");
       showError(exc);
     }

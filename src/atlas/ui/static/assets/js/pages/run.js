@@ -11,6 +11,7 @@ import {
 } from "../dom.js";
 import { causeChain, errorDetailsEl } from "../failures.js";
 import { applyChunk, initialView, isTerminal, reduce } from "../reducer.js";
+import { openRunDialog } from "../run-dialog.js";
 import { applyToolChunk, callsOfBlock } from "../toolcalls.js";
 
 const RETRY_DELAYS_MS = [1000, 2000, 4000];
@@ -242,6 +243,7 @@ export async function mount(root, ctx) {
     const meta = h("dl", { class: "meta-grid" });
     const cancelButton = h("button", { type: "button", class: "danger", onclick: cancelRun }, "Cancel run");
     const cancelMsg = h("p", { class: "inline-msg", role: "alert" });
+    const rerunButton = h("button", { type: "button", hidden: true, onclick: () => rerunRun(rerunButton) }, "Re-run");
     const connection = h("span", { class: "connection small muted", role: "status" });
     const errorBox = h("div", { class: "run-error-slot" });
     const outcome = h("div", { class: "outcome-slot" });
@@ -258,7 +260,7 @@ export async function mount(root, ctx) {
         h("li", { "aria-current": "page" }, `Run ${shortId(sid)}`))),
       h("div", { class: "page-head run-head" },
         h("h1", {}, title, " ", status),
-        h("div", { class: "head-actions" }, connection, cancelButton)),
+        h("div", { class: "head-actions" }, connection, rerunButton, cancelButton)),
       cancelMsg,
       meta,
       errorBox,
@@ -270,7 +272,7 @@ export async function mount(root, ctx) {
         h("aside", { class: "side" },
           h("section", { "aria-labelledby": "lineage-title" }, h("h2", { id: "lineage-title" }, "Lineage"), lineage),
           h("section", { "aria-labelledby": "payload-title" }, h("h2", { id: "payload-title" }, "Input payload"), payload))));
-    ui = { title, status, meta, cancelButton, cancelMsg, connection, errorBox, outcome, lineage, payload, timeline,
+    ui = { title, status, meta, cancelButton, rerunButton, cancelMsg, connection, errorBox, outcome, lineage, payload, timeline,
       crumbWs, crumbRuns, blocks: [], metaKey: null, payloadKey: null, errorKey: null, outcomeKey: null };
     setMode(mode); // the stream may have opened before the first view built the page: show its state now
   }
@@ -291,9 +293,10 @@ export async function mount(root, ctx) {
     ui.crumbWs.href = `/workspaces/${encodeURIComponent(v.workspaceId)}`;
     ui.crumbRuns.href = `/workspaces/${encodeURIComponent(v.workspaceId)}/sessions`;
     ui.cancelButton.hidden = isTerminal(v.status);
+    ui.rerunButton.hidden = !isTerminal(v.status);
 
     const metaKey = JSON.stringify([v.sessionId, v.trigger, v.signalId, v.startedAt, v.queuedAt, v.status,
-      v.durationMs, v.correlationId, v.depth]);
+      v.durationMs, v.correlationId, v.depth, v.rerunOf]);
     if (metaKey !== ui.metaKey) {
       ui.metaKey = metaKey;
       renderMeta(v);
@@ -347,6 +350,9 @@ export async function mount(root, ctx) {
           h("a", { href: `/sessions${qs({ q: v.correlationId })}`, class: "small" }, "All runs with this id"))
         : h("span", { class: "muted" }, "—")],
     ];
+    if (v.rerunOf) {
+      rows.splice(2, 0, ["Re-run of", h("a", { href: sessionHref(v.rerunOf), id: "rerun-of" }, shortId(v.rerunOf))]);
+    }
     fill(ui.meta, ...rows.flatMap(([label, value]) => [h("div", { class: "meta-item" },
       h("dt", {}, label), h("dd", {}, value))]));
   }
@@ -462,6 +468,24 @@ export async function mount(root, ctx) {
       button.disabled = false;
       button.textContent = "Cancel run";
     }
+  }
+
+  // --- re-run (issue #16) ---------------------------------------------------------------------------------------
+
+  /** Open the run dialog on this finished run's signal, pre-filled with its payload; it posts to …/rerun. */
+  async function rerunRun(button) {
+    const v = view;
+    let signalsById = new Map();
+    try {
+      const body = await api(`/api/workspaces/${encodeURIComponent(v.workspaceId)}/signals`, { signal: ctx.signal });
+      signalsById = new Map((body.signals || []).map((entry) => [entry.name, entry.signal]));
+    } catch (exc) {
+      if (isAbort(exc)) return;
+      // The workspace may be gone: the dialog still opens, and the re-run's own answer says what is wrong.
+    }
+    if (!ctx.alive) return;
+    openRunDialog({ workspaceId: v.workspaceId, job: { id: v.jobName, name: jobLabel(names, v.workspaceId, v.jobName) },
+      signalsById, opener: button, rerun: { sessionId: v.sessionId, signalId: v.signalId, payload: v.payload } });
   }
 
   // --- data: stream first, GET as fallback --------------------------------------------------------------------

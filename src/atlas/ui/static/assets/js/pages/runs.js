@@ -13,7 +13,7 @@ const POLL_MS = 2000;
 const PAGE = 50;
 const MAX_LIMIT = 500;
 const STATUSES = ["queued", "active", "completed", "failed", "skipped", "cancelled", "interrupted"];
-const TRIGGERS = ["http", "webhook", "schedule", "cascade"];
+const TRIGGERS = ["http", "webhook", "schedule", "cascade", "ui", "cli", "chat", "rerun"];
 const EMPTY_TEXT = "No runs yet — trigger a signal or click Run on a job.";
 
 function select(id, label, options, value, onchange) {
