@@ -201,7 +201,7 @@ def test_human_nowait_prints_ids_first(daemon: DaemonProcess, env: dict[str, str
     r = atlas(daemon, env, "signal", "trigger", "echo", "-w", "core", "--nowait")
     assert r.returncode == 0
     cid, sid = ids_from(r.stdout)
-    assert len(r.stdout.splitlines()) == 2
+    assert r.stdout.splitlines()[2:] == [f"url            {daemon.url}/sessions/{sid}"]  # the run in the UI
     assert r.stderr == f"Follow it with: atlas follow --correlation-id {cid}\n"
     assert tree_of(daemon, cid)[0]["sessionId"] == sid
 

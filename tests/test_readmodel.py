@@ -768,3 +768,20 @@ def test_postgres_writers_of_overlapping_rows_in_any_order_never_fail(pg_dsn: st
     finally:
         for rm in models:
             rm.close()
+
+
+def test_session_id_prefix_is_an_exact_prefix_on_both_adapters(rm: Model) -> None:
+    """`sessionIdPrefix` (issue #16: the UI and the CLI accept short ids): case-sensitive, no LIKE wildcards."""
+    for sid in ("abcd1234-0001", "abcd1234-0002", "abcd9999-0001", "ABCD1234-0003", "abcd_234-0004"):
+        assert rm.upsert(*session(sid, seq=1, status="queued"))
+
+    def ids(prefix: str) -> list[str]:
+        return sorted(s["sessionId"] for s in rm.list_sessions(session_id_prefix=prefix)[0])
+
+    assert ids("abcd1234") == ["abcd1234-0001", "abcd1234-0002"]
+    assert ids("abcd1234-0002") == ["abcd1234-0002"]
+    assert ids("abcd_") == ["abcd_234-0004"]
+    assert ids("ABCD") == ["ABCD1234-0003"]
+    assert ids("zz") == []
+    page, cursor = rm.list_sessions(session_id_prefix="abcd1234", limit=1)  # pages like any other filter
+    assert len(page) == 1 and cursor is not None

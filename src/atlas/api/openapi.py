@@ -716,6 +716,8 @@ def _paths() -> dict[str, Any]:
             query_param("signalId", "Exact match", string()),
             query_param("parentSessionId", "Exact match: direct children of a session", string()),
             query_param("rootSessionId", "Exact match: every descendant of a root, and the root", string()),
+            query_param("sessionIdPrefix", "Sessions whose id starts with this (how short ids are resolved: ask "
+                        "with `limit=2`, one answer is the session)", string(pattern="^[A-Za-z0-9_-]{1,64}$")),
             query_param("status", "Comma-separated statuses; an unknown status is 400 `invalid_query`",
                         string(pattern=STATUS_LIST_PATTERN), "completed,failed"),
             query_param("since", "Inclusive lower bound on `startedAt` (RFC 3339)", string(format="date-time")),

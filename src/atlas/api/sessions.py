@@ -57,6 +57,15 @@ def _statuses(raw: str | None) -> list[str] | None:
     return statuses
 
 
+def _prefix(raw: str | None) -> str | None:
+    """`sessionIdPrefix`: the start of a session id, as the CLI and the UI accept short ids (issue #16)."""
+    if not raw:
+        return None
+    if not SESSION_ID.fullmatch(raw):
+        raise _invalid("sessionIdPrefix", "sessionIdPrefix must be 1-64 letters, digits, '_' or '-'")
+    return raw
+
+
 def _not_found(session_id: str) -> AtlasError:
     return AtlasError("session_not_found", f"Session '{session_id}' not found")
 
@@ -89,6 +98,7 @@ async def list_sessions(request: Request) -> Response:
             until=until,
             limit=_limit(q.get("limit")),
             cursor=q.get("cursor"),
+            session_id_prefix=_prefix(q.get("sessionIdPrefix")),
         )
     except ValueError:
         raise _invalid("cursor", "Invalid cursor: use the nextCursor of a previous page") from None

@@ -10,7 +10,7 @@ import typer
 from rich.text import Text
 
 from atlas.cli.client import EXIT_NOT_FOUND, EXIT_USAGE, Api, CliError
-from atlas.cli.commands_signal import parse_data, print_ids
+from atlas.cli.commands_signal import parse_data, print_ids, run_url
 from atlas.cli.common import JsonOpt, TokenOpt, UrlOpt, complete_session, complete_workspace, connect, handle_errors
 from atlas.cli.failures import print_failures
 from atlas.cli.follow import follow_run
@@ -140,7 +140,8 @@ def sessions_list(
                      since=since, limit=limit)
 
 
-def show_view(out: Output, view: dict[str, Any], children: list[dict[str, Any]]) -> None:
+def show_view(out: Output, view: dict[str, Any], children: list[dict[str, Any]], base_url: str | None = None) -> None:
+    """The human `sessions show`; with the daemon's `base_url`, the run's UI URL follows the correlationId."""
     rich = out.rich
     status = view.get("status", "?")
     out.print(Text(session_label(view), style="bold") if rich else session_label(view), "  ",
@@ -148,6 +149,7 @@ def show_view(out: Output, view: dict[str, Any], children: list[dict[str, Any]])
     fields: list[tuple[str, str | Text]] = [
         ("session", view.get("sessionId", "")),
         ("correlationId", view.get("correlationId", "")),
+        *([("url", run_url(base_url, view.get("sessionId", "")))] if base_url is not None else []),
         ("workspace", view.get("workspaceId", "")),
         ("job", view.get("jobName", "")),
         ("signal", f"{view.get('signalId', '')} (trigger: {view.get('trigger', '?')})"),
@@ -235,7 +237,7 @@ def sessions_show(ident: SessionArg, url: UrlOpt = None, token: TokenOpt = None,
             out.emit_json(view)
             return
         children = api.get(f"/api/sessions/{sid}/children").get("sessions", [])
-    show_view(out, view, children)
+    show_view(out, view, children, api.url)
 
 
 @sessions_app.command("follow")

@@ -85,9 +85,22 @@ def parse_data(raw: str | None) -> dict[str, Any]:
     return value
 
 
-def print_ids(out: Output, accepted: dict[str, Any]) -> None:
-    """The first lines of a trigger's human output: the correlationId and the sessionId."""
-    out.fields([("correlationId", accepted["correlationId"]), ("sessionId", accepted["sessionId"])])
+def run_url(base_url: str, session_id: str) -> str:
+    """The run's page in the daemon's web UI (`/sessions/<sid>`, the UI's route): where the CLI hands over to it.
+
+    Never carries the token (the UI asks for it, or takes a `#token=` the user adds): printed URLs end up in
+    terminals, logs and chat.
+    """
+    return f"{base_url.rstrip('/')}/sessions/{session_id}"
+
+
+def print_ids(out: Output, accepted: dict[str, Any], base_url: str | None = None) -> None:
+    """The first lines of a trigger's human output: the correlationId and the sessionId (spec §11), then the
+    run's UI URL when the daemon's `base_url` is given."""
+    pairs = [("correlationId", accepted["correlationId"]), ("sessionId", accepted["sessionId"])]
+    if base_url is not None:
+        pairs.append(("url", run_url(base_url, accepted["sessionId"])))
+    out.fields(pairs)
 
 
 @signal_app.command("trigger")
@@ -148,13 +161,13 @@ def signal_trigger(
             if out.json:
                 out.emit_json(accepted)
             else:
-                print_ids(out, accepted)
+                print_ids(out, accepted, api.url)
                 if replayed:
                     out.note("(replayed: an earlier trigger with this Idempotency-Key)")
                 out.note(f"Follow it with: atlas follow --correlation-id {accepted['correlationId']}")
             return
         if not out.json:
-            print_ids(out, accepted)
+            print_ids(out, accepted, api.url)
             if replayed:
                 out.note("(replayed: an earlier trigger with this Idempotency-Key)")
         header = {k: accepted[k] for k in ("correlationId", "sessionId", "workspaceId", "signalId")}
@@ -184,7 +197,7 @@ def _trigger_stream(api: Api, out: Output, path: str, body: dict[str, Any], head
                 kind, data = message.get("type"), message.get("data") or {}
                 if kind == "data-session-accepted":
                     if not out.json:
-                        print_ids(out, data)
+                        print_ids(out, data, api.url)
                         renderer = make_renderer(out, tracker, f"Streaming session {data['sessionId'][:8]}")
                         renderer.start()
                 elif kind == "data-session-event":

@@ -300,6 +300,7 @@ def list_query(
     until: str | None = None,
     limit: int = 50,
     cursor: str | None = None,
+    session_id_prefix: str | None = None,
 ) -> tuple[str, list[Any]]:
     """The list query of `list_sessions` and its parameters, with `mark` as the placeholder (SQLite's `?`,
     psycopg's `%s`): one text for both adapters, so their filters and keyset pages are the same."""
@@ -318,6 +319,11 @@ def list_query(
         if value is not None:
             where.append(f"{column} = {mark}")
             params.append(value)
+    if session_id_prefix is not None:
+        # substr, not LIKE: exact and case-sensitive on SQLite and PostgreSQL alike, with no wildcard to escape
+        # (the length is an int, safe in the text).
+        where.append(f"substr(session_id, 1, {len(session_id_prefix)}) = {mark}")
+        params.append(session_id_prefix)
     if statuses is not None:
         # An empty list matches nothing, like any other filter value no session has.
         where.append(f"status IN ({', '.join([mark] * len(statuses))})" if statuses else "1 = 0")
@@ -528,6 +534,7 @@ class ReadModel:
         until: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        session_id_prefix: str | None = None,
     ) -> tuple[list[dict[str, Any]], str | None]:
         """One page of summaries, newest first by (startedAt, sessionId), and the cursor of the next page.
 
@@ -549,6 +556,7 @@ class ReadModel:
             until=until,
             limit=limit,
             cursor=cursor,
+            session_id_prefix=session_id_prefix,
         )
         rows = self._query(sql, params)
         next_cursor = None

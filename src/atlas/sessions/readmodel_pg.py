@@ -256,12 +256,13 @@ class PostgresReadModel:
         until: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        session_id_prefix: str | None = None,
     ) -> tuple[list[dict[str, Any]], str | None]:
         """One page of summaries, newest first; the SQLite adapter's filters, cursor and errors exactly."""
         sql, params = list_query(
             "%s", workspace_id=workspace_id, correlation_id=correlation_id, job_name=job_name, signal_id=signal_id,
             parent_session_id=parent_session_id, root_session_id=root_session_id, statuses=statuses, since=since,
-            until=until, limit=limit, cursor=cursor,
+            until=until, limit=limit, cursor=cursor, session_id_prefix=session_id_prefix,
         )
         rows = self._query(sql, params)
         next_cursor = None

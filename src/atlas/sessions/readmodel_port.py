@@ -54,6 +54,7 @@ class ReadModelPort(Protocol):
         until: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        session_id_prefix: str | None = None,
     ) -> tuple[list[dict[str, Any]], str | None]: ...
 
     def explain(self, sql: str, params: Sequence[Any] = ()) -> list[str]: ...

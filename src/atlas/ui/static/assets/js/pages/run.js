@@ -12,6 +12,7 @@ import {
 import { causeChain, errorDetailsEl } from "../failures.js";
 import { applyChunk, initialView, isTerminal, reduce } from "../reducer.js";
 import { openRunDialog } from "../run-dialog.js";
+import { navigate } from "../router.js";
 import { applyToolChunk, callsOfBlock } from "../toolcalls.js";
 
 const RETRY_DELAYS_MS = [1000, 2000, 4000];
@@ -193,8 +194,46 @@ function treeList(sessions, currentId, names) {
   return render("");
 }
 
+// A session id shorter than a UUID: the unique prefix the CLI prints (`sessions list`, `ps`), resolved like the CLI.
+const SHORT_ID = /^[A-Za-z0-9_-]{8,35}$/;
+
+/**
+ * `/sessions/<prefix>`: ask the daemon for the runs whose id starts with it (`sessionIdPrefix`, at most two) and
+ * replace the URL with the run's when exactly one does; otherwise say that none or several match.
+ */
+async function resolveShortId(root, ctx, prefix) {
+  fill(root, loading("Finding run…"));
+  let sessions;
+  try {
+    const found = await api(`/api/sessions${qs({ sessionIdPrefix: prefix, limit: 2 })}`, { signal: ctx.signal });
+    // Filtered again here: a daemon without the parameter ignores it and answers its newest runs.
+    sessions = (found.sessions || []).filter((s) => s.sessionId.startsWith(prefix));
+  } catch (exc) {
+    if (!isAbort(exc)) fill(root, errorState(`Could not look up run ${prefix}: ${exc.describe ? exc.describe() : exc.message}`));
+    return;
+  }
+  if (!ctx.alive) return;
+  if (sessions.length === 1) {
+    navigate(sessionHref(sessions[0].sessionId), { replace: true });
+    return;
+  }
+  ctx.setTitle(sessions.length ? "Ambiguous run id" : "Run not found");
+  if (!sessions.length) {
+    fill(root, h("h1", {}, "Run not found"),
+      empty(`No run id starts with ${prefix}.`, h("p", {}, h("a", { href: "/sessions" }, "See all runs"), ".")));
+    return;
+  }
+  fill(root, h("h1", {}, "Ambiguous run id"),
+    empty(`More than one run id starts with ${prefix}: give more characters, or pick one.`,
+      h("ul", {}, ...sessions.map((s) => h("li", {}, h("a", { href: sessionHref(s.sessionId) }, s.sessionId))))));
+}
+
 export async function mount(root, ctx) {
   const sid = ctx.params.sessionId;
+  if (SHORT_ID.test(sid)) {
+    await resolveShortId(root, ctx, sid);
+    return;
+  }
   const enc = encodeURIComponent(sid);
   ctx.setTitle(`Run ${shortId(sid)}`);
   fill(root, loading("Loading run…"));
