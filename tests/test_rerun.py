@@ -193,6 +193,7 @@ def test_cli_triggers_are_labelled_cli_and_sessions_rerun(daemon: DaemonProcess,
     assert r.returncode == 0, r.stderr
     cid, new_sid = ids_from(r.stdout)
     assert new_sid != sid and f"Re-run of {sid}" in r.stderr  # notes go to stderr
+    assert r.stdout.splitlines()[2] == f"url            {daemon.url}/sessions/{new_sid}"  # its UI page, after the ids
     new = wait_terminal(daemon, new_sid)
     assert (new["correlationId"], new["rerunOf"], new["trigger"], new["payload"]) == (cid, sid, "rerun", {"n": 4})
 

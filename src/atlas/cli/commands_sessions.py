@@ -347,7 +347,7 @@ def sessions_rerun(
             out.emit_json(accepted)
             return
         if not out.json:
-            print_ids(out, accepted)
+            print_ids(out, accepted, api.url)
             out.note(f"Re-run of {sid}")
         if not wait:
             out.note(f"Follow it with: atlas sessions follow {accepted['sessionId']}")
