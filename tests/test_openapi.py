@@ -71,6 +71,7 @@ EXPECTED_OPERATIONS = {
     ("get", "/api/sessions/{session_id}"),
     ("delete", "/api/sessions/{session_id}"),
     ("get", "/api/sessions/{session_id}/children"),
+    ("get", "/api/sessions/{session_id}/logs"),
     ("post", "/api/sessions/{session_id}/rerun"),
     ("get", "/api/sessions/{session_id}/stream"),
     ("get", "/api/schedules"),
@@ -318,6 +319,9 @@ def test_real_responses_match_the_document(daemon: DaemonProcess, document: Docu
     for sid in [*real_ids["sessions"], str(uuid.uuid4())]:
         check("get", "/api/sessions/{session_id}", httpx.get(f"{url}/api/sessions/{sid}"))
         check("get", "/api/sessions/{session_id}/children", httpx.get(f"{url}/api/sessions/{sid}/children"))
+        check("get", "/api/sessions/{session_id}/logs", httpx.get(f"{url}/api/sessions/{sid}/logs"))
+    check("get", "/api/sessions/{session_id}/logs",
+          httpx.get(f"{url}/api/sessions/{real_ids['sessions'][0]}/logs", params={"after": "x"}))
     page = check("get", "/api/sessions", httpx.get(url + "/api/sessions", params={"limit": 2}))
     assert "nextCursor" in page
     check("get", "/api/sessions", httpx.get(url + "/api/sessions", params={"limit": 500, "cursor": page["nextCursor"]}))

@@ -20,7 +20,18 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Route
 
-from atlas.api import admin_routes, daemon_routes, rerun, schedules, sessions, streams, tools, trigger, workspaces
+from atlas.api import (
+    admin_routes,
+    daemon_routes,
+    logs,
+    rerun,
+    schedules,
+    sessions,
+    streams,
+    tools,
+    trigger,
+    workspaces,
+)
 from atlas.api.bench_routes import bench_routes
 from atlas.api.errors import EXCEPTION_HANDLERS
 from atlas.api.openapi import openapi_json
@@ -63,6 +74,7 @@ def routes() -> list[BaseRoute]:
         _route("/api/sessions", sessions.list_sessions, "GET"),
         _route("/api/sessions/{session_id}", sessions.get_session, "GET"),
         _route("/api/sessions/{session_id}/children", sessions.session_children, "GET"),
+        _route("/api/sessions/{session_id}/logs", logs.session_logs, "GET"),
         _route("/api/sessions/{session_id}/rerun", rerun.rerun_session, "POST"),
         _route("/api/sessions/{session_id}", sessions.cancel_session, "DELETE"),
         *bench_routes(),

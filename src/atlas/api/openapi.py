@@ -504,6 +504,20 @@ def _schemas() -> dict[str, Schema]:
     s["SessionList"] = obj({"sessions": array(ref("SessionSummary"))},
                            {"nextCursor": string("Pass as `cursor` for the next page; absent on the last page")})
     s["SessionChildren"] = obj({"sessions": array(ref("SessionSummary"), "Direct children, oldest first")})
+    s["LogLine"] = obj(
+        {"ts": string("When the step wrote it (RFC 3339 UTC, milliseconds)", format="date-time"),
+         "stepNumber": integer(1),
+         "stream": string("`stdout`, `stderr`, `log` (python print/logging), `progress`, `tool` (an llm step's tool "
+                          "calls) or `atlas` (the marker of a log cut at its bound)"),
+         "text": string("One line, without its newline; `secret()` values are `***`")},
+        description="One line a step wrote, kept with the run (issue #16)",
+    )
+    s["LogPage"] = obj(
+        {"lines": array(ref("LogLine"), "In the order written"),
+         "nextCursor": string("Pass as `after` for the lines that follow (also while the run still writes)"),
+         "ended": {"type": "boolean",
+                   "description": "The session has ended and this page reached the end of its log: nothing follows"}},
+    )
     s["CancelResult"] = obj(
         {"message": string(), "sessionId": string(), "workspaceId": string(),
          "status": enum(TERMINAL_STATUSES, "The final status (`completed` if the run won the race)"),
@@ -760,6 +774,29 @@ def _paths() -> dict[str, Any]:
         "listChildren", "sessions", "Direct children of a session", "By `queuedAt` ascending.",
         {"200": response("Children", ref("SessionChildren")),
          **errors(method="get", codes=["session_not_found"])},
+    )}
+    p["/api/sessions/{session_id}/logs"] = {"parameters": [SESSION_ID], "get": _op(
+        "getSessionLogs", "sessions", "What a session's steps wrote",
+        "The step log kept with the run (issue #16): shell stdout and stderr, python `emit_log`/print/logging, "
+        "progress messages and tool calls, line by line with the step number and stream; at most 10,000 lines or "
+        "1 MiB per step, then one `atlas` marker line; kept as long as the session. Paged by `after` (the "
+        "`nextCursor` of the previous page). With `follow=true`: Server-Sent Events, `id: <cursor>` + `event: "
+        "logs` + `data: {lines, nextCursor}` (`Last-Event-ID` resumes), a `: keep-alive` comment every 15 s, and "
+        "`event: end` `{status}` once the session has ended and every line was sent.",
+        {"200": {"description": "One page of lines (or, with `follow=true`, the event stream)",
+                 "content": {**json_content(ref("LogPage")), SSE: {"schema": {
+                     "type": "object", "required": ["event", "data"],
+                     "description": "One Server-Sent Event: `logs` (data: `{lines, nextCursor}`, id: the cursor) "
+                                    "or `end` (data: `{status}`)",
+                     "properties": {"event": enum(["logs", "end"]), "data": string("The frame's JSON"),
+                                    "id": string()}}}}},
+         **errors(method="get", codes=["invalid_query", "session_not_found", "bus_unavailable"])},
+        parameters=[
+            query_param("after", "The `nextCursor` of a previous page; a bad one is 400 `invalid_query`",
+                        string(pattern="^[0-9]{1,19}\\.[0-9]{1,9}$")),
+            query_param("limit", "Page size", {"type": "integer", "minimum": 1, "maximum": 10000, "default": 1000}),
+            query_param("follow", "Stream the log as SSE until the session ends", enum(["true", "false"])),
+        ],
     )}
     p["/api/sessions/{session_id}/rerun"] = {"parameters": [SESSION_ID], "post": _op(
         "rerunSession", "sessions", "Re-run a finished session",

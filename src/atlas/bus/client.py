@@ -37,6 +37,8 @@ T = TypeVar("T")
 
 SIGNALS = "SIGNALS"
 SESSION_EVENTS = "SESSION_EVENTS"
+#: Durable step logs (issue #16): batches of a session's step output lines, kept as long as its events.
+SESSION_LOGS = "SESSION_LOGS"
 DEAD_LETTERS = "DEAD_LETTERS"
 KV_METADATA = "SESSION_METADATA"
 KV_INFLIGHT = "SESSION_INFLIGHT"
@@ -61,6 +63,10 @@ def events_subject(session_id: str) -> str:
 
 def ephemeral_subject(session_id: str) -> str:
     return f"ephemeral.sessions.{session_id}"
+
+
+def logs_subject(session_id: str) -> str:
+    return f"logs.sessions.{session_id}"
 
 
 def cancel_subject(session_id: str) -> str:
@@ -181,6 +187,19 @@ class Bus:
             StreamConfig(
                 name=SESSION_EVENTS,
                 subjects=["sessions.*.events"],
+                retention=RetentionPolicy.LIMITS,
+                storage=StorageType.FILE,
+                max_age=self.settings.retention_s or None,
+                duplicate_window=min(120, self.settings.retention_s or 120),
+                allow_direct=True,
+                num_replicas=r,
+            )
+        )
+        await self._stream(
+            StreamConfig(
+                # Step logs live beside the events, with the same retention (`atlas.bus.steplogs` says why).
+                name=SESSION_LOGS,
+                subjects=["logs.sessions.*"],
                 retention=RetentionPolicy.LIMITS,
                 storage=StorageType.FILE,
                 max_age=self.settings.retention_s or None,

@@ -1,4 +1,4 @@
-"""`atlas sessions list|show|follow|cancel|rerun`, `atlas follow --correlation-id` and `atlas ps` (spec §11)."""
+"""`atlas sessions list|show|follow|cancel|rerun|logs`, `atlas follow --correlation-id` and `atlas ps` (spec §11)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 from datetime import timedelta
 from typing import Annotated, Any
 
+import httpx
 import typer
 from rich.text import Text
 
@@ -27,6 +28,7 @@ from atlas.cli.render import (
     short_id,
     status_text,
 )
+from atlas.cli.sse import parse_sse
 from atlas.config.durations import parse_duration
 from atlas.sessions.events import format_iso
 from atlas.sessions.reducer import is_terminal
@@ -406,3 +408,68 @@ def ps_command(
         out.emit_json({"sessions": sessions})
         return
     print_sessions(out, sessions, tree=False, empty="No queued or active sessions.")
+
+
+def _print_log_lines(out: Output, lines: list[dict[str, Any]]) -> None:
+    """`HH:MM:SS.mmm [step N] stream | text` per line (local time); --json: one JSON line per log line."""
+    for line in lines:
+        if out.json:
+            out.emit_json(line)
+            continue
+        stream = str(line.get("stream"))
+        style = "red" if stream == "stderr" else "yellow" if stream == "atlas" else "dim"
+        out.print(Text(local_time(line.get("ts")), style="dim"), f" [step {line.get('stepNumber')}] ",
+                  Text(stream, style=style), " | ", str(line.get("text", "")))
+
+
+def _follow_logs(api: Api, out: Output, sid: str) -> None:
+    """Print the log as the daemon streams it (SSE), resuming after the last line seen if the stream drops, until
+    the session has ended."""
+    cursor: str | None = None
+    while True:
+        params = {"follow": "true", **({"after": cursor} if cursor else {})}
+        try:
+            with api.stream("GET", f"/api/sessions/{sid}/logs", params=params, read_timeout=None) as response:
+                for frame in parse_sse(response.iter_lines()):
+                    if frame.event == "logs":
+                        page = json.loads(frame.data)
+                        _print_log_lines(out, page.get("lines", []))
+                        cursor = page.get("nextCursor") or cursor
+                    elif frame.event == "end":
+                        return
+        except httpx.TransportError:
+            out.note("Log stream dropped; reconnecting…")
+
+
+@sessions_app.command("logs")
+@handle_errors
+def sessions_logs(
+    ident: SessionArg,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines until the run ends.")] = False,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Print what a session's steps wrote: stdout, stderr, logs (issue #16).
+
+    One line per line written: `HH:MM:SS.mmm [step N] stream | text`, in the order written, kept with the run
+    after it ended. --follow prints new lines live until the run ends (Ctrl-C detaches, exit 130). --json prints
+    one JSON object per line ({ts, stepNumber, stream, text}).
+    """
+    out = Output(json_out)
+    with connect(url, token) as api:
+        sid = api.resolve_session_id(ident)
+        if follow:
+            try:
+                _follow_logs(api, out, sid)
+            except KeyboardInterrupt:
+                out.note(f"Detached. Resume with: atlas sessions logs {sid} --follow")
+                raise typer.Exit(130) from None
+            return
+        cursor: str | None = None
+        while True:
+            page = api.get(f"/api/sessions/{sid}/logs", limit=5000, **({"after": cursor} if cursor else {}))
+            _print_log_lines(out, page.get("lines", []))
+            cursor = page.get("nextCursor")
+            if page.get("ended") or not page.get("lines"):
+                return

@@ -29,6 +29,7 @@ from atlas.bus.client import Bus, BusSettings
 from atlas.bus.health import BusHealth
 from atlas.bus.server import EmbeddedNats
 from atlas.bus.sessionlog import SessionLog
+from atlas.bus.steplogs import StepLogStore
 from atlas.config.durations import parse_duration
 from atlas.config.settings import Settings
 from atlas.errors import AtlasError
@@ -124,6 +125,7 @@ class Daemon:
         self.bus = Bus(bus_settings(s))
         self.bus_health = BusHealth(self.bus, self.embedded)  # degraded while the bus cannot write
         self.session_log = SessionLog(self.bus)
+        self.step_logs = StepLogStore(self.bus)  # what steps wrote, beside their events (issue #16)
         self.store = SessionStore(open_read_model(self.home / "atlas.db") if not s.database_url
                                   else PostgresReadModel(s.database_url, pool_size=s.database_pool))
         self.background = Background()
@@ -158,7 +160,8 @@ class Daemon:
         engine = EngineServices(templater=self.templater, store=self.store, slots=self.slots,
                                 trigger=self.accept.accept, publish_chunk=self.session_log.publish_chunk,
                                 spawn=self.background.spawn, llm_base_url=s.llm_base_url,
-                                bus_retry_s=s.bus_retry_s, tools=self.workspace_tools)
+                                bus_retry_s=s.bus_retry_s, tools=self.workspace_tools,
+                                step_logs=self.step_logs.append)
         self.lifecycle = SessionLifecycle(bus=self.bus, session_log=self.session_log, store=self.store,
                                           workspaces=self.workspaces, concurrency=self.concurrency,
                                           finalizer=self.finalizer, lineage=self.lineage, markers=self.markers,

@@ -37,6 +37,7 @@ from atlas.runtime.accept import Accepted, TriggerRequest
 from atlas.runtime.chunks import MAX_CHUNK_BYTES, ChunkCoalescer
 from atlas.runtime.fsm import planned_step
 from atlas.runtime.slots import Slots
+from atlas.runtime.steplogs import AppendLogs, StepLogRecorder
 from atlas.runtime.workspaces import Workspace
 from atlas.sessions import events
 from atlas.sessions.causes import cause_from_view, refused_child_cause
@@ -98,6 +99,8 @@ class EngineServices:
     """How long a write rides through a silent bus (for the log line of a run the bus failed under)."""
     tools: Callable[[Workspace], ToolSource | None] | None = None
     """The workspace's MCP tools (`McpHub.for_workspace`), for `llm` steps with `tools:`; None: no MCP."""
+    step_logs: AppendLogs | None = None
+    """Store a batch of step-log lines (`StepLogStore.append`, issue #16); None: output is live only."""
 
 
 class Engine:
@@ -451,6 +454,8 @@ class Engine:
 
     #: The run's chunk buffer, made by the first step that emits (see `atlas.runtime.chunks`).
     _chunks: ChunkCoalescer | None = None
+    #: The run's durable step log, made with it (see `atlas.runtime.steplogs`, issue #16).
+    _logs: StepLogRecorder | None = None
 
     def _chunk_sink(self) -> Callable[[dict[str, Any]], None]:
         """The current step's thread-safe, never-blocking chunk sink (spec §3.3).
@@ -460,7 +465,19 @@ class Engine:
         """
         if self._chunks is None:
             self._chunks = ChunkCoalescer(self._deliver_chunk, self.s.spawn)
-        return self._chunks.sink(self.step_number)
+        live = self._chunks.sink(self.step_number)
+        if self.s.step_logs is None:
+            return live
+        if self._logs is None:
+            self._logs = StepLogRecorder(self.env["sessionId"], self.s.step_logs, self.s.templater.redact,
+                                         self.s.spawn)
+        keep, number = self._logs.add, self.step_number
+
+        def sink(chunk: dict[str, Any]) -> None:  # kept first: the live side may drop lines under load
+            keep(number, chunk)
+            live(chunk)
+
+        return sink
 
     async def _deliver_chunk(self, number: int, body: dict[str, Any]) -> None:
         """Fold one coalesced chunk into the live view and publish it on the session's ephemeral subject."""
@@ -473,6 +490,8 @@ class Engine:
 
     async def _end_chunks(self, number: int) -> None:
         """Send step `number`'s pending chunks before its `step:complete` (which clears them from the view)."""
+        if self._logs is not None:  # stored before step:complete: an ended run's log is whole
+            await self._logs.close_step(number)
         if self._chunks is not None:
             await self._chunks.close_step(number)
 
