@@ -232,6 +232,9 @@ def test_cancel_queued_session_never_starts(daemon: DaemonProcess) -> None:
     wait_for(lambda: view_of(daemon, holder["sessionId"])["status"] == "active", what="holder to start")
     waiting = post(daemon, "core", "hold-queue", {"payload": {"duration": "1ms"}}).json()
     assert view_of(daemon, waiting["sessionId"])["status"] == "queued"
+    # Parked behind the holder (its `session:waiting`, issue #16), then cancelled: it never starts.
+    wait_for(lambda: view_of(daemon, waiting["sessionId"]).get("waitingFor", {}).get("reason") == "concurrency",
+             what="the second session to be parked")
     r = httpx.delete(f"{daemon.url}/api/sessions/{waiting['sessionId']}", timeout=10)
     assert r.status_code == 200 and r.json()["status"] == "cancelled"
     events = []
@@ -239,6 +242,6 @@ def test_cancel_queued_session_never_starts(daemon: DaemonProcess) -> None:
         for line in s.iter_lines():
             if line.startswith("data: ") and '"type"' in line:
                 events.append(json.loads(line[6:])["type"])
-    assert events == ["session:queued", "session:complete"]
+    assert events == ["session:queued", "session:waiting", "session:complete"]
     httpx.delete(f"{daemon.url}/api/sessions/{holder['sessionId']}", timeout=10)
     wait_terminal(daemon, holder["sessionId"])

@@ -96,6 +96,7 @@ def every_field_of_every_event() -> list[dict[str, Any]]:
     return [
         dict(ev.queued(sessionId=SID, trigger="cascade", payload={"x": 1}, skipStates=["s1"], rerunOf="r0",
                        **common)),
+        dict(ev.waiting(sessionId=SID, seq=2, reason="concurrency", sessionIds=["h1", "q1"])),
         dict(ev.start(sessionId=SID, runner="daemon-1", **common)),
         dict(ev.step_start(sessionId=SID, seq=3, stepNumber=1, agentName="a", stateId="s0", actionType="agent",
                            task="t", outputKey="a", input={"x": 1})),
@@ -110,7 +111,7 @@ def every_field_of_every_event() -> list[dict[str, Any]]:
         dict(ev.step_skipped(sessionId=SID, seq=5, stateId="s1", agentName="b")),
         dict(ev.summary(sessionId=SID, seq=6, summary="s", keyDetails=[{"label": "l", "value": 1, "url": "u"}])),
         dict(ev.complete(sessionId=SID, seq=7, status="failed", durationMs=9, error="e", errorCode="c",
-                         cause=CAUSE)),
+                         cause=CAUSE, duplicateOf="h1")),
     ]
 
 
@@ -192,6 +193,17 @@ def test_events_of_representative_runs_match_their_schemas(daemon: DaemonProcess
     cancel(d, holder)
     sessions["cancelled"] = holder
 
+    # A parked `queue` session (`session:waiting`, issue #16), cancelled while it waits.
+    queue_holder = trigger(d, "core", "hold-queue", {"duration": "60s"})["sessionId"]
+    started(d, queue_holder)
+    parked = trigger(d, "core", "hold-queue", {"duration": "60s"})["sessionId"]
+    wait_for(lambda: view(d, parked).get("waitingFor", {}).get("reason") == "concurrency", 30,
+             what="the second hold-queue session to be parked")
+    cancel(d, parked)
+    cancel(d, queue_holder)
+    sessions["cancelled-while-parked"] = parked
+    sessions["cancelled-queue-holder"] = queue_holder
+
     tree = trigger(d, "core", "fan-slow")["sessionId"]
     child = wait_for(lambda: httpx.get(f"{d.url}/api/sessions/{tree}/children", timeout=10).json()["sessions"],
                      30, what="the child of fan-slow")[0]["sessionId"]
@@ -209,7 +221,8 @@ def test_events_of_representative_runs_match_their_schemas(daemon: DaemonProcess
     expected = {"completed": "completed", "completed-with-skip-and-summary": "completed", "failed": "failed",
                 "skipped": "skipped", "skipped-duplicate": "skipped", "cancelled": "cancelled",
                 "cascade-parent": "completed", "cascade-child": "completed", "cancelled-tree-root": "cancelled",
-                "cancelled-tree-child": "cancelled"}
+                "cancelled-tree-child": "cancelled", "cancelled-while-parked": "cancelled",
+                "cancelled-queue-holder": "cancelled"}
     seen: set[str] = set()
     for kind, sid in sessions.items():
         events = durable_events(d, sid)

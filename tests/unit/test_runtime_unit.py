@@ -42,7 +42,9 @@ async def test_a_queue_key_parks_the_second_trigger_and_promotes_it_when_the_hol
         assert rt.lifecycle.is_running(first)
         second = (await rt.trigger("hold-queue", {"duration": 0})).session_id
         (parked,) = await rt.deliver()
-        assert parked.settled == "ack" and rt.types(second) == ["session:queued"]
+        # Parked: its log says what it waits for (issue #16), before its marker is written.
+        assert parked.settled == "ack" and rt.types(second) == ["session:queued", "session:waiting"]
+        assert rt.log.events(second)[1]["waitingFor"] == {"reason": "concurrency", "sessionIds": [first]}
         marker = await rt.bus.kv_get(KV_INFLIGHT, second)
         assert marker is not None and marker[0]["parked"] and marker[0]["envelope"]["sessionId"] == second
         record = await rt.bus.kv_get(KV_CONCURRENCY, "core.hold-queue")
@@ -52,7 +54,7 @@ async def test_a_queue_key_parks_the_second_trigger_and_promotes_it_when_the_hol
         await rt.settle()
         assert rt.log.events(first)[-1]["status"] == "cancelled"
         assert rt.types(second)[-1] == "session:complete" and rt.log.events(second)[-1]["status"] == "completed"
-        assert rt.log.events(second)[1]["runner"] == DAEMON_ID
+        assert rt.log.events(second)[2]["runner"] == DAEMON_ID  # session:start follows session:waiting
         assert await rt.bus.kv_get(KV_INFLIGHT, second) is None  # the marker did its job
         record = await rt.bus.kv_get(KV_CONCURRENCY, "core.hold-queue")
         assert record is not None and record[0] == {"holders": [], "queue": []}
@@ -68,6 +70,7 @@ async def test_a_skip_key_ends_the_second_trigger_while_the_first_runs(tmp_path:
         assert rt.types(second) == ["session:queued", "session:complete"]
         end = rt.log.events(second)[-1]
         assert end["status"] == "skipped" and end["errorCode"] == "skipped-duplicate" and first in end["error"]
+        assert end["duplicateOf"] == first  # the UI links it (issue #16)
         await rt.lifecycle.cancel(first, "cancelled", "cancelled_by_user", "Cancelled by the test")
         await rt.settle()
         third = (await rt.trigger("hold-skip", {"duration": 0})).session_id  # the key is free again

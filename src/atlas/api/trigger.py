@@ -115,6 +115,8 @@ def failure_error(view: dict[str, Any]) -> AtlasError:
     status = view["status"]
     details = {k: view.get(k) for k in ("sessionId", "correlationId", "status", "errorCode", "error")}
     if view.get("errorCode") == "skipped-duplicate":
+        if view.get("duplicateOf"):
+            details["runningSessionId"] = view["duplicateOf"]  # the session that made it skip (issue #16)
         return AtlasError("skipped-duplicate", view.get("error") or "Skipped: a session is already running",
                           details)
     code = {"cancelled": "session_cancelled", "skipped": "session_skipped"}.get(status, "session_failed")

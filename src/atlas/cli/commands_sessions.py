@@ -27,6 +27,7 @@ from atlas.cli.render import (
     session_label,
     short_id,
     status_text,
+    waiting_text,
 )
 from atlas.cli.sse import parse_sse
 from atlas.config.durations import parse_duration
@@ -160,6 +161,10 @@ def show_view(out: Output, view: dict[str, Any], children: list[dict[str, Any]],
     ]
     if view.get("rerunOf"):
         fields.append(("re-run of", view["rerunOf"]))
+    if status == "queued" and view.get("waitingFor"):
+        fields.append(("waiting", waiting_text(view["waitingFor"])))
+    if view.get("duplicateOf"):
+        fields.append(("skipped", f"duplicate of {view['duplicateOf']}"))
     if view.get("startedAt") and view.get("startedAt") != view.get("queuedAt"):
         fields.append(("started", f"{local_time(view.get('startedAt'), True)} ({rel_time(view.get('startedAt'))})"))
     if view.get("completedAt"):

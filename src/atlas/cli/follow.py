@@ -49,6 +49,7 @@ from atlas.cli.render import (
     session_label,
     short_id,
     status_text,
+    waiting_text,
 )
 from atlas.cli.sse import parse_sse
 from atlas.sessions.events import now_iso
@@ -320,6 +321,8 @@ def describe(event: dict[str, Any], view: dict[str, Any] | None) -> str | None:
         if event.get("payload"):
             text += f" payload {compact(event['payload'], 80)}"
         return text
+    if kind == "session:waiting":
+        return waiting_text(event.get("waitingFor"), short=True)
     if kind == "session:start":
         return "started"
     if kind == "step:start":

@@ -234,5 +234,19 @@ def compact(value: Any, limit: int = 120, *, tight: bool = False) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def waiting_text(waiting_for: Any, short: bool = False) -> str:
+    """A queued session's `waitingFor` (issue #16) as one line: "waiting for <ids> (concurrency)", or "waiting for
+    a runner to pick it up (pending)"; `short` ids for a line among many (`--follow`)."""
+    if not isinstance(waiting_for, dict):
+        return "waiting"
+    reason = waiting_for.get("reason") or "?"
+    if reason == "pending":
+        return "waiting for a runner to pick it up (pending)"
+    ids = [sid for sid in waiting_for.get("sessionIds") or [] if isinstance(sid, str)]
+    if not ids:
+        return f"waiting ({reason})"
+    return f"waiting for {', '.join(short_id(sid) if short else sid for sid in ids)} ({reason})"
+
+
 def session_label(view: dict[str, Any]) -> str:
     return f"{view.get('workspaceId') or '?'}/{view.get('jobName') or '?'}"

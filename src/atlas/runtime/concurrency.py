@@ -22,6 +22,9 @@ class Decision:
     action: str  # start | skip | park | deadlock
     holder: str | None = None
     victims: list[str] = field(default_factory=list)
+    ahead: list[str] = field(default_factory=list)
+    """For `park`: the sessions that must end before this one starts (the holders, then the queue ahead of it); its
+    `session:waiting` names them (issue #16)."""
 
 
 class ConcurrencyControl:
@@ -68,7 +71,8 @@ class ConcurrencyControl:
                     if sid not in queue:
                         queue.append(sid)
                     new = concurrency_record(holders, queue)
-                    decision = Decision("park", holder=holders[0] if holders else None)
+                    decision = Decision("park", holder=holders[0] if holders else None,
+                                        ahead=holders + queue[:queue.index(sid)])
                 else:
                     new = concurrency_record([sid], [q for q in queue if q != sid])
             else:  # replace

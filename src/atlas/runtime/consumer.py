@@ -24,12 +24,13 @@ from atlas.bus.records import envelope_is_complete
 from atlas.bus.sessionlog import SessionLog
 from atlas.runtime.accept import queued_event
 from atlas.runtime.concurrency import ConcurrencyControl
-from atlas.runtime.lifecycle import SessionLifecycle
+from atlas.runtime.lifecycle import UNSTARTED_TYPES, SessionLifecycle
 from atlas.runtime.lineage import Lineage
 from atlas.runtime.markers import Markers
 from atlas.runtime.recovery import Recovery, age_seconds
 from atlas.runtime.slots import Slots
 from atlas.runtime.workspaces import Workspace, WorkspaceRegistry
+from atlas.sessions import events
 from atlas.sessions.reducer import is_terminal
 from atlas.sessions.store import SessionStore
 from atlas.sessions.writer import SessionWriter
@@ -169,7 +170,7 @@ class SignalConsumer:
             writer = SessionWriter(self.session_log, self.store, sid, seq=1, stream_seq=tail)
         else:
             writer = await self._writer_after_queued(env)
-            if writer.seq > 1:
+            if writer.last_type not in UNSTARTED_TYPES:
                 return await self._already_started(env, msg)
 
         accepted_at = env.get("acceptedAt")
@@ -200,13 +201,16 @@ class SignalConsumer:
         if decision.action == "skip":
             await self._end(writer, env, msg, "skipped", "skipped-duplicate",
                             f"Session {decision.holder} is already running for signal '{env['signalId']}'",
-                            release=False)
+                            release=False, duplicate_of=decision.holder)
             return False
         if decision.action == "deadlock":
             await self._end(writer, env, msg, "failed", "cascade_deadlock",
                             f"Queued behind its own ancestor {decision.holder}")
             return False
         if decision.action == "park":
+            # What it waits for goes into its log before its marker: a promotion (which needs the marker) cannot
+            # start it first and see its `session:start` refused by this write.
+            await self._record_waiting(writer, decision.ahead)
             await self.markers.park(env)
             await msg.ack()
             return False
@@ -245,9 +249,22 @@ class SignalConsumer:
         return started
 
     async def _end(self, writer: SessionWriter, env: dict[str, Any], msg: Msg, status: str, code: str,
-                   message: str, release: bool = True) -> None:
-        await self.lifecycle.finalize_unstarted(writer, status, code, message, env if release else None)
+                   message: str, release: bool = True, duplicate_of: str | None = None) -> None:
+        await self.lifecycle.finalize_unstarted(writer, status, code, message, env if release else None,
+                                                duplicate_of=duplicate_of)
         await msg.ack()
+
+    async def _record_waiting(self, writer: SessionWriter, ahead: list[str]) -> None:
+        """Write `session:waiting` (issue #16) for a session being parked, once: a redelivered envelope of a
+        session already parked finds it in the log. A lost race (a cancel while queued) writes nothing: the log has
+        moved on, and parking goes on as before (recovery settles the marker of a session that ended)."""
+        if writer.last_type == "session:waiting":
+            return
+        try:
+            await writer.append(events.waiting(sessionId=writer.session_id, seq=writer.next_seq,
+                                               reason="concurrency", sessionIds=ahead))
+        except WrongLastSequence:
+            log.debug("session %s moved on before its session:waiting", writer.session_id)
 
     async def _already_started(self, env: dict[str, Any], msg: Msg) -> bool:
         """A redelivered envelope of a started session: never run twice (spec §6.5 step 2)."""

@@ -71,12 +71,14 @@ class Finalizer:
         log.error("finalising %s kept failing; recovery will retry", sid)
 
     async def end_unstarted(self, writer: SessionWriter, status: str, code: str, message: str,
-                            drop_marker: bool = False) -> bool:
+                            drop_marker: bool = False, duplicate_of: str | None = None) -> bool:
         """End a session that never started (policy skip, limits, cancel while queued) and write its summary.
-        False if it lost a race (another writer ended or started it first). Releasing its key is the caller's."""
+        False if it lost a race (another writer ended or started it first). Releasing its key is the caller's.
+        `duplicate_of`: for policy skip, the running session it duplicates (recorded so the UI can link it)."""
         try:
             await writer.append(events.complete(sessionId=writer.session_id, seq=writer.next_seq, status=status,
-                                                durationMs=0, error=message, errorCode=code))
+                                                durationMs=0, error=message, errorCode=code,
+                                                duplicateOf=duplicate_of))
         except WrongLastSequence:
             return False
         try:

@@ -38,6 +38,8 @@ __all__ = ["SessionLifecycle", "request_cancel", "signal_policy"]
 log = logging.getLogger("atlas.daemon")
 
 CANCEL_SUBJECTS = "atlas.cancel.sessions.*"
+UNSTARTED_TYPES = frozenset({"session:queued", "session:waiting"})
+"""The last event of a session's log while it has not started: a parked one has `session:waiting` (issue #16)."""
 STOP_INTERRUPT_WAIT_S = 5.0
 """At shutdown, how long interrupted runs get to write their terminal events after the grace period."""
 
@@ -108,8 +110,9 @@ class SessionLifecycle:
         ws = self.workspaces.get(env["workspaceId"])
         job_id = ws.job_for_signal.get(env["signalId"]) if ws is not None else None
         writer = await SessionWriter.resume(self.session_log, self.store, sid)
-        if ws is None or job_id is None or writer.seq != 1:
-            if writer.seq == 1:
+        unstarted = writer.last_type in UNSTARTED_TYPES  # its log ends at session:queued or session:waiting
+        if ws is None or job_id is None or not unstarted:
+            if unstarted:
                 await self.finalize_unstarted(writer, "failed", "workspace_unavailable",
                                               "Workspace or job no longer available", env, drop_marker=True)
             return
@@ -166,10 +169,11 @@ class SessionLifecycle:
             log.exception("finalising %s failed; recovery will retry", sid)
 
     async def finalize_unstarted(self, writer: SessionWriter, status: str, code: str, message: str,
-                                 envelope: dict[str, Any] | None = None, drop_marker: bool = False) -> bool:
+                                 envelope: dict[str, Any] | None = None, drop_marker: bool = False,
+                                 duplicate_of: str | None = None) -> bool:
         """End a session that never started (policy skip, limits, cancel while queued); with its `envelope`, its
-        hold is released too. False if it lost a race."""
-        if not await self.finalizer.end_unstarted(writer, status, code, message, drop_marker):
+        hold is released too. False if it lost a race. `duplicate_of`: see `Finalizer.end_unstarted`."""
+        if not await self.finalizer.end_unstarted(writer, status, code, message, drop_marker, duplicate_of):
             return False
         if envelope is not None:
             ws = self.workspaces.get(envelope["workspaceId"])

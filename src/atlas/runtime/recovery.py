@@ -19,7 +19,7 @@ from atlas.bus.client import Bus, WrongLastSequence
 from atlas.bus.records import InflightMarker, envelope_from_queued
 from atlas.bus.sessionlog import SessionLog
 from atlas.runtime.concurrency import ConcurrencyControl
-from atlas.runtime.lifecycle import SessionLifecycle
+from atlas.runtime.lifecycle import UNSTARTED_TYPES, SessionLifecycle
 from atlas.runtime.lineage import Lineage
 from atlas.runtime.markers import Markers
 from atlas.sessions import events
@@ -85,11 +85,11 @@ class Recovery:
         await self._start_orphaned_parked()
 
     async def runner_of(self, sid: str) -> str | None:
-        """The daemon that started the session, from its `session:start` (seq 2); None if it has not started.
-        A session's runner never changes, so it is read once per process."""
+        """The daemon that started the session, from its `session:start` (seq 2, or 3 after a `session:waiting`);
+        None if it has not started. A session's runner never changes, so it is read once per process."""
         runner = self._runners.get(sid)
         if runner is None:
-            start = next((e for e, _ in await self.session_log.read_all(sid, limit=2)
+            start = next((e for e, _ in await self.session_log.read_all(sid, limit=3)
                           if e.get("type") == "session:start"), None)
             if start is None or not start.get("runner"):
                 return None
@@ -140,7 +140,7 @@ class Recovery:
             envelope = marker["envelope"]
             await self.lifecycle.finalize(envelope, self.lifecycle.policy_of(envelope), drop_marker=True)
             return
-        if last[0].get("type") != "session:queued":
+        if last[0].get("type") not in UNSTARTED_TYPES:
             # Started: the session is in the read model as active, where `_settle_active` looks after it.
             await self.markers.drop(sid)
             return

@@ -41,6 +41,7 @@ __all__ = [
     "STEP_RESULT_STATUSES",
     "TERMINAL_STATUSES",
     "TRIGGERS",
+    "WAIT_REASONS",
     "ActionType",
     "ChunkBody",
     "Count",
@@ -61,6 +62,7 @@ __all__ = [
     "SessionStartEvent",
     "SessionStatus",
     "SessionSummaryEvent",
+    "SessionWaitingEvent",
     "StepCompleteEvent",
     "StepNumber",
     "StepResultStatus",
@@ -71,6 +73,8 @@ __all__ = [
     "Timestamp",
     "Trigger",
     "Usage",
+    "WaitReason",
+    "WaitingFor",
     "complete",
     "documented",
     "duration_ms",
@@ -85,6 +89,7 @@ __all__ = [
     "step_start",
     "summary",
     "truncate_recorded",
+    "waiting",
 ]
 
 # --- vocabularies (§3.1, §3.2) ----------------------------------------------------------------------------
@@ -102,6 +107,9 @@ StepResultStatus = Literal["completed", "failed"]
 Trigger = Literal["http", "webhook", "schedule", "cascade", "ui", "cli", "chat", "rerun"]
 #: `actionType` of a step (§2.4).
 ActionType = Literal["agent", "llm", "signal"]
+#: Why a queued session has not started (issue #16): `pending`, accepted but not yet taken by a runner (every slot
+#: busy, or simply not fetched yet: no daemon can tell which); `concurrency`, parked behind its `queue` key's holders.
+WaitReason = Literal["pending", "concurrency"]
 
 #: Every session status. Defined here (the lowest module of the package) and re-exported by the reducer.
 STATUSES: Final[frozenset[str]] = frozenset(get_args(SessionStatus))
@@ -109,6 +117,7 @@ TERMINAL_STATUSES: Final[frozenset[str]] = frozenset(get_args(TerminalStatus))
 STEP_RESULT_STATUSES: Final[frozenset[str]] = frozenset(get_args(StepResultStatus))
 TRIGGERS: Final[frozenset[str]] = frozenset(get_args(Trigger))
 ACTION_TYPES: Final[frozenset[str]] = frozenset(get_args(ActionType))
+WAIT_REASONS: Final[frozenset[str]] = frozenset(get_args(WaitReason))
 
 #: A recorded input/output whose JSON text is larger than this is replaced by a preview (§3.2).
 RECORD_LIMIT_BYTES: Final = 256 * 1024
@@ -254,6 +263,16 @@ class ErrorCause(TypedDict):
 
 
 @documented
+class WaitingFor(TypedDict):
+    """What a queued session waits for (issue #16); gone once it starts or ends."""
+
+    reason: WaitReason
+    sessionIds: NotRequired[list[str]]
+    """For `concurrency`: the sessions that must end before this one starts, as they were when it was parked (the
+    key's holders, then the sessions parked ahead of it)."""
+
+
+@documented
 class _EventHead(TypedDict):
     sessionId: str
     seq: Seq
@@ -303,6 +322,15 @@ class SessionStartEvent(_EventHead):
     runner: str
     """The daemon id of the runner. Running sessions have no inflight marker, so this is how recovery tells
     whether the session's runner is still alive (spec §8.1 as amended in docs/decisions.md)."""
+
+
+@documented
+class SessionWaitingEvent(_EventHead):
+    """The `session:waiting` event: a queued session was parked and says what for (issue #16). Written before
+    `session:start` (which then has seq 3), only by the consumer that parked it."""
+
+    type: Literal["session:waiting"]
+    waitingFor: WaitingFor
 
 
 @documented
@@ -376,11 +404,14 @@ class SessionCompleteEvent(_EventHead):
     errorCode: NotRequired[str]
     cause: NotRequired[ErrorCause]
     """The failed child session that made this one fail (its failing `signal` step's `cause`), issue #16."""
+    duplicateOf: NotRequired[str]
+    """For `skipped-duplicate`: the running session of the same `skip` key that made this one skip (issue #16)."""
 
 
 #: Any durable event, as a `SessionWriter` appends it.
 DurableEvent = (
     SessionQueuedEvent
+    | SessionWaitingEvent
     | SessionStartEvent
     | StepStartEvent
     | StepCompleteEvent
@@ -392,6 +423,7 @@ DurableEvent = (
 #: Every durable event type, by its `type`, in the order a session writes them.
 EVENT_TYPES: Final[dict[str, type[Any]]] = {
     "session:queued": SessionQueuedEvent,
+    "session:waiting": SessionWaitingEvent,
     "session:start": SessionStartEvent,
     "step:start": StepStartEvent,
     "step:complete": StepCompleteEvent,
@@ -702,6 +734,26 @@ def start(
     return cast(SessionStartEvent, event)
 
 
+def waiting(
+    *,
+    sessionId: str,
+    seq: int,
+    reason: str,
+    sessionIds: Iterable[str] | None = None,
+    timestamp: str | None = None,
+) -> SessionWaitingEvent:
+    """``session:waiting``: the session was parked (issue #16); ``sessionIds`` (copied into a list) names what it
+    waits for and is omitted when empty."""
+    _check("reason", reason, WAIT_REASONS)
+    event = _base("session:waiting", sessionId, seq, timestamp)
+    waiting_for: dict[str, Any] = {"reason": reason}
+    ids = [sid for sid in sessionIds or () if isinstance(sid, str) and sid]
+    if ids:
+        waiting_for["sessionIds"] = ids
+    event["waitingFor"] = waiting_for
+    return cast(SessionWaitingEvent, event)
+
+
 def step_start(
     *,
     sessionId: str,
@@ -819,6 +871,7 @@ def complete(
     error: str | None = None,
     errorCode: str | None = None,
     cause: Mapping[str, Any] | None = None,
+    duplicateOf: str | None = None,
     timestamp: str | None = None,
 ) -> SessionCompleteEvent:
     """``session:complete``: the one terminal record, always last (§3.2, §4.4).
@@ -832,4 +885,5 @@ def complete(
     _put(event, "error", error)
     _put(event, "errorCode", errorCode)
     _put(event, "cause", dict(cause) if cause else None)
+    _put(event, "duplicateOf", duplicateOf or None)
     return cast(SessionCompleteEvent, event)

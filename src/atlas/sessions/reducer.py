@@ -46,6 +46,7 @@ from atlas.sessions.events import (
     Timestamp,
     Trigger,
     Usage,
+    WaitingFor,
     documented,
     duration_ms,
 )
@@ -161,6 +162,11 @@ class SessionView(TypedDict):
     """The failed child session that made this one fail, nested down to the root cause (issue #16)."""
     rerunOf: NotRequired[str]
     """The session this one re-runs (`trigger: rerun`, issue #16)."""
+    waitingFor: NotRequired[WaitingFor]
+    """While `queued`: what it waits for (`pending` from `session:queued`, `concurrency` once parked); gone once it
+    starts or ends (issue #16)."""
+    duplicateOf: NotRequired[str]
+    """A `skipped-duplicate` session: the running session that made it skip (issue #16)."""
 
 
 @documented
@@ -190,6 +196,8 @@ class SessionSummary(TypedDict):
     errorCode: NotRequired[str]
     rerunOf: NotRequired[str]
     """The session this one re-runs (`trigger: rerun`, issue #16)."""
+    duplicateOf: NotRequired[str]
+    """A `skipped-duplicate` session: the running session that made it skip (issue #16)."""
 
 
 # --- small helpers ----------------------------------------------------------------------------------------
@@ -339,7 +347,17 @@ def _on_queued(view: View, event: Event) -> View | None:
         new["queuedAt"] = timestamp
         new["startedAt"] = timestamp  # never empty, even for a session that never starts (§3.4)
     new["status"] = "queued"
+    new["waitingFor"] = {"reason": "pending"}  # accepted, not yet taken by a runner (issue #16)
     new["agentBlocks"] = _replan(view, event)
+    return new
+
+
+def _on_waiting(view: View, event: Event) -> View | None:
+    waiting_for = event.get("waitingFor")
+    if view.get("status") != "queued" or not isinstance(waiting_for, Mapping):
+        return None  # only a queued session waits; a late or malformed one changes nothing
+    new = dict(view)
+    new["waitingFor"] = _clone(dict(waiting_for))
     return new
 
 
@@ -351,6 +369,7 @@ def _on_start(view: View, event: Event) -> View | None:
     if timestamp is not None:
         new["startedAt"] = timestamp
     new["status"] = "active"
+    new.pop("waitingFor", None)
     new["agentBlocks"] = _replan(view, event)
     return new
 
@@ -482,6 +501,7 @@ def _on_complete(view: View, event: Event) -> View | None:
     new = dict(view)
     new["agentBlocks"] = new_blocks
     new["status"] = status
+    new.pop("waitingFor", None)
     if results:
         new["results"] = results
     else:
@@ -503,6 +523,9 @@ def _on_complete(view: View, event: Event) -> View | None:
     cause = event.get("cause")
     if isinstance(cause, Mapping):
         new["cause"] = _clone(cause)
+    duplicate_of = event.get("duplicateOf")
+    if isinstance(duplicate_of, str) and duplicate_of:
+        new["duplicateOf"] = duplicate_of
     return new
 
 
@@ -528,6 +551,7 @@ def _on_summary(view: View, event: Event) -> View | None:
 
 _RULES: Final[dict[str, Callable[[View, Event], View | None]]] = {
     "session:queued": _on_queued,
+    "session:waiting": _on_waiting,
     "session:start": _on_start,
     "step:start": _on_step_start,
     "step:complete": _on_step_complete,
@@ -661,7 +685,7 @@ def summarize(view: Mapping[str, Any]) -> dict[str, Any]:
         "depth": field("depth", 0),
         "queuedAt": field("queuedAt", ""),
     }
-    for key in ("completedAt", "durationMs", "error", "errorCode", "rerunOf"):
+    for key in ("completedAt", "durationMs", "error", "errorCode", "rerunOf", "duplicateOf"):
         value = view.get(key)
         if value is not None:
             summary[key] = value

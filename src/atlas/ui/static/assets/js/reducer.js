@@ -116,8 +116,15 @@ function onQueued(view, event) {
     next.startedAt = timestamp;
   }
   next.status = "queued";
+  next.waitingFor = { reason: "pending" }; // accepted, not yet taken by a runner (issue #16)
   next.agentBlocks = replan(view, event);
   return next;
+}
+
+function onWaiting(view, event) {
+  // Only a queued session waits; a late or malformed session:waiting changes nothing.
+  if (view.status !== "queued" || !isObject(event.waitingFor)) return null;
+  return { ...view, waitingFor: clone(event.waitingFor) };
 }
 
 function onStart(view, event) {
@@ -127,6 +134,7 @@ function onStart(view, event) {
   const timestamp = timestampOf(event);
   if (timestamp !== null) next.startedAt = timestamp;
   next.status = "active";
+  delete next.waitingFor;
   next.agentBlocks = replan(view, event);
   return next;
 }
@@ -231,6 +239,7 @@ function onComplete(view, event) {
     }
   }
   const next = { ...view, agentBlocks: newBlocks, status };
+  delete next.waitingFor;
   if (hasResults) next.results = results;
   else delete next.results;
   const completedAt = timestampOf(event);
@@ -244,6 +253,7 @@ function onComplete(view, event) {
   if (error !== null) next.error = clone(error);
   if (errorCode !== null) next.errorCode = clone(errorCode);
   if (isObject(event.cause)) next.cause = clone(event.cause);
+  if (typeof event.duplicateOf === "string" && event.duplicateOf !== "") next.duplicateOf = event.duplicateOf;
   return next;
 }
 
@@ -259,6 +269,7 @@ function onSummary(view, event) {
 
 const RULES = {
   "session:queued": onQueued,
+  "session:waiting": onWaiting,
   "session:start": onStart,
   "step:start": onStepStart,
   "step:complete": onStepComplete,
@@ -331,7 +342,7 @@ export function summarize(view) {
     signalId: field("signalId", ""), trigger: field("trigger", ""), rootSessionId: field("rootSessionId", ""),
     depth: field("depth", 0), queuedAt: field("queuedAt", ""),
   };
-  for (const key of ["completedAt", "durationMs", "error", "errorCode", "rerunOf"]) {
+  for (const key of ["completedAt", "durationMs", "error", "errorCode", "rerunOf", "duplicateOf"]) {
     if (present(view[key])) summary[key] = view[key];
   }
   if (present(view.aiSummary)) summary.aiSummary = clone(view.aiSummary);

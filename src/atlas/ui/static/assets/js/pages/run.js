@@ -24,6 +24,17 @@ const RESULT_INLINE_CHARS = 160; // a result this short (one line) is shown as i
 
 const sessionHref = (id) => `/sessions/${encodeURIComponent(id)}`;
 
+/** A queued run's `waitingFor`: links to the sessions it waits behind, or "a runner" while none has taken it. */
+function waitingForEl(waiting) {
+  const ids = Array.isArray(waiting.sessionIds) ? waiting.sessionIds.filter((id) => typeof id === "string") : [];
+  if (waiting.reason === "pending") {
+    return h("span", { id: "waiting-for", class: "muted" }, "a runner to pick it up (not taken yet)");
+  }
+  return h("span", { id: "waiting-for" },
+    ids.map((id, i) => [i ? ", " : null, h("a", { href: sessionHref(id) }, shortId(id))]),
+    h("span", { class: "muted" }, ids.length ? ` to end (${waiting.reason})` : String(waiting.reason)));
+}
+
 /** Only http(s) links from recorded data (a summary's keyDetails may come from a webhook payload). */
 function safeUrl(url) {
   try {
@@ -335,7 +346,7 @@ export async function mount(root, ctx) {
     ui.rerunButton.hidden = !isTerminal(v.status);
 
     const metaKey = JSON.stringify([v.sessionId, v.trigger, v.signalId, v.startedAt, v.queuedAt, v.status,
-      v.durationMs, v.correlationId, v.depth, v.rerunOf]);
+      v.durationMs, v.correlationId, v.depth, v.rerunOf, v.waitingFor, v.duplicateOf]);
     if (metaKey !== ui.metaKey) {
       ui.metaKey = metaKey;
       renderMeta(v);
@@ -391,6 +402,12 @@ export async function mount(root, ctx) {
     ];
     if (v.rerunOf) {
       rows.splice(2, 0, ["Re-run of", h("a", { href: sessionHref(v.rerunOf), id: "rerun-of" }, shortId(v.rerunOf))]);
+    }
+    // Why it has not run (issue #16): what a queued run waits for, the running session a skipped one duplicates.
+    if (v.status === "queued" && v.waitingFor) rows.splice(2, 0, ["Waiting for", waitingForEl(v.waitingFor)]);
+    if (v.duplicateOf) {
+      rows.splice(2, 0, ["Skipped", h("span", { id: "duplicate-of" }, "duplicate of ",
+        h("a", { href: sessionHref(v.duplicateOf) }, shortId(v.duplicateOf)))]);
     }
     fill(ui.meta, ...rows.flatMap(([label, value]) => [h("div", { class: "meta-item" },
       h("dt", {}, label), h("dd", {}, value))]));
