@@ -19,6 +19,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
+from atlas.agents.python_agent import forget_workspace_code
 from atlas.config.loader import WORKSPACE_FILE, LoadedWorkspace, load_workspace
 from atlas.config.model import Fsm, Job, WorkspaceConfig
 from atlas.errors import AtlasError
@@ -179,6 +180,8 @@ class WorkspaceRegistry:
         """
         async with self._loading:
             ws = await asyncio.to_thread(load_checked, path, tuple(roots))
+            # its python steps' code is part of it: the next run imports it as it is now (issue #16, item 3)
+            await asyncio.to_thread(forget_workspace_code, ws.path)
             return self._register(ws)
 
     def _register(self, ws: Workspace) -> tuple[Workspace, bool]:
