@@ -306,7 +306,7 @@ class SessionQueuedEvent(_EventHead):
 
 @documented
 class SessionStartEvent(_EventHead):
-    """The `session:start` event: a daemon took the session to run it (always seq 2)."""
+    """The `session:start` event: a daemon took the session to run it (seq 2, or 3 after a `session:waiting`)."""
 
     type: Literal["session:start"]
     workspaceId: str
@@ -712,7 +712,8 @@ def start(
     seq: int = 2,
     timestamp: str | None = None,
 ) -> SessionStartEvent:
-    """``session:start``: the runner took the session (always seq 2; written conditionally, §6.3).
+    """``session:start``: the runner took the session (seq 2, or 3 after a `session:waiting`; written
+    conditionally, §6.3).
 
     ``runner`` names the daemon that runs it: recovery needs it to find a dead runner's sessions."""
     if not isinstance(runner, str) or not runner:
