@@ -81,7 +81,7 @@ def _texts(chunk: dict[str, Any]) -> list[tuple[str, str]]:
         if not isinstance(message, str):
             return []
         current, total = chunk.get("current"), chunk.get("total")
-        if current is not None:
+        if isinstance(current, int | float):
             message += f" ({current:g}/{total:g})" if isinstance(total, int | float) else f" ({current:g})"
         return [("progress", message[:MAX_TEXT_CHARS])]
     if kind == "tool-call":
