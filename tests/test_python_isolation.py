@@ -5,7 +5,7 @@ A step that blocks its thread (`time.sleep`, never awaiting) must leave the daem
 answered while `ended` does not exist yet was answered while the step was blocking (no timing is measured). A
 blocking `async def` step is cancelled like any other (the run ends at once); one that awaits gets CancelledError
 on its own loop. `atlas workspace add` of a changed workspace runs the changed code without a restart. `print()`
-and `logging` inside a step reach the step's live output, not the daemon's terminal.
+and `logging` inside a step reach the step's live output and its durable log, not the daemon's terminal.
 """
 
 from __future__ import annotations
@@ -117,9 +117,33 @@ def test_print_and_logging_reach_the_steps_live_output(daemon: DaemonProcess, tm
     finally:
         (tmp_path / "release").touch()
     assert wait_terminal(daemon, sid)["status"] == "completed"
+    # kept with the run once it has ended (durable step logs, issue #16 item 1)
+    page = httpx.get(f"{daemon.url}/api/sessions/{sid}/logs", timeout=30).json()
+    kept = [(line["stream"], text) for line in page["lines"] if line["stepNumber"] == 1
+            for text in line["text"].split("\n")]
+    assert all(line in kept for line in expected), kept
     log = daemon.log()
     for text in ("hello from print", "partial line joined", "a warning from logging", "an info on the root"):
         assert text not in log, f"{text!r} reached the daemon's terminal"
+
+
+def test_an_async_step_that_prints_then_raises_keeps_both_after_the_run(daemon: DaemonProcess) -> None:
+    """The traceback of a step run on its own loop still starts at the user's code (the daemon's frames, the
+    worker thread's and its loop's included, are trimmed), and what it printed is kept with the run."""
+    r = post(daemon, "isolation", "print-raise", {"payload": {}})
+    assert r.status_code == 202, r.text
+    sid = r.json()["sessionId"]
+    view = wait_terminal(daemon, sid)
+    assert view["status"] == "failed", view
+    details = view["agentBlocks"][0]["errorDetails"]
+    lines = (FIXTURES / "isolation" / "isolation_steps.py").read_text().splitlines()
+    line = next(i for i, text in enumerate(lines, 1) if text.rstrip().endswith("# raises here"))
+    assert details["traceback"].startswith("Traceback (most recent call last):\n  File "), details
+    first_frame = details["traceback"].splitlines()[1]
+    assert first_frame.endswith(f'isolation_steps.py", line {line}, in print_raise'), details["traceback"]
+    assert details["traceback"].endswith("ValueError: row 3 is bad")
+    page = httpx.get(f"{daemon.url}/api/sessions/{sid}/logs", timeout=30).json()
+    assert ("stdout", "loading rows") in [(line["stream"], line["text"]) for line in page["lines"]], page
 
 
 ADDED = """
