@@ -26,7 +26,10 @@ def streams_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonP
 
 
 def test_cancelling_a_session_that_is_appending_ends_it_cancelled(streams_daemon: DaemonProcess) -> None:
+    """A round whose session completed before the DELETE arrived (the job is short, and a busy machine may see it
+    `active` late) tests nothing and is not counted; most rounds must land mid-run."""
     d = streams_daemon
+    cancelled = 0
     for _ in range(ROUNDS):
         r = httpx.post(f"{d.url}/api/workspaces/streams/signals/many?nowait=true", json={"payload": {}}, timeout=10)
         assert r.status_code == 202, r.text
@@ -37,8 +40,12 @@ def test_cancelling_a_session_that_is_appending_ends_it_cancelled(streams_daemon
         answer = httpx.delete(f"{d.url}/api/sessions/{sid}", timeout=30)
 
         body = answer.json()
+        if answer.status_code == 409 and body["error"].get("details", {}).get("status") == "completed":
+            continue  # finished first: nothing was cancelled mid-append
         assert answer.status_code == 200, body  # ended within the DELETE's wait, not left active
         assert body["status"] == "cancelled", body
         view = httpx.get(f"{d.url}/api/sessions/{sid}", timeout=5).json()
         assert view["status"] == "cancelled" and view["errorCode"] == "cancelled_by_user", view
+        cancelled += 1
+    assert cancelled >= ROUNDS // 2, f"only {cancelled} of {ROUNDS} sessions were still running when cancelled"
     assert "ended by another writer" not in d.log()

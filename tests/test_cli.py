@@ -42,9 +42,15 @@ def atlas(d: DaemonProcess | None, env: dict[str, str], *args: str, timeout: flo
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, input=stdin, cwd=ROOT)
 
 
+def _default_sigint() -> None:
+    """A test run started in the background (`make test &`) inherits an ignored SIGINT, which Python then leaves
+    ignored: the CLI must get Ctrl-C as a terminal would deliver it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def spawn(d: DaemonProcess, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen([ATLAS, *args, "--url", d.url], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env, cwd=ROOT)
+                            text=True, env=env, cwd=ROOT, preexec_fn=_default_sigint)
 
 
 def ids_from(stdout: str) -> tuple[str, str]:

@@ -5,12 +5,14 @@
 //         /workspaces/<ws>/sessions  that workspace's runs
 //         /sessions                  every run
 //         /sessions/<sid>            run detail (live)
+//         /schedules                 cron schedules: pause, resume, run now
 // Each page gets a context whose timers, pollers and fetches are all cancelled when the user navigates away.
 
 import { isAbort, onUnauthorized, setToken } from "./api.js";
 import { fill, h, tick } from "./dom.js";
 import * as runPage from "./pages/run.js";
 import * as runsPage from "./pages/runs.js";
+import * as schedulesPage from "./pages/schedules.js";
 import * as workspacePage from "./pages/workspace.js";
 import * as workspacesPage from "./pages/workspaces.js";
 import { navigate, setRenderer } from "./router.js";
@@ -21,6 +23,7 @@ const ROUTES = [
   [/^\/workspaces\/([^/]+)\/sessions$/, runsPage, (m) => ({ workspaceId: decodeURIComponent(m[1]) })],
   [/^\/sessions$/, runsPage, () => ({ workspaceId: null })],
   [/^\/sessions\/([^/]+)$/, runPage, (m) => ({ sessionId: decodeURIComponent(m[1]) })],
+  [/^\/schedules$/, schedulesPage, () => ({})],
 ];
 
 const main = document.getElementById("main");

@@ -6,6 +6,7 @@
 import { ApiError, NETWORK_MESSAGE, request } from "./api.js";
 import { fill, h, newIdempotencyKey, prettifyId } from "./dom.js";
 import { navigate } from "./router.js";
+import { checkValue } from "./schema-check.js";
 
 const EMPTY_FORM_TEXT = "This will trigger the job immediately.";
 let dialogCount = 0;
@@ -76,8 +77,14 @@ function makeField(name, prop, required, prefix, index) {
     el.classList.toggle("has-error", Boolean(message));
   };
 
-  /** {value} to send, {skip} to leave it out, or {error}. */
+  /** {value} to send, {skip} to leave it out, or {error}: the control's text, then the property's schema. */
   const read = () => {
+    const got = readRaw();
+    if (got.error || got.skip || kind === "enum") return got;
+    const problem = checkValue(prop, got.value, label);
+    return problem ? { error: problem } : got;
+  };
+  const readRaw = () => {
     if (kind === "boolean") {
       return input.checked || required || hasDefault ? { value: input.checked } : { skip: true };
     }
@@ -113,6 +120,13 @@ function makeField(name, prop, required, prefix, index) {
       input.value = typeof value === "string" ? value : JSON.stringify(value);
     }
   };
+  // Inline validation (issue #16): typing clears the field's error (a stale one misleads), and leaving a changed
+  // field checks it at once, so a wrong value is flagged before Start run.
+  input.addEventListener("input", () => setError(""));
+  input.addEventListener("change", () => {
+    const got = read();
+    setError(got.error || "");
+  });
   return { name, label, el, input, setError, read, setValue };
 }
 

@@ -44,6 +44,25 @@ function row(run, { names, showWorkspace }) {
 }
 
 /**
+ * A horizontally scrollable box for a wide table (issue #16: at 390 px the runs table was clipped with no cue).
+ * While the table is wider than the box, the box gets edge shadows (`is-scrollable`) and a visible "scroll
+ * sideways" line; the box is a focusable region so a keyboard can scroll it too.
+ */
+export function scrollable(table, label) {
+  const box = h("div", { class: "table-scroll", role: "region", "aria-label": label, tabindex: "0" }, table);
+  const cue = h("p", { class: "scroll-cue", hidden: true, "aria-hidden": "true" }, "Scroll sideways for more columns →");
+  const check = () => {
+    const more = box.scrollWidth > box.clientWidth + 1;
+    box.classList.toggle("is-scrollable", more);
+    cue.hidden = !more;
+  };
+  const observer = new ResizeObserver(check);
+  observer.observe(box);
+  observer.observe(table);
+  return { el: h("div", { class: "table-wrap" }, box, cue), check };
+}
+
+/**
  * A table of runs that can be updated in place: `update(runs, names)` replaces only the rows whose data changed
  * (so focus on an untouched row's copy button survives polling) and rebuilds when the order changed.
  */
@@ -62,9 +81,9 @@ export function runsTable({ caption, showWorkspace = false }) {
       h("th", { scope: "col" }, "Correlation"))),
     tbody);
   let rows = []; // [{id, key, tr}]
-  const wrapper = h("div", { class: "table-scroll" }, table);
+  const wrapper = scrollable(table, caption);
   return {
-    el: wrapper,
+    el: wrapper.el,
     update(runs, names) {
       const next = runs.map((run) => ({ id: run.sessionId, key: JSON.stringify(run) + jobLabel(names, run.workspaceId, run.jobName) }));
       const sameOrder = next.length === rows.length && next.every((r, i) => r.id === rows[i].id);

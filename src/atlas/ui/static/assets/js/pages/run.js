@@ -13,11 +13,15 @@ import { causeChain, errorDetailsEl } from "../failures.js";
 import { applyChunk, initialView, isTerminal, reduce } from "../reducer.js";
 import { openRunDialog } from "../run-dialog.js";
 import { navigate } from "../router.js";
+import { historyPanel, loadEvents } from "../history.js";
+import { tabs } from "../tabs.js";
+import { stepStatus, timelineStrip } from "../timeline.js";
 import { applyToolChunk, callsOfBlock } from "../toolcalls.js";
 
 const RETRY_DELAYS_MS = [1000, 2000, 4000];
 const POLL_MS = 500;
 const LINEAGE_POLL_MS = 2000;
+const HEALTH_POLL_MS = 3000; // a finished run's page checks the daemon is still there (its actions need it)
 const LOG_LINES = 6;
 const ARGS_CHARS = 100; // a call's arguments in its summary line; the whole JSON is one click away
 const RESULT_INLINE_CHARS = 160; // a result this short (one line) is shown as is, a longer one folded
@@ -150,8 +154,9 @@ function toolCallList(block, index, calls, openKeys) {
       toolCallItem(call, `${index}:tool:${call.toolCallId ?? i}`, openKeys))));
 }
 
-function renderBlock(block, index, openKeys, calls) {
+function renderBlock(block, index, openKeys, calls, view) {
   const running = block.status === "running";
+  const shown = stepStatus(block, view); // a step cut short by a cancel shows `cancelled`, not `failed`
   const step = typeof block.stepNumber === "number" ? `Step ${block.stepNumber}` : "Planned";
   const titleId = `block-${index}-title`;
   const sections = [];
@@ -161,12 +166,12 @@ function renderBlock(block, index, openKeys, calls) {
   if (typeof block.reasoning === "string" && block.reasoning) {
     sections.push(collapsible(`${index}:reasoning`, "Reasoning", block.reasoning, openKeys, block.reasoning));
   }
-  return h("li", { class: `block block-${block.status}`, "aria-labelledby": titleId },
+  return h("li", { class: `block block-${shown}`, "aria-labelledby": titleId },
     h("div", { class: "block-head" },
       h("span", { class: "step-no" }, step),
       h("h3", { id: titleId, class: "block-title" }, block.agentName || "unknown"),
       block.actionType && block.actionType !== "agent" ? h("span", { class: "tag" }, block.actionType) : null,
-      badge(block.status),
+      badge(shown),
       h("span", { class: "block-duration" },
         durationEl(block.durationMs, running ? block.startedAt : null, running))),
     block.task && block.task !== block.agentName ? h("p", { class: "task" }, block.task) : null,
@@ -300,6 +305,13 @@ export async function mount(root, ctx) {
     const lineage = h("div", { class: "lineage" }, loading("Loading lineage…"));
     const payload = h("div", { class: "payload-slot" });
     const timeline = h("ol", { class: "timeline" });
+    const strip = h("div", { class: "gantt-slot" });
+    const history = historyPanel({ onLoadAll: loadAllEvents });
+    const panes = tabs([
+      { id: "steps", label: "Steps", panel: timeline },
+      { id: "events", label: "Event history", panel: history.el },
+    ], { label: "Run details", onSelect: () => schedule() });
+    const offline = h("div", { class: "offline-slot" });
     const crumbWs = h("a", {});
     const crumbRuns = h("a", { href: "/sessions" }, "Runs");
     fill(root,
@@ -312,18 +324,20 @@ export async function mount(root, ctx) {
         h("h1", {}, title, " ", status),
         h("div", { class: "head-actions" }, connection, rerunButton, cancelButton)),
       cancelMsg,
+      offline,
       meta,
       errorBox,
       h("div", { class: "run-columns" },
         h("div", { class: "main-column" },
           outcome,
           h("section", { class: "timeline-section", "aria-labelledby": "timeline-title" },
-            h("h2", { id: "timeline-title" }, "Timeline"), timeline)),
+            h("h2", { id: "timeline-title" }, "Timeline"), strip, panes.el)),
         h("aside", { class: "side" },
           h("section", { "aria-labelledby": "lineage-title" }, h("h2", { id: "lineage-title" }, "Lineage"), lineage),
           h("section", { "aria-labelledby": "payload-title" }, h("h2", { id: "payload-title" }, "Input payload"), payload))));
     ui = { title, status, meta, cancelButton, rerunButton, cancelMsg, connection, errorBox, outcome, lineage, payload, timeline,
-      crumbWs, crumbRuns, blocks: [], metaKey: null, payloadKey: null, errorKey: null, outcomeKey: null };
+      crumbWs, crumbRuns, blocks: [], metaKey: null, payloadKey: null, errorKey: null, outcomeKey: null, strip, history,
+      panes, offline };
     setMode(mode); // the stream may have opened before the first view built the page: show its state now
   }
 
@@ -384,6 +398,8 @@ export async function mount(root, ctx) {
         : h("pre", { class: "json" }, json(v.payload)));
     }
     renderTimeline(v.agentBlocks || []);
+    fill(ui.strip, timelineStrip(v));
+    if (ui.panes.selected() === "events") ui.history.update(eventList(), v.lastSeq || 0, { loading: loadingEvents });
   }
 
   function renderMeta(v) {
@@ -429,10 +445,10 @@ export async function mount(root, ctx) {
     const active = document.activeElement;
     blocks.forEach((block, i) => {
       const calls = callsOfBlock(block, liveCalls);
-      const key = JSON.stringify([block, calls]);
+      const key = JSON.stringify([block, calls, view.status, view.errorCode]);
       const old = ui.blocks[i];
       if (old && old.key === key) return;
-      const el = renderBlock(block, i, openKeys, calls);
+      const el = renderBlock(block, i, openKeys, calls, view);
       if (old) {
         const focusKey = old.el.contains(active) ? active.dataset.focusKey : null;
         old.el.replaceWith(el);
@@ -503,9 +519,63 @@ export async function mount(root, ctx) {
     fill(ui.lineage, ...parts);
   }
 
+  // --- event history (issue #16) ---------------------------------------------------------------------------
+
+  const events = new Map(); // seq → durable event, as read from the stream
+  let loadingEvents = false;
+
+  function eventList() {
+    return [...events.values()].sort((a, b) => a.seq - b.seq);
+  }
+
+  /** Read the whole stream once for the events this page did not see (it polled, or a resume skipped them). */
+  async function loadAllEvents() {
+    if (loadingEvents) return;
+    loadingEvents = true;
+    schedule();
+    try {
+      for (const event of await loadEvents(`/api/sessions/${enc}/stream`, { signal: ctx.signal, lastSeq: view.lastSeq })) {
+        events.set(event.seq, event);
+      }
+    } catch (exc) {
+      if (isAbort(exc)) return;
+      ui.cancelMsg.textContent = `Could not load the events: ${exc.describe ? exc.describe() : exc.message}`;
+    } finally {
+      loadingEvents = false;
+      if (ctx.alive) schedule();
+    }
+  }
+
   // --- cancel ---------------------------------------------------------------------------------------------
 
+  /** Ask first, as `atlas sessions cancel` does: a cancel cannot be undone. Resolves true to go ahead. */
+  function confirmCancel() {
+    return new Promise((resolve) => {
+      const titleId = "confirm-cancel-title";
+      const keep = h("button", { type: "button", onclick: () => dialog.close("keep") }, "Keep running");
+      const dialog = h("dialog", { class: "dialog confirm-dialog", role: "alertdialog", "aria-labelledby": titleId,
+        "aria-describedby": "confirm-cancel-text" },
+      h("h2", { id: titleId }, "Cancel this run?"),
+      h("p", { id: "confirm-cancel-text" }, "Its running step is stopped and its live child runs are cancelled too. ",
+        "This cannot be undone."),
+      h("div", { class: "dialog-actions" }, keep,
+        h("button", { type: "button", class: "danger", onclick: () => dialog.close("cancel") }, "Cancel run")));
+      dialog.addEventListener("close", () => {
+        dialog.remove();
+        resolve(dialog.returnValue === "cancel");
+      });
+      ctx.onCleanup(() => dialog.open && dialog.close());
+      document.body.append(dialog);
+      dialog.showModal();
+      keep.focus(); // the safe choice has the focus: Enter does not cancel by accident
+    });
+  }
+
   async function cancelRun() {
+    if (!(await confirmCancel()) || !ctx.alive) {
+      if (ctx.alive) ui.cancelButton.focus();
+      return;
+    }
     const button = ui.cancelButton;
     button.disabled = true;
     button.textContent = "Cancelling…";
@@ -554,8 +624,40 @@ export async function mount(root, ctx) {
     if (ui) {
       ui.connection.textContent = text ?? labels[next] ?? "";
       ui.connection.classList.toggle("offline", next === "offline");
+      showOffline(next === "offline");
     }
   };
+
+  /** With the daemon down nothing on the page can act: say so, and disable Cancel and Re-run until it is back. */
+  function showOffline(down) {
+    if (Boolean(ui.offline.firstChild) === down) return;
+    fill(ui.offline, down ? h("p", { class: "banner banner-error", role: "alert" },
+      h("strong", {}, "The daemon is not reachable. "),
+      "This page shows the run as last seen; Cancel and Re-run are disabled until the daemon is back.") : null);
+    for (const button of [ui.cancelButton, ui.rerunButton]) {
+      if (down) {
+        button.disabled = true;
+        button.dataset.offline = "1";
+      } else if (button.dataset.offline) {
+        delete button.dataset.offline;
+        button.disabled = false;
+      }
+    }
+  }
+
+  /** A finished run's page no longer streams: ask /health now and then, so it notices the daemon going away. */
+  async function checkHealth() {
+    if (!isTerminal(view.status) || (mode !== "done" && mode !== "offline")) return;
+    try {
+      await api("/health", { signal: ctx.signal, cache: "no-store" });
+      if (mode === "offline") setMode("done");
+    } catch (exc) {
+      if (isAbort(exc)) return;
+      // A 503 still means a daemon answered (degraded): only an unreachable daemon disables the page.
+      if (exc instanceof ApiError && exc.network) setMode("offline");
+      else if (mode === "offline") setMode("done");
+    }
+  }
 
   function notFound() {
     ctx.setTitle("Run not found");
@@ -623,6 +725,7 @@ export async function mount(root, ctx) {
               return;
             }
             if (event === "message") {
+              if (Number.isInteger(parsed?.seq)) events.set(parsed.seq, parsed);
               apply(reduce(view, parsed));
             } else if (event === "ephemeral") {
               const calls = applyToolChunk(liveCalls, view, parsed);
@@ -681,6 +784,10 @@ export async function mount(root, ctx) {
   async function firstView() {
     ctx.every(LINEAGE_POLL_MS, async () => {
       if (!lineageSettled) await refreshLineage();
+    });
+    ctx.every(HEALTH_POLL_MS, checkHealth);
+    ctx.every(1000, () => {
+      if (!isTerminal(view.status)) schedule(); // the strip's open bars grow with the clock
     });
     const found = await jobNames([view.workspaceId]);
     for (const [k, value] of found) names.set(k, value);

@@ -15,6 +15,26 @@ const MAX_LIMIT = 500;
 const STATUSES = ["queued", "active", "completed", "failed", "skipped", "cancelled", "interrupted"];
 const TRIGGERS = ["http", "webhook", "schedule", "cascade", "ui", "cli", "chat", "rerun"];
 const EMPTY_TEXT = "No runs yet — trigger a signal or click Run on a job.";
+// Time range presets (issue #16): `range` in the URL; the bound is computed at each refresh, so "last hour" slides.
+const RANGES = [["", "Any time"], ["15m", "Last 15 minutes"], ["1h", "Last hour"], ["24h", "Last 24 hours"],
+  ["7d", "Last 7 days"], ["custom", "Custom…"]];
+const RANGE_MS = { "15m": 15 * 60_000, "1h": 3_600_000, "24h": 86_400_000, "7d": 7 * 86_400_000 };
+
+/** The `since`/`until` query bounds (RFC 3339, UTC) of the filters; GET /api/sessions filters on startedAt. */
+function timeBounds(filters) {
+  if (RANGE_MS[filters.range]) return { since: new Date(Date.now() - RANGE_MS[filters.range]).toISOString() };
+  if (filters.range !== "custom") return {};
+  const iso = (local) => {
+    const t = Date.parse(local); // a datetime-local value: the browser's zone
+    return Number.isNaN(t) ? undefined : new Date(t).toISOString();
+  };
+  return { since: iso(filters.since), until: iso(filters.until) };
+}
+
+/** A runs' startedAt inside the bounds (the text search and the live query filter again on this side). */
+function inBounds(run, { since, until }) {
+  return (!since || run.startedAt >= since) && (!until || run.startedAt < until);
+}
 
 function select(id, label, options, value, onchange) {
   if (value && !options.some(([v]) => v === value)) options = [...options, [value, value]];
@@ -32,7 +52,8 @@ function matchesFilters(run, filters, workspaceId) {
 
 /** The runs matching `filters`, live ones first; `more` is true when older runs exist beyond `limit`. */
 async function fetchRuns(filters, workspaceId, limit, signal) {
-  const base = { workspaceId, jobName: filters.job };
+  const bounds = timeBounds(filters);
+  const base = { workspaceId, jobName: filters.job, ...bounds };
   const text = filters.q.trim().toLowerCase();
   const opts = { signal, cache: "no-cache" };
   let runs;
@@ -64,7 +85,7 @@ async function fetchRuns(filters, workspaceId, limit, signal) {
     if (text) runs = runs.filter((run) => run.sessionId.includes(text) || (run.correlationId || "").includes(text));
     more = Boolean(page.nextCursor);
   }
-  return { runs: pinLive(runs.filter((run) => matchesFilters(run, filters, workspaceId))), more };
+  return { runs: pinLive(runs.filter((run) => matchesFilters(run, filters, workspaceId) && inBounds(run, bounds))), more };
 }
 
 export async function mount(root, ctx) {
@@ -74,7 +95,11 @@ export async function mount(root, ctx) {
     job: ctx.query.get("job") || "",
     trigger: ctx.query.get("trigger") || "",
     q: ctx.query.get("q") || "",
+    range: ctx.query.get("range") || "",
+    since: ctx.query.get("since") || "",
+    until: ctx.query.get("until") || "",
   };
+  if ((filters.since || filters.until) && !filters.range) filters.range = "custom";
   let limit = PAGE;
   let wsName = workspaceId;
   ctx.setTitle(workspaceId ? `Runs · ${workspaceId}` : "Runs");
@@ -108,9 +133,26 @@ export async function mount(root, ctx) {
       debounce = setTimeout(() => { filters.q = e.target.value.trim(); onFilter(); }, 300);
     } });
   ctx.onCleanup(() => clearTimeout(debounce));
+  const timeInput = (id, key) => h("input", { id, type: "datetime-local", step: "1", value: filters[key],
+    onchange: (e) => { filters[key] = e.target.value; onFilter(); } });
+  const sinceInput = timeInput("filter-since", "since");
+  const untilInput = timeInput("filter-until", "until");
+  const custom = h("div", { class: "filter filter-time-custom", hidden: filters.range !== "custom" },
+    h("div", { class: "filter filter-time" }, h("label", { for: "filter-since" }, "Started from"), sinceInput),
+    h("div", { class: "filter filter-time" }, h("label", { for: "filter-until" }, "Started before"), untilInput));
+  const rangeFilter = select("filter-range", "Started", RANGES, filters.range, (e) => {
+    filters.range = e.target.value;
+    custom.hidden = filters.range !== "custom";
+    if (filters.range !== "custom") Object.assign(filters, { since: "", until: "" });
+    onFilter();
+  });
   const clear = h("button", { type: "button", class: "link-button", hidden: !Object.values(filters).some(Boolean),
     onclick: () => {
-      Object.assign(filters, { status: "", job: "", trigger: "", q: "" });
+      Object.assign(filters, { status: "", job: "", trigger: "", q: "", range: "", since: "", until: "" });
+      rangeFilter.querySelector("select").value = "";
+      sinceInput.value = "";
+      untilInput.value = "";
+      custom.hidden = true;
       statusFilter.querySelector("select").value = "";
       triggerFilter.querySelector("select").value = "";
       text.value = "";
@@ -130,7 +172,7 @@ export async function mount(root, ctx) {
     h("div", { class: "page-head" }, heading,
       workspaceId ? h("a", { href: "/sessions" }, "Runs of every workspace") : null),
     h("form", { class: "filters", role: "search", "aria-label": "Filter runs", onsubmit: (e) => e.preventDefault() },
-      statusFilter, jobSelectWrap, triggerFilter,
+      statusFilter, jobSelectWrap, triggerFilter, rangeFilter, custom,
       h("div", { class: "filter filter-text" }, h("label", { for: "filter-q" }, "Correlation or session id"), text,
         h("p", { id: "filter-q-help", class: "help" }, "A full id searches every run; part of an id filters the runs shown.")),
       clear),
