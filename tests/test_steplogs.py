@@ -88,6 +88,23 @@ def test_shell_and_python_lines_are_kept_after_the_run_with_steps_and_streams(da
     assert [line["stepNumber"] for line in lines] == [1] * len(shell) + [2] * len(python)
 
 
+def test_a_python_step_that_prints_logs_and_raises_keeps_all_of_it_with_its_traceback(daemon: DaemonProcess) -> None:
+    sid = run(daemon, "crash")
+    assert wait_terminal(daemon, sid)["status"] == "failed"
+    lines = all_lines(daemon, sid)
+    assert {line["stepNumber"] for line in lines} == {1}
+    assert [line["text"] for line in lines if line["stream"] == "stdout"] == ["loading rows"]
+    stderr = [line["text"] for line in lines if line["stream"] == "stderr"]
+    assert any("row 3 looks odd" in text for text in stderr), stderr
+    # The traceback ends the log, naming the step's file and line (what Python itself would have printed).
+    steps = (WORKSPACE / "steplogs_steps.py").resolve()
+    raise_line = next(i for i, text in enumerate(steps.read_text().splitlines(), 1) if text.endswith("# RAISE_LINE"))
+    start = stderr.index("Traceback (most recent call last):")
+    assert start > stderr.index(next(t for t in stderr if "row 3 looks odd" in t))
+    assert f'  File "{steps}", line {raise_line}, in print_then_raise' in stderr[start:]
+    assert stderr[-1] == "ValueError: row 3 is bad"
+
+
 def test_a_secret_is_redacted_in_the_kept_log(daemon: DaemonProcess, talked: str) -> None:
     r = logs(daemon, talked)
     assert SECRET not in r.text

@@ -395,6 +395,9 @@ class Engine:
                                    error: str | None, code: str | None, child_id: str | None = None,
                                    result: AgentResult | None = None, details: dict[str, Any] | None = None,
                                    cause: dict[str, Any] | None = None) -> None:
+        if details and isinstance(details.get("traceback"), str) and self._logs is not None:
+            # A python step's traceback ends its log too (stderr, as Python prints one): the log tells it all.
+            self._logs.add(number, {"type": "log", "stream": "stderr", "line": details["traceback"]})
         await self._end_chunks(number)
         redact = self.s.templater.redact
         await self.writer.append(events.step_complete(
