@@ -141,9 +141,17 @@ async def test_a_390_px_runs_table_scrolls_sideways_with_a_cue(browser: Browser,
     assert await page.evaluate("document.documentElement.scrollWidth") <= 390
     await expect(box.get_by_role("columnheader", name="Correlation")).to_be_in_viewport()
     await shot(page, "fixes-02-mobile-runs")
+    # The workspace page's wide signals table does the same.
+    await page.goto("/workspaces/ui")
+    signals = page.get_by_role("region", name="Signals table")
+    await expect(signals.locator("tbody tr").first).to_be_visible()
+    await expect(signals).to_have_class(re.compile(r"\bis-scrollable\b"))
+    await expect(signals.locator("xpath=following-sibling::p[contains(@class, 'scroll-cue')]")).to_be_visible()
+    assert await page.evaluate("document.documentElement.scrollWidth") <= 390
     # Wide enough for the whole table: no cue.
     await page.set_viewport_size({"width": 1600, "height": 900})
-    await expect(page.locator(".scroll-cue")).to_be_hidden()
+    await expect(page.locator(".scroll-cue:visible")).to_have_count(0)
+    await expect(signals).not_to_have_class(re.compile(r"\bis-scrollable\b"))
     await ctx.close()
     assert not errors, errors
 

@@ -7,7 +7,7 @@ import {
   absoluteTime, badge, empty, errorState, fill, h, loading, prettifyId, relativeTime, timeAgo,
 } from "../dom.js";
 import { openRunDialog, signalLabel } from "../run-dialog.js";
-import { pinLive, runsTable } from "../runs-table.js";
+import { pinLive, runsTable, scrollable } from "../runs-table.js";
 
 const POLL_MS = 2000;
 const RECENT = 5;
@@ -42,7 +42,7 @@ function schemaFields(schema) {
 
 function signalsTable(signals, scheduleMap) {
   if (!signals.length) return empty("This workspace declares no signals.");
-  return h("div", { class: "table-scroll" }, h("table", { class: "signals" },
+  return scrollable(h("table", { class: "signals" },
     h("caption", { class: "visually-hidden" }, "Signals"),
     h("thead", {}, h("tr", {},
       ["Signal", "Provider", "Schedule / path", "Concurrency", "Payload", "Job"].map((t) => h("th", { scope: "col" }, t)))),
@@ -57,7 +57,7 @@ function signalsTable(signals, scheduleMap) {
         h("td", {}, sig.concurrency || "skip"),
         h("td", {}, schemaFields(sig.schema)),
         h("td", {}, (entry.jobs || []).join(", ") || h("span", { class: "muted" }, "none")));
-    }))));
+    }))), "Signals table").el; // scrolls sideways with a cue on a narrow screen (issue #16)
 }
 
 /** Load warnings (reference keys atlas does not implement), each with its position; nothing when there are none. */
@@ -75,13 +75,13 @@ function toolsTable(server) {
   const tools = Array.isArray(server.tools) ? server.tools : [];
   if (!tools.length) return h("p", { class: "muted" }, server.status === "error" ? "No tools: the server is not running."
     : "This server offers no tools.");
-  return h("div", { class: "table-scroll" }, h("table", { class: "tools" },
+  return scrollable(h("table", { class: "tools" },
     h("caption", { class: "visually-hidden" }, `Tools of ${server.id}`),
     h("thead", {}, h("tr", {}, ["Tool", "Description", "Arguments"].map((t) => h("th", { scope: "col" }, t)))),
     h("tbody", {}, tools.map((tool) => h("tr", { dataset: { tool: tool.name } },
       h("th", { scope: "row" }, h("code", {}, String(tool.name))),
       h("td", {}, tool.description ? String(tool.description) : h("span", { class: "muted" }, "—")),
-      h("td", {}, schemaFields(tool.inputSchema)))))));
+      h("td", {}, schemaFields(tool.inputSchema)))))), `Tools of ${server.id} table`).el;
 }
 
 function serversList(servers) {
