@@ -14,6 +14,7 @@ import { applyChunk, initialView, isTerminal, reduce } from "../reducer.js";
 import { openRunDialog } from "../run-dialog.js";
 import { navigate } from "../router.js";
 import { historyPanel, loadEvents } from "../history.js";
+import { logsPanel } from "../logs.js";
 import { tabs } from "../tabs.js";
 import { stepStatus, timelineStrip } from "../timeline.js";
 import { applyToolChunk, callsOfBlock } from "../toolcalls.js";
@@ -307,10 +308,12 @@ export async function mount(root, ctx) {
     const timeline = h("ol", { class: "timeline" });
     const strip = h("div", { class: "gantt-slot" });
     const history = historyPanel({ onLoadAll: loadAllEvents });
+    const logs = logsPanel({ path: `/api/sessions/${enc}/logs?follow=true`, signal: ctx.signal }); // issue #16
     const panes = tabs([
       { id: "steps", label: "Steps", panel: timeline },
       { id: "events", label: "Event history", panel: history.el },
-    ], { label: "Run details", onSelect: () => schedule() });
+      { id: "logs", label: "Logs", panel: logs.el },
+    ], { label: "Run details", onSelect: (id) => { if (id === "logs") logs.start(); schedule(); } });
     const offline = h("div", { class: "offline-slot" });
     const crumbWs = h("a", {});
     const crumbRuns = h("a", { href: "/sessions" }, "Runs");
