@@ -18,6 +18,8 @@ import uvloop
 from tests.daemon_proc import FIXTURES, DaemonProcess
 from tests.pg import PgServer, PgUnavailable, start_pg_server
 
+pytest_plugins = ["tests.browser"]  # browser, context, page, client: the UI tests' fixtures
+
 _UVLOOP: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {"uvloop": uvloop.new_event_loop}
 _BOTH: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {**_UVLOOP, "asyncio": asyncio.new_event_loop}
 

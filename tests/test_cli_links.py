@@ -7,21 +7,15 @@ daemon, the CLI as a subprocess, the UI in Chromium.
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
-from playwright.async_api import Browser, async_playwright, expect
+from playwright.async_api import Browser, expect
 
 from tests.daemon_proc import DaemonProcess
 from tests.test_cli import TERMINAL, UUID, atlas, clean_env, ids_from, nowait, wait_status
-
-CHROMIUM = next((p for p in ("/usr/lib/chromium/chromium", "/usr/bin/chromium") if os.access(p, os.X_OK)), None)
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
 @pytest.fixture(scope="module")
@@ -95,16 +89,6 @@ def test_a_bad_prefix_is_invalid_query(daemon: DaemonProcess) -> None:
 
 
 # ---------------------------------------------------------------- UI: short ids
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    if CHROMIUM is None:
-        pytest.fail("Chromium is missing: run `make chromium` (Debian package)")
-    async with async_playwright() as pw:
-        launched = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield launched
-        await launched.close()
 
 
 async def test_the_ui_resolves_the_cli_short_id(daemon: DaemonProcess, browser: Browser) -> None:

@@ -16,25 +16,22 @@ import asyncio
 import contextlib
 import itertools
 import json
-import os
 import random
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from playwright.async_api import Browser, BrowserContext, Page, Route, async_playwright, expect
+from playwright.async_api import Browser, BrowserContext, Page, Route, expect
 
 from atlas.sessions.reducer import apply_chunk, initial_view, reduce, summarize
+from tests.browser import CHROMIUM
 from tests.daemon_proc import FIXTURES, ROOT, DaemonProcess
 
-CHROMIUM = next((p for p in ("/usr/lib/chromium/chromium", "/usr/bin/chromium") if os.access(p, os.X_OK)), None)
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 ARTIFACTS = ROOT / "test-artifacts"
 EMPTY_RUNS = "No runs yet — trigger a signal or click Run on a job."
 TOKEN = "ui-test-token-0123456789abcdefghijklmnop"
@@ -57,32 +54,8 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
 
 
 @pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as pw:
-        launched = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield launched
-        await launched.close()
-
-
-@pytest.fixture
-async def context(browser: Browser, ui: DaemonProcess) -> AsyncIterator[BrowserContext]:
-    ctx = await browser.new_context(base_url=ui.url, viewport={"width": 1280, "height": 900})
-    errors: list[str] = []
-    ctx.on("page", lambda p: p.on("pageerror", lambda exc: errors.append(f"{p.url}: {exc}")))
-    yield ctx
-    await ctx.close()
-    assert not errors, f"uncaught errors in the page: {errors}"
-
-
-@pytest.fixture
-async def page(context: BrowserContext) -> Page:
-    return await context.new_page()
-
-
-@pytest.fixture
-async def client(ui: DaemonProcess) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=ui.url, timeout=30) as c:
-        yield c
+def ui_url(ui: DaemonProcess) -> str:
+    return ui.url  # browser, context, page and client: tests/browser.py
 
 
 # ---------------------------------------------------------------------------------------------------- helpers

@@ -20,10 +20,9 @@ import httpx
 import pytest
 from playwright.async_api import Browser, BrowserContext, Page, Request, expect
 
+from tests.browser import CHROMIUM, new_context
 from tests.daemon_proc import FIXTURES, DaemonProcess
-from tests.test_ui import CHROMIUM, browser, open_dialog, shot, trigger, view_of, wait_status
-
-__all__ = ["browser"]
+from tests.test_ui import open_dialog, shot, trigger, view_of, wait_status
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is missing: run `make chromium` (Debian package)")
 
@@ -38,31 +37,18 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
     assert code == 0, f"daemon exited with {code}:\n{proc.log()}"
 
 
-async def new_context(browser: Browser, ui: DaemonProcess, **options: Any) -> tuple[BrowserContext, list[str]]:
-    ctx = await browser.new_context(base_url=ui.url, **{"viewport": {"width": 1280, "height": 900}, **options})
-    errors: list[str] = []
-    ctx.on("page", lambda p: p.on("pageerror", lambda exc: errors.append(f"{p.url}: {exc}")))
-    return ctx, errors
+@pytest.fixture
+def ui_url(ui: DaemonProcess) -> str:
+    return ui.url
 
 
 @pytest.fixture
 async def context(browser: Browser, ui: DaemonProcess) -> AsyncIterator[BrowserContext]:
     # UTC, so that the datetime-local inputs of the time filter read like the API's timestamps.
-    ctx, errors = await new_context(browser, ui, timezone_id="UTC")
+    ctx, errors = await new_context(browser, ui.url, timezone_id="UTC")
     yield ctx
     await ctx.close()
     assert not errors, f"uncaught errors in the page: {errors}"
-
-
-@pytest.fixture
-async def page(context: BrowserContext) -> Page:
-    return await context.new_page()
-
-
-@pytest.fixture
-async def client(ui: DaemonProcess) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=ui.url, timeout=30) as c:
-        yield c
 
 
 def posts_to(requests: list[Request]) -> list[str]:
@@ -124,7 +110,7 @@ async def test_a_390_px_runs_table_scrolls_sideways_with_a_cue(browser: Browser,
                                                                 client: httpx.AsyncClient) -> None:
     sid = (await trigger(client, "broken"))["sessionId"]
     await wait_status(client, sid, TERMINAL)
-    ctx, errors = await new_context(browser, ui, viewport={"width": 390, "height": 844}, is_mobile=True,
+    ctx, errors = await new_context(browser, ui.url, viewport={"width": 390, "height": 844}, is_mobile=True,
                                     has_touch=True)
     page = await ctx.new_page()
     await page.goto("/sessions")

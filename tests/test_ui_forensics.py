@@ -8,20 +8,18 @@ stream with the JS reducer, which must fold `errorDetails` and `cause` exactly l
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-from playwright.async_api import Browser, BrowserContext, Page, expect
+from playwright.async_api import Page, expect
 
 from atlas.cli.sse import parse_sse
 from atlas.sessions.reducer import build_view
 from tests.daemon_proc import FIXTURES, DaemonProcess
 from tests.test_forensics import SECRET, STEPS, line_of
-from tests.test_ui import CHROMIUM, browser, shot, wait_status
-
-__all__ = ["browser"]  # the Chromium fixture of tests/test_ui.py, used by `context` below
+from tests.test_ui import CHROMIUM, shot, wait_status
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is missing: run `make chromium` (Debian package)")
 
@@ -39,24 +37,10 @@ def forensics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProces
 
 
 @pytest.fixture
-async def context(browser: Browser, forensics: DaemonProcess) -> AsyncIterator[BrowserContext]:
-    ctx = await browser.new_context(base_url=forensics.url, viewport={"width": 1280, "height": 900})
-    errors: list[str] = []
-    ctx.on("page", lambda p: p.on("pageerror", lambda exc: errors.append(f"{p.url}: {exc}")))
-    yield ctx
-    await ctx.close()
-    assert not errors, f"uncaught errors in the page: {errors}"
+def ui_url(forensics: DaemonProcess) -> str:
+    return forensics.url
 
 
-@pytest.fixture
-async def page(context: BrowserContext) -> Page:
-    return await context.new_page()
-
-
-@pytest.fixture
-async def client(forensics: DaemonProcess) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=forensics.url, timeout=60) as c:
-        yield c
 
 
 async def failed_run(client: httpx.AsyncClient, signal: str) -> dict[str, Any]:

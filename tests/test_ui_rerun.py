@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-from playwright.async_api import Browser, BrowserContext, Page, expect
+from playwright.async_api import Page, expect
 
 from tests.daemon_proc import FIXTURES, DaemonProcess
-from tests.test_ui import CHROMIUM, browser, fill_deploy, open_dialog, shot, trigger, view_of, wait_status
-
-__all__ = ["browser"]  # the Chromium fixture of tests/test_ui.py, used by `context` below
+from tests.test_ui import CHROMIUM, fill_deploy, open_dialog, shot, trigger, view_of, wait_status
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is missing: run `make chromium` (Debian package)")
 
@@ -38,24 +36,10 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
 
 
 @pytest.fixture
-async def context(browser: Browser, ui: DaemonProcess) -> AsyncIterator[BrowserContext]:
-    ctx = await browser.new_context(base_url=ui.url, viewport={"width": 1280, "height": 900})
-    errors: list[str] = []
-    ctx.on("page", lambda p: p.on("pageerror", lambda exc: errors.append(f"{p.url}: {exc}")))
-    yield ctx
-    await ctx.close()
-    assert not errors, f"uncaught errors in the page: {errors}"
+def ui_url(ui: DaemonProcess) -> str:
+    return ui.url
 
 
-@pytest.fixture
-async def page(context: BrowserContext) -> Page:
-    return await context.new_page()
-
-
-@pytest.fixture
-async def client(ui: DaemonProcess) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=ui.url, timeout=30) as c:
-        yield c
 
 
 def is_rerun_post(sid: str) -> Any:

@@ -6,18 +6,16 @@ a real daemon with the `tests/fixtures/steplogs` workspace.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from playwright.async_api import Browser, BrowserContext, Page, expect
+from playwright.async_api import Page, expect
 
 from tests.daemon_proc import FIXTURES, DaemonProcess
 from tests.test_steplogs import SECRET
-from tests.test_ui import CHROMIUM, browser, wait_status
-
-__all__ = ["browser"]  # the Chromium fixture of tests/test_ui.py, used by `context` below
+from tests.test_ui import CHROMIUM, wait_status
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is missing: run `make chromium` (Debian package)")
 
@@ -35,24 +33,10 @@ def steplogs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess
 
 
 @pytest.fixture
-async def context(browser: Browser, steplogs: DaemonProcess) -> AsyncIterator[BrowserContext]:
-    ctx = await browser.new_context(base_url=steplogs.url, viewport={"width": 1280, "height": 900})
-    errors: list[str] = []
-    ctx.on("page", lambda p: p.on("pageerror", lambda exc: errors.append(f"{p.url}: {exc}")))
-    yield ctx
-    await ctx.close()
-    assert not errors, f"uncaught errors in the page: {errors}"
+def ui_url(steplogs: DaemonProcess) -> str:
+    return steplogs.url
 
 
-@pytest.fixture
-async def page(context: BrowserContext) -> Page:
-    return await context.new_page()
-
-
-@pytest.fixture
-async def client(steplogs: DaemonProcess) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=steplogs.url, timeout=60) as c:
-        yield c
 
 
 async def trigger(client: httpx.AsyncClient, signal: str, payload: dict[str, str] | None = None) -> str:

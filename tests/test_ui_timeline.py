@@ -12,18 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
-from playwright.async_api import Browser, BrowserContext, Page, Request, Route, expect
+from playwright.async_api import Browser, Page, Request, Route, expect
 
 from tests.daemon_proc import FIXTURES, DaemonProcess
-from tests.test_ui import CHROMIUM, browser, shot, trigger, view_of, wait_status
-
-__all__ = ["browser"]
+from tests.test_ui import CHROMIUM, shot, trigger, view_of, wait_status
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is missing: run `make chromium` (Debian package)")
 
@@ -39,24 +37,10 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
 
 
 @pytest.fixture
-async def context(browser: Browser, ui: DaemonProcess) -> AsyncIterator[BrowserContext]:
-    ctx = await browser.new_context(base_url=ui.url, viewport={"width": 1280, "height": 900})
-    errors: list[str] = []
-    ctx.on("page", lambda p: p.on("pageerror", lambda exc: errors.append(f"{p.url}: {exc}")))
-    yield ctx
-    await ctx.close()
-    assert not errors, f"uncaught errors in the page: {errors}"
+def ui_url(ui: DaemonProcess) -> str:
+    return ui.url
 
 
-@pytest.fixture
-async def page(context: BrowserContext) -> Page:
-    return await context.new_page()
-
-
-@pytest.fixture
-async def client(ui: DaemonProcess) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=ui.url, timeout=30) as c:
-        yield c
 
 
 def at(iso: str) -> datetime:

@@ -13,21 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from playwright.async_api import Browser, BrowserContext, Page, expect
+from playwright.async_api import Page, expect
 
 from atlas.cli.follow import fold_tool_chunk
 from tests.daemon_proc import DaemonProcess
 from tests.fake_models import FakeModels, Reply, ToolCall
 from tests.test_follow_tools import agents_daemon
-from tests.test_ui import CHROMIUM, _fold_python, browser, shot, wait_status
-
-__all__ = ["browser"]  # the Chromium fixture of tests/test_ui.py, used by `context` below
+from tests.test_ui import CHROMIUM, _fold_python, shot, wait_status
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is missing: run `make chromium` (Debian package)")
 
@@ -55,24 +53,10 @@ def agents(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DaemonPro
 
 
 @pytest.fixture
-async def context(browser: Browser, agents: tuple[DaemonProcess, FakeModels]) -> AsyncIterator[BrowserContext]:
-    ctx = await browser.new_context(base_url=agents[0].url, viewport={"width": 1280, "height": 900})
-    errors: list[str] = []
-    ctx.on("page", lambda p: p.on("pageerror", lambda exc: errors.append(f"{p.url}: {exc}")))
-    yield ctx
-    await ctx.close()
-    assert not errors, f"uncaught errors in the page: {errors}"
+def ui_url(agents: tuple[DaemonProcess, FakeModels]) -> str:
+    return agents[0].url
 
 
-@pytest.fixture
-async def page(context: BrowserContext) -> Page:
-    return await context.new_page()
-
-
-@pytest.fixture
-async def client(agents: tuple[DaemonProcess, FakeModels]) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=agents[0].url, timeout=60) as c:
-        yield c
 
 
 async def trigger(client: httpx.AsyncClient) -> str:

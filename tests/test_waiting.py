@@ -22,11 +22,9 @@ from playwright.async_api import Browser, expect
 
 from atlas.sessions import events as ev
 from atlas.sessions.reducer import build_view, summarize
+from tests.browser import CHROMIUM
 from tests.daemon_proc import FIXTURES, DaemonProcess, wait_for
 from tests.test_cli import atlas, clean_env
-from tests.test_ui import CHROMIUM, browser
-
-__all__ = ["browser"]  # the Chromium fixture of tests/test_ui.py
 
 TERMINAL = {"completed", "failed", "skipped", "cancelled", "interrupted"}
 LONG = {"duration": "120s"}
