@@ -183,10 +183,11 @@ class Bus:
                 num_replicas=r,
             )
         )
-        await self._stream(
-            StreamConfig(
-                name=SESSION_EVENTS,
-                subjects=["sessions.*.events"],
+        def per_session(name: str, subject: str) -> StreamConfig:
+            """A stream kept as long as the sessions (ATLAS_SESSION_RETENTION), read by direct gets."""
+            return StreamConfig(
+                name=name,
+                subjects=[subject],
                 retention=RetentionPolicy.LIMITS,
                 storage=StorageType.FILE,
                 max_age=self.settings.retention_s or None,
@@ -194,20 +195,10 @@ class Bus:
                 allow_direct=True,
                 num_replicas=r,
             )
-        )
-        await self._stream(
-            StreamConfig(
-                # Step logs live beside the events, with the same retention (`atlas.bus.steplogs` says why).
-                name=SESSION_LOGS,
-                subjects=["logs.sessions.*"],
-                retention=RetentionPolicy.LIMITS,
-                storage=StorageType.FILE,
-                max_age=self.settings.retention_s or None,
-                duplicate_window=min(120, self.settings.retention_s or 120),
-                allow_direct=True,
-                num_replicas=r,
-            )
-        )
+
+        await self._stream(per_session(SESSION_EVENTS, "sessions.*.events"))
+        # Step logs live beside the events, with the same retention (`atlas.bus.steplogs` says why).
+        await self._stream(per_session(SESSION_LOGS, "logs.sessions.*"))
         await self._stream(
             StreamConfig(
                 name=DEAD_LETTERS,
