@@ -308,6 +308,11 @@ def test_cancel_ps_and_wait_exit_7(daemon: DaemonProcess, env: dict[str, str]) -
     again = atlas(daemon, env, "sessions", "cancel", sid, "--yes")
     assert again.returncode == 1
     assert again.stderr.startswith(f"atlas: session_not_active: Session '{sid}' already ended cancelled\n")
+    # The step the cancel cut short is recorded failed (cancelled_by_user) and shown cancelled, as on the run page.
+    assert api(daemon, f"/api/sessions/{sid}")["agentBlocks"][0]["status"] == "failed"
+    shown = atlas(daemon, env, "sessions", "show", sid)
+    step_row = next(line for line in shown.stdout.splitlines() if line.lstrip().startswith("1 "))
+    assert " cancelled " in step_row and " failed " not in step_row, shown.stdout
 
 
 def test_ctrl_c_detaches_without_cancelling(daemon: DaemonProcess, env: dict[str, str]) -> None:

@@ -212,9 +212,10 @@ def show_view(out: Output, view: dict[str, Any], children: list[dict[str, Any]],
         duration = fmt_duration(block["durationMs"]) if block.get("durationMs") is not None else \
             (fmt_duration(elapsed_ms({"startedAt": block["startedAt"]})) + "…"
              if block.get("status") == "running" and block.get("startedAt") else "-")
+        shown = block_status(view, block)
         rows.append([str(step) if step is not None else "-", block.get("agentName", "?"),
-                     block.get("actionType", "agent"), status_text(block.get("status", "?"), rich), duration,
-                     Text(detail, style="red" if rich and block.get("status") == "failed" else "")])
+                     block.get("actionType", "agent"), status_text(shown, rich), duration,
+                     Text(detail, style="red" if rich and shown == "failed" else "")])
     out.table(["#", "step", "type", "status", "duration", "output / error"], rows, title="Timeline",
               empty="No steps.")
     print_failures(out, view)  # tracebacks, stderr tails and cause chains, in full (issue #16)
@@ -227,6 +228,15 @@ def show_view(out: Output, view: dict[str, Any], children: list[dict[str, Any]],
         if len(lines) > 40:
             out.print(f"  … {len(lines) - 40} more lines (atlas sessions show {view.get('sessionId')} --json)")
 
+
+
+def block_status(view: dict[str, Any], block: dict[str, Any]) -> str:
+    """A step's status as shown: a step the run's cancel cut short is recorded `failed` with the cancel's error code
+    (the block statuses are a published contract), and is shown `cancelled`, as the run page does."""
+    status = str(block.get("status", "?"))
+    if status == "failed" and view.get("status") == "cancelled" and block.get("errorCode") == view.get("errorCode"):
+        return "cancelled"
+    return status
 
 @sessions_app.command("show")
 @handle_errors
