@@ -42,15 +42,16 @@ def atlas(d: DaemonProcess | None, env: dict[str, str], *args: str, timeout: flo
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, input=stdin, cwd=ROOT)
 
 
-def _default_sigint() -> None:
-    """A test run started in the background (`make test &`) inherits an ignored SIGINT, which Python then leaves
-    ignored: the CLI must get Ctrl-C as a terminal would deliver it."""
+def _default_signals() -> None:
+    """A test run started in the background (`make test &`, `nohup`) inherits an ignored SIGINT or SIGHUP, which
+    Python then leaves ignored: the CLI must get Ctrl-C and a closed terminal as a terminal would deliver them."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 def spawn(d: DaemonProcess, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen([ATLAS, *args, "--url", d.url], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env, cwd=ROOT, preexec_fn=_default_sigint)
+                            text=True, env=env, cwd=ROOT, preexec_fn=_default_signals)
 
 
 def ids_from(stdout: str) -> tuple[str, str]:
