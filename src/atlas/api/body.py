@@ -57,6 +57,10 @@ def _decode(raw: bytes) -> Any:
     return data
 
 
+def _too_big(max_body: int) -> AtlasError:
+    return AtlasError("body_too_large", f"Request body exceeds {max_body} bytes")
+
+
 async def read_body(request: Request, max_body: int) -> bytes:
     """Read the body, refusing more than ATLAS_MAX_BODY from Content-Length or while streaming (413).
 
@@ -65,16 +69,15 @@ async def read_body(request: Request, max_body: int) -> bytes:
     exception the catch-all handler would log as an internal error with a traceback.
     """
     length = request.headers.get("content-length")
-    too_big = AtlasError("body_too_large", f"Request body exceeds {max_body} bytes")
     if length is not None and length.isdigit() and int(length) > max_body:
-        raise too_big
+        raise _too_big(max_body)
     chunks: list[bytes] = []
     size = 0
     try:
         async for chunk in request.stream():
             size += len(chunk)
             if size > max_body:
-                raise too_big
+                raise _too_big(max_body)
             chunks.append(chunk)
     except ClientDisconnect:
         raise AtlasError("client_disconnected", "The client went away before sending the whole body") from None
