@@ -1,24 +1,42 @@
 """The browser fixtures every UI test file shares (a pytest plugin, loaded by tests/conftest.py).
 
-Playwright's async API drives Debian's Chromium. A UI test module says which daemon its pages talk to by defining
-`ui_url` (the base URL); `context` (a 1280×900 browser context that fails the test on any uncaught page error),
-`page` and `client` (an httpx client on the same daemon) then follow from it. A module needing other context options
-overrides `context` itself, with `new_context`.
+Playwright's async API drives Debian's Chromium. A UI test module says which daemon its pages talk to: a
+module-scoped `ui` fixture (`ui_daemon` starts one), or `ui_url` (the base URL) for a daemon of another name.
+`context` (a 1280×900 browser context that fails the test on any uncaught page error), `page` and `client` (an
+httpx client on the same daemon) then follow from it; a module needing other context options overrides
+`context` itself, with `new_context`.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 
+from tests.daemon_proc import DaemonProcess
+
 CHROMIUM = next((p for p in ("/usr/lib/chromium/chromium", "/usr/bin/chromium") if os.access(p, os.X_OK)), None)
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def ui_daemon(tmp_path_factory: pytest.TempPathFactory, name: str, workspaces: list[Path]) -> Iterator[DaemonProcess]:
+    """A module's UI daemon (yield from it in a module-scoped `ui` fixture): stopped at the end, cleanly."""
+    proc = DaemonProcess(tmp_path_factory.mktemp(name), workspaces).start()
+    yield proc
+    code = proc.stop()
+    assert code == 0, f"daemon exited with {code}:\n{proc.log()}"
+
+
+@pytest.fixture
+def ui_url(ui: DaemonProcess) -> str:
+    """The base URL the pages and the client use: the module's `ui` daemon unless the module says otherwise."""
+    return ui.url
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ import pytest
 from playwright.async_api import Browser, BrowserContext, Page, Route, expect
 
 from atlas.sessions.reducer import apply_chunk, initial_view, reduce, summarize
-from tests.browser import CHROMIUM
+from tests.browser import CHROMIUM, ui_daemon
 from tests.daemon_proc import FIXTURES, ROOT, DaemonProcess
 
 ARTIFACTS = ROOT / "test-artifacts"
@@ -47,15 +47,8 @@ expect.set_options(timeout=15_000)
 @pytest.fixture(scope="module")
 def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
     ARTIFACTS.mkdir(exist_ok=True)
-    proc = DaemonProcess(tmp_path_factory.mktemp("atlas-ui"), [FIXTURES / "ui", FIXTURES / "other"]).start()
-    yield proc
-    code = proc.stop()
-    assert code == 0, f"daemon exited with {code}:\n{proc.log()}"
+    yield from ui_daemon(tmp_path_factory, "atlas-ui", [FIXTURES / "ui", FIXTURES / "other"])
 
-
-@pytest.fixture
-def ui_url(ui: DaemonProcess) -> str:
-    return ui.url  # browser, context, page and client: tests/browser.py
 
 
 # ---------------------------------------------------------------------------------------------------- helpers

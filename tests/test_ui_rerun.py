@@ -19,6 +19,7 @@ import httpx
 import pytest
 from playwright.async_api import Page, expect
 
+from tests.browser import ui_daemon
 from tests.daemon_proc import FIXTURES, DaemonProcess
 from tests.test_ui import CHROMIUM, fill_deploy, open_dialog, shot, trigger, view_of, wait_status
 
@@ -29,15 +30,8 @@ TERMINAL = {"completed", "failed", "skipped", "cancelled", "interrupted"}
 
 @pytest.fixture(scope="module")
 def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
-    proc = DaemonProcess(tmp_path_factory.mktemp("atlas-ui-rerun"), [FIXTURES / "ui", FIXTURES / "other"]).start()
-    yield proc
-    code = proc.stop()
-    assert code == 0, f"daemon exited with {code}:\n{proc.log()}"
+    yield from ui_daemon(tmp_path_factory, "atlas-ui-rerun", [FIXTURES / "ui", FIXTURES / "other"])
 
-
-@pytest.fixture
-def ui_url(ui: DaemonProcess) -> str:
-    return ui.url
 
 
 

@@ -124,14 +124,7 @@ def parse_trigger_body(raw: bytes, headers: Mapping[str, str]) -> TriggerBody:
         return TriggerBody(payload={})
     if not _is_json(content_type):
         return TriggerBody(payload=None, webhook=webhook_record(raw, headers))
-    try:
-        data = _decode(raw)
-    except UnicodeEncodeError:
-        raise AtlasError("invalid_json", "Malformed JSON body: lone surrogate escape in a string") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise AtlasError("invalid_json", f"Malformed JSON body: {exc}") from None
-    except RecursionError:
-        raise AtlasError("payload_too_complex", "The JSON body is nested too deeply") from None
+    data = parse_json(raw)
     if not isinstance(data, dict):
         raise AtlasError("invalid_body", "The body must be a JSON object")
     if not set(data) <= ENVELOPE_KEYS:
