@@ -11,19 +11,23 @@ SQLite.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from atlas.bus.client import SIGNALS, WrongLastSequence, events_subject
+from atlas.bus.client import SESSION_EVENTS, SIGNALS, WrongLastSequence, events_subject
+from atlas.bus.records import envelope_from_queued
 from atlas.jsoncodec import dumps
 from atlas.runtime.accept import TriggerRequest
 from atlas.runtime.daemon import Daemon
-from atlas.sessions.events import now_iso
+from atlas.sessions.events import format_iso, now_iso
+from atlas.sessions.writer import SessionWriter
 from tests.daemon_proc import FIXTURES
 from tests.inproc import running
 from tests.test_accept_stranded import signals_refusing
@@ -116,3 +120,59 @@ async def test_a_bus_silent_past_the_ride_through_still_refuses(tmp_path: Path) 
         assert getattr(err.value, "code", None) == "bus_unavailable"
         (session,) = d.store.rm.list_sessions(workspace_id="core")[0]
         assert session["status"] == "failed" and session["errorCode"] == "bus_unavailable"
+
+
+@contextlib.asynccontextmanager
+async def session_events_refusing(d: Daemon) -> AsyncIterator[None]:
+    """SESSION_EVENTS stops taking events for a while (what a stream without a leader answers: no responders)."""
+    info = await d.bus.js.stream_info(SESSION_EVENTS)
+    subjects = list(info.config.subjects or [])
+    info.config.subjects = ["atlas.test.nothing"]
+    await d.bus.js.update_stream(info.config)
+    try:
+        yield
+    finally:
+        info.config.subjects = subjects
+        await d.bus.js.update_stream(info.config)
+
+
+async def test_a_session_start_riding_through_is_not_taken_for_an_orphan(tmp_path: Path) -> None:
+    """A `session:start` that landed while its acknowledgement is still awaited (a leader election) names this
+    daemon as the runner of a session it has not launched yet. Was: recovery, or a redelivered envelope, took it
+    for an orphan of this daemon and ended it `interrupted` although nothing died (test_nats_node_loss.py flaked)."""
+    async with running(tmp_path / "home", (FIXTURES / "core",), ack_wait_s=1.0) as d:
+        await d.consumer.stop()  # the test starts the session itself
+        req = TriggerRequest(workspace_id="core", signal_id="echo", payload={"n": 1}, trigger="http")
+        sid = (await d.accept.accept(req)).session_id
+        writer = await SessionWriter.resume(d.session_log, d.store, sid)
+        env = envelope_from_queued((await d.bus.read_events(sid))[0][0])
+        ws = d.workspaces.get("core")
+        assert ws is not None
+        # The attempt that landed, long enough ago that recovery would call it an orphan of this daemon. (Its bytes
+        # differ from the attempt `begin` sends below, which therefore ends up taking it for another writer's and
+        # returns False; what is tested is what recovery does while that attempt is still on its way.)
+        old = format_iso(datetime.now(UTC) - timedelta(seconds=60))
+        landed = {"type": "session:start", "sessionId": sid, "seq": 2, "timestamp": old, "workspaceId": "core",
+                  "jobName": "echo", "task": "echo", "signalId": "echo", "correlationId": env["correlationId"],
+                  "rootSessionId": sid, "depth": 0, "plannedSteps": ws.plans["echo"], "runner": d.daemon_id}
+        ack = await d.bus.publish(events_subject(sid), dumps(landed),
+                                  {"Nats-Msg-Id": f"{sid}:2",
+                                   "Nats-Expected-Last-Subject-Sequence": str(writer.stream_seq)})
+        d.store.apply(landed, ack.seq)  # what a daemon that follows the log shows
+        before = attempts(d)
+        async with session_events_refusing(d):
+            beginning = asyncio.ensure_future(d.lifecycle.begin(ws, "echo", env, writer))
+            await until(lambda: attempts(d) >= before + 2 or beginning.done())  # refused, and sent again
+            assert not beginning.done(), beginning.exception()
+            assert d.lifecycle.is_running(sid)
+            recovering = asyncio.ensure_future(d.recovery.run_once(at_start=False))
+            # Recovery is done, or stuck sending its `session:complete` into the refusing stream.
+            await until(lambda: recovering.done() or attempts(d) >= before + 4)
+        await asyncio.wait_for(recovering, 10)
+        await asyncio.wait_for(beginning, 10)
+        assert [e["type"] for e, _ in await d.bus.read_events(sid)] == ["session:queued", "session:start"]
+        # Once nothing is starting or running it, the same pass does end it (the test can tell the two apart).
+        assert not d.lifecycle.is_running(sid)
+        await d.recovery.run_once(at_start=False)
+        last = await d.bus.last_event(sid)
+        assert last is not None and last[0]["type"] == "session:complete" and last[0]["status"] == "interrupted"

@@ -242,10 +242,11 @@ class SignalConsumer:
         duplicate delivery) acks it too: the log has moved on without us."""
         started = await self.lifecycle.begin(ws, job_id, env, writer)
         # No marker for a running session: `session:start` names the runner, and recovery finds active sessions in
-        # the read model (spec §8.1 as amended in docs/decisions.md).
-        await msg.ack()
+        # the read model (spec §8.1 as amended in docs/decisions.md). Launched before the ack, so a failed ack
+        # cannot leave a started session unrun (its redelivery finds it started and is dropped).
         if started:
             self.lifecycle.launch(ws, job_id, env, writer)
+        await msg.ack()
         return started
 
     async def _end(self, writer: SessionWriter, env: dict[str, Any], msg: Msg, status: str, code: str,

@@ -60,10 +60,15 @@ class SessionLifecycle:
         self.engine = engine
         self.daemon_id = daemon_id
         self.runs: dict[str, Run] = {}
+        # Sessions whose `session:start` this process is writing. The write rides through a leader election (up to
+        # ATLAS_BUS_RETRY) and may land long before its acknowledgement comes back, so the log can name this daemon
+        # as the runner of a session that is not in `runs` yet: recovery and a redelivered envelope must not take
+        # it for an orphan of this daemon and end it `interrupted` (a flake of test_nats_node_loss.py until then).
+        self.starting: set[str] = set()
 
     def is_running(self, sid: str) -> bool:
-        """Whether this process runs the session right now."""
-        return sid in self.runs
+        """Whether this process runs the session right now, or is writing its `session:start`."""
+        return sid in self.runs or sid in self.starting
 
     # ------------------------------------------------------------ starting
 
@@ -85,20 +90,27 @@ class SessionLifecycle:
             plannedSteps=ws.plans[job_id],
             runner=self.daemon_id,  # recovery needs it: a running session has no marker
         )
+        # Counted as running from here until `launch` (a started session must be launched next) or a failed write.
+        self.starting.add(start["sessionId"])
         try:
             await writer.append(start)
         except WrongLastSequence:
+            self.starting.discard(start["sessionId"])
             last = await self.session_log.last(envelope["sessionId"])
             if last is not None and last[0].get("type") == "session:complete":
                 policy = ws.config.signals[envelope["signalId"]].concurrency
                 await self.concurrency.release(ws.id, envelope["signalId"], envelope["sessionId"], policy)
             return False
+        except BaseException:
+            self.starting.discard(start["sessionId"])
+            raise
         return True
 
     def launch(self, ws: Workspace, job_id: str, envelope: dict[str, Any], writer: SessionWriter) -> None:
         """Run a started session in its own task; the slot it holds is given back at the end."""
         run = Run(envelope["sessionId"])
         self.runs[run.session_id] = run
+        self.starting.discard(run.session_id)
         run.task = asyncio.create_task(self._run(ws, job_id, envelope, writer, run), name=f"run-{run.session_id}")
 
     async def start_parked(self, sid: str) -> None:
@@ -120,12 +132,12 @@ class SessionLifecycle:
         if not await self.begin(ws, job_id, env, writer):
             self.slots.give()
             return
+        self.launch(ws, job_id, env, writer)
         # A running session has no marker (`session:start` names its runner): this one has done its job.
         try:
             await self.markers.drop(sid)
         except Exception:  # recovery drops the marker of a started session
             log.debug("marker of %s not removed", sid, exc_info=True)
-        self.launch(ws, job_id, env, writer)
 
     async def _run(self, ws: Workspace, job_id: str, envelope: dict[str, Any], writer: SessionWriter,
                    run: Run) -> None:
