@@ -13,6 +13,9 @@ A request beyond the script gets a 500 whose message says "no scripted reply lef
 
 `hold=True` streams what there is and then keeps the connection open until the client goes away, recording
 the disconnect in `client_gone`: that is how a test observes that cancelling a step really aborted the request.
+`gate=threading.Event()` holds a reply mid-stream instead, until the test sets the event: the text pieces but the
+last go out, then the rest once the gate opens (a reply not streamed waits for it whole). That is how a test
+catches a reply in progress (a page reloaded during it, two chats at once) and then lets it finish.
 """
 
 from __future__ import annotations
@@ -76,6 +79,7 @@ class Reply:
     hold: bool = False
     delay: float = 0.0
     model: str = "fake-model"
+    gate: threading.Event | None = None
 
 
 @dataclass
@@ -142,6 +146,18 @@ class FakeModels:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Helpers shared by both formats
+
+
+# Yielded by a stream generator where a gated reply waits (never written: the handler waits on the gate there).
+_GATE_MARK = b"\x00fake-models-gate\x00"
+
+
+def _text_pieces(reply: Reply) -> Iterator[str | bytes]:
+    """The reply's text pieces, with the gate mark before the last one when the reply has a gate."""
+    for index, piece in enumerate(reply.text):
+        if reply.gate is not None and index == len(reply.text) - 1:
+            yield _GATE_MARK
+        yield piece
 
 
 def _args_text(call: ToolCall) -> str:
@@ -234,8 +250,8 @@ def _openai_stream(reply: Reply, serial: int, include_usage: bool) -> Iterator[b
     if reply.reasoning is not None:
         for piece in _pieces(reply.reasoning):
             yield chunk({"reasoning_content": piece})
-    for text in reply.text:
-        yield chunk({"content": text})
+    for text in _text_pieces(reply):
+        yield text if isinstance(text, bytes) else chunk({"content": text})
     for index, (call_id, call) in enumerate(zip(_openai_call_ids(reply, serial), reply.tool_calls, strict=True)):
         first = {"index": index, "id": call_id, "type": "function", "function": {"name": call.name, "arguments": ""}}
         yield chunk({"tool_calls": [first]})
@@ -301,17 +317,21 @@ def _anthropic_block_events(index: int, block: dict[str, Any], reply: Reply) -> 
     kind = block["type"]
     if kind == "thinking":
         start: dict[str, Any] = {"type": "thinking", "thinking": "", "signature": ""}
-        deltas = [{"type": "thinking_delta", "thinking": piece} for piece in _pieces(block["thinking"])]
+        deltas: list[Any] = [{"type": "thinking_delta", "thinking": piece} for piece in _pieces(block["thinking"])]
         deltas.append({"type": "signature_delta", "signature": block["signature"]})
     elif kind == "text":
         start = {"type": "text", "text": ""}
-        deltas = [{"type": "text_delta", "text": piece} for piece in reply.text]
+        deltas = [{"type": "text_delta", "text": piece} if isinstance(piece, str) else piece
+                  for piece in _text_pieces(reply)]
     else:
         start = {"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}
         raw = block["input"] if isinstance(block["input"], str) else json.dumps(block["input"])
         deltas = [{"type": "input_json_delta", "partial_json": piece} for piece in _pieces(raw)]
     yield _event("content_block_start", {"type": "content_block_start", "index": index, "content_block": start})
     for delta in deltas:
+        if isinstance(delta, bytes):  # the gate mark
+            yield delta
+            continue
         yield _event("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
     yield _event("content_block_stop", {"type": "content_block_stop", "index": index})
 
@@ -396,6 +416,8 @@ def _handler(fake: FakeModels) -> type[BaseHTTPRequestHandler]:
             serial = fake._new_id()
             streamed = isinstance(body, dict) and bool(body.get("stream"))
             if not streamed:
+                if reply.gate is not None and not self._wait_gate(reply.gate):
+                    return
                 if reply.hold:  # never answer: the client is left waiting until it gives up
                     self.close_connection = True
                     self._hold()
@@ -413,7 +435,7 @@ def _handler(fake: FakeModels) -> type[BaseHTTPRequestHandler]:
                 self.send_header(name, value)
             self.send_header("Content-Type", "text/event-stream")
             self.send_header("Cache-Control", "no-cache")
-            if not reply.hold:  # the whole stream at once, with its length: the connection stays open
+            if not reply.hold and reply.gate is None:  # the whole stream at once, with its length: kept alive
                 data = b"".join(events)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
@@ -424,12 +446,17 @@ def _handler(fake: FakeModels) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             try:
                 for data in events:
+                    if data == _GATE_MARK:
+                        if not self._wait_gate(reply.gate):
+                            return
+                        continue
                     self.wfile.write(data)
                     self.wfile.flush()
             except (BrokenPipeError, ConnectionResetError):
                 fake.client_gone.set()
                 return
-            self._hold()
+            if reply.hold:
+                self._hold()
 
         def _json(self, status: int, payload: Any, headers: dict[str, str]) -> None:
             data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
@@ -441,6 +468,13 @@ def _handler(fake: FakeModels) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
+
+        def _wait_gate(self, gate: threading.Event | None) -> bool:
+            """Wait until the test opens the gate (True) or the server stops (False)."""
+            while gate is not None and not gate.wait(0.05):
+                if fake.stopping.is_set():
+                    return False
+            return True
 
         def _hold(self) -> None:
             """Keep the connection open until the client closes it (EOF on our socket) or the server stops."""

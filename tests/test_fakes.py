@@ -11,7 +11,8 @@ import asyncio
 import json
 import os
 import signal
-from collections.abc import Iterator
+import threading
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +164,35 @@ async def test_openai_hold_sees_client_go_away(fake: FakeModels) -> None:
     assert first[1].choices[0].delta.content == "partial"
     await stream.close()
     assert await asyncio.to_thread(fake.client_gone.wait, 10)
+
+
+async def _openai_texts(fake: FakeModels) -> AsyncIterator[str]:
+    stream = await oa(fake).chat.completions.create(model="m", messages=MESSAGES, stream=True)
+    async for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            yield chunk.choices[0].delta.content
+
+
+async def _anthropic_texts(fake: FakeModels) -> AsyncIterator[str]:
+    async with an(fake).messages.stream(model="m", max_tokens=10, messages=MESSAGES) as stream:
+        async for text in stream.text_stream:
+            if text:
+                yield text
+
+
+@pytest.mark.parametrize("texts_of", [_openai_texts, _anthropic_texts], ids=["openai", "anthropic"])
+async def test_a_gated_reply_waits_mid_stream_until_the_gate_opens(fake: FakeModels, texts_of: Any) -> None:
+    """`gate`: the text but its last piece goes out, then nothing until the test opens the gate, then the rest."""
+    gate = threading.Event()
+    fake.enqueue(Reply(text=["Hello ", "there"], gate=gate))
+    texts: AsyncIterator[str] = texts_of(fake)
+    assert await anext(texts) == "Hello "
+    second = asyncio.ensure_future(anext(texts))
+    done, _ = await asyncio.wait({second}, timeout=0.3)  # can only pass wrongly (a slow server), never flake
+    assert not done, "the piece after the gate came before the gate opened"
+    gate.set()
+    assert await second == "there"
+    assert await anext(texts, None) is None  # and then the stream ends
 
 
 # --------------------------------------------------------------------------------------------------------------
