@@ -626,7 +626,7 @@ def test_validate_command_reports_errors_with_exit_5(
     assert validate_command(str(path)) == 5
     assert capsys.readouterr().out.splitlines() == [
         f"{path}:7:1: toolz: unknown key 'toolz': did you mean 'tools'?",
-        f"{path}:8:1: memoryz: unknown key 'memoryz'",
+        f"{path}:8:1: memoryz: unknown key 'memoryz': did you mean 'memory'?",
     ]
 
 

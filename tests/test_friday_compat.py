@@ -30,7 +30,6 @@ TERMINAL = {"completed", "failed", "skipped", "cancelled", "interrupted"}
 SQLITE_AGENTS_WARNINGS = [
     (6, 3, "workspace.version"),
     (8, 5, "workspace.timeout.progressTimeout"),
-    (10, 1, "memory"),
     (15, 1, "permissions"),
     (17, 1, "skills"),
     (67, 7, "agents.reader.config.success"),
@@ -109,16 +108,18 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_the_sqlite_agents_example_loads_with_exactly_its_warnings() -> None:
     """Friday's own shape (an SQLite MCP server over stdio, two `type: llm` agents with `provider`, `tools` and
-    `max_steps`, plus memory, permissions and skills) loads; what atlas lacks warns, and the model never holds it."""
+    `max_steps`, plus memory, permissions and skills) loads; what atlas lacks warns, and the model never holds it.
+    Its `memory` is atlas's too (issue #17): it loads without a warning."""
     loaded = load_workspace(FRIDAY / "sqlite-agents")
     assert loaded.errors == []
     assert positions(loaded) == SQLITE_AGENTS_WARNINGS
-    memory = loaded.warnings[2]
-    assert memory.message == "'memory' is ignored: atlas does not support workspace memory"
-    assert memory.file.endswith("tests/fixtures/friday/sqlite-agents/workspace.yml")
+    permissions = loaded.warnings[2]
+    assert permissions.message == "'permissions' is ignored: atlas does not support permissions"
+    assert permissions.file.endswith("tests/fixtures/friday/sqlite-agents/workspace.yml")
     assert loaded.config is not None
     dumped = loaded.config.model_dump(mode="json", by_alias=True)
-    assert not {"memory", "permissions", "skills"} & set(dumped)
+    assert not {"permissions", "skills"} & set(dumped)
+    assert dumped["memory"] == {"own": [{"name": "notes", "type": "long_term", "strategy": "narrative"}]}
     assert "version" not in dumped["workspace"] and "progressTimeout" not in dumped["workspace"]["timeout"]
     writer, reader = dumped["agents"]["writer"]["config"], dumped["agents"]["reader"]["config"]
     assert (writer["provider"], writer["tools"], writer["max_steps"]) == ("anthropic", ["create_table", "write_query"],
@@ -160,7 +161,8 @@ def test_a_file_with_only_workspace_and_memory_is_valid(tmp_path: Path) -> None:
         memory: { own: [{ name: notes, type: long_term }] }
     """))
     assert loaded.errors == [] and loaded.config is not None and loaded.config.version == "1.0"
-    assert positions(loaded) == [(2, 1, "memory")]
+    assert positions(loaded) == []  # memory is atlas's own since issue #17
+    assert [c.name for c in loaded.config.memory.own] == ["notes"]
     wrong = load_workspace(write(tmp_path, 'version: "2.0"\nworkspace: { name: Notes }\n'))
     assert [(e.line, e.column, e.path) for e in wrong.errors] == [(1, 1, "version")]
 
@@ -182,7 +184,7 @@ def test_a_key_in_neither_schema_is_still_an_error(tmp_path: Path) -> None:
     loaded = load_workspace(write(tmp_path, """\
         version: "1.0"
         workspace: { name: Mixed }
-        memory: {}
+        permissions: {}
         memoryz: {}
         signals: { go: { provider: http, config: { path: /go } } }
         jobs:
@@ -194,10 +196,10 @@ def test_a_key_in_neither_schema_is_still_an_error(tmp_path: Path) -> None:
                 a: { entry: [{ type: agent, agentId: atlas/echo, outputType: t, outputTypo: t }] }
     """))
     assert [(e.line, e.column, e.path, e.message) for e in loaded.errors] == [
-        (4, 1, "memoryz", "unknown key 'memoryz'"),
+        (4, 1, "memoryz", "unknown key 'memoryz': did you mean 'memory'?"),
         (12, 73, "jobs.j.fsm.states.a.entry[0].outputTypo", "unknown key 'outputTypo': did you mean 'outputTo'?"),
     ]
-    assert positions(loaded) == [(3, 1, "memory"), (12, 58, "jobs.j.fsm.states.a.entry[0].outputType")]
+    assert positions(loaded) == [(3, 1, "permissions"), (12, 58, "jobs.j.fsm.states.a.entry[0].outputType")]
 
 
 def test_problems_after_an_ignored_action_point_at_the_file(tmp_path: Path) -> None:
@@ -258,7 +260,7 @@ def test_validate_prints_warnings_and_exits_0_unless_there_are_errors(tmp_path: 
     assert r.returncode == 0, r.stdout + r.stderr
     file = "tests/fixtures/friday/sqlite-agents/workspace.yml"
     lines = r.stdout.splitlines()
-    assert lines[2] == f"warning: {file}:10:1: memory: 'memory' is ignored: atlas does not support workspace memory"
+    assert lines[2] == f"warning: {file}:15:1: permissions: 'permissions' is ignored: atlas does not support permissions"
     assert [line.split(": ", 2)[1] for line in lines[:-1]] == [
         f"{file}:{line}:{column}" for line, column, _ in SQLITE_AGENTS_WARNINGS]
     assert lines[-1] == f"ok: {file} (workspace 'sqlite-agents')"
@@ -327,7 +329,7 @@ def test_get_workspace_returns_its_warnings(friday: DaemonProcess) -> None:
     expected = [w.to_dict() for w in load_workspace((FRIDAY / "sqlite-agents").resolve()).warnings]
     assert body["warnings"] == expected
     assert [(w["line"], w["column"], w["path"]) for w in body["warnings"]] == SQLITE_AGENTS_WARNINGS
-    assert not {"memory", "permissions", "skills"} & set(body["config"])
+    assert not {"permissions", "skills"} & set(body["config"])
     listing = {w["id"]: w for w in httpx.get(f"{friday.url}/api/workspaces", timeout=10).json()}
     assert listing["sqlite-agents"]["warnings"] == expected and listing["parity"]["warnings"] == []
 

@@ -24,6 +24,7 @@ from atlas.api import (
     admin_routes,
     daemon_routes,
     logs,
+    memory,
     rerun,
     schedules,
     sessions,
@@ -68,6 +69,9 @@ def routes() -> list[BaseRoute]:
         _route("/api/workspaces/{workspace_id}/jobs", workspaces.list_jobs, "GET"),
         _route("/api/workspaces/{workspace_id}/signals", workspaces.list_signals, "GET"),
         _route("/api/workspaces/{workspace_id}/tools", tools.list_tools, "GET"),
+        _route("/api/workspaces/{workspace_id}/memory", memory.list_corpora, "GET"),
+        _route("/api/workspaces/{workspace_id}/memory/{corpus}", memory.list_entries, "GET"),
+        _route("/api/workspaces/{workspace_id}/memory/{corpus}/{entry_id}", memory.delete_entry, "DELETE"),
         # The streams before /api/sessions/{session_id}: /api/sessions/stream must win.
         _route("/api/sessions/stream", streams.tree_stream, "GET"),
         _route("/api/sessions/{session_id}/stream", streams.session_stream, "GET"),

@@ -49,6 +49,8 @@ STATUS: dict[str, int] = {
     "session_not_found": 404,
     "correlation_not_found": 404,
     "schedule_not_found": 404,
+    "memory_not_found": 404,
+    "memory_entry_not_found": 404,
     "method_not_allowed": 405,
     "request_timeout": 408,
     # the request conflicts with the state of things

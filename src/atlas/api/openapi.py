@@ -155,6 +155,8 @@ ERROR_CODES: dict[str, str] = {
     "session_not_found": "no session has this id",
     "correlation_not_found": "no session has this correlationId (after waiting up to 2 s for it)",
     "schedule_not_found": "the workspace has no `schedule` signal with this id",
+    "memory_not_found": "the workspace declares no memory corpus of this name under `memory.own` (`details.declared`)",
+    "memory_entry_not_found": "the memory corpus holds no entry with this id",
     "skipped-duplicate": "policy `skip` found a running session of this signal (`details`: the session record, "
                          "with `runningSessionId` when known)",
     "session_not_active": "the session already ended (`details.status`: its terminal status)",
@@ -201,6 +203,7 @@ ERROR_DETAILS: dict[str, Schema] = {
     "session_not_finished": obj({"status": enum(["queued", "active"])}),
     "workspace_busy": obj({"activeSessionIds": array(string())}),
     "path_not_allowed": obj({"roots": array(string())}),
+    "memory_not_found": obj({"declared": array(string(), "The corpora `memory.own` declares")}),
     "wait_timeout": obj({"sessionId": string(), "correlationId": string()}),
     "internal_error": obj({"requestId": string()}),
 }
@@ -436,6 +439,21 @@ def _schemas() -> dict[str, Schema]:
                            "The tools it offers, after its allow/deny filter (empty on error)"),
         }, {"description": string(), "error": string("Why it could not be started (never a secret)")})),
     })
+
+    # -- memory (issue #17)
+    s["MemoryEntry"] = obj(
+        {"id": string(), "text": string("What was remembered (secrets redacted before it was saved)"),
+         "createdAt": TIMESTAMP,
+         "source": obj({}, {"sessionId": string("The run whose llm step saved it"),
+                            "chatId": string("The chat whose turn saved it")})},
+        {"metadata": {"type": "object", "description": "Structured data saved with the entry"}},
+        description="One entry of a workspace memory corpus",
+    )
+    s["MemoryCorpusList"] = obj({"corpora": array(obj(
+        {"name": string("The corpus name under `memory.own`"), "type": enum(["long_term", "short_term", "scratchpad"]),
+         "strategy": enum(["narrative"]), "count": integer(0, "How many entries it holds")}),
+        "In the file's order")})
+    s["MemoryEntryList"] = obj({"entries": array(ref("MemoryEntry"), "Newest first")})
 
     # -- schedules
     s["ScheduleEntry"] = obj(
@@ -694,6 +712,32 @@ def _paths() -> dict[str, Any]:
         "its status and the tools it offers; servers not running yet are started (they are pooled per workspace).",
         {"200": response("Tools", ref("ToolListing")), **errors(method="get", codes=["workspace_not_found"])},
     )}
+    corpus = path_param("corpus", "Memory corpus name (a `memory.own` entry's `name`)", "notes")
+    p["/api/workspaces/{workspace_id}/memory"] = {"parameters": [WORKSPACE_ID], "get": _op(
+        "listMemory", "memory", "List a workspace's memory corpora", "The corpora of `memory.own`, in file order, "
+        "each with how many entries it holds.",
+        {"200": response("Corpora", ref("MemoryCorpusList")),
+         **errors(method="get", codes=["workspace_not_found", "bus_unavailable"])},
+    )}
+    p["/api/workspaces/{workspace_id}/memory/{corpus}"] = {"parameters": [WORKSPACE_ID, corpus], "get": _op(
+        "listMemoryEntries", "memory", "List the entries of a memory corpus", "Newest first. `query` keeps the "
+        "entries whose text contains it (case-insensitive); `limit` (1–1000, default 100) caps them.",
+        {"200": response("Entries", ref("MemoryEntryList")),
+         **errors(method="get", codes=["invalid_query", "workspace_not_found", "memory_not_found",
+                                       "bus_unavailable"])},
+        parameters=[query_param("query", "Case-insensitive substring of the text", string(), "db-7"),
+                    query_param("limit", "At most this many entries (1–1000; a bad value is 400 `invalid_query`)",
+                                integer(1), 20)],
+    )}
+    p["/api/workspaces/{workspace_id}/memory/{corpus}/{entry_id}"] = {
+        "parameters": [WORKSPACE_ID, corpus, path_param("entry_id", "Memory entry id", "0b8f6c1d-2a51-4f43-9a51-"
+                                                                                      "7f0c8d7e2aa1")],
+        "delete": _op("deleteMemoryEntry", "memory", "Delete a memory entry", "Removes the entry for good, on "
+                      "every daemon of the cluster.",
+                      {"204": response("Deleted"),
+                       **errors(method="delete", codes=["workspace_not_found", "memory_not_found",
+                                                        "memory_entry_not_found", "bus_unavailable"])}),
+    }
     p["/api/workspaces/{workspace_id}/signals/{signal_id}"] = {
         "parameters": [WORKSPACE_ID, SIGNAL_ID],
         "post": _trigger_operation(),
@@ -931,6 +975,7 @@ def build_openapi() -> dict[str, Any]:
             {"name": "signals", "description": "Triggering jobs (spec §5)"},
             {"name": "sessions", "description": "Session queries, cancellation and live streams"},
             {"name": "schedules", "description": "Cron schedules (spec §5.6)"},
+            {"name": "memory", "description": "Workspace memory corpora and their entries (issue #17)"},
             {"name": "meta", "description": "This document"},
         ],
         "security": [{}, {"bearerAuth": []}],

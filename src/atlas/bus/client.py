@@ -48,6 +48,8 @@ KV_WORKSPACES = "WORKSPACES"
 KV_IDEMPOTENCY = "IDEMPOTENCY"
 KV_CRON_STATE = "CRON_STATE"
 KV_CRON_CLAIMS = "CRON_CLAIMS"
+#: Workspace memory (issue #17): `<ws>.<corpus>.<entryId>` → entry; TTL ATLAS_MEMORY_RETENTION (0: kept for good).
+KV_MEMORY = "MEMORY"
 CONSUMER = "atlas-signals"
 
 DAY = 86_400.0
@@ -88,6 +90,7 @@ class BusSettings:
     max_deliver: int = 5
     heartbeat_ttl_s: float = 30.0
     idempotency_ttl_s: float = DAY
+    memory_retention_s: float = 0.0  # 0: memory entries are kept until deleted
     # How long a write is retried while JetStream does not answer (a leader election takes 4–9 s) before the
     # caller gets the error; 0 = one attempt. See `atlas.bus.acks`.
     write_retry_s: float = 30.0
@@ -218,6 +221,7 @@ class Bus:
             KV_IDEMPOTENCY: KeyValueConfig(bucket=KV_IDEMPOTENCY, history=1, ttl=self.settings.idempotency_ttl_s),
             KV_CRON_STATE: KeyValueConfig(bucket=KV_CRON_STATE, history=1),
             KV_CRON_CLAIMS: KeyValueConfig(bucket=KV_CRON_CLAIMS, history=1, ttl=2 * DAY),
+            KV_MEMORY: KeyValueConfig(bucket=KV_MEMORY, history=1, ttl=self.settings.memory_retention_s or None),
         }
         for name, cfg in buckets.items():
             cfg.replicas = r

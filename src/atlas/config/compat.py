@@ -2,7 +2,7 @@
 
 A `workspace.yml` written for Friday Studio uses keys of its schema (`packages/config/src/workspace.ts`, `agents.ts`,
 `jobs.ts`, `mcp.ts`, `signals.ts`, the FSM action schema of `packages/fsm-engine/`) that name features atlas lacks:
-workspace memory, skills, permissions, bundled agents, output types… Refusing the whole file over one of them made
+skills, permissions, bundled agents, output types… Refusing the whole file over one of them made
 no reference workspace load; accepting them silently would let a user believe they work. So each such key loads
 with a **warning** naming it and its position, and is removed before the pydantic model sees the document: the
 rest of atlas never meets a key it does not implement. A key in neither schema is still an error (spec §2.8).
@@ -37,7 +37,6 @@ TOP_LEVEL: Mapping[str, str] = {
     "notifications": "notifications",
     "federation": "federation between workspaces",
     "improvement": "the self-improvement policy",
-    "memory": "workspace memory",
     "permissions": "permissions",
     "delegation": "delegation budgets",
     "validation": "LLM output validation",
@@ -97,6 +96,12 @@ ATLAS_AGENT: Mapping[str, str] = {
     "prompt": "a prompt for a built-in agent",
     "env": "an environment for a built-in agent",
 }
+# `memory.mounts` / `memory.shareable`: corpora of other workspaces. An empty one is dropped without a word (it asks
+# for nothing); a non-empty one warns.
+MEMORY: Mapping[str, str] = {
+    "mounts": "mounting other workspaces' memory corpora (only `memory.own` is used)",
+    "shareable": "sharing memory corpora with other workspaces",
+}
 SIGNAL_PROVIDERS = frozenset({"fs-watch", "slack", "telegram", "whatsapp", "discord"})
 MCP_AUTH: Mapping[str, str] = {
     "header": "a custom auth header (atlas sends `Authorization: Bearer`)",
@@ -137,11 +142,21 @@ class _Pruner:
             self.agent(doc["agents"], agent_id, agent)
         for job_id, job in _items(doc.get("jobs")):
             self.job(("jobs", job_id), job)
+        self.memory(doc.get("memory"))
         tools = doc.get("tools")
         if isinstance(tools, dict) and isinstance(tools.get("mcp"), dict):
             servers = tools["mcp"].get("servers")
             for server_id, server in _items(servers):
                 self.mcp_server(servers, ("tools", "mcp", "servers", server_id), server_id, server)
+
+    # memory
+
+    def memory(self, memory: Any) -> None:
+        if not isinstance(memory, dict):
+            return
+        for key in [k for k in MEMORY if k in memory and memory[k] in ([], {}, None)]:
+            del memory[key]
+        self.drop(memory, ("memory",), MEMORY)
 
     # signals
 

@@ -1023,7 +1023,8 @@ def _literal_message(name: Segment, value: Any, expected: str) -> str:
 
 def _pattern_message(error: ErrorDetails, value: Any, pattern: str) -> str:
     if pattern == ID_PATTERN:
-        kind = "id" if error["loc"][-1:] == ("[key]",) else "signal id"
+        kind = ("id" if error["loc"][-1:] == ("[key]",) else "memory corpus name" if error["loc"][:1] == ("memory",)
+                else "signal id")
         return f"invalid {kind} {_quote(value, MAX_QUOTED_KEY)}: use 1-64 letters, digits, '_' or '-'"
     if pattern == WORKSPACE_ID_PATTERN:
         return (
@@ -1078,6 +1079,15 @@ class _CrossChecker:
         for job_id, job in self.config.jobs.items():
             self._check_triggers(job_id, job, handled_by)
             self._check_job(job_id, job)
+        self._check_memory()
+
+    def _check_memory(self) -> None:
+        """A corpus name is its key on the bus and in the API: two corpora of one name would share entries."""
+        seen: set[str] = set()
+        for index, corpus in enumerate(self.config.memory.own):
+            if corpus.name in seen:
+                self.report.error(("memory", "own", index, "name"), f"memory corpus '{corpus.name}' is declared twice")
+            seen.add(corpus.name)
 
     # signals
 

@@ -368,6 +368,26 @@ class ToolsConfig(Strict):
     mcp: McpConfig | None = None
 
 
+# ---------------------------------------------------------------- memory (issue #17, the reference's `memory`)
+
+
+class MemoryCorpus(Strict):
+    """One corpus the workspace owns. `long_term` narrative corpora are fed back into every chat turn's prompt
+    (`atlas.memory.prompt`); `short_term` and the reference's `scratchpad` are kept and listed the same way but
+    never put into a prompt. `narrative` is the reference's only strategy left, hence the default."""
+
+    name: str = Field(pattern=ID_PATTERN)
+    type: Literal["long_term", "short_term", "scratchpad"]
+    strategy: Literal["narrative"] = "narrative"
+
+
+class MemoryConfig(Strict):
+    """`memory.own`; the reference's `mounts` and `shareable` (other workspaces' corpora) are warned about and
+    removed by `atlas.config.compat` when non-empty, so the model never holds them."""
+
+    own: list[MemoryCorpus] = []
+
+
 # ---------------------------------------------------------------- top level
 
 
@@ -381,3 +401,4 @@ class WorkspaceConfig(Strict):
     jobs: dict[Annotated[str, Field(pattern=ID_PATTERN)], Job] = {}
     agents: dict[Annotated[str, Field(pattern=ID_PATTERN)], Agent] = {}
     tools: ToolsConfig = ToolsConfig()
+    memory: MemoryConfig = MemoryConfig()

@@ -88,6 +88,7 @@ class Settings:
     shutdown_grace_s: float = 10.0
     session_retention_s: float = 90 * 86400.0
     idempotency_ttl_s: float = 86400.0
+    memory_retention_s: float = 0.0  # ATLAS_MEMORY_RETENTION: memory entries age out after this; 0 keeps them
     ack_wait_s: float = 30.0
     heartbeat_ttl_s: float = 30.0
     bus_retry_s: float = 30.0  # ATLAS_BUS_RETRY: how long writes ride through a silent bus (leader elections)
@@ -122,6 +123,7 @@ class Settings:
             shutdown_grace_s=_seconds("ATLAS_SHUTDOWN_GRACE", "10s"),
             session_retention_s=_seconds("ATLAS_SESSION_RETENTION", "90d", allow_zero=True),
             idempotency_ttl_s=_seconds("ATLAS_IDEMPOTENCY_TTL", "24h"),
+            memory_retention_s=_seconds("ATLAS_MEMORY_RETENTION", "0s", allow_zero=True),
             ack_wait_s=_seconds("ATLAS_ACK_WAIT", "30s"),
             heartbeat_ttl_s=_seconds("ATLAS_HEARTBEAT_TTL", "30s"),
             bus_retry_s=_seconds("ATLAS_BUS_RETRY", "30s", allow_zero=True),

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from atlas import __version__
+from atlas.agents.llm import ToolSource
 from atlas.bus.client import Bus, BusSettings
 from atlas.bus.health import BusHealth
 from atlas.bus.server import EmbeddedNats
@@ -35,6 +36,7 @@ from atlas.config.settings import Settings
 from atlas.errors import AtlasError
 from atlas.mcp.reaper import reap_leftovers
 from atlas.mcp.servers import McpHub, WorkspaceTools
+from atlas.memory import MemoryStore, memory_tools, with_memory
 from atlas.runtime.accept import AcceptPipeline
 from atlas.runtime.background import Background
 from atlas.runtime.catalog import WorkspaceCatalog
@@ -84,7 +86,7 @@ def bus_settings(s: Settings) -> BusSettings:
     return BusSettings(url=s.nats_url or "", creds=s.nats_creds, replicas=s.nats_replicas,
                        retention_s=s.session_retention_s, ack_wait_s=s.ack_wait_s,
                        idempotency_ttl_s=s.idempotency_ttl_s, heartbeat_ttl_s=s.heartbeat_ttl_s,
-                       write_retry_s=s.bus_retry_s)
+                       write_retry_s=s.bus_retry_s, memory_retention_s=s.memory_retention_s)
 
 
 def check_retention(settings: Settings, workspaces: WorkspaceRegistry) -> None:
@@ -157,11 +159,13 @@ class Daemon:
                                      max_tree_sessions=s.max_tree_sessions)
         # MCP servers of the workspaces' `tools.mcp`, pooled per workspace and started on first use (issue #14)
         self.mcp = McpHub(self.home, on_secret=self.templater.add_secret)
+        # Workspace memory (issue #17): entries in the MEMORY bucket, offered to llm steps and chats as tools
+        self.memory = MemoryStore(bus=self.bus)
         engine = EngineServices(templater=self.templater, store=self.store, slots=self.slots,
                                 trigger=self.accept.accept, publish_chunk=self.session_log.publish_chunk,
                                 spawn=self.background.spawn, llm_base_url=s.llm_base_url,
                                 bus_retry_s=s.bus_retry_s, tools=self.workspace_tools,
-                                step_logs=self.step_logs.append)
+                                step_logs=self.step_logs.append, memory_tools=self.step_memory_tools)
         self.lifecycle = SessionLifecycle(bus=self.bus, session_log=self.session_log, store=self.store,
                                           workspaces=self.workspaces, concurrency=self.concurrency,
                                           finalizer=self.finalizer, lineage=self.lineage, markers=self.markers,
@@ -290,6 +294,12 @@ class Daemon:
     def workspace_tools(self, ws: Workspace) -> WorkspaceTools | None:
         """The MCP servers of `ws` (None when it declares none); a reloaded `tools.mcp` gets fresh servers."""
         return self.mcp.for_workspace(ws.id, ws.config.tools.mcp, ws.path)
+
+    def step_memory_tools(self, ws: Workspace, mcp: ToolSource | None, session_id: str) -> ToolSource | None:
+        """An llm step's tools: the memory tools (saving with its session as source, secrets redacted) in front of
+        its workspace's MCP tools."""
+        redact: Callable[[str], str] = lambda text: str(self.templater.redact(text))  # noqa: E731
+        return with_memory(mcp, memory_tools(self.memory, ws, {"sessionId": session_id}, redact))
 
     async def cluster(self) -> list[dict[str, Any]]:
         return await self.membership.members()

@@ -101,6 +101,9 @@ class EngineServices:
     """The workspace's MCP tools (`McpHub.for_workspace`), for `llm` steps with `tools:`; None: no MCP."""
     step_logs: AppendLogs | None = None
     """Store a batch of step-log lines (`StepLogStore.append`, issue #16); None: output is live only."""
+    memory_tools: Callable[[Workspace, ToolSource | None, str], ToolSource | None] | None = None
+    """The workspace's memory tools in front of its MCP tools, saving with the run's sessionId as source (issue #17:
+    an `llm` step whose `tools:` names `save_memory_entry`…); None: MCP only."""
 
 
 class Engine:
@@ -447,6 +450,8 @@ class Engine:
         variables = self._vars(input=input_value)
         base_url = self.s.llm_base_url
         tools = self.s.tools(self.ws) if self.s.tools is not None else None
+        if self.s.memory_tools is not None:
+            tools = self.s.memory_tools(self.ws, tools, self.env["sessionId"])
         if isinstance(action, LlmAction):
             result = await run_llm(LlmCallConfig.from_action(action), ctx, self.s.templater, variables,
                                    default_base_url=base_url, tools=tools)
