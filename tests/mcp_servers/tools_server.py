@@ -12,7 +12,8 @@ Over HTTP it prints one line `PORT <n>` on stdout once its socket listens, then 
 Each tool exists for one kind of test: `add`/`echo` for the happy path, `fail` for an error result, `slow` for
 cancellation and timeouts (it writes `<marker>.started` before sleeping so a test can wait until it runs),
 `env` for the server's environment, `pid`/`spawn_child` for process-tree cleanup, `counter` for whether a
-server process is shared, `big` for result-size cuts, `structured` for structured content.
+server process is shared, `big` for result-size cuts, `structured` for structured content, `traceparent` for
+the trace context a call carries in `_meta`.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any
 
 import anyio
 import uvicorn
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -114,6 +115,13 @@ def big(n: int) -> str:
 def structured() -> dict[str, Any]:
     """Return a small object, so the result carries structured content."""
     return {"a": 1, "b": [1, 2]}
+
+
+@server.tool(structured_output=False)
+def traceparent(ctx: Context) -> str:
+    """The W3C `traceparent` the call carried in its `_meta` (trace propagation, issue #18), or "<none>"."""
+    meta: Any = ctx.request_context.meta or {}
+    return str(meta.get("traceparent") or "<none>")
 
 
 class RequireBearer:

@@ -15,6 +15,7 @@ import httpx
 from atlas.agents.base import AgentContext, StepError
 from atlas.config.durations import parse_duration
 from atlas.config.model import HttpAgentConfig
+from atlas.observability import tracing
 from atlas.templating import Templater
 
 __all__ = ["MAX_JSON_BYTES", "MAX_TEXT_BYTES", "run_http"]
@@ -73,6 +74,10 @@ async def run_http(
         name: value if isinstance(value, str) else json.dumps(value)
         for name, value in (await templater.render_async(dict(config.headers), variables)).items()
     }
+    if tracing.active() is not None and not any(name.lower() == "traceparent" for name in headers):
+        traceparent = tracing.current_traceparent()  # the step's span: the service joins the run's trace
+        if traceparent is not None:
+            headers["traceparent"] = traceparent
     body = await templater.render_async(config.json_, variables) if config.json_ is not None else None
     timeout = parse_duration(config.timeout)
     request_args: dict[str, Any] = {"headers": headers}

@@ -39,10 +39,11 @@ from atlas.config.durations import parse_duration
 from atlas.config.model import LlmAction, LlmAgentConfig
 from atlas.llm.anthropic_wire import AnthropicMessages
 from atlas.llm.conversation import AssistantTurn, TextSink, ToolSpec, TurnRequest, Usage, UserMessage
-from atlas.llm.loop import LoopResult, ToolRunner, run_tool_loop
+from atlas.llm.loop import LoopResult, ModelTurn, ToolOutcome, ToolRunner, run_tool_loop
 from atlas.llm.openai_wire import OpenAIChat
 from atlas.llm.providers import Endpoint, resolve_endpoint
 from atlas.llm.retry import call_with_retries
+from atlas.observability import tracing
 from atlas.templating import Templater
 
 __all__ = [
@@ -208,16 +209,36 @@ async def run_llm(
     )
     client = _client(endpoint, timeout)
     text = _TextOut(ctx)
-    label = f"{cfg.provider or endpoint.provider} {cfg.model}"
+    provider = cfg.provider or endpoint.provider
+    label = f"{provider} {cfg.model}"
+    observer = ctx._llm_observer
 
     async def turn(req: TurnRequest, on_text: TextSink) -> AssistantTurn:
-        return await call_with_retries(client, req, on_text, max_retries=cfg.max_retries, timeout=timeout,
-                                       label=label, timeout_text=cfg.timeout)
+        if observer is None:
+            return await call_with_retries(client, req, on_text, max_retries=cfg.max_retries, timeout=timeout,
+                                           label=label, timeout_text=cfg.timeout)
+        started = time.monotonic()
+        try:
+            answer = await call_with_retries(client, req, on_text, max_retries=cfg.max_retries, timeout=timeout,
+                                             label=label, timeout_text=cfg.timeout)
+        except Exception:
+            observer.model_call(provider, cfg.model, False, time.monotonic() - started, 0, 0)
+            raise
+        observer.model_call(provider, cfg.model, True, time.monotonic() - started, answer.usage.input_tokens,
+                            answer.usage.output_tokens)
+        return answer
 
+    model_turn: ModelTurn = turn
+    tool_runner: ToolRunner | None = runner
+    traced = tracing.active()
+    if traced is not None:  # a traced run: a span per model call and per tool call (issue #18)
+        model_turn = _traced_turn(turn, traced, provider, cfg.model)
+        tool_runner = _TracedTools(runner, traced) if runner is not None else None
     try:
-        loop = await run_tool_loop(turn, request, runner, max_steps=cfg.max_steps,
+        loop = await run_tool_loop(model_turn, request, tool_runner, max_steps=cfg.max_steps,
                                    max_total_tokens=cfg.max_total_tokens, emit=ctx._emit, on_text=text.add,
-                                   record=ctx.tool_calls)
+                                   record=ctx.tool_calls,
+                                   on_tool_call=observer.tool_call if observer is not None else None)
     except StepError as exc:
         if isinstance(exc.usage, Usage):
             exc.usage = _usage(exc.usage, cfg.model, None)
@@ -225,6 +246,43 @@ async def run_llm(
     finally:
         await client.aclose()
     return _result(cfg, loop, templater)
+
+
+def _traced_turn(turn: ModelTurn, traced: tracing.Tracing, system: str, model: str) -> ModelTurn:
+    """`turn` inside a GenAI `chat {model}` span, with what the answer says about the model and its token use."""
+
+    async def traced_turn(req: TurnRequest, on_text: TextSink) -> AssistantTurn:
+        with traced.model_span(system, model) as span:
+            try:
+                answer = await turn(req, on_text)
+            except StepError as exc:
+                tracing.mark_error(span, exc.code)
+                raise
+            tracing.record_model_answer(span, answer.model, answer.usage.input_tokens, answer.usage.output_tokens,
+                                        answer.stop_reason)
+            return answer
+
+    return traced_turn
+
+
+class _TracedTools:
+    """A step's tools with an `execute_tool {name}` span around each call. A failed call marks its span an error
+    by kind only: the error text may echo arguments (secrets), and spans leave the daemon."""
+
+    def __init__(self, inner: ResolvedToolSet, traced: tracing.Tracing) -> None:
+        self._inner = inner
+        self._traced = traced
+        self.specs = inner.specs
+
+    def server_of(self, name: str) -> str | None:
+        return self._inner.server_of(name)
+
+    async def call(self, name: str, args: dict[str, Any]) -> ToolOutcome:
+        with self._traced.tool_span(name, self._inner.server_of(name)) as span:
+            outcome = await self._inner.call(name, args)
+            if outcome.error is not None:
+                tracing.mark_error(span, "tool_error")
+            return outcome
 
 
 def _client(endpoint: Endpoint, timeout: float) -> OpenAIChat | AnthropicMessages:

@@ -38,6 +38,7 @@ from atlas.api.errors import EXCEPTION_HANDLERS
 from atlas.api.openapi import openapi_json
 from atlas.api.security import SecurityMiddleware, log_protections
 from atlas.api.streams import StreamHub
+from atlas.api.traced import traced
 from atlas.ui import mount_ui
 
 if TYPE_CHECKING:
@@ -57,8 +58,9 @@ def routes() -> list[BaseRoute]:
     """The route table, in match order (the first match wins)."""
     return [
         # First: the hottest endpoint is matched before any other route.
-        _route(trigger.TRIGGER_PATH, trigger.trigger, "POST"),
+        _route(trigger.TRIGGER_PATH, traced(trigger.trigger, "POST", trigger.TRIGGER_PATH), "POST"),
         _route("/health", daemon_routes.health, "GET"),
+        _route("/metrics", scrape_metrics, "GET"),
         _route("/api/daemon/status", daemon_routes.daemon_status, "GET"),
         _route("/api/daemon/shutdown", daemon_routes.daemon_shutdown, "POST"),
         _route("/api/admin/rebuild-readmodel", admin_routes.rebuild_readmodel, "POST"),
@@ -79,7 +81,8 @@ def routes() -> list[BaseRoute]:
         _route("/api/sessions/{session_id}", sessions.get_session, "GET"),
         _route("/api/sessions/{session_id}/children", sessions.session_children, "GET"),
         _route("/api/sessions/{session_id}/logs", logs.session_logs, "GET"),
-        _route("/api/sessions/{session_id}/rerun", rerun.rerun_session, "POST"),
+        _route("/api/sessions/{session_id}/rerun",
+               traced(rerun.rerun_session, "POST", "/api/sessions/{session_id}/rerun"), "POST"),
         _route("/api/sessions/{session_id}", sessions.cancel_session, "DELETE"),
         *bench_routes(),
         _route("/api/schedules", schedules.list_schedules, "GET"),

@@ -55,6 +55,7 @@ async def daemon_status(request: Request) -> Response:
         "workspaces": len(daemon.workspaces.all()),
         "memoryUsage": {"rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024},
         "cluster": await daemon.cluster(),
+        **({"traceUrlTemplate": daemon.settings.trace_url_template} if daemon.settings.trace_url_template else {}),
     })
 
 

@@ -343,7 +343,7 @@ def _schemas() -> dict[str, Schema]:
         "workspaces": integer(),
         "memoryUsage": obj({"rss": integer(description="Peak resident set size in bytes")}),
         "cluster": array(ref("ClusterDaemon")),
-    })
+    }, {"traceUrlTemplate": string("ATLAS_TRACE_URL_TEMPLATE: a trace's page, `{traceId}` to fill in (issue #18)")})
     s["Message"] = obj({"message": string()})
     s["RebuildResult"] = obj(
         {"events": integer(description="Events replayed from SESSION_EVENTS"),

@@ -61,6 +61,8 @@ class Envelope(TypedDict):
     webhook: NotRequired[dict[str, Any]]
     skipStates: NotRequired[list[str]]
     rerunOf: NotRequired[str]
+    chat: NotRequired[dict[str, str]]
+    traceparent: NotRequired[str]  # W3C trace context of the trigger (issue #18): the session span's parent
 
 
 ENVELOPE_REQUIRED = ("workspaceId", "signalId", "sessionId", "correlationId", "rootSessionId", "depth", "trigger")
@@ -100,7 +102,7 @@ def envelope(*, workspace_id: str, signal_id: str, session_id: str, correlation_
 
 
 _FROM_QUEUED = ("workspaceId", "signalId", "sessionId", "correlationId", "parentSessionId", "rootSessionId", "depth",
-                "trigger", "payload", "skipStates", "rerunOf")
+                "trigger", "payload", "skipStates", "rerunOf", "chat", "traceparent")
 
 
 def envelope_from_queued(event: dict[str, Any]) -> dict[str, Any]:

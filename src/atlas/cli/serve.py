@@ -25,6 +25,7 @@ from atlas.bus.server import BusError
 from atlas.cli.homelock import HomeLock
 from atlas.config.settings import Settings, is_loopback
 from atlas.errors import AtlasError
+from atlas.observability.logs import configure_logging, use_redactor
 from atlas.runtime.daemon import Daemon
 
 HEADER_TIMEOUT_S = 10.0
@@ -185,6 +186,7 @@ async def _serve(settings: Settings) -> int:
         daemon = Daemon(settings)  # builds every component and opens the read model; nothing runs yet
     except Exception as exc:
         return _cannot_start(exc)
+    use_redactor(daemon.templater.redact)  # log lines never show a secret the daemon has seen
     try:
         await daemon.start()
     except Exception as exc:
@@ -244,10 +246,7 @@ def run_daemon(settings: Settings, lock: HomeLock | None = None) -> int:
     if lock is None:
         print(f"atlasd: another atlasd holds {settings.home}", file=sys.stderr)
         return 1
-    logging.basicConfig(
-        level=getattr(logging, settings.log_level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(settings.log_level, settings.log_format)  # text, or JSON lines (ATLAS_LOG_FORMAT)
     # the model and MCP SDKs' HTTP clients log every request at INFO: one line per model turn is noise
     for noisy in ("httpx2", "httpx", "mcp"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))

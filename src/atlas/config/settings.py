@@ -61,6 +61,14 @@ def parse_roots(value: str | None) -> tuple[Path, ...]:
     return tuple(roots)
 
 
+def _log_format(value: str | None) -> str:
+    """ATLAS_LOG_FORMAT: `text` (the default) or `json`; anything else is refused rather than silently ignored."""
+    fmt = (value or "text").strip().lower()
+    if fmt not in ("text", "json"):
+        raise ValueError(f"ATLAS_LOG_FORMAT must be text or json, not {value!r}")
+    return fmt
+
+
 def _seconds(name: str, default: str, *, allow_zero: bool = False) -> float:
     return parse_duration(os.environ.get(name) or default, allow_days=True, allow_zero=allow_zero)
 
@@ -96,6 +104,8 @@ class Settings:
     database_url: str | None = None  # ATLAS_DATABASE_URL: a PostgreSQL read model shared by daemons (issue #15)
     database_pool: int = 4  # ATLAS_DATABASE_POOL: at most this many connections per daemon
     log_level: str = "info"
+    log_format: str = "text"  # ATLAS_LOG_FORMAT: text, or json (one object per line, issue #18)
+    trace_url_template: str | None = None  # ATLAS_TRACE_URL_TEMPLATE: a trace's page, `{traceId}` filled in
     workspaces: tuple[Path, ...] = field(default_factory=tuple)
 
     @classmethod
@@ -131,6 +141,8 @@ class Settings:
             database_url=env.get("ATLAS_DATABASE_URL") or None,
             database_pool=max(2, int(env.get("ATLAS_DATABASE_POOL") or 4)),
             log_level=(env.get("ATLAS_LOG_LEVEL") or "info").lower(),
+            log_format=_log_format(env.get("ATLAS_LOG_FORMAT")),
+            trace_url_template=env.get("ATLAS_TRACE_URL_TEMPLATE") or None,
         )
 
     def with_overrides(self, **kwargs: object) -> Settings:

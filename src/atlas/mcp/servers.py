@@ -28,7 +28,7 @@ import sys
 from collections.abc import Callable, Mapping
 from contextlib import suppress
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import anyio
 from mcp import Client
@@ -36,6 +36,7 @@ from mcp.client.stdio import StdioServerParameters, get_default_environment
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
+from mcp.types import RequestParamsMeta
 
 from atlas.agents.base import StepError
 from atlas.config.durations import parse_duration
@@ -43,6 +44,7 @@ from atlas.config.model import McpConfig, McpServerConfig, McpStdioTransport
 from atlas.llm.conversation import ToolSpec
 from atlas.llm.loop import ToolOutcome
 from atlas.mcp.reaper import session_members
+from atlas.observability import tracing
 
 __all__ = ["McpHub", "McpServer", "ResolvedTools", "WorkspaceTools"]
 
@@ -305,7 +307,7 @@ class McpServer:
             async with total_scope:
                 progress_scope = asyncio.timeout(self.progress_timeout)
                 async with progress_scope:
-                    result = await client.call_tool(name, args, progress_callback=on_progress)
+                    result = await client.call_tool(name, args, progress_callback=on_progress, meta=_trace_meta())
         except TimeoutError:
             if total_scope.expired():
                 return _error(f"tool {name!r} ran past maxTotalTimeout ({self.total_timeout:g}s)", self.id)
@@ -326,6 +328,16 @@ class McpServer:
             return ToolOutcome(text=text or "tool error", result=recorded, error=text or "tool error",
                                server=self.id)
         return ToolOutcome(text=text, result=recorded, server=self.id)
+
+
+def _trace_meta() -> RequestParamsMeta | None:
+    """`_meta.traceparent` of a traced run's tool call: the W3C trace context the MCP specification carries in a
+    request's `_meta` (a pooled server's HTTP connection is shared by every run, so a header could not say which
+    call it is). None, and nothing sent, when the run is not traced."""
+    if tracing.active() is None:
+        return None
+    traceparent = tracing.current_traceparent()
+    return cast(RequestParamsMeta, {"traceparent": traceparent}) if traceparent is not None else None
 
 
 def _error(message: str, server: str | None) -> ToolOutcome:

@@ -32,6 +32,7 @@ from atlas.bus.records import envelope as make_envelope
 from atlas.bus.sessionlog import SessionLog
 from atlas.errors import AtlasError
 from atlas.jsoncodec import dumps
+from atlas.observability.tracing import Tracing
 from atlas.runtime.finalizer import Finalizer
 from atlas.runtime.intake import Intake
 from atlas.runtime.workspaces import Workspace, WorkspaceRegistry
@@ -128,6 +129,8 @@ def queued_event(envelope: dict[str, Any], ws: Workspace | None, job_id: str) ->
         payload=payload,
         skipStates=envelope.get("skipStates"),
         rerunOf=envelope.get("rerunOf"),
+        chat=envelope.get("chat"),
+        traceparent=envelope.get("traceparent"),
     )
 
 
@@ -143,7 +146,8 @@ class AcceptPipeline:
 
     def __init__(self, *, bus: Bus, session_log: SessionLog, store: SessionStore, workspaces: WorkspaceRegistry,
                  finalizer: Finalizer, intake: Intake, daemon_id: str, max_cascade_depth: int,
-                 max_tree_sessions: int) -> None:
+                 max_tree_sessions: int, tracing: Tracing | None = None,
+                 observer: AcceptObserver | None = None) -> None:
         self.bus = bus
         self.session_log = session_log
         self.store = store
@@ -153,6 +157,8 @@ class AcceptPipeline:
         self.daemon_id = daemon_id
         self.max_cascade_depth = max_cascade_depth
         self.max_tree_sessions = max_tree_sessions
+        self.observer = observer
+        self.tracing = tracing if tracing is not None else Tracing.off()
         self._pending: dict[str, asyncio.Future[int]] = {}
         self._tails: dict[str, int] = {}
         self._cascading: dict[str, int] = {}  # correlationId -> cascades being accepted here right now
@@ -210,7 +216,12 @@ class AcceptPipeline:
             root_session_id=root, depth=depth, trigger=req.trigger, payload=req.payload, accepted_at=now_iso(),
             accepted_by=self.daemon_id, parent_session_id=parent["sessionId"] if parent is not None else None,
             stream_id=req.stream_id, webhook=req.webhook, skip_states=req.skip_states, rerun_of=req.rerun_of,
+            chat=req.chat,
         )
+        if self.tracing.enabled:  # the session's span continues this trace, on whichever daemon runs it
+            traceparent = self.tracing.envelope_traceparent(envelope)
+            if traceparent is not None:
+                envelope["traceparent"] = traceparent
         try:
             data = dumps(envelope)  # anything unencodable fails here, before a single write
         except (TypeError, ValueError) as exc:

@@ -37,6 +37,8 @@ from atlas.errors import AtlasError
 from atlas.mcp.reaper import reap_leftovers
 from atlas.mcp.servers import McpHub, WorkspaceTools
 from atlas.memory import MemoryStore, memory_tools, with_memory
+from atlas.observability.metrics import Metrics
+from atlas.observability.tracing import Tracing
 from atlas.runtime.accept import AcceptPipeline
 from atlas.runtime.background import Background
 from atlas.runtime.catalog import WorkspaceCatalog
@@ -109,8 +111,11 @@ class Daemon:
     """One atlasd: its components (public attributes, built in `__init__`), `start()` and `stop()`, and the few
     operations the API calls by name, each a one-line hand-over to the component that owns it."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, tracing: Tracing | None = None) -> None:
+        """`tracing`: the daemon's tracer (tests pass one with an in-memory exporter); else from `OTEL_*`."""
         s = self.settings = settings
+        # Traces (issue #18): off unless an OTLP endpoint or ATLAS_TRACING is set; a provider of this daemon's own.
+        self.tracing = tracing if tracing is not None else Tracing.from_env()
         self.home = _secure_dir(s.home)
         self.daemon_id = _daemon_id(self.home)
         self.started_at = now_iso()
@@ -156,7 +161,8 @@ class Daemon:
         self.accept = AcceptPipeline(bus=self.bus, session_log=self.session_log, store=self.store,
                                      workspaces=self.workspaces, finalizer=self.finalizer, intake=self.intake,
                                      daemon_id=self.daemon_id, max_cascade_depth=s.max_cascade_depth,
-                                     max_tree_sessions=s.max_tree_sessions)
+                                     max_tree_sessions=s.max_tree_sessions, tracing=self.tracing,
+                                     observer=self.metrics)
         # MCP servers of the workspaces' `tools.mcp`, pooled per workspace and started on first use (issue #14)
         self.mcp = McpHub(self.home, on_secret=self.templater.add_secret)
         # Workspace memory (issue #17): entries in the MEMORY bucket, offered to llm steps and chats as tools
@@ -164,8 +170,9 @@ class Daemon:
         engine = EngineServices(templater=self.templater, store=self.store, slots=self.slots,
                                 trigger=self.accept.accept, publish_chunk=self.session_log.publish_chunk,
                                 spawn=self.background.spawn, llm_base_url=s.llm_base_url,
-                                bus_retry_s=s.bus_retry_s, tools=self.workspace_tools,
-                                step_logs=self.step_logs.append, memory_tools=self.step_memory_tools)
+                                bus_retry_s=s.bus_retry_s, tools=self.workspace_tools, metrics=self.metrics,
+                                step_logs=self.step_logs.append, tracing=self.tracing,
+                                memory_tools=self.step_memory_tools)
         self.lifecycle = SessionLifecycle(bus=self.bus, session_log=self.session_log, store=self.store,
                                           workspaces=self.workspaces, concurrency=self.concurrency,
                                           finalizer=self.finalizer, lineage=self.lineage, markers=self.markers,
@@ -250,6 +257,7 @@ class Daemon:
         if self.embedded is not None:
             await self.embedded.stop()
         self.store.close()
+        self.tracing.shutdown()  # flushes the spans still batched
 
     async def _prune_loop(self) -> None:
         """Hourly: drop read-model rows of terminal sessions past retention (JetStream ages out by max_age)."""

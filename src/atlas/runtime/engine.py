@@ -33,6 +33,8 @@ from atlas.config.model import (
 )
 from atlas.errors import AtlasError
 from atlas.jsoncodec import dumps
+from atlas.observability.logs import session_fields
+from atlas.observability.tracing import Tracing, end_status
 from atlas.runtime.accept import Accepted, TriggerRequest
 from atlas.runtime.chunks import MAX_CHUNK_BYTES, ChunkCoalescer
 from atlas.runtime.fsm import planned_step
@@ -104,6 +106,8 @@ class EngineServices:
     memory_tools: Callable[[Workspace, ToolSource | None, str], ToolSource | None] | None = None
     """The workspace's memory tools in front of its MCP tools, saving with the run's sessionId as source (issue #17:
     an `llm` step whose `tools:` names `save_memory_entry`…); None: MCP only."""
+    tracing: Tracing = field(default_factory=Tracing.off)
+    """The daemon's tracer (issue #18): a run's session span and its steps' spans; off by default."""
 
 
 class Engine:
@@ -145,6 +149,14 @@ class Engine:
         return parse_duration(text)
 
     async def execute(self) -> None:
+        """Run the session to its one `session:complete`, inside its span and with its ids on every log line."""
+        env = self.env
+        with (self.s.tracing.session_span(env, self.job_id) as span,
+              session_fields(env["sessionId"], env["correlationId"], self.ws.id)):
+            status, code = await self._execute()
+            end_status(span, status, code)
+
+    async def _execute(self) -> tuple[str, str | None]:
         started = time.monotonic()
         status, code, message = "completed", None, None
         cause: dict[str, Any] | None = None
@@ -186,6 +198,7 @@ class Engine:
             errorCode=code,
             cause=cause,
         ))
+        return status, code
 
     def _time_out(self, task: asyncio.Task[Any] | None, timeout_s: float) -> None:
         if task is None or task.done() or self.run_state.cancel is not None:
@@ -300,7 +313,20 @@ class Engine:
                 if not runs:
                     await self._skipped(state_id, action)
                     continue
-            await self._step(action, state_id)
+            if self.s.tracing.enabled:
+                await self._traced_step(action, state_id)
+            else:
+                await self._step(action, state_id)
+
+    async def _traced_step(self, action: AgentAction | LlmAction | SignalAction, state_id: str) -> None:
+        """`_step` inside its span: the agent's model and tool calls, and a cascade's child session, nest in it."""
+        agent = self._plan(state_id, action)["agentName"]
+        with self.s.tracing.step_span(self.step_number + 1, state_id, action.type, agent) as span:
+            try:
+                await self._step(action, state_id)
+            except SessionEnd as end:
+                end_status(span, end.status, end.code)
+                raise
 
     async def _skipped(self, state_id: str, action: AgentAction | LlmAction | SignalAction) -> None:
         name = self._plan(state_id, action)["agentName"]

@@ -302,6 +302,10 @@ class SessionQueuedEvent(_EventHead):
     """The envelope's `skipStates` (issue #14), kept so that an envelope rebuilt from this event still has them."""
     rerunOf: NotRequired[str]
     """For `trigger: rerun`: the session this one re-runs (issue #16)."""
+    chat: NotRequired[ChatLink]
+    """For `trigger: chat`: the chat turn whose job tool started it (issue #17)."""
+    traceparent: NotRequired[str]
+    """The W3C trace context the session's span continues (issue #18), when the accepting daemon traces."""
 
 
 @documented
@@ -666,6 +670,8 @@ def queued(
     parentSessionId: str | None = None,
     skipStates: list[str] | None = None,
     rerunOf: str | None = None,
+    chat: ChatLink | dict[str, str] | None = None,
+    traceparent: str | None = None,
     seq: int = 1,
     timestamp: str | None = None,
 ) -> SessionQueuedEvent:
@@ -693,6 +699,10 @@ def queued(
         event["skipStates"] = skipStates
     if rerunOf:
         event["rerunOf"] = rerunOf
+    if chat:
+        event["chat"] = {"chatId": str(chat["chatId"]), "turnId": str(chat["turnId"])}
+    if traceparent:
+        event["traceparent"] = traceparent
     return cast(SessionQueuedEvent, event)
 
 

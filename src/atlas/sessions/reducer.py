@@ -167,6 +167,8 @@ class SessionView(TypedDict):
     starts or ends (issue #16)."""
     duplicateOf: NotRequired[str]
     """A `skipped-duplicate` session: the running session that made it skip (issue #16)."""
+    traceId: NotRequired[str]
+    """The OpenTelemetry trace the session's spans belong to (32 hex digits), when its daemon traces (issue #18)."""
 
 
 @documented
@@ -196,8 +198,12 @@ class SessionSummary(TypedDict):
     errorCode: NotRequired[str]
     rerunOf: NotRequired[str]
     """The session this one re-runs (`trigger: rerun`, issue #16)."""
+    chat: NotRequired[ChatLink]
+    """The chat turn that started it (`trigger: chat`, issue #17)."""
     duplicateOf: NotRequired[str]
     """A `skipped-duplicate` session: the running session that made it skip (issue #16)."""
+    traceId: NotRequired[str]
+    """The OpenTelemetry trace the session's spans belong to (32 hex digits), when its daemon traces (issue #18)."""
 
 
 # --- small helpers ----------------------------------------------------------------------------------------
@@ -336,10 +342,25 @@ _STEP_COMPLETE_FIELDS: Final = (
 )
 
 
+def _trace_id(traceparent: object) -> str | None:
+    """The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), None for anything else."""
+    if not isinstance(traceparent, str):
+        return None
+    parts = traceparent.split("-")
+    if len(parts) != 4 or len(parts[1]) != 32 or parts[1].strip("0123456789abcdef"):
+        return None
+    return parts[1]
+
+
 def _on_queued(view: View, event: Event) -> View | None:
     new = dict(view)
     _copy_present(new, event, _QUEUED_FIELDS)
     _copy_parent(new, event)
+    if isinstance(event.get("chat"), dict):
+        new["chat"] = dict(event["chat"])
+    trace_id = _trace_id(event.get("traceparent"))
+    if trace_id is not None:
+        new["traceId"] = trace_id
     if "payload" in event:
         new["payload"] = _clone(event["payload"])
     timestamp = _timestamp(event)
@@ -685,7 +706,7 @@ def summarize(view: Mapping[str, Any]) -> dict[str, Any]:
         "depth": field("depth", 0),
         "queuedAt": field("queuedAt", ""),
     }
-    for key in ("completedAt", "durationMs", "error", "errorCode", "rerunOf", "duplicateOf"):
+    for key in ("completedAt", "durationMs", "error", "errorCode", "rerunOf", "duplicateOf", "traceId"):
         value = view.get(key)
         if value is not None:
             summary[key] = value

@@ -105,10 +105,20 @@ export function durationMs(startedAt, endedAt) {
 
 // --- event rules (§3.5): each returns the new view, or null when the event cannot be applied ------------------
 
+/** The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), else null (as the Python reducer). */
+function traceIdOf(traceparent) {
+  if (typeof traceparent !== "string") return null;
+  const parts = traceparent.split("-");
+  return parts.length === 4 && /^[0-9a-f]{32}$/.test(parts[1]) ? parts[1] : null;
+}
+
 function onQueued(view, event) {
   const next = { ...view };
   copyPresent(next, event, QUEUED_FIELDS);
   copyParent(next, event);
+  if (isObject(event.chat)) next.chat = clone(event.chat); // the chat turn that started it (issue #17)
+  const traceId = traceIdOf(event.traceparent);
+  if (traceId !== null) next.traceId = traceId; // the run's OpenTelemetry trace (issue #18)
   if (own(event, "payload")) next.payload = clone(event.payload);
   const timestamp = timestampOf(event);
   if (timestamp !== null) {
@@ -342,9 +352,10 @@ export function summarize(view) {
     signalId: field("signalId", ""), trigger: field("trigger", ""), rootSessionId: field("rootSessionId", ""),
     depth: field("depth", 0), queuedAt: field("queuedAt", ""),
   };
-  for (const key of ["completedAt", "durationMs", "error", "errorCode", "rerunOf", "duplicateOf"]) {
+  for (const key of ["completedAt", "durationMs", "error", "errorCode", "rerunOf", "duplicateOf", "traceId"]) {
     if (present(view[key])) summary[key] = view[key];
   }
+  if (isObject(view.chat)) summary.chat = clone(view.chat);
   if (present(view.aiSummary)) summary.aiSummary = clone(view.aiSummary);
   if (typeof view.parentSessionId === "string" && view.parentSessionId) summary.parentSessionId = view.parentSessionId;
   return summary;

@@ -363,7 +363,7 @@ export async function mount(root, ctx) {
     ui.rerunButton.hidden = !isTerminal(v.status);
 
     const metaKey = JSON.stringify([v.sessionId, v.trigger, v.signalId, v.startedAt, v.queuedAt, v.status,
-      v.durationMs, v.correlationId, v.depth, v.rerunOf, v.waitingFor, v.duplicateOf]);
+      v.durationMs, v.correlationId, v.depth, v.rerunOf, v.waitingFor, v.duplicateOf, v.chat, v.traceId]);
     if (metaKey !== ui.metaKey) {
       ui.metaKey = metaKey;
       renderMeta(v);
@@ -405,6 +405,25 @@ export async function mount(root, ctx) {
     if (ui.panes.selected() === "events") ui.history.update(eventList(), v.lastSeq || 0, { loading: loadingEvents });
   }
 
+  // The run's OpenTelemetry trace (issue #18): its id, and a link to it when the daemon has ATLAS_TRACE_URL_TEMPLATE
+  // (read from /api/daemon/status once, when the first traced run is shown).
+  let traceTemplate; // undefined: not asked yet; null: none
+  function traceEl(traceId) {
+    if (traceTemplate === undefined) {
+      traceTemplate = null;
+      api("/api/daemon/status", { signal: ctx.signal }).then((status) => {
+        if (typeof status.traceUrlTemplate !== "string" || !status.traceUrlTemplate) return;
+        traceTemplate = status.traceUrlTemplate;
+        renderMeta(view);
+      }).catch(() => {}); // no link: the id is still shown
+    }
+    const url = traceTemplate ? traceTemplate.replaceAll("{traceId}", encodeURIComponent(traceId)) : null;
+    return h("span", { class: "id-copy" }, h("code", { id: "trace-id" }, traceId), copyButton(traceId, "Copy trace id"),
+      url && safeUrl(url)
+        ? h("a", { href: url, id: "trace-link", class: "small", rel: "noopener noreferrer", target: "_blank" }, "Open trace")
+        : null);
+  }
+
   function renderMeta(v) {
     const rows = [
       ["Session", h("code", { id: "session-id" }, v.sessionId)],
@@ -419,6 +438,7 @@ export async function mount(root, ctx) {
           h("a", { href: `/sessions${qs({ q: v.correlationId })}`, class: "small" }, "All runs with this id"))
         : h("span", { class: "muted" }, "—")],
     ];
+    if (v.traceId) rows.push(["Trace", traceEl(v.traceId)]);
     if (v.rerunOf) {
       rows.splice(2, 0, ["Re-run of", h("a", { href: sessionHref(v.rerunOf), id: "rerun-of" }, shortId(v.rerunOf))]);
     }
