@@ -55,6 +55,7 @@ from tests.test_api_core import post, wait_terminal
 # Every route of spec §9 (with the two SSE streams) and the schedule routes, as the document must list them.
 EXPECTED_OPERATIONS = {
     ("get", "/health"),
+    ("get", "/metrics"),
     ("get", "/api/daemon/status"),
     ("post", "/api/daemon/shutdown"),
     ("post", "/api/admin/rebuild-readmodel"),

@@ -532,6 +532,21 @@ def test_non_terminal_and_counts(rm: Model) -> None:
     assert rm.count_by_status() == {"queued": 1, "active": 1, "completed": 1, "failed": 2}
 
 
+def test_count_live_groups_queued_and_active_by_workspace(rm: Model) -> None:
+    """The `atlas_sessions` gauge's one query (issue #18): terminal rows are not counted."""
+    rm.upsert_many(
+        [
+            session("q1", status="queued", workspace_id="w1"),
+            session("q2", status="queued", workspace_id="w1"),
+            session("a1", status="active", workspace_id="w1"),
+            session("a2", status="active", workspace_id="w2"),
+            session("c", status="completed", workspace_id="w1"),
+            session("f", status="failed", workspace_id="w2"),
+        ]
+    )
+    assert rm.count_live() == {("queued", "w1"): 2, ("active", "w1"): 1, ("active", "w2"): 1}
+
+
 # -- query plans at scale (checklist item 43) ----
 
 

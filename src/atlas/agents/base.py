@@ -8,7 +8,7 @@ import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 __all__ = ["MAX_LOG_LINE_CHARS", "AgentContext", "StepError"]
 
@@ -49,6 +49,16 @@ def _empty_results() -> Mapping[str, Any]:
     return types.MappingProxyType({})
 
 
+class LlmObserver(Protocol):
+    """What an `llm` step reports to metrics (`atlas.observability.metrics.Metrics`): each model turn (with its
+    retries) and each tool call. The runtime hands it over on the step's context, so no agent imports metrics."""
+
+    def model_call(self, provider: str, model: str, ok: bool, seconds: float, input_tokens: int,
+                   output_tokens: int) -> None: ...
+
+    def tool_call(self, server: str | None, ok: bool, seconds: float) -> None: ...
+
+
 @dataclass(kw_only=True)
 class AgentContext:
     """The `ctx` handed to agents: exactly the members of §2.5, plus the workspace dir and a chunk sink.
@@ -69,6 +79,8 @@ class AgentContext:
     params: dict[str, Any] = field(default_factory=dict)
     cancelled: threading.Event = field(default_factory=threading.Event)
     _progress_sink: Callable[[dict[str, Any]], None] = field(default=_no_sink, repr=False)
+    #: Metrics of the step's model and tool calls (the runtime's); None: not observed.
+    _llm_observer: LlmObserver | None = field(default=None, repr=False)
     #: An `llm` step's tool calls, recorded as they end (read by the runtime when the step is cancelled).
     tool_calls: list[dict[str, Any]] = field(default_factory=list, repr=False)
 

@@ -57,6 +57,8 @@ _MESSAGES = {
     "headers_too_large": "Request headers exceed 64 KiB",
 }
 MAX_HEADER_BYTES = 64 * 1024
+#: The Prometheus scrape endpoint (`atlas.api.metrics`): token-guarded like the API, and refused to foreign origins.
+METRICS_PATH = "/metrics"
 
 
 # Encoded once: a refusal costs no JSON encoding. Statuses come from the API's one table (`atlas.api.errors`).
@@ -135,8 +137,9 @@ class SecurityMiddleware:
                     await self._deny(scope, send, "forbidden_origin")
                 return
             # A WebSocket handshake is a GET that browsers send cross-origin without preflight: treat it as
-            # state-changing so a foreign page cannot open one.
-            if (method in _STATE_CHANGING or kind == "websocket") and not listed and (
+            # state-changing so a foreign page cannot open one. `/metrics` too: no page has a reason to read it.
+            guarded = method in _STATE_CHANGING or kind == "websocket" or scope["path"] == METRICS_PATH
+            if guarded and not listed and (
                 origin == b"null" or origin.lower() != _own_origin(scope, host)
                 or headers.get(b"sec-fetch-site") == b"cross-site"
             ):
@@ -167,9 +170,11 @@ class SecurityMiddleware:
 
     @staticmethod
     def _open(kind: str, method: str, path: str) -> bool:
-        """`GET /health` and the UI's static files (GET/HEAD outside `/api` and `/openapi.json`) need no token:
-        the browser loads the UI before it can ask for the token, and monitoring probes /health."""
-        return kind == "http" and method in _READ_ONLY and not path.startswith("/api") and path != "/openapi.json"
+        """`GET /health` and the UI's static files (GET/HEAD outside `/api`, `/openapi.json` and `/metrics`) need no
+        token: the browser loads the UI before it can ask for the token, and monitoring probes /health. `/metrics`
+        tells what runs and how much: a scraper sends the token like any API client."""
+        return (kind == "http" and method in _READ_ONLY and not path.startswith("/api") and path != "/openapi.json"
+                and path != METRICS_PATH)
 
     @staticmethod
     async def _deny(scope: Scope, send: Send, code: str, cors_origin: bytes | None = None) -> None:

@@ -146,7 +146,24 @@ async def _disconnected(request: Request) -> None:
 async def trigger(request: Request) -> Response:
     """`POST /api/workspaces/{workspace_id}/signals/{signal_id}`: the checks of §5.3 in order, then one of the
     four modes. First in the route table, a plain Starlette route: the hottest endpoint skips the match attempts
-    of every other route."""
+    of every other route.
+
+    A refusal before the accept pipeline (unknown workspace, bad body, invalid payload...) is counted here
+    (`atlas_triggers_total{outcome="refused"}`); from the accept on, the pipeline counts (every trigger passes it),
+    and what fails after it (a sync wait's failed session) is an accepted trigger's answer, not a refusal."""
+    try:
+        return await _trigger(request)
+    except AtlasError as exc:
+        if not request.scope.get(_ACCEPTING):
+            daemon_of(request).metrics.trigger_refused(exc.code)
+        raise
+
+
+#: Scope key set once the route hands the trigger to the accept pipeline (which counts it from there).
+_ACCEPTING = "atlas.accepting"
+
+
+async def _trigger(request: Request) -> Response:
     daemon = daemon_of(request)
     idem = daemon.idempotency
     workspace_id: str = request.path_params["workspace_id"]
@@ -182,6 +199,7 @@ async def trigger(request: Request) -> Response:
         accepted = Accepted(rec["sessionId"], rec["correlationId"], ws.id, signal_id, job_id, rec["status"])
         replay_headers = {"Idempotent-Replayed": "true"}
     else:
+        request.scope[_ACCEPTING] = True
         try:
             accepted = await daemon.accept.accept(req, validated)
         except BaseException:

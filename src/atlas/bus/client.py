@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import nats
 from nats.aio.client import Client
@@ -79,6 +79,10 @@ class WrongLastSequence(Exception):
     """A conditional write lost: someone else wrote the subject (or key) first."""
 
 
+#: JetStream error codes of a conditional write that lost its race (see `Bus.append_event`).
+_LOST_RACE = (10071, 10158, 10164)
+
+
 @dataclass
 class BusSettings:
     url: str
@@ -99,13 +103,22 @@ class BusSettings:
 class Bus:
     """The daemon's handle on JetStream: streams, KV buckets and typed publish helpers."""
 
-    def __init__(self, settings: BusSettings) -> None:
+    def __init__(self, settings: BusSettings, observer: BusObserver | None = None) -> None:
         self.settings = settings
+class BusObserver(Protocol):
+    """What the bus reports to metrics (`atlas.observability.metrics.Metrics`): writes that failed, reconnections."""
+
+    def publish_failed(self, error: str) -> None: ...
+
+    def reconnected(self) -> None: ...
+
+
         self.nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._acks: AckedPublisher | None = None
         self.kv: dict[str, KeyValue] = {}
 
+        self.observer = observer
     @property
     def js(self) -> JetStreamContext:
         assert self._js is not None, "bus not connected"
@@ -128,8 +141,8 @@ class Bus:
         if self.settings.creds:
             opts["user_credentials"] = self.settings.creds
         opts["disconnected_cb"] = self._disconnected(on_disconnect)
-        if on_reconnect:
-            opts["reconnected_cb"] = on_reconnect
+        if on_reconnect or self.observer is not None:
+            opts["reconnected_cb"] = self._reconnected(on_reconnect)
         self.nc = await nats.connect(**opts)
         self._js = self.nc.jetstream(timeout=10)
         self._acks = AckedPublisher(self.nc, timeout=10)
@@ -166,6 +179,17 @@ class Bus:
         once rather than after theirs. nats-py keeps them in `_resp_map` (nats-py is pinned; a version without it
         just keeps its timeouts)."""
         pending = getattr(self.nc, "_resp_map", None)
+    def _reconnected(self, then: Callable[[], Awaitable[None]] | None) -> Callable[[], Awaitable[None]]:
+        """The client's reconnect callback: counted (`atlas_bus_reconnects_total`), then the caller's."""
+
+        async def on_reconnect() -> None:
+            if self.observer is not None:
+                self.observer.reconnected()
+            if then is not None:
+                await then()
+
+        return on_reconnect
+
         if not isinstance(pending, dict):
             return
         for fut in list(pending.values()):
@@ -274,7 +298,7 @@ class Bus:
             # 10071: wrong last sequence; on a cluster a *concurrent* loser gets 10164 (wrong last sequence, no
             # number) or 10158 (the same Nats-Msg-Id is still being proposed). All mean: someone else wrote first —
             # unless that someone is an earlier copy of this very append whose ack was lost.
-            if getattr(exc, "err_code", None) in (10071, 10158, 10164):
+            if getattr(exc, "err_code", None) in _LOST_RACE:
                 ours = await self._landed(subject, data, None, retry_for)
                 if ours is not None:
                     return ours
@@ -355,7 +379,13 @@ class Bus:
         JetStream does not answer for up to `retry_for` seconds (default: `write_retry_s`; 0: one attempt)."""
         assert self._acks is not None, "bus not connected"
         budget = self.settings.write_retry_s if retry_for is None else retry_for
-        return await self._acks.publish(subject, data, headers, retry_for=budget)
+        try:
+            return await self._acks.publish(subject, data, headers, retry_for=budget)
+        except Exception as exc:
+            # A lost write race (an expected-sequence refusal) is the protocol working, not a failed publish.
+            if self.observer is not None and getattr(exc, "err_code", None) not in _LOST_RACE:
+                self.observer.publish_failed(type(exc).__name__)
+            raise
 
     async def publish_envelope(self, envelope: dict[str, Any], data: bytes | None = None,
                                retry_for: float | None = None) -> None:

@@ -93,6 +93,8 @@ def cut(text: str, limit: int) -> str:
         return text
     return f"{text[:limit]}… [cut: {len(text) - limit} more characters]"
 
+#: Told of each finished tool call: its server (None if unknown), whether it succeeded, and its seconds.
+ToolCallObserver = Callable[[str | None, bool, float], None]
 
 def _cut_value(value: Any, limit: int) -> Any:
     """A recorded result: strings are cut; a structured value too big to record becomes its cut JSON text."""
@@ -118,10 +120,12 @@ async def run_tool_loop(
     """Run turns until one answers without tool calls; raises StepError with `tool_calls` on the record.
 
     `record`, when given, is the list the calls are recorded into as they end: the caller still has them when the
-    step is cancelled mid-turn (a call cut short is recorded with `error` "cancelled").
+    step is cancelled mid-turn (a call cut short is recorded with `error` "cancelled"). `on_tool_call` is told
+    each finished call's server, success and seconds (metrics; this module stays free of them).
     """
     result = LoopResult(text="", tool_calls=record if record is not None else [])
     messages: list[Message] = list(request.messages)
+    on_tool_call: ToolCallObserver | None = None,
     reasoning: list[str] = []
     choice = request.tool_choice
     for turn_number in range(1, max_steps + 1):
@@ -145,7 +149,7 @@ async def run_tool_loop(
         if turn_number == max_steps:
             break
         messages.append(turn)
-        answers = await _run_calls(turn.tool_calls, tools, emit, result.tool_calls)
+        answers = await _run_calls(turn.tool_calls, tools, emit, result.tool_calls, on_tool_call)
         messages.extend(answers)
     raise _failed("max_steps_exceeded", f"no final answer after {max_steps} model turns (max_steps)", result)
 
@@ -159,7 +163,7 @@ def _failed(code: str, message: str, result: LoopResult) -> StepError:
 
 async def _run_calls(
     calls: list[ToolCallRequest], tools: ToolRunner, emit: Callable[[dict[str, Any]], None],
-    record: list[dict[str, Any]],
+    record: list[dict[str, Any]], on_tool_call: ToolCallObserver | None = None,
 ) -> list[ToolResultMessage]:
     first = len(record)
 
@@ -183,7 +187,10 @@ async def _run_calls(
                                "error": "cancelled: the step ended before the tool answered",
                                **({"server": server} if server else {})})
                 raise
-        duration = int((time.monotonic() - started) * 1000)
+        elapsed = time.monotonic() - started
+        if on_tool_call is not None:
+            on_tool_call(outcome.server or server, outcome.error is None, elapsed)
+        duration = int(elapsed * 1000)
         entry: dict[str, Any] = {"toolCallId": call.id, "toolName": call.name, "args": args,
                                  "result": _cut_value(outcome.result if outcome.result is not None else outcome.text,
                                                       RECORD_RESULT_CHARS),

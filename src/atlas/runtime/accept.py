@@ -23,9 +23,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from atlas.bus.client import Bus
 from atlas.bus.records import envelope as make_envelope
@@ -136,6 +137,14 @@ def queued_event(envelope: dict[str, Any], ws: Workspace | None, job_id: str) ->
 
 def _consume_exception(fut: asyncio.Future[Any]) -> None:
     if not fut.cancelled():
+class AcceptObserver(Protocol):
+    """What the accept pipeline reports to metrics (`atlas.observability.metrics.Metrics`)."""
+
+    def trigger_accepted(self, seconds: float) -> None: ...
+
+    def trigger_refused(self, code: str) -> None: ...
+
+
         fut.exception()
 
 
@@ -197,7 +206,26 @@ class AcceptPipeline:
 
     async def accept(self, req: TriggerRequest,
                      validated: tuple[Workspace, str, dict[str, Any] | None] | None = None) -> Accepted:
-        """Validate (unless the caller did), mint ids, hand the envelope to SIGNALS, then write `session:queued`."""
+        """Validate (unless the caller did), mint ids, hand the envelope to SIGNALS, then write `session:queued`.
+
+        Every trigger (HTTP, cron, cascade, rerun) passes here, so here it is counted: accepted with its latency,
+        or refused with its code (a cascade over a limit is refused too, though its failed record is written)."""
+        if self.observer is None:
+            return await self._accept(req, validated)
+        started = time.perf_counter()
+        try:
+            accepted = await self._accept(req, validated)
+        except AtlasError as exc:
+            self.observer.trigger_refused(exc.code)
+            raise
+        if accepted.error_code is not None:
+            self.observer.trigger_refused(accepted.error_code)
+        else:
+            self.observer.trigger_accepted(time.perf_counter() - started)
+        return accepted
+
+    async def _accept(self, req: TriggerRequest,
+                      validated: tuple[Workspace, str, dict[str, Any] | None] | None) -> Accepted:
         ws, job_id, parent = validated or self.validate(req)
         self.intake.check()
         if self.store.shared and not self.store.writable():

@@ -129,12 +129,16 @@ class Daemon:
         # The edges: built now, connected and started by `start()`.
         self.embedded = None if s.nats_url else EmbeddedNats(self.home, on_fatal=self._bus_lost)
         self.nats_url = s.nats_url or ""
-        self.bus = Bus(bus_settings(s))
+        # Prometheus metrics (issue #18): a registry of this daemon's own, handed to the components that count.
+        self.metrics = Metrics()
+        self.bus = Bus(bus_settings(s), observer=self.metrics)
         self.bus_health = BusHealth(self.bus, self.embedded)  # degraded while the bus cannot write
         self.session_log = SessionLog(self.bus)
         self.step_logs = StepLogStore(self.bus)  # what steps wrote, beside their events (issue #16)
         self.store = SessionStore(open_read_model(self.home / "atlas.db") if not s.database_url
-                                  else PostgresReadModel(s.database_url, pool_size=s.database_pool))
+                                  else PostgresReadModel(s.database_url, pool_size=s.database_pool),
+                                  observer=self.metrics)
+        self.metrics.count_sessions(self._live_session_counts)
         self.background = Background()
         if s.database_url:  # other daemons read it: rows are written once, by each session's writer (issue #15)
             watch = SessionWatch(session_log=self.session_log, store=self.store, spawn=self.background.spawn)
@@ -291,6 +295,10 @@ class Daemon:
         return self.lifecycle.runs
 
     # ------------------------------------------------------------ the API's operations, each owned by a component
+    def _live_session_counts(self) -> dict[tuple[str, str], int]:
+        """Queued and active sessions by (status, workspace), for `atlas_sessions` at each scrape."""
+        return self.store.rm.count_live()
+
 
     async def add_workspace(self, path: str | Path, roots: Sequence[Path] = ()) -> tuple[Workspace, bool]:
         return await self.catalog.add(path, roots)

@@ -14,11 +14,11 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from nats.errors import Error as NatsError
 
-from atlas.agents.base import AgentContext, StepError
+from atlas.agents.base import AgentContext, LlmObserver, StepError
 from atlas.agents.llm import LlmCallConfig, ToolSource, run_llm
 from atlas.agents.runner import AgentResult, run_agent_full
 from atlas.config.durations import parse_duration
@@ -99,6 +99,8 @@ class EngineServices:
     llm_base_url: str | None
     bus_retry_s: float
     """How long a write rides through a silent bus (for the log line of a run the bus failed under)."""
+    metrics: RunObserver | None = None
+    """Step durations, model and tool calls (`atlas.observability.metrics.Metrics`); None: not observed."""
     tools: Callable[[Workspace], ToolSource | None] | None = None
     """The workspace's MCP tools (`McpHub.for_workspace`), for `llm` steps with `tools:`; None: no MCP."""
     step_logs: AppendLogs | None = None
@@ -361,6 +363,7 @@ class Engine:
             raise SessionEnd("failed", "step_limit", f"More than {self.max_steps} steps (config.max_steps)")
         number = self.step_number
         plan = self._plan(state_id, action)
+        self._agent_type = agent_type(self.ws, action)
         output_key = plan["outputKey"]
         started = time.monotonic()
         input_value: Any = None
@@ -445,6 +448,8 @@ class Engine:
             errorDetails=redact(details) if details else None,  # a traceback or stderr may show a secret()
             cause=cause,  # redacted by _step_failed
         ))
+        if self.s.metrics is not None:
+            self.s.metrics.step_ended(self._agent_type, time.monotonic() - started)
 
     async def _step_failed(self, number: int, started: float, code: str, message: str, output: Any,
                            child_id: str | None = None, result: AgentResult | None = None, *,
@@ -472,6 +477,7 @@ class Engine:
             cancelled=self.run_state.cancelled_flag,
             workspace_dir=self.ws.path,
             _progress_sink=self._chunk_sink(),
+            _llm_observer=self.s.metrics,
         )
         variables = self._vars(input=input_value)
         base_url = self.s.llm_base_url
@@ -486,6 +492,8 @@ class Engine:
         return await run_agent_full(target, ctx, self.s.templater, variables, default_base_url=base_url,
                                     tools=tools)
 
+    #: The running step's agent type (a metric label, see `agent_type`).
+    _agent_type = "unknown"
     #: The run's chunk buffer, made by the first step that emits (see `atlas.runtime.chunks`).
     _chunks: ChunkCoalescer | None = None
     #: The run's durable step log, made with it (see `atlas.runtime.steplogs`, issue #16).
@@ -571,6 +579,24 @@ class Engine:
             err.cause = cause_from_view(view)  # the child's error and its own cause, down to the root cause
             raise err
         return info, accepted.session_id
+
+
+class RunObserver(LlmObserver, Protocol):
+    """What a run reports to metrics: its steps' durations, and (through each step's context) model and tool
+    calls."""
+
+    def step_ended(self, agent_type: str, seconds: float) -> None: ...
+
+
+def agent_type(ws: Workspace, action: AgentAction | LlmAction | SignalAction) -> str:
+    """A step's agent type, a metric label bounded by the config: the agent's `type` (python, shell, http, llm,
+    atlas), `llm` for an inline llm action, `signal` for a cascade, `builtin` for a built-in agent."""
+    if isinstance(action, LlmAction):
+        return "llm"
+    if isinstance(action, SignalAction):
+        return "signal"
+    agent = ws.config.agents.get(action.agentId)
+    return str(agent.type) if agent is not None else "builtin"
 
 
 def exc_child(exc: StepError) -> str | None:

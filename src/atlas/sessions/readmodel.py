@@ -626,6 +626,13 @@ class ReadModel:
         rows = self._query("SELECT status, COUNT(*) FROM sessions GROUP BY status")
         return {status: int(count) for status, count in rows}
 
+    def count_live(self) -> dict[tuple[str, str], int]:
+        """Queued and active sessions by (status, workspace): the `atlas_sessions` gauge at each scrape, one
+        grouped count over the status index (terminal rows, however many, are not visited)."""
+        rows = self._query("SELECT status, workspace_id, COUNT(*) FROM sessions WHERE status IN (?, ?) "
+                           "GROUP BY status, workspace_id", NON_TERMINAL)
+        return {(status, workspace): int(count) for status, workspace, count in rows}
+
     def count_correlation(self, correlation_id: str) -> int:
         """Sessions of one correlation tree (for ATLAS_MAX_TREE_SESSIONS); an index count."""
         rows = self._query("SELECT COUNT(*) FROM sessions WHERE correlation_id = ?", (correlation_id,))

@@ -318,6 +318,12 @@ class PostgresReadModel:
         rows = self._query("SELECT status, COUNT(*) FROM sessions GROUP BY status")
         return {status: int(count) for status, count in rows}
 
+    def count_live(self) -> dict[tuple[str, str], int]:
+        """Queued and active sessions by (status, workspace), for the `atlas_sessions` gauge (status index)."""
+        rows = self._query("SELECT status, workspace_id, COUNT(*) FROM sessions WHERE status IN (%s, %s) "
+                           "GROUP BY status, workspace_id", NON_TERMINAL)
+        return {(status, workspace): int(count) for status, workspace, count in rows}
+
     def count_correlation(self, correlation_id: str) -> int:
         rows = self._query("SELECT COUNT(*) FROM sessions WHERE correlation_id = %s", (correlation_id,))
         return int(rows[0][0])

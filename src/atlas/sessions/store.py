@@ -26,7 +26,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from datetime import datetime
+from typing import Any, Protocol
 
 from atlas.errors import AtlasError
 from atlas.sessions.readmodel import encode_rows
@@ -41,6 +42,18 @@ Watch = Callable[[str | None], AbstractAsyncContextManager[None]]
 session's end reaches `settle` (a shared read model, see `SessionStore.shared`)."""
 
 
+class StoreObserver(Protocol):
+    """What the store reports to metrics (`atlas.observability.metrics.Metrics`).
+
+    The store carries it because every `SessionWriter` already holds the store: the events this daemon appends
+    reach `event_written` from the writer, whichever component (accept, consumer, engine, finalizer, recovery)
+    wrote them, so a session's end is seen once, by the daemon that wrote it."""
+
+    def event_written(self, event: dict[str, Any], view: dict[str, Any]) -> None: ...
+
+    def row_written(self, lag_s: float) -> None: ...
+
+
 class SessionStore:
     """Folds events into views, persists them and wakes whoever waits for a session."""
 
@@ -51,8 +64,13 @@ class SessionStore:
     RETRY_DELAY_S = 1.0
     """After a failed read-model write (a full disk: SQLITE_FULL), the rows wait this long before the next try."""
 
-    def __init__(self, readmodel: ReadModelPort) -> None:
+    def __init__(self, readmodel: ReadModelPort, observer: StoreObserver | None = None) -> None:
         self._rm = readmodel
+        self.observer = observer
+        # With an observer: the timestamp of the oldest event not yet in each dirty row (write lag), and those of
+        # the batch being written (one batch at a time).
+        self._stamps: dict[str, str] = {}
+        self._stamps_writing: dict[str, str] = {}
         # What a write may fail with and be retried after (SQLite: a full disk; PostgreSQL: the server is down).
         self._transient = readmodel.transient_errors
         self._dirty: dict[str, dict[str, Any]] = {}
@@ -205,6 +223,7 @@ class SessionStore:
                 self._write_failed(batch, seq, exc)
             else:
                 self._write_succeeded()
+                self._observe_lag()
                 self._wake_committed(batch)
         return self._rm
 
@@ -291,6 +310,10 @@ class SessionStore:
         if view is base:
             return None
         self._dirty[sid] = view
+        if self.observer is not None:
+            stamp = event.get("timestamp")
+            if isinstance(stamp, str):
+                self._stamps.setdefault(sid, stamp)
         if self._handed:
             self._handed.pop(sid, None)
         if stream_seq is not None:
@@ -395,7 +418,19 @@ class SessionStore:
         seq = self._pending_stream_seq or None
         self._dirty = {}
         self._pending_stream_seq = 0
+        if self._stamps:
+            self._stamps_writing, self._stamps = self._stamps, {}
         return batch, encoded, seq
+
+    def _observe_lag(self) -> None:
+        """The batch is committed: each row's lag, from its oldest event's timestamp to now."""
+        stamps, self._stamps_writing = self._stamps_writing, {}
+        if self.observer is None or not stamps:
+            return
+        now = time.time()
+        for stamp in stamps.values():
+            with contextlib.suppress(ValueError):
+                self.observer.row_written(now - datetime.fromisoformat(stamp).timestamp())
 
     def _write(self, encoded: list[Any] | None, seq: int | None) -> None:
         if encoded is not None:
@@ -425,6 +460,7 @@ class SessionStore:
             self._writing = {}
         if error is None:
             self._write_succeeded()
+            self._observe_lag()
             if self.shared:
                 self._hand_over(batch)
             self._wake_committed(batch)
@@ -454,6 +490,9 @@ class SessionStore:
         these rows until a restart replayed them (issue #19, bug 9). Logged once per run of failures."""
         for sid, view in batch.items():
             self._dirty.setdefault(sid, view)
+        for sid, stamp in self._stamps_writing.items():
+            self._stamps[sid] = stamp  # older than any stamp taken since
+        self._stamps_writing = {}
         if seq is not None:
             self._pending_stream_seq = max(self._pending_stream_seq, seq)
         if not self._retry_at:

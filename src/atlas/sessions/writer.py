@@ -29,6 +29,9 @@ from atlas.sessions.store import SessionStore
 
 E = TypeVar("E", bound=DurableEvent)
 
+#: The events the store's observer (metrics) is told about: a session's start and its end.
+_OBSERVED = frozenset({"session:start", "session:complete"})
+
 #: How many times a refused append is sent again while the log has not moved (see `SessionWriter._send`).
 REFUSALS_RESENT = 2
 
@@ -120,5 +123,11 @@ class SessionWriter:
         self.stream_seq = stream_seq
         self.seq += 1
         self.last_type = data["type"]
-        self.store.apply(data, new=first)
+        view = self.store.apply(data, new=first)
         self.store.note_written(stream_seq)
+        observer = self.store.observer
+        if observer is not None and data["type"] in _OBSERVED:
+            # Applied first by the materialiser (our own event coming back): the store holds the view already.
+            view = view or self.store.view(self.session_id)
+            if view is not None:
+                observer.event_written(data, view)

@@ -1,0 +1,1 @@
+"""Observability: Prometheus metrics, traces and structured logs (issue #18)."""
