@@ -121,14 +121,16 @@ export function qs(params) {
 export const isAbort = (exc) => exc && exc.name === "AbortError";
 
 /**
- * Read a server-sent event stream with fetch. `onFrame({event, id, data})` gets every dispatched frame
- * (`event` is "message" when the frame had no `event:` line). Resolves when the server closes the stream;
- * throws ApiError when it cannot be opened (status, JSON error code) or is not an event stream (`not_a_stream`).
+ * Read a server-sent event stream with fetch (a GET, or `method` with a JSON `body`). `onFrame({event, id, data})`
+ * gets every dispatched frame (`event` is "message" when the frame had no `event:` line). Resolves when the server
+ * closes the stream; throws ApiError when it cannot be opened (status, JSON error code) or is not an event stream
+ * (`not_a_stream`).
  */
-export async function readEventStream(path, { lastEventId, signal, onOpen, onFrame }) {
+export async function readEventStream(path, { lastEventId, signal, onOpen, onFrame, method = "GET", body }) {
   const headers = { Accept: "text/event-stream" };
   if (lastEventId) headers["Last-Event-ID"] = String(lastEventId);
-  const response = await request(path, { headers, signal, cache: "no-store" });
+  // `method`/`body`: a stream answering a POST (a chat turn; EventSource can only GET).
+  const response = await request(path, { method, body, headers, signal, cache: "no-store" });
   const type = response.headers.get("Content-Type") || "";
   if (!type.includes("text/event-stream") || !response.body) {
     response.body?.cancel().catch(() => {});

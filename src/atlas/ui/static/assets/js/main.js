@@ -3,6 +3,7 @@
 // Routes: /                          workspaces
 //         /workspaces/<ws>           one workspace: jobs (Run), signals, recent runs
 //         /workspaces/<ws>/sessions  that workspace's runs
+//         /workspaces/<ws>/chat[/<chatId>]  talk to the workspace (issue #17)
 //         /sessions                  every run
 //         /sessions/<sid>            run detail (live)
 //         /schedules                 cron schedules: pause, resume, run now
@@ -10,6 +11,7 @@
 
 import { isAbort, onUnauthorized, setToken } from "./api.js";
 import { fill, h, tick } from "./dom.js";
+import * as chatPage from "./pages/chat.js";
 import * as runPage from "./pages/run.js";
 import * as runsPage from "./pages/runs.js";
 import * as schedulesPage from "./pages/schedules.js";
@@ -21,6 +23,8 @@ const ROUTES = [
   [/^\/$/, workspacesPage, () => ({})],
   [/^\/workspaces\/([^/]+)$/, workspacePage, (m) => ({ workspaceId: decodeURIComponent(m[1]) })],
   [/^\/workspaces\/([^/]+)\/sessions$/, runsPage, (m) => ({ workspaceId: decodeURIComponent(m[1]) })],
+  [/^\/workspaces\/([^/]+)\/chat(?:\/([^/]+))?$/, chatPage,
+    (m) => ({ workspaceId: decodeURIComponent(m[1]), chatId: m[2] ? decodeURIComponent(m[2]) : null })],
   [/^\/sessions$/, runsPage, () => ({ workspaceId: null })],
   [/^\/sessions\/([^/]+)$/, runPage, (m) => ({ sessionId: decodeURIComponent(m[1]) })],
   [/^\/schedules$/, schedulesPage, () => ({})],

@@ -442,6 +442,11 @@ export async function mount(root, ctx) {
     if (v.rerunOf) {
       rows.splice(2, 0, ["Re-run of", h("a", { href: sessionHref(v.rerunOf), id: "rerun-of" }, shortId(v.rerunOf))]);
     }
+    // A run a chat turn started (issue #17) links back to that chat.
+    if (v.chat && typeof v.chat.chatId === "string") {
+      rows.splice(2, 0, ["Chat", h("a", { id: "chat-link", href: `/workspaces/${encodeURIComponent(v.workspaceId)}/chat/${
+        encodeURIComponent(v.chat.chatId)}` }, "Open the chat that started this run")]);
+    }
     // Why it has not run (issue #16): what a queued run waits for, the running session a skipped one duplicates.
     if (v.status === "queued" && v.waitingFor) rows.splice(2, 0, ["Waiting for", waitingForEl(v.waitingFor)]);
     if (v.duplicateOf) {

@@ -28,7 +28,9 @@ function card(ws, run, names) {
     h("p", { class: "meta" }, plural(ws.jobCount ?? 0, "job"), " · ", plural(ws.signalCount ?? 0, "signal"),
       " · ", h("code", { title: ws.path || "" }, ws.id)),
     h("div", { class: "card-foot" }, latestRun(run, names),
-      h("a", { href: `/workspaces/${encodeURIComponent(ws.id)}/sessions`, class: "small" }, "All runs")));
+      h("span", { class: "head-links small" },
+        h("a", { href: `/workspaces/${encodeURIComponent(ws.id)}/chat` }, "Chat"),
+        h("a", { href: `/workspaces/${encodeURIComponent(ws.id)}/sessions` }, "All runs"))));
 }
 
 export async function mount(root, ctx) {
