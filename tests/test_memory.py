@@ -44,7 +44,8 @@ def memory(d: DaemonProcess, path: str = "", **params: Any) -> httpx.Response:
 def entries(d: DaemonProcess, corpus: str = "notes", **params: Any) -> list[dict[str, Any]]:
     r = memory(d, f"/{corpus}", **params)
     assert r.status_code == 200, r.text
-    return r.json()["entries"]  # type: ignore[no-any-return]
+    entries: list[dict[str, Any]] = r.json()["entries"]
+    return entries
 
 
 def remember(d: DaemonProcess, fake: FakeModels, text: str, call_id: str) -> dict[str, Any]:
