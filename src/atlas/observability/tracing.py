@@ -166,20 +166,23 @@ class Tracing:
             span.end()
         return _traceparent_of(span)
 
-    @contextlib.contextmanager
-    def session_span(self, envelope: Mapping[str, Any], job_name: str) -> Iterator[Span | None]:
-        """The session's span for its run on this daemon, parented by the envelope's `traceparent`; it makes this
-        tracer the run's `active()` one (agents' model and tool spans)."""
+    def session_span(self, envelope: Mapping[str, Any], job_name: str) -> contextlib.AbstractContextManager[Any]:
+        """The session's span for its run on this daemon, parented by the envelope's `traceparent` (a root span
+        without one: never the span of whatever task started the run); it makes this tracer the run's `active()`
+        one (agents' model and tool spans)."""
         if self.tracer is None:
-            yield None
-            return
+            return _NULL
+        return self._session_span(self.tracer, envelope, job_name)
+
+    @contextlib.contextmanager
+    def _session_span(self, tracer: Tracer, envelope: Mapping[str, Any], job_name: str) -> Iterator[Span]:
         parent = _PROPAGATOR.extract({TRACEPARENT: envelope[TRACEPARENT]} if envelope.get(TRACEPARENT) else {})
         attrs = session_attributes(envelope)
         attrs[JOB_NAME] = job_name
         token = _active.set(self)
         try:
-            with self.tracer.start_as_current_span(f"session {envelope['workspaceId']}/{job_name}", context=parent,
-                                                   attributes=attrs, **_NO_MESSAGES) as span:
+            with tracer.start_as_current_span(f"session {envelope['workspaceId']}/{job_name}", context=parent,
+                                              attributes=attrs, **_NO_MESSAGES) as span:
                 yield span
         finally:
             _active.reset(token)
