@@ -29,6 +29,7 @@ from playwright.async_api import BrowserContext, Locator, Page, expect
 from tests.browser import CHROMIUM
 from tests.daemon_proc import FIXTURES, DaemonProcess
 from tests.fake_models import FakeModels, Reply, ToolCall, fake_models
+from tests.test_ui import shot
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is missing: run `make chromium` (Debian package)")
 
@@ -185,6 +186,7 @@ async def test_a_tool_call_is_folded_in_the_reply_and_the_run_it_started_links_b
     await args.locator("summary").click()
     assert json.loads(await args.locator("pre").inner_text()) == {"name": "Ada"}
     await expect(call.locator("details[data-key$=':result'] summary")).to_have_text("Result")
+    await shot(page, "chat-01-tool-call")
 
     # The run it started is linked, and its page links back to this chat.
     chat_id = chat_id_of(page)
@@ -297,3 +299,9 @@ async def test_the_workspace_pages_link_to_the_chat(page: Page) -> None:
     await page.locator("#chat-link").click()
     await expect(page).to_have_url(re.compile(rf"{CHAT_PAGE}$"))
     await expect(page.get_by_role("heading", level=1)).to_have_text("New chat")
+    # A chat that does not exist (deleted, or a wrong link) says so instead of offering an input.
+    await page.goto(f"{CHAT_PAGE}/no-such-chat")
+    await expect(page.get_by_role("heading", level=1)).to_have_text("Chat not found")
+    await expect(message_box(page)).to_be_hidden()
+    await page.get_by_role("link", name="Start a new chat").click()
+    await expect(page).to_have_url(re.compile(rf"{CHAT_PAGE}$"))
