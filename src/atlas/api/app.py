@@ -35,8 +35,8 @@ from atlas.api import (
 )
 from atlas.api.bench_routes import bench_routes
 from atlas.api.errors import EXCEPTION_HANDLERS
-from atlas.api.openapi import openapi_json
 from atlas.api.metrics import metrics as scrape_metrics
+from atlas.api.openapi import openapi_json
 from atlas.api.security import SecurityMiddleware, log_protections
 from atlas.api.streams import StreamHub
 from atlas.api.traced import traced

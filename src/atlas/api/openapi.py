@@ -635,6 +635,15 @@ def _paths() -> dict[str, Any]:
         {"200": response("The daemon is up", ref("Health")), **errors(method="get", open_route=True)},
         open_route=True,
     )}
+    p["/metrics"] = {"get": _op(
+        "getMetrics", "daemon", "Prometheus metrics",
+        "This daemon's metrics in the Prometheus text format (OpenMetrics when `Accept` asks for it), issue #18: "
+        "triggers, sessions (ended; queued and active as its read model holds them), accept, queue, session and "
+        "step latencies, model and tool calls, bus errors and reconnects, read-model write lag. Needs the token "
+        "when one is configured; any foreign `Origin` is refused. In a cluster scrape every daemon.",
+        {"200": {"description": "The metrics", "content": {"text/plain": {"schema": string()}}},
+         **errors(method="post")},
+    )}
     p["/api/daemon/status"] = {"get": _op(
         "getDaemonStatus", "daemon", "Daemon and cluster status", "Process, bus, session and cluster facts.",
         {"200": response("Status", ref("DaemonStatus")), **errors(method="get")},
@@ -661,15 +670,6 @@ def _paths() -> dict[str, Any]:
     )}
 
     p["/api/workspaces"] = {"get": _op(
-    p["/metrics"] = {"get": _op(
-        "getMetrics", "daemon", "Prometheus metrics",
-        "This daemon's metrics in the Prometheus text format (OpenMetrics when `Accept` asks for it), issue #18: "
-        "triggers, sessions (ended; queued and active as its read model holds them), accept, queue, session and "
-        "step latencies, model and tool calls, bus errors and reconnects, read-model write lag. Needs the token "
-        "when one is configured; any foreign `Origin` is refused. In a cluster scrape every daemon.",
-        {"200": {"description": "The metrics", "content": {"text/plain": {"schema": string()}}},
-         **errors(method="post")},
-    )}
         "listWorkspaces", "workspaces", "List workspaces", "All registered workspaces, by name.",
         {"200": response("Workspaces", array(ref("WorkspaceEntry"))), **errors(method="get")},
     )}

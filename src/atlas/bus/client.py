@@ -75,12 +75,12 @@ def cancel_subject(session_id: str) -> str:
     return f"atlas.cancel.sessions.{session_id}"
 
 
-class WrongLastSequence(Exception):
-    """A conditional write lost: someone else wrote the subject (or key) first."""
-
-
 #: JetStream error codes of a conditional write that lost its race (see `Bus.append_event`).
 _LOST_RACE = (10071, 10158, 10164)
+
+
+class WrongLastSequence(Exception):
+    """A conditional write lost: someone else wrote the subject (or key) first."""
 
 
 @dataclass
@@ -100,11 +100,6 @@ class BusSettings:
     write_retry_s: float = 30.0
 
 
-class Bus:
-    """The daemon's handle on JetStream: streams, KV buckets and typed publish helpers."""
-
-    def __init__(self, settings: BusSettings, observer: BusObserver | None = None) -> None:
-        self.settings = settings
 class BusObserver(Protocol):
     """What the bus reports to metrics (`atlas.observability.metrics.Metrics`): writes that failed, reconnections."""
 
@@ -113,12 +108,17 @@ class BusObserver(Protocol):
     def reconnected(self) -> None: ...
 
 
+class Bus:
+    """The daemon's handle on JetStream: streams, KV buckets and typed publish helpers."""
+
+    def __init__(self, settings: BusSettings, observer: BusObserver | None = None) -> None:
+        self.settings = settings
+        self.observer = observer
         self.nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._acks: AckedPublisher | None = None
         self.kv: dict[str, KeyValue] = {}
 
-        self.observer = observer
     @property
     def js(self) -> JetStreamContext:
         assert self._js is not None, "bus not connected"
@@ -174,11 +174,6 @@ class BusObserver(Protocol):
 
         return on_disconnect
 
-    def _unpin_requests(self) -> None:
-        """Fail nats-py's pending requests (JetStream API calls: reads, KV creates) with `AckLost`, a timeout, at
-        once rather than after theirs. nats-py keeps them in `_resp_map` (nats-py is pinned; a version without it
-        just keeps its timeouts)."""
-        pending = getattr(self.nc, "_resp_map", None)
     def _reconnected(self, then: Callable[[], Awaitable[None]] | None) -> Callable[[], Awaitable[None]]:
         """The client's reconnect callback: counted (`atlas_bus_reconnects_total`), then the caller's."""
 
@@ -190,6 +185,11 @@ class BusObserver(Protocol):
 
         return on_reconnect
 
+    def _unpin_requests(self) -> None:
+        """Fail nats-py's pending requests (JetStream API calls: reads, KV creates) with `AckLost`, a timeout, at
+        once rather than after theirs. nats-py keeps them in `_resp_map` (nats-py is pinned; a version without it
+        just keeps its timeouts)."""
+        pending = getattr(self.nc, "_resp_map", None)
         if not isinstance(pending, dict):
             return
         for fut in list(pending.values()):

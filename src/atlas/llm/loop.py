@@ -85,6 +85,8 @@ class LoopResult:
 
 
 ModelTurn = Callable[[TurnRequest, TextSink], Awaitable[AssistantTurn]]
+#: Told of each finished tool call: its server (None if unknown), whether it succeeded, and its seconds.
+ToolCallObserver = Callable[[str | None, bool, float], None]
 
 
 def cut(text: str, limit: int) -> str:
@@ -93,8 +95,6 @@ def cut(text: str, limit: int) -> str:
         return text
     return f"{text[:limit]}… [cut: {len(text) - limit} more characters]"
 
-#: Told of each finished tool call: its server (None if unknown), whether it succeeded, and its seconds.
-ToolCallObserver = Callable[[str | None, bool, float], None]
 
 def _cut_value(value: Any, limit: int) -> Any:
     """A recorded result: strings are cut; a structured value too big to record becomes its cut JSON text."""
@@ -116,6 +116,7 @@ async def run_tool_loop(
     emit: Callable[[dict[str, Any]], None],
     on_text: TextSink,
     record: list[dict[str, Any]] | None = None,
+    on_tool_call: ToolCallObserver | None = None,
 ) -> LoopResult:
     """Run turns until one answers without tool calls; raises StepError with `tool_calls` on the record.
 
@@ -125,7 +126,6 @@ async def run_tool_loop(
     """
     result = LoopResult(text="", tool_calls=record if record is not None else [])
     messages: list[Message] = list(request.messages)
-    on_tool_call: ToolCallObserver | None = None,
     reasoning: list[str] = []
     choice = request.tool_choice
     for turn_number in range(1, max_steps + 1):

@@ -135,8 +135,6 @@ def queued_event(envelope: dict[str, Any], ws: Workspace | None, job_id: str) ->
     )
 
 
-def _consume_exception(fut: asyncio.Future[Any]) -> None:
-    if not fut.cancelled():
 class AcceptObserver(Protocol):
     """What the accept pipeline reports to metrics (`atlas.observability.metrics.Metrics`)."""
 
@@ -145,6 +143,8 @@ class AcceptObserver(Protocol):
     def trigger_refused(self, code: str) -> None: ...
 
 
+def _consume_exception(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
         fut.exception()
 
 

@@ -289,16 +289,16 @@ class Daemon:
     def uptime(self) -> float:
         return round(time.monotonic() - self._t0, 3)
 
+    def _live_session_counts(self) -> dict[tuple[str, str], int]:
+        """Queued and active sessions by (status, workspace), for `atlas_sessions` at each scrape."""
+        return self.store.rm.count_live()
+
     @property
     def runs(self) -> dict[str, Run]:
         """The sessions this process runs right now."""
         return self.lifecycle.runs
 
     # ------------------------------------------------------------ the API's operations, each owned by a component
-    def _live_session_counts(self) -> dict[tuple[str, str], int]:
-        """Queued and active sessions by (status, workspace), for `atlas_sessions` at each scrape."""
-        return self.store.rm.count_live()
-
 
     async def add_workspace(self, path: str | Path, roots: Sequence[Path] = ()) -> tuple[Workspace, bool]:
         return await self.catalog.add(path, roots)
