@@ -1,11 +1,13 @@
 // `/workspaces/<ws>`: jobs (with Run), the 5 most recent runs (live first), the signals with their schedules, the
-// MCP servers with their tools (loaded last: listing starts them), and the file's load warnings.
+// memory corpora with their entries, the MCP servers with their tools (loaded last: listing starts them), and the
+// file's load warnings.
 
 import { api, ApiError, isAbort, qs } from "../api.js";
 import { schedules } from "../data.js";
 import {
   absoluteTime, badge, empty, errorState, fill, h, loading, prettifyId, relativeTime, timeAgo,
 } from "../dom.js";
+import { renderMemoryPanel } from "../memory-panel.js";
 import { openRunDialog, signalLabel } from "../run-dialog.js";
 import { pinLive, runsTable, scrollable } from "../runs-table.js";
 
@@ -185,6 +187,10 @@ export async function mount(root, ctx) {
   const serversSlot = h("div", {}, loading("Starting the MCP servers…"));
   const serversSection = declared ? h("section", { "aria-labelledby": "servers-title" },
     h("h2", { id: "servers-title" }, "MCP servers"), serversSlot) : null;
+  // Memory (issue #17): the corpora of `memory.own` and their entries; shown when the workspace declares some.
+  const memorySlot = h("div", {});
+  const memorySection = (ws.config?.memory?.own || []).length ? h("section", { "aria-labelledby": "memory-title" },
+    h("h2", { id: "memory-title" }, "Memory"), memorySlot) : null;
 
   fill(root,
     h("nav", { class: "crumbs", "aria-label": "Breadcrumb" }, h("ol", {},
@@ -206,7 +212,10 @@ export async function mount(root, ctx) {
       recentSlot),
     h("section", { "aria-labelledby": "signals-title" },
       h("h2", { id: "signals-title" }, "Signals"), signalsSlot),
+    memorySection,
     serversSection);
+
+  if (memorySection) renderMemoryPanel(memorySlot, wsId, { signal: ctx.signal });
 
   if (serversSection) {
     const loadServers = () => api(`/api/workspaces/${enc}/tools`, { signal: ctx.signal }).then((listing) => {
