@@ -48,7 +48,6 @@ EVERY_KEY_WARNINGS = [
     (12, 1, "delegation"),
     (13, 1, "validation"),
     (14, 1, "artifacts"),
-    (15, 1, "chat"),
     (21, 55, "tools.mcp.servers.notes.auth.header"),
     (23, 22, "tools.mcp.servers.legacy.transport.type"),
     (26, 17, "tools.mcp.servers.keyed.auth.type"),

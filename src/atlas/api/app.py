@@ -22,6 +22,7 @@ from starlette.routing import BaseRoute, Route
 
 from atlas.api import (
     admin_routes,
+    chat,
     daemon_routes,
     logs,
     memory,
@@ -72,6 +73,12 @@ def routes() -> list[BaseRoute]:
         _route("/api/workspaces/{workspace_id}/jobs", workspaces.list_jobs, "GET"),
         _route("/api/workspaces/{workspace_id}/signals", workspaces.list_signals, "GET"),
         _route("/api/workspaces/{workspace_id}/tools", tools.list_tools, "GET"),
+        _route("/api/workspaces/{workspace_id}/chat", chat.post_chat, "POST"),
+        _route("/api/workspaces/{workspace_id}/chat", chat.list_chats, "GET"),
+        _route("/api/workspaces/{workspace_id}/chat/{chat_id}", chat.get_chat, "GET"),
+        _route("/api/workspaces/{workspace_id}/chat/{chat_id}", chat.delete_chat, "DELETE"),
+        _route("/api/workspaces/{workspace_id}/chat/{chat_id}/stream", chat.chat_stream, "GET"),
+        _route("/api/workspaces/{workspace_id}/chat/{chat_id}/title", chat.patch_title, "PATCH"),
         _route("/api/workspaces/{workspace_id}/memory", memory.list_corpora, "GET"),
         _route("/api/workspaces/{workspace_id}/memory/{corpus}", memory.list_entries, "GET"),
         _route("/api/workspaces/{workspace_id}/memory/{corpus}/{entry_id}", memory.delete_entry, "DELETE"),

@@ -49,6 +49,7 @@ STATUS: dict[str, int] = {
     "session_not_found": 404,
     "correlation_not_found": 404,
     "schedule_not_found": 404,
+    "chat_not_found": 404,
     "memory_not_found": 404,
     "memory_entry_not_found": 404,
     "method_not_allowed": 405,
@@ -58,6 +59,7 @@ STATUS: dict[str, int] = {
     "workspace_busy": 409,
     "session_not_active": 409,
     "session_not_finished": 409,
+    "chat_busy": 409,
     "idempotency_key_in_progress": 409,
     "skipped-duplicate": 409,
     "cascade_limit_exceeded": 409,
@@ -74,6 +76,7 @@ STATUS: dict[str, int] = {
     "internal_error": 500,
     "bus_unavailable": 503,
     "read_model_unavailable": 503,
+    "chat_unavailable": 503,
     "shutting_down": 503,
     "wait_timeout": 504,
 }

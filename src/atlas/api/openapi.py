@@ -155,6 +155,10 @@ ERROR_CODES: dict[str, str] = {
     "session_not_found": "no session has this id",
     "correlation_not_found": "no session has this correlationId (after waiting up to 2 s for it)",
     "schedule_not_found": "the workspace has no `schedule` signal with this id",
+    "chat_not_found": "the workspace has no chat with this id",
+    "chat_busy": "a reply is already being written in this chat (`details`: `{chatId, turnId}`)",
+    "chat_unavailable": "no chat model is configured (set `ATLAS_CHAT_MODEL` and `ATLAS_CHAT_PROVIDER`, or the "
+                        "workspace's `chat.model`), its key is missing, or the workspace disabled chat",
     "memory_not_found": "the workspace declares no memory corpus of this name under `memory.own` (`details.declared`)",
     "memory_entry_not_found": "the memory corpus holds no entry with this id",
     "skipped-duplicate": "policy `skip` found a running session of this signal (`details`: the session record, "
@@ -243,7 +247,7 @@ def errors(*, method: str, open_route: bool = False, codes: Iterable[str] = (),
     """The error responses of an operation: its own `codes` plus those every route can give (security, 500), each
     under the status the API's one table gives it (`atlas.api.errors.STATUS`)."""
     common = [] if open_route else ["unauthorized"]
-    common += ["host_not_allowed"] + (["forbidden_origin"] if method in ("post", "delete") else [])
+    common += ["host_not_allowed"] + (["forbidden_origin"] if method in ("post", "patch", "delete") else [])
     common += (["body_too_large"] if reads_body else []) + ["internal_error"]
     by_status: dict[int, list[str]] = {}
     for code in dict.fromkeys([*common, *codes]):
@@ -454,6 +458,28 @@ def _schemas() -> dict[str, Schema]:
          "strategy": enum(["narrative"]), "count": integer(0, "How many entries it holds")}),
         "In the file's order")})
     s["MemoryEntryList"] = obj({"entries": array(ref("MemoryEntry"), "Newest first")})
+
+    # -- chat (issue #17)
+    s["ChatRequest"] = obj({"message": string("What the user says", minLength=1)},
+                           {"chatId": string("Continue this chat; absent: a new chat (its title is the message "
+                                             "cut to 60 characters)")})
+    s["ChatSummary"] = obj({"chatId": string(), "title": string(), "createdAt": TIMESTAMP, "updatedAt": TIMESTAMP,
+                            "messageCount": integer(0)})
+    s["ChatList"] = obj({"chats": array(ref("ChatSummary"), "Newest (last updated) first")})
+    s["ChatToolCall"] = obj({"toolCallId": string(), "toolName": string(), "args": {}},
+                            {"result": {"description": "What the tool answered (a job: its run's output)"},
+                             "error": string(), "durationMs": integer(0)})
+    s["ChatSessionLink"] = obj({"sessionId": string(), "correlationId": string(), "jobName": string(),
+                                "status": string("The run's status when the reply last saw it")})
+    s["ChatMessage"] = obj(
+        {"id": string(), "role": enum(["user", "assistant"]), "text": string(), "createdAt": TIMESTAMP,
+         "turnId": string(), "correlationId": string("The turn's: every run it started belongs to this tree")},
+        {"toolCalls": array(ref("ChatToolCall")), "sessions": array(ref("ChatSessionLink")),
+         "status": enum(["streaming", "completed", "failed", "interrupted"], "Replies only"),
+         "error": string()})
+    s["Chat"] = obj({"chatId": string(), "title": string(), "createdAt": TIMESTAMP, "updatedAt": TIMESTAMP,
+                     "messages": array(ref("ChatMessage"), "In order")})
+    s["ChatTitle"] = obj({"title": string("The new title (1–200 characters)", minLength=1)})
 
     # -- schedules
     s["ScheduleEntry"] = obj(
@@ -747,6 +773,60 @@ def _paths() -> dict[str, Any]:
                        **errors(method="delete", codes=["workspace_not_found", "memory_not_found",
                                                         "memory_entry_not_found", "bus_unavailable"])}),
     }
+    chat_id = path_param("chat_id", "Chat id", "3f0c6c1e-5b1d-4f43-9a51-7f0c8d7e2aa1")
+    p["/api/workspaces/{workspace_id}/chat"] = {
+        "parameters": [WORKSPACE_ID],
+        "post": _op(
+            "chat", "chat", "Send a chat message and stream the reply",
+            "Starts a turn in a new chat, or in `chatId`, and streams the reply as Server-Sent Events with named "
+            "events: `chat` `{chatId, turnId, correlationId, title}` first; then `text-delta` `{delta}`, "
+            "`tool-call` `{toolCallId, toolName, args}`, `tool-result` `{toolCallId, toolName, result, error?, "
+            "durationMs}` and `session` `{toolCallId, sessionId, correlationId, jobName, status}` (a job the turn "
+            "started: when it starts, and again when it ends or the wait bound `ATLAS_CHAT_JOB_WAIT` passes); "
+            "`done` `{messageId, status, error?}` last, then the stream closes. The reply is recorded as it "
+            "streams: closing the stream does not stop it (`GET …/chat/{chat_id}/stream` resumes it, on any "
+            "daemon). An `Idempotency-Key` makes a retried turn the same turn: its jobs are not run twice.",
+            {"200": {"description": "The reply, as Server-Sent Events", "content": SSE_CONTENT},
+             **errors(method="post", reads_body=True, codes=[
+                 "invalid_json", "invalid_body", "invalid_idempotency_key", "workspace_not_found", "chat_not_found",
+                 "chat_busy", "chat_unavailable", "shutting_down", "bus_unavailable"])},
+            parameters=[{"name": "Idempotency-Key", "in": "header", "required": False,
+                         "description": "A retry with the same key continues the same turn (1–255 printable "
+                                        "ASCII characters)", "schema": string()}],
+            body={"required": True, "content": json_content(ref("ChatRequest"), {"message": "Reindex the notes"})},
+        ),
+        "get": _op(
+            "listChats", "chat", "List a workspace's chats",
+            "Newest first, from the chats' index (no record is read).",
+            {"200": response("Chats", ref("ChatList")),
+             **errors(method="get", codes=["workspace_not_found", "bus_unavailable"])},
+        ),
+    }
+    p["/api/workspaces/{workspace_id}/chat/{chat_id}"] = {
+        "parameters": [WORKSPACE_ID, chat_id],
+        "get": _op("getChat", "chat", "Read a chat", "Its messages in order; a reply still being written is "
+                   "`streaming`, one its daemon died during is `interrupted`.",
+                   {"200": response("Chat", ref("Chat")),
+                    **errors(method="get", codes=["workspace_not_found", "chat_not_found", "bus_unavailable"])}),
+        "delete": _op("deleteChat", "chat", "Delete a chat", "Its records and its summary; a reply this daemon is "
+                      "writing is stopped.",
+                      {"204": response("Deleted"),
+                       **errors(method="delete", codes=["workspace_not_found", "chat_not_found", "bus_unavailable"])}),
+    }
+    p["/api/workspaces/{workspace_id}/chat/{chat_id}/stream"] = {"parameters": [WORKSPACE_ID, chat_id], "get": _op(
+        "chatStream", "chat", "Follow a chat's reply in progress",
+        "The reply being written, from its start, then live: the same events as the POST, ending with `done`. With "
+        "no reply in progress: the last reply's `done` alone (nothing for a chat without replies), then it closes.",
+        {"200": {"description": "Server-Sent Events", "content": SSE_CONTENT},
+         **errors(method="get", codes=["workspace_not_found", "chat_not_found", "bus_unavailable"])},
+    )}
+    p["/api/workspaces/{workspace_id}/chat/{chat_id}/title"] = {"parameters": [WORKSPACE_ID, chat_id], "patch": _op(
+        "setChatTitle", "chat", "Rename a chat", "Whitespace is collapsed; answers the chat's summary.",
+        {"200": response("The chat's summary", ref("ChatSummary")),
+         **errors(method="patch", reads_body=True, codes=["invalid_json", "invalid_body", "workspace_not_found",
+                                                          "chat_not_found", "bus_unavailable"])},
+        body={"required": True, "content": json_content(ref("ChatTitle"), {"title": "Reindexing"})},
+    )}
     p["/api/workspaces/{workspace_id}/signals/{signal_id}"] = {
         "parameters": [WORKSPACE_ID, SIGNAL_ID],
         "post": _trigger_operation(),
@@ -985,6 +1065,7 @@ def build_openapi() -> dict[str, Any]:
             {"name": "sessions", "description": "Session queries, cancellation and live streams"},
             {"name": "schedules", "description": "Cron schedules (spec §5.6)"},
             {"name": "memory", "description": "Workspace memory corpora and their entries (issue #17)"},
+            {"name": "chat", "description": "Workspace chats: a turn's reply streamed, chats listed and read (#17)"},
             {"name": "meta", "description": "This document"},
         ],
         "security": [{}, {"bearerAuth": []}],

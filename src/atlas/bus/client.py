@@ -50,6 +50,10 @@ KV_CRON_STATE = "CRON_STATE"
 KV_CRON_CLAIMS = "CRON_CLAIMS"
 #: Workspace memory (issue #17): `<ws>.<corpus>.<entryId>` → entry; TTL ATLAS_MEMORY_RETENTION (0: kept for good).
 KV_MEMORY = "MEMORY"
+#: Chats (issue #17): one subject per chat (`chats.<ws>.<chatId>`) holding its records; `atlas.bus.chatlog`.
+CHATS = "CHATS"
+#: Chat summaries, `<ws>.<chatId>` → {title, createdAt, updatedAt, messageCount, turn?}: a listing reads no records.
+KV_CHAT_INDEX = "CHAT_INDEX"
 CONSUMER = "atlas-signals"
 
 DAY = 86_400.0
@@ -94,6 +98,7 @@ class BusSettings:
     max_deliver: int = 5
     heartbeat_ttl_s: float = 30.0
     idempotency_ttl_s: float = DAY
+    chat_retention_s: float = 90 * DAY  # 0: chats are kept until deleted
     memory_retention_s: float = 0.0  # 0: memory entries are kept until deleted
     # How long a write is retried while JetStream does not answer (a leader election takes 4–9 s) before the
     # caller gets the error; 0 = one attempt. See `atlas.bus.acks`.
@@ -226,6 +231,9 @@ class Bus:
         await self._stream(per_session(SESSION_EVENTS, "sessions.*.events"))
         # Step logs live beside the events, with the same retention (`atlas.bus.steplogs` says why).
         await self._stream(per_session(SESSION_LOGS, "logs.sessions.*"))
+        await self._stream(StreamConfig(
+            name=CHATS, subjects=["chats.*.*"], retention=RetentionPolicy.LIMITS, storage=StorageType.FILE,
+            max_age=self.settings.chat_retention_s or None, allow_direct=True, num_replicas=r))
         await self._stream(
             StreamConfig(
                 name=DEAD_LETTERS,
@@ -245,6 +253,7 @@ class Bus:
             KV_IDEMPOTENCY: KeyValueConfig(bucket=KV_IDEMPOTENCY, history=1, ttl=self.settings.idempotency_ttl_s),
             KV_CRON_STATE: KeyValueConfig(bucket=KV_CRON_STATE, history=1),
             KV_CRON_CLAIMS: KeyValueConfig(bucket=KV_CRON_CLAIMS, history=1, ttl=2 * DAY),
+            KV_CHAT_INDEX: KeyValueConfig(bucket=KV_CHAT_INDEX, history=1, ttl=self.settings.chat_retention_s or None),
             KV_MEMORY: KeyValueConfig(bucket=KV_MEMORY, history=1, ttl=self.settings.memory_retention_s or None),
         }
         for name, cfg in buckets.items():

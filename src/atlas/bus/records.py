@@ -73,7 +73,7 @@ def envelope(*, workspace_id: str, signal_id: str, session_id: str, correlation_
              depth: int, trigger: str, payload: Any, accepted_at: str, accepted_by: str,
              parent_session_id: str | None = None, stream_id: str | None = None,
              webhook: dict[str, Any] | None = None, skip_states: list[str] | None = None,
-             rerun_of: str | None = None) -> dict[str, Any]:
+             rerun_of: str | None = None, chat: dict[str, str] | None = None) -> dict[str, Any]:
     """The envelope of an accepted trigger (the accept pipeline's). A plain dict typed loosely on purpose: it is
     built on every trigger and handed on as is (see `Envelope` for its shape)."""
     out: dict[str, Any] = {
@@ -98,6 +98,8 @@ def envelope(*, workspace_id: str, signal_id: str, session_id: str, correlation_
         out["skipStates"] = skip_states
     if rerun_of is not None:
         out["rerunOf"] = rerun_of
+    if chat is not None:
+        out["chat"] = chat
     return out
 
 

@@ -13,6 +13,7 @@ import typer
 
 from atlas import __version__
 from atlas.cli.commands_admin import admin_app
+from atlas.cli.commands_chat import chat_command
 from atlas.cli.commands_daemon import daemon_app, daemon_start
 from atlas.cli.commands_memory import memory_app
 from atlas.cli.commands_schedules import schedules_app
@@ -38,6 +39,7 @@ app.add_typer(memory_app, name="memory")
 app.add_typer(admin_app, name="admin")
 app.command("follow")(follow_command)
 app.command("ps")(ps_command)
+app.command("chat")(chat_command)
 
 
 def _version(value: bool) -> None:

@@ -41,7 +41,6 @@ TOP_LEVEL: Mapping[str, str] = {
     "delegation": "delegation budgets",
     "validation": "LLM output validation",
     "artifacts": "artifacts",
-    "chat": "workspace chat",
 }
 WORKSPACE_INFO: Mapping[str, str] = {"version": "a workspace version"}
 WORKSPACE_TIMEOUT: Mapping[str, str] = {"progressTimeout": "a progress watchdog for jobs"}

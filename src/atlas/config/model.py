@@ -388,6 +388,22 @@ class MemoryConfig(Strict):
     own: list[MemoryCorpus] = []
 
 
+# ---------------------------------------------------------------- chat (issue #17, the reference's `chat`)
+
+
+class ChatConfig(Strict):
+    """The workspace's chat agent: `provider` and `model` override the daemon's `ATLAS_CHAT_PROVIDER` /
+    `ATLAS_CHAT_MODEL`; `prompt` is added to the built-in system prompt; `tools` names the workspace's MCP tools
+    (or whole servers) the agent is offered besides the job and memory tools (`atlas.chat.turn`)."""
+
+    enabled: bool = True
+    """The reference's switch: `false` makes every chat request answer `chat_unavailable`."""
+    provider: Literal["openai", "anthropic", "openrouter", "ollama"] | None = None
+    model: str | None = Field(default=None, min_length=1)
+    prompt: str | None = None
+    tools: list[str] = []
+
+
 # ---------------------------------------------------------------- top level
 
 
@@ -402,3 +418,4 @@ class WorkspaceConfig(Strict):
     agents: dict[Annotated[str, Field(pattern=ID_PATTERN)], Agent] = {}
     tools: ToolsConfig = ToolsConfig()
     memory: MemoryConfig = MemoryConfig()
+    chat: ChatConfig | None = None

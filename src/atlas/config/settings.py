@@ -101,6 +101,10 @@ class Settings:
     heartbeat_ttl_s: float = 30.0
     bus_retry_s: float = 30.0  # ATLAS_BUS_RETRY: how long writes ride through a silent bus (leader elections)
     llm_base_url: str | None = None
+    chat_provider: str | None = None  # ATLAS_CHAT_PROVIDER: the chat agent's provider (openai, anthropic, …)
+    chat_model: str | None = None  # ATLAS_CHAT_MODEL: the chat agent's model; without it (or a `chat:` model) no chat
+    chat_retention_s: float = 90 * 86400.0  # ATLAS_CHAT_RETENTION: chat records age out after this; 0 keeps them
+    chat_job_wait_s: float = 60.0  # ATLAS_CHAT_JOB_WAIT: how long a chat's job tool waits for the run's end
     database_url: str | None = None  # ATLAS_DATABASE_URL: a PostgreSQL read model shared by daemons (issue #15)
     database_pool: int = 4  # ATLAS_DATABASE_POOL: at most this many connections per daemon
     log_level: str = "info"
@@ -138,6 +142,10 @@ class Settings:
             heartbeat_ttl_s=_seconds("ATLAS_HEARTBEAT_TTL", "30s"),
             bus_retry_s=_seconds("ATLAS_BUS_RETRY", "30s", allow_zero=True),
             llm_base_url=env.get("ATLAS_LLM_BASE_URL") or None,
+            chat_provider=env.get("ATLAS_CHAT_PROVIDER") or None,
+            chat_model=env.get("ATLAS_CHAT_MODEL") or None,
+            chat_retention_s=_seconds("ATLAS_CHAT_RETENTION", "90d", allow_zero=True),
+            chat_job_wait_s=_seconds("ATLAS_CHAT_JOB_WAIT", "60s"),
             database_url=env.get("ATLAS_DATABASE_URL") or None,
             database_pool=max(2, int(env.get("ATLAS_DATABASE_POOL") or 4)),
             log_level=(env.get("ATLAS_LOG_LEVEL") or "info").lower(),

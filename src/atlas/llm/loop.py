@@ -22,6 +22,7 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -37,6 +38,7 @@ from atlas.llm.conversation import (
 )
 
 __all__ = [
+    "CALL_ID",
     "CHUNK_RESULT_CHARS",
     "MODEL_RESULT_CHARS",
     "RECORD_RESULT_CHARS",
@@ -53,6 +55,12 @@ RECORD_RESULT_CHARS = 16 * 1024
 MODEL_RESULT_CHARS = 100_000
 #: A live `tool-result` chunk carries at most this many characters of the result (chunks stay below 64 KiB).
 CHUNK_RESULT_CHARS = 8 * 1024
+
+
+#: The id of the call a `ToolRunner.call` answers, set by the loop around each call (each runs in its own task):
+#: a runner that needs it (the chat's job tools key their Idempotency-Key on it) reads it without the protocol
+#: changing for every other runner.
+CALL_ID: ContextVar[str | None] = ContextVar("atlas_tool_call_id", default=None)
 
 
 @dataclass(frozen=True)
@@ -179,6 +187,7 @@ async def _run_calls(
         if call.args_error is not None:
             outcome = ToolOutcome(text=f"Error: {call.args_error}", error=call.args_error, server=server)
         else:
+            CALL_ID.set(call.id)  # this call's own task (gather): no other call sees it
             try:
                 outcome = await tools.call(call.name, call.args)
             except asyncio.CancelledError:

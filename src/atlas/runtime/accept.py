@@ -60,6 +60,8 @@ class TriggerRequest:
     webhook: dict[str, Any] | None = None
     skip_states: list[str] | None = None  # the envelope's `skipStates` (issue #14), checked against the job's FSM
     rerun_of: str | None = None  # for `trigger="rerun"`: the session re-run (issue #16)
+    correlation_id: str | None = None  # a top-level trigger joins this tree (a chat turn's, issue #17); else minted
+    chat: dict[str, str] | None = None  # for `trigger="chat"`: `{chatId, turnId}` recorded on the session (#17)
 
 
 @dataclass
@@ -238,7 +240,7 @@ class AcceptPipeline:
             root = parent.get("rootSessionId") or parent["sessionId"]
             depth = int(parent.get("depth", 0)) + 1
         else:
-            correlation_id, root, depth = str(uuid.uuid4()), sid, 0
+            correlation_id, root, depth = req.correlation_id or str(uuid.uuid4()), sid, 0
         envelope = make_envelope(
             workspace_id=ws.id, signal_id=req.signal_id, session_id=sid, correlation_id=correlation_id,
             root_session_id=root, depth=depth, trigger=req.trigger, payload=req.payload, accepted_at=now_iso(),

@@ -26,11 +26,14 @@ from typing import Any
 
 from atlas import __version__
 from atlas.agents.llm import ToolSource
+from atlas.bus.chatlog import ChatLog
 from atlas.bus.client import Bus, BusSettings
 from atlas.bus.health import BusHealth
 from atlas.bus.server import EmbeddedNats
 from atlas.bus.sessionlog import SessionLog
 from atlas.bus.steplogs import StepLogStore
+from atlas.chat.service import ChatService
+from atlas.chat.turn import ChatSettings
 from atlas.config.durations import parse_duration
 from atlas.config.settings import Settings
 from atlas.errors import AtlasError
@@ -88,6 +91,7 @@ def bus_settings(s: Settings) -> BusSettings:
     return BusSettings(url=s.nats_url or "", creds=s.nats_creds, replicas=s.nats_replicas,
                        retention_s=s.session_retention_s, ack_wait_s=s.ack_wait_s,
                        idempotency_ttl_s=s.idempotency_ttl_s, heartbeat_ttl_s=s.heartbeat_ttl_s,
+                       chat_retention_s=s.chat_retention_s,
                        write_retry_s=s.bus_retry_s, memory_retention_s=s.memory_retention_s)
 
 
@@ -199,6 +203,14 @@ class Daemon:
                                    trigger=self.accept.accept, intake=self.intake, daemon_id=self.daemon_id)
         self.idempotency = Idempotency(bus=self.bus, daemon_id=self.daemon_id, started_at=self.started_at,
                                        process_of=self.membership.process_of)
+        # Workspace chats (issue #17): records in CHATS, summaries in CHAT_INDEX; turns run here, jobs as tools.
+        self.chat = ChatService(chat_log=ChatLog(self.bus), workspaces=self.workspaces, accept=self.accept,
+                                idempotency=self.idempotency, store=self.store, templater=self.templater,
+                                memory=self.memory, mcp_tools=self.workspace_tools,
+                                process_of=self.membership.process_of, daemon_id=self.daemon_id,
+                                started_at=self.started_at,
+                                settings=ChatSettings(provider=s.chat_provider, model=s.chat_model,
+                                                      llm_base_url=s.llm_base_url, job_wait_s=s.chat_job_wait_s))
 
     # ------------------------------------------------------------ start and stop
 
@@ -217,6 +229,7 @@ class Daemon:
         await self.membership.say_hello()
         await self.lifecycle.listen_for_cancels()
         await self.recovery.run_once(at_start=True)
+        await self.chat.recover()  # replies a killed process left half-written end `interrupted`
         await self.scheduler.start()
         self._tasks = [
             asyncio.create_task(self.consumer.run(), name="consumer"),
@@ -242,6 +255,7 @@ class Daemon:
             return
         self._stopping = True
         self.intake.close()
+        await self.chat.stop()  # the replies this daemon writes end `interrupted`, while the bus is still there
         self.status = "stopping"
         await self.scheduler.stop()
         await self.consumer.stop()

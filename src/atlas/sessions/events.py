@@ -43,6 +43,7 @@ __all__ = [
     "TRIGGERS",
     "WAIT_REASONS",
     "ActionType",
+    "ChatLink",
     "ChunkBody",
     "Count",
     "DurableEvent",
@@ -260,6 +261,14 @@ class ErrorCause(TypedDict):
     """The failed step's details (a traceback, a stderr tail)."""
     cause: NotRequired[ErrorCause]
     """The child's own cause, when it failed because of a grandchild."""
+
+
+@documented
+class ChatLink(TypedDict):
+    """The chat turn that started a session (`trigger: chat`, issue #17): the run page links back to it."""
+
+    chatId: str
+    turnId: str
 
 
 @documented

@@ -34,6 +34,7 @@ from atlas.sessions.events import (
     STATUSES,
     TERMINAL_STATUSES,
     ActionType,
+    ChatLink,
     ChunkBody,
     Count,
     ErrorCause,
@@ -162,6 +163,8 @@ class SessionView(TypedDict):
     """The failed child session that made this one fail, nested down to the root cause (issue #16)."""
     rerunOf: NotRequired[str]
     """The session this one re-runs (`trigger: rerun`, issue #16)."""
+    chat: NotRequired[ChatLink]
+    """The chat turn that started it (`trigger: chat`, issue #17)."""
     waitingFor: NotRequired[WaitingFor]
     """While `queued`: what it waits for (`pending` from `session:queued`, `concurrency` once parked); gone once it
     starts or ends (issue #16)."""
@@ -710,6 +713,9 @@ def summarize(view: Mapping[str, Any]) -> dict[str, Any]:
         value = view.get(key)
         if value is not None:
             summary[key] = value
+    chat = view.get("chat")
+    if isinstance(chat, dict):
+        summary["chat"] = dict(chat)
     ai_summary = view.get("aiSummary")
     if ai_summary is not None:
         summary["aiSummary"] = _clone(ai_summary)
