@@ -47,7 +47,7 @@ def positions(loaded: LoadedWorkspace) -> list[tuple[int, int, str, str]]:
 # ---------------------------------------------------------------- valid files
 
 
-@pytest.mark.parametrize("name", ["demo", "reports"])
+@pytest.mark.parametrize("name", ["demo", "reports", "knowledge-base"])
 def test_examples_load_clean(name: str) -> None:
     loaded = load_workspace(EXAMPLES / name)
     assert loaded.errors == []
