@@ -259,7 +259,8 @@ def test_validate_prints_warnings_and_exits_0_unless_there_are_errors(tmp_path: 
     assert r.returncode == 0, r.stdout + r.stderr
     file = "tests/fixtures/friday/sqlite-agents/workspace.yml"
     lines = r.stdout.splitlines()
-    assert lines[2] == f"warning: {file}:15:1: permissions: 'permissions' is ignored: atlas does not support permissions"
+    assert lines[2] == (f"warning: {file}:15:1: permissions: 'permissions' is ignored: "
+                        "atlas does not support permissions")
     assert [line.split(": ", 2)[1] for line in lines[:-1]] == [
         f"{file}:{line}:{column}" for line, column, _ in SQLITE_AGENTS_WARNINGS]
     assert lines[-1] == f"ok: {file} (workspace 'sqlite-agents')"
