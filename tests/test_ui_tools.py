@@ -36,10 +36,8 @@ WARNED = """version: "1.0"
 workspace:
   id: warned
   name: Warned
-memory:
-  own:
-    - name: notes
-      type: long_term
+skills:
+  - name: summarise
 """
 
 
@@ -185,7 +183,7 @@ async def test_workspace_page_lists_the_mcp_servers_and_their_tools(page: Page, 
 async def test_workspace_page_shows_the_load_warnings(page: Page, client: httpx.AsyncClient) -> None:
     ws = (await client.get("/api/workspaces/warned")).json()
     warnings = ws["warnings"]
-    assert warnings, ws  # `memory` is a reference key atlas does not implement: it loads with a warning
+    assert warnings, ws  # `skills` is a reference key atlas does not implement: it loads with a warning
     asked: list[str] = []
     page.on("request", lambda request: asked.append(request.url))
     await page.goto("/workspaces/warned")
