@@ -82,6 +82,12 @@ class ChatService:
         self.environ = os.environ if environ is None else environ
         self._turns: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._stopping = False
+        self._closing = asyncio.Event()
+
+    def close_streams(self) -> None:
+        """End every open reply stream now (the HTTP server is stopping: an open stream would hold its graceful
+        shutdown); the turns run on until `stop`, and a client that reconnects follows them elsewhere."""
+        self._closing.set()
 
     # ------------------------------------------------------------ owners and recovery
 
@@ -363,9 +369,15 @@ class ChatService:
         """The turn's events (name, data), replayed from its start and then live, ending with `done`; None now
         and then while nothing happens (the caller sends a keep-alive). A turn whose daemon dies is settled here."""
         follower = await self.log.follow(turn.workspace_id, turn.chat_id, turn.start_seq)
+        closing = asyncio.ensure_future(self._closing.wait())
         try:
             while True:
-                got = await follower.next(LIVENESS_CHECK_S)
+                reading = asyncio.ensure_future(follower.next(LIVENESS_CHECK_S))
+                await asyncio.wait({reading, closing}, return_when=asyncio.FIRST_COMPLETED)
+                if not reading.done():
+                    reading.cancel()
+                    return
+                got = reading.result()
                 if got is None:
                     yield None
                     found = await self.log.summary(turn.workspace_id, turn.chat_id)
@@ -382,4 +394,5 @@ class ChatService:
                 if record.get("type") == "done":
                     return
         finally:
+            closing.cancel()
             await follower.close()

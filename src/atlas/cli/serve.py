@@ -211,6 +211,7 @@ async def _serve(settings: Settings) -> int:
         streams = getattr(app.state, "streams", None)
         if streams is not None:
             streams.close_all()
+        daemon.chat.close_streams()  # chat reply streams too (issue #17)
 
     daemon.request_shutdown = request_exit
     for signum in (signal.SIGINT, signal.SIGTERM):
