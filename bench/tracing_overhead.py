@@ -1,0 +1,197 @@
+"""What tracing costs (issue #18): nowait throughput and trigger → `session:start`, tracing off and on.
+
+Usage: python bench/tracing_overhead.py [--duration 10] [--rounds 3] [--paced 300] [--rate 100]
+
+Two real atlasd processes (``tests/daemon_proc.DaemonProcess``, workspace ``tests/fixtures/core``), started and
+measured alternately in the same run so that both see the same machine:
+
+- **off**: no tracing variables (today's default; metrics are always on);
+- **on**: ``OTEL_EXPORTER_OTLP_ENDPOINT`` pointing at a local OTLP/HTTP receiver in this process (a thread that
+  answers 200 and keeps the bodies), with a batch queue big enough that no span is dropped
+  (``OTEL_BSP_MAX_QUEUE_SIZE``) and a short schedule delay, so every span of every trigger is really exported.
+
+Each round drives ``wrk -t2 -c32`` at ``POST /api/workspaces/core/signals/echo?nowait=true`` for ``--duration``
+seconds, waits for the backlog to drain and reads the daemon's and its nats-server's CPU; then sends ``--paced``
+nowait triggers at ``--rate`` per second and takes trigger → start from the sessions' own ``queuedAt`` and
+``startedAt`` (both stamped by the daemon: the accept and the `session:start`). After the last round the receiver's
+bodies are decoded (``opentelemetry-proto``) to count the spans exported. Markdown goes to stdout, progress to
+stderr; nothing is asserted: the numbers are ratios measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.trigger_throughput import (  # noqa: E402
+    ATLAS_PATH,
+    BODY,
+    LUA,
+    Cpu,
+    cpu_of,
+    pct,
+    run_wrk,
+    start_daemon,
+    status_counts,
+    wait_drained,
+)
+from tests.daemon_proc import FIXTURES, DaemonProcess  # noqa: E402
+
+
+def say(msg: str) -> None:
+    print(f"[tracing_overhead] {msg}", file=sys.stderr, flush=True)
+
+
+class Receiver:
+    """A local OTLP/HTTP trace receiver: 200 to every POST, bodies kept for counting afterwards."""
+
+    def __init__(self) -> None:
+        bodies: list[bytes] = []
+        self.bodies = bodies
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                bodies.append(self.rfile.read(int(self.headers.get("content-length") or 0)))
+                self.send_response(200)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def spans(self) -> int:
+        count = 0
+        for body in self.bodies:
+            request = ExportTraceServiceRequest()
+            request.ParseFromString(body)
+            count += sum(len(scope.spans) for rs in request.resource_spans for scope in rs.scope_spans)
+        return count
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@dataclass
+class Mode:
+    name: str
+    env: dict[str, str]
+    rps: list[float] = field(default_factory=list)
+    completed: int = 0
+    cpu: Cpu = field(default_factory=lambda: Cpu(0.0, 0.0))
+    start_ms: list[float] = field(default_factory=list)
+    daemon: DaemonProcess | None = None
+    sessions: int = 0  # every session the daemon had, warm-up included
+
+
+def _ts(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def paced(client: httpx.Client, n: int, rate: float) -> list[float]:
+    """`n` nowait triggers at `rate`/s; trigger → start of each (ms), from the sessions' own timestamps."""
+    ids: list[str] = []
+    t0 = time.monotonic()
+    for i in range(n):
+        delay = t0 + i / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)  # pacing the load, not synchronising
+        r = client.post(ATLAS_PATH, content=BODY, headers={"Content-Type": "application/json"})
+        r.raise_for_status()
+        ids.append(r.json()["sessionId"])
+    wait_drained(client, 60)
+    out: list[float] = []
+    for sid in ids:
+        view = client.get(f"/api/sessions/{sid}").json()
+        out.append((_ts(view["startedAt"]) - _ts(view["queuedAt"])) * 1000)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--paced", type=int, default=300)
+    parser.add_argument("--rate", type=float, default=100.0)
+    args = parser.parse_args(argv)
+    receiver = Receiver()
+    modes = [
+        Mode("off", {}),
+        Mode("on", {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_BSP_MAX_QUEUE_SIZE": "200000",
+                    "OTEL_BSP_SCHEDULE_DELAY": "200", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "2048"}),
+    ]
+    with tempfile.TemporaryDirectory(prefix="atlas-bench-tracing-") as tmp:
+        script = Path(tmp) / "post.lua"
+        script.write_text(LUA)
+        try:
+            for mode in modes:
+                env = {"ATLAS_MAX_CONCURRENT_SESSIONS": "64", **mode.env}
+                say(f"starting atlasd, tracing {mode.name}")
+                mode.daemon = start_daemon(DaemonProcess(Path(tmp) / f"home-{mode.name}", [FIXTURES / "core"],
+                                                         env=env))
+                run_wrk(f"warm-up {mode.name}", mode.daemon.url + ATLAS_PATH, script, 3)
+                wait_drained(httpx.Client(base_url=mode.daemon.url), 120)
+            for rnd in range(args.rounds):
+                for mode in modes if rnd % 2 == 0 else reversed(modes):
+                    daemon = mode.daemon
+                    assert daemon is not None and daemon.proc is not None
+                    client = httpx.Client(base_url=daemon.url, timeout=30)
+                    pids = (daemon.proc.pid, daemon.nats_pid() or 0)
+                    db = daemon.home / "atlas.db"
+                    before, cpu0 = status_counts(db), cpu_of(pids)
+                    mode.rps.append(run_wrk(f"{mode.name} #{rnd + 1}", daemon.url + ATLAS_PATH, script,
+                                            args.duration).rps)
+                    wait_drained(client, 120)
+                    used = cpu_of(pids) - cpu0
+                    mode.cpu = Cpu(mode.cpu.daemon + used.daemon, mode.cpu.nats + used.nats)
+                    mode.completed += (status_counts(db) - before).get("completed", 0)
+                    mode.start_ms += paced(client, args.paced, args.rate)
+        finally:
+            for mode in modes:
+                if mode.daemon is not None:
+                    mode.sessions = sum(status_counts(mode.daemon.home / "atlas.db").values())
+                    mode.daemon.stop()
+    time.sleep(1.0)  # the "on" daemon's last export batch is sent at its shutdown; let the receiver take it
+    spans = receiver.spans()
+    receiver.close()
+    off, on = modes
+    print("## Tracing overhead (issue #18)\n")
+    print(f"{args.rounds} alternating rounds per mode: `wrk -t2 -c32 -d{args.duration}s` nowait, drained, then "
+          f"{args.paced} nowait triggers paced at {args.rate:g}/s (trigger → start from the sessions' own "
+          "`queuedAt`/`startedAt`).\n")
+    print("| tracing | nowait accepted/s (median) | daemon CPU per completed session | trigger → start p50 | p99 |")
+    print("|---|---|---|---|---|")
+    for mode in modes:
+        per = mode.cpu.daemon / mode.completed * 1000 if mode.completed else float("nan")
+        print(f"| {mode.name} | {statistics.median(mode.rps):,.0f} | {per:.3f} ms | {pct(mode.start_ms, 50):.2f} ms "
+              f"| {pct(mode.start_ms, 99):.2f} ms |")
+    ratio = statistics.median(on.rps) / statistics.median(off.rps)
+    cpu_ratio = (on.cpu.daemon / on.completed) / (off.cpu.daemon / off.completed)
+    print(f"\nOn vs off: throughput {ratio:.2f}×, daemon CPU per session {cpu_ratio:.2f}×, trigger → start p50 "
+          f"{pct(on.start_ms, 50) / pct(off.start_ms, 50):.2f}×. Spans received by the local receiver: {spans:,} "
+          f"for {on.sessions:,} sessions traced (warm-up included).")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
