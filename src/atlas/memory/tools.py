@@ -84,6 +84,11 @@ def _spec(name: str) -> ToolSpec:
     return ToolSpec(name, description, model.model_json_schema())
 
 
+# Generated once: pydantic's schema generation costs about a millisecond per model, and the tools are built for
+# every llm step and chat turn (the specs are never mutated).
+_SPECS: dict[str, ToolSpec] = {name: _spec(name) for name in _TOOLS}
+
+
 class WorkspaceLike(Protocol):
     """What the tools need of a workspace (`atlas.runtime.workspaces.Workspace` is one)."""
 
@@ -106,7 +111,7 @@ class MemoryTools:
         self._redact = redact
         self.names: set[str] = set(names)
         self.corpora = corpora
-        self.specs: list[ToolSpec] = [_spec(name) for name in _TOOLS if name in names]
+        self.specs: list[ToolSpec] = [_SPECS[name] for name in _TOOLS if name in names]
 
     def only(self, names: set[str]) -> MemoryTools:
         """The same tools limited to `names` (an llm agent gets the memory tools its `tools:` names)."""

@@ -482,7 +482,7 @@ class Engine:
         variables = self._vars(input=input_value)
         base_url = self.s.llm_base_url
         tools = self.s.tools(self.ws) if self.s.tools is not None else None
-        if self.s.memory_tools is not None:
+        if self.s.memory_tools is not None and self._agent_type == "llm":  # only llm steps call tools
             tools = self.s.memory_tools(self.ws, tools, self.env["sessionId"])
         if isinstance(action, LlmAction):
             result = await run_llm(LlmCallConfig.from_action(action), ctx, self.s.templater, variables,
