@@ -78,6 +78,7 @@ run_bench 90 bench/cascade_hop.py --cascades 300
 run_bench 180 bench/end_to_end.py
 run_bench 240 bench/api_streams.py
 run_bench 120 bench/tool_roundtrip.py
+run_bench 300 bench/tracing_overhead.py --rounds 2 --duration 8
 emit "## Read-model correlationId lookup (1 000 vs 1 000 000 stored sessions)"
 emit ""
 run_bench 240 bench/readmodel_lookup.py
