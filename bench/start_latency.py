@@ -57,14 +57,15 @@ def pct(samples: list[float], p: float) -> float:
     return ordered[rank - 1]
 
 
-async def in_process(triggers: int) -> dict[str, list[float]]:
+async def in_process(triggers: int, tracing: Any = None) -> dict[str, list[float]]:
+    """`tracing`: an `atlas.observability.tracing.Tracing` for the daemon (bench/tracing_overhead.py), else off."""
     from atlas.config.settings import Settings
     from atlas.runtime.accept import TriggerRequest
     from atlas.runtime.daemon import Daemon
 
     with tempfile.TemporaryDirectory(prefix="atlas-bench-") as tmp:
         settings = Settings.from_env().with_overrides(home=Path(tmp) / "home", workspaces=(FIXTURES / "core",))
-        d = Daemon(settings)
+        d = Daemon(settings, tracing=tracing)
         await d.start()
         loop = asyncio.get_running_loop()
         # Every applied start/complete is stamped, even one that lands before accept() has returned its sessionId.

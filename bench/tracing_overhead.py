@@ -1,6 +1,6 @@
 """What tracing costs (issue #18): nowait throughput and trigger → `session:start`, tracing off and on.
 
-Usage: python bench/tracing_overhead.py [--duration 10] [--rounds 3] [--paced 300] [--rate 100]
+Usage: python bench/tracing_overhead.py [--duration 10] [--rounds 3] [--triggers 300]
 
 Two real atlasd processes (``tests/daemon_proc.DaemonProcess``, workspace ``tests/fixtures/core``), started and
 measured alternately in the same run so that both see the same machine:
@@ -11,23 +11,24 @@ measured alternately in the same run so that both see the same machine:
   (``OTEL_BSP_MAX_QUEUE_SIZE``) and a short schedule delay, so every span of every trigger is really exported.
 
 Each round drives ``wrk -t2 -c32`` at ``POST /api/workspaces/core/signals/echo?nowait=true`` for ``--duration``
-seconds, waits for the backlog to drain and reads the daemon's and its nats-server's CPU; then sends ``--paced``
-nowait triggers at ``--rate`` per second and takes trigger → start from the sessions' own ``queuedAt`` and
-``startedAt`` (both stamped by the daemon: the accept and the `session:start`). After the last round the receiver's
-bodies are decoded (``opentelemetry-proto``) to count the spans exported. Markdown goes to stdout, progress to
-stderr; nothing is asserted: the numbers are ratios measured in the same run.
+seconds, waits for the backlog to drain and reads the daemon's CPU. Then trigger → `session:start`, as
+``bench/start_latency.py`` measures it: an in-process daemon per mode (tracing off, or exporting to the same
+receiver), ``--triggers`` sequential triggers each, alternately. After the last round the receiver's bodies are
+decoded (``opentelemetry-proto``) to count the spans exported. Markdown goes to stdout, progress to stderr; nothing
+is asserted: the numbers are ratios measured in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
 import statistics
 import sys
 import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -38,9 +39,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.start_latency import in_process  # noqa: E402
 from bench.trigger_throughput import (  # noqa: E402
     ATLAS_PATH,
-    BODY,
     LUA,
     Cpu,
     cpu_of,
@@ -104,35 +105,28 @@ class Mode:
     sessions: int = 0  # every session the daemon had, warm-up included
 
 
-def _ts(text: str) -> float:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+def traced_start_ms(triggers: int, env: dict[str, str]) -> list[float]:
+    """Trigger → `session:start` (ms) of `triggers` sequential in-process triggers, tracing as `env` says."""
+    from atlas.observability.tracing import Tracing
 
-
-def paced(client: httpx.Client, n: int, rate: float) -> list[float]:
-    """`n` nowait triggers at `rate`/s; trigger → start of each (ms), from the sessions' own timestamps."""
-    ids: list[str] = []
-    t0 = time.monotonic()
-    for i in range(n):
-        delay = t0 + i / rate - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)  # pacing the load, not synchronising
-        r = client.post(ATLAS_PATH, content=BODY, headers={"Content-Type": "application/json"})
-        r.raise_for_status()
-        ids.append(r.json()["sessionId"])
-    wait_drained(client, 60)
-    out: list[float] = []
-    for sid in ids:
-        view = client.get(f"/api/sessions/{sid}").json()
-        out.append((_ts(view["startedAt"]) - _ts(view["queuedAt"])) * 1000)
-    return out
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # the OTLP exporter and the batch processor read the standard variables themselves
+    try:
+        tracing = Tracing.from_env()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return asyncio.run(in_process(triggers, tracing=tracing))["start"]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--paced", type=int, default=300)
-    parser.add_argument("--rate", type=float, default=100.0)
+    parser.add_argument("--triggers", type=int, default=300)
     args = parser.parse_args(argv)
     receiver = Receiver()
     modes = [
@@ -165,20 +159,23 @@ def main(argv: list[str] | None = None) -> int:
                     used = cpu_of(pids) - cpu0
                     mode.cpu = Cpu(mode.cpu.daemon + used.daemon, mode.cpu.nats + used.nats)
                     mode.completed += (status_counts(db) - before).get("completed", 0)
-                    mode.start_ms += paced(client, args.paced, args.rate)
         finally:
             for mode in modes:
                 if mode.daemon is not None:
                     mode.sessions = sum(status_counts(mode.daemon.home / "atlas.db").values())
                     mode.daemon.stop()
-    time.sleep(1.0)  # the "on" daemon's last export batch is sent at its shutdown; let the receiver take it
+    for rnd in range(args.rounds):
+        for mode in modes if rnd % 2 == 0 else reversed(modes):
+            say(f"trigger → start, tracing {mode.name} #{rnd + 1}")
+            mode.start_ms += traced_start_ms(args.triggers, mode.env)
+    time.sleep(1.0)  # the last export batch is sent at shutdown; let the receiver take it (not a synchronisation)
     spans = receiver.spans()
     receiver.close()
     off, on = modes
     print("## Tracing overhead (issue #18)\n")
-    print(f"{args.rounds} alternating rounds per mode: `wrk -t2 -c32 -d{args.duration}s` nowait, drained, then "
-          f"{args.paced} nowait triggers paced at {args.rate:g}/s (trigger → start from the sessions' own "
-          "`queuedAt`/`startedAt`).\n")
+    print(f"{args.rounds} alternating rounds per mode: `wrk -t2 -c32 -d{args.duration}s` nowait, drained; then "
+          f"{args.rounds} × {args.triggers} sequential in-process triggers per mode (trigger → `session:start`, as "
+          "bench/start_latency.py).\n")
     print("| tracing | nowait accepted/s (median) | daemon CPU per completed session | trigger → start p50 | p99 |")
     print("|---|---|---|---|---|")
     for mode in modes:
@@ -189,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     cpu_ratio = (on.cpu.daemon / on.completed) / (off.cpu.daemon / off.completed)
     print(f"\nOn vs off: throughput {ratio:.2f}×, daemon CPU per session {cpu_ratio:.2f}×, trigger → start p50 "
           f"{pct(on.start_ms, 50) / pct(off.start_ms, 50):.2f}×. Spans received by the local receiver: {spans:,} "
-          f"for {on.sessions:,} sessions traced (warm-up included).")
+          f"for {on.sessions:,} sessions traced over HTTP (warm-up included) and "
+          f"{args.rounds * (args.triggers + 50):,} in process.")
     return 0
 
 
