@@ -9,14 +9,18 @@ daemon's ATLAS_CHAT_PROVIDER says; the CLI is the installed `atlas` in a child p
 
 from __future__ import annotations
 
+import concurrent.futures
+import json
 import re
 import subprocess
 import threading
 from collections.abc import Iterator
 from typing import IO, Any
 
+import httpx
 import pytest
 
+from atlas.cli.sse import parse_sse
 from tests.daemon_proc import ATLAS, FIXTURES, DaemonProcess, wait_for
 from tests.fake_models import FakeModels, Recorded, Reply, ToolCall, fake_models
 from tests.test_chat import daemon_env, get, named, post, system_of, text_of, tool_results
@@ -163,7 +167,8 @@ def test_the_interactive_cli_loop_streams_replies_and_shows_tool_calls_as_they_h
         assert re.search(r"run greet [0-9a-f-]{36}: completed", shown), shown
         assert shown.index("→ greet(") < shown.index("✓ greet") < shown.index("Greeted ")
         gate.set()
-        assert proc.wait(timeout=120) == 0, err.join()
+        code = proc.wait(timeout=120)
+        assert code == 0, (out.join(), err.join())
     finally:
         gate.set()
         if proc.poll() is None:
@@ -183,3 +188,32 @@ def test_the_interactive_cli_loop_streams_replies_and_shows_tool_calls_as_they_h
     assert conversation(fake.requests[-1])[0] == ("user", "Please greet Ada")
     assert conversation(fake.requests[-1])[-1] == ("user", "Thanks, bye")
     assert fake.pending == 0
+
+
+# ---------------------------------------------------------------- `done` means the chat is free
+
+
+def test_the_next_message_may_be_sent_the_moment_done_arrives(kb: tuple[DaemonProcess, str], fake: FakeModels) -> None:
+    """Many chats at once, each sending its next message as soon as its reply's `done` is read: never `chat_busy`,
+    and the listing read right after `done` counts the reply."""
+    d, _ = kb
+    chats, turns = 12, 3
+    fake.enqueue(*(Reply(text=["ok"]) for _ in range(chats * turns)))
+
+    def converse(n: int) -> list[int]:
+        chat_id: str | None = None
+        counts = []
+        for t in range(turns):
+            body: dict[str, Any] = {"message": f"chat {n} turn {t}", **({"chatId": chat_id} if chat_id else {})}
+            with httpx.stream("POST", f"{d.url}/api/workspaces/chat/chat", json=body, timeout=60) as resp:
+                assert resp.status_code == 200, resp.read()
+                events = [(f.event, json.loads(f.data)) for f in parse_sse(resp.iter_lines())]
+            assert events[-1][0] == "done" and events[-1][1]["status"] == "completed", events
+            chat_id = events[0][1]["chatId"]
+            [mine] = [c for c in get(d.url, "/api/workspaces/chat/chat")["chats"] if c["chatId"] == chat_id]
+            counts.append(mine["messageCount"])
+        return counts
+
+    with concurrent.futures.ThreadPoolExecutor(chats) as pool:
+        results = list(pool.map(converse, range(chats)))
+    assert results == [[2, 4, 6]] * chats

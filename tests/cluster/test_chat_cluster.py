@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -70,30 +71,36 @@ def frames(resp: httpx.Response) -> Iterator[tuple[str, dict[str, Any]]]:
 def test_a_turn_on_one_daemon_is_listed_and_read_on_the_other_at_once(
     pair: tuple[ClusterDaemon, ClusterDaemon], fake: FakeModels
 ) -> None:
-    """Several chats, each checked on the other daemon right after its POST ended: no polling, no settling time."""
+    """Many chats at once, each read on the other daemon right after its reply's `done` (no polling, no settling
+    time), and continued there at once."""
     d1, d2 = pair
-    for i in range(6):
+    count = 12
+    fake.enqueue(*(Reply(text=["The same", " answer."]) for _ in range(2 * count)))
+
+    def converse(i: int) -> None:
         writer, reader = (d1, d2) if i % 2 == 0 else (d2, d1)
-        fake.enqueue(Reply(text=[f"Answer {i}", " from a cluster."]))
-        events = post(writer.url, WS, f"Question {i} on {writer.name}")
+        question = f"Question {i} on {writer.name}"
+        events = post(writer.url, WS, question)
         [chat] = named(events, "chat")
         assert named(events, "done")[0]["status"] == "completed"
         chats = get(reader, f"/api/workspaces/{WS}/chat")["chats"]
         [mine] = [c for c in chats if c["chatId"] == chat["chatId"]]
-        assert mine["title"] == f"Question {i} on {writer.name}" and mine["messageCount"] == 2
+        assert mine["title"] == question and mine["messageCount"] == 2, mine
         body = get(reader, f"/api/workspaces/{WS}/chat/{chat['chatId']}")
         assert [(m["role"], m["text"], m.get("status")) for m in body["messages"]] == [
-            ("user", f"Question {i} on {writer.name}", None),
-            ("assistant", f"Answer {i} from a cluster.", "completed")]
+            ("user", question, None), ("assistant", "The same answer.", "completed")]
         # and the other daemon continues it
-        fake.enqueue(Reply(text=["Continued."]))
-        more = post(reader.url, WS, "And then?", chat_id=chat["chatId"])
-        assert text_of(more) == "Continued."
-        history = fake.requests[-1].json["messages"]
-        assert [(m["role"], m["content"]) for m in history[1:]] == [
-            ("user", f"Question {i} on {writer.name}"), ("assistant", f"Answer {i} from a cluster."),
-            ("user", "And then?")]
+        more = post(reader.url, WS, f"And then? ({i})", chat_id=chat["chatId"])
+        assert text_of(more) == "The same answer." and named(more, "done")[0]["status"] == "completed"
         assert len(get(writer, f"/api/workspaces/{WS}/chat/{chat['chatId']}")["messages"]) == 4
+
+    with ThreadPoolExecutor(count) as pool:
+        list(pool.map(converse, range(count)))
+    for i in range(count):  # each continuation sent its chat's history
+        [request] = [r for r in fake.requests if r.json["messages"][-1]["content"] == f"And then? ({i})"]
+        assert [(m["role"], m["content"]) for m in request.json["messages"][1:]] == [
+            ("user", f"Question {i} on {'d1' if i % 2 == 0 else 'd2'}"), ("assistant", "The same answer."),
+            ("user", f"And then? ({i})")]
 
 
 def test_a_reply_in_progress_is_followed_on_the_other_daemon_which_refuses_a_second_turn(

@@ -47,6 +47,8 @@ log = logging.getLogger("atlas.chat")
 
 #: How often a follower with nothing to read checks that the turn's daemon is still alive.
 LIVENESS_CHECK_S = 5.0
+#: How long a reply stream holds its `done` back until the turn has cleared the chat's index entry.
+RELEASE_WAIT_S = 5.0
 _IDS = uuid.UUID("6f1d8a52-3c1e-4a8e-9a57-1f0c7e2d9b40")  # namespace of ids derived from an Idempotency-Key
 
 
@@ -364,6 +366,25 @@ class ChatService:
             done["error"] = last["error"]
         return None, done
 
+    async def _released(self, turn: StartedTurn) -> None:
+        """Wait (at most RELEASE_WAIT_S) until the chat's index entry no longer names `turn`.
+
+        Why: a turn writes its `done` record and then clears its index entry; a client that sends its next message
+        the moment it reads `done` must not be refused `chat_busy` (nor list the chat without the reply counted)
+        in between. This daemon's own turn is awaited; another daemon's is polled in the index."""
+        task = self._turns.get((turn.workspace_id, turn.chat_id))
+        if task is not None:
+            await asyncio.wait({task}, timeout=RELEASE_WAIT_S)
+            return
+        loop = asyncio.get_running_loop()
+        deadline, pause = loop.time() + RELEASE_WAIT_S, 0.005
+        while not self._closing.is_set() and loop.time() < deadline:
+            found = await self.log.summary(turn.workspace_id, turn.chat_id)
+            if found is None or (found[0].get("turn") or {}).get("turnId") != turn.turn_id:
+                return
+            await asyncio.sleep(pause)
+            pause = min(2 * pause, 0.1)
+
     async def follow(self, turn: StartedTurn, keepalive: Callable[[], Any] | None = None
                      ) -> AsyncIterator[tuple[str, dict[str, Any]] | None]:
         """The turn's events (name, data), replayed from its start and then live, ending with `done`; None now
@@ -389,6 +410,8 @@ class ChatService:
                 if record.get("messageId") != turn.message_id:
                     continue
                 event = records.sse_event(record, chat_id=turn.chat_id, title=turn.title)
+                if record.get("type") == "done":
+                    await self._released(turn)
                 if event is not None:
                     yield event
                 if record.get("type") == "done":
