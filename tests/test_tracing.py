@@ -129,7 +129,7 @@ async def spans_when(exporter: InMemorySpanExporter, done: Any, what: str) -> li
 
 def session_span(spans: list[ReadableSpan], sid: str) -> ReadableSpan:
     [span] = [s for s in spans if s.name.startswith("session ")
-              and (s.attributes or {}).get("atlas.session_id") == sid]
+              and (s.attributes or {}).get("sessionId") == sid]
     return span
 
 
@@ -164,8 +164,8 @@ async def test_a_cascade_is_one_trace_with_its_parent_links(tmp_path: Path) -> N
     assert parent_span.parent is not None and parent_span.parent.span_id == request.context.span_id
     assert parent_span.name == f"session {WS}/parent"
     attrs = parent_span.attributes or {}
-    assert attrs["atlas.correlation_id"] == parent["correlationId"]
-    assert attrs["atlas.workspace_id"] == WS and attrs["atlas.job_name"] == "parent"
+    assert attrs["correlationId"] == parent["correlationId"]
+    assert attrs["workspaceId"] == WS and attrs["jobName"] == "parent"
     assert attrs["atlas.status"] == "completed"
     [signal_step] = children(spans, parent_span)
     assert signal_step.name == "step send"
@@ -175,7 +175,7 @@ async def test_a_cascade_is_one_trace_with_its_parent_links(tmp_path: Path) -> N
     child_span = session_span(spans, child_id)
     assert child_span.parent is not None and child_span.parent.span_id == signal_step.context.span_id
     child_attrs = child_span.attributes or {}
-    assert child_attrs["atlas.correlation_id"] == parent["correlationId"]  # the tree's id, on every session
+    assert child_attrs["correlationId"] == parent["correlationId"]  # the tree's id, on every session
     assert child_attrs["atlas.parent_session_id"] == parent_id and child_attrs["atlas.depth"] == 1
     [child_step] = children(spans, child_span)
     assert child_step.name.startswith("step ") and child_step.status.status_code != StatusCode.ERROR
@@ -371,4 +371,4 @@ def test_the_otlp_http_exporter_sends_the_trace_to_a_collector(tmp_path: Path) -
     assert {TRIGGER_ROUTE, f"session {WS}/echo"} <= names and any(n.startswith("step ") for n in names)
     [session] = [span for span in mine if span.name == f"session {WS}/echo"]
     attrs = {kv.key: kv.value.string_value for kv in session.attributes}
-    assert attrs["atlas.session_id"] == sid and attrs["atlas.correlation_id"] == view["correlationId"]
+    assert attrs["sessionId"] == sid and attrs["correlationId"] == view["correlationId"]

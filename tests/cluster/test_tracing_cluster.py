@@ -67,8 +67,8 @@ def test_a_session_run_by_another_daemon_continues_the_triggers_trace(daemons: D
         assert session_from["service.instance.id"] == "runner"  # the acceptor ran nothing
         assert session.parent_span_id == request.span_id  # the trigger's HTTP span, from the other daemon
         attrs = {kv.key: kv.value.string_value for kv in session.attributes}
-        assert attrs["atlas.session_id"] == sid
-        assert attrs["atlas.correlation_id"] == views[sid]["correlationId"]
+        assert attrs["sessionId"] == sid
+        assert attrs["correlationId"] == views[sid]["correlationId"]
         steps = [s for r, s in mine if s.name.startswith("step ")]
         assert steps and all(s.parent_span_id == session.span_id for s in steps)
         assert {r["service.instance.id"] for r, s in mine} == {"acceptor", "runner"}

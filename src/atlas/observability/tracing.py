@@ -46,12 +46,13 @@ DEFAULT_SERVICE_NAME = "atlasd"
 TRACEPARENT = "traceparent"
 SUPPORTED_PROTOCOL = "http/protobuf"
 
-# Span attribute names. atlas's own are namespaced (`atlas.*`, as OpenTelemetry asks of non-standard attributes)
-# rather than the wire's camelCase (`correlationId`): backends group and search by dotted names.
-CORRELATION_ID = "atlas.correlation_id"
-SESSION_ID = "atlas.session_id"
-WORKSPACE_ID = "atlas.workspace_id"
-JOB_NAME = "atlas.job_name"
+# Span attribute names. The four ids issue #18 names are the wire's own (`correlationId`, `sessionId`, `workspaceId`,
+# `jobName`), so a trace is searched by the same names as the API; atlas's other attributes are namespaced
+# (`atlas.*`, as OpenTelemetry asks of non-standard attributes).
+CORRELATION_ID = "correlationId"
+SESSION_ID = "sessionId"
+WORKSPACE_ID = "workspaceId"
+JOB_NAME = "jobName"
 SIGNAL_ID = "atlas.signal_id"
 TRIGGER = "atlas.trigger"
 PARENT_SESSION_ID = "atlas.parent_session_id"
