@@ -95,7 +95,8 @@ def every_field_of_every_event() -> list[dict[str, Any]]:
     common = {"workspaceId": "w", "jobName": "j", "signalId": "s", "task": "t", "plannedSteps": PLAN, **lineage}
     return [
         dict(ev.queued(sessionId=SID, trigger="cascade", payload={"x": 1}, skipStates=["s1"], rerunOf="r0",
-                       **common)),
+                       chat={"chatId": "c1", "turnId": "t1"},
+                       traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", **common)),
         dict(ev.waiting(sessionId=SID, seq=2, reason="concurrency", sessionIds=["h1", "q1"])),
         dict(ev.start(sessionId=SID, runner="daemon-1", **common)),
         dict(ev.step_start(sessionId=SID, seq=3, stepNumber=1, agentName="a", stateId="s0", actionType="agent",

@@ -47,7 +47,7 @@ def memory_list(workspace: WorkspaceOpt, corpus: OptionalCorpusArg = None, query
                 limit: LimitOpt = 100, url: UrlOpt = None, token: TokenOpt = None, json_out: JsonOpt = False) -> None:
     """List a workspace's memory corpora, or the entries of one corpus (newest first).
 
-    --json prints the answer of GET /api/workspaces/{ws}/memory[/{corpus}].
+    --json prints the answer of GET /api/workspaces/{ws}/memory (or …/memory/{corpus} with a CORPUS).
     """
     out = Output(json_out)
     with connect(url, token) as api:
