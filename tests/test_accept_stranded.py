@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -27,10 +27,16 @@ from tests.daemon_proc import FIXTURES
 from tests.inproc import running
 
 
-@asynccontextmanager
-async def signals_refusing(d: Daemon) -> AsyncIterator[None]:
+def signals_refusing(d: Daemon) -> AbstractAsyncContextManager[None]:
     """SIGNALS stops taking workspace signals for a while (every other stream keeps working)."""
-    info = await d.bus.js.stream_info(SIGNALS)
+    return stream_refusing(d, SIGNALS)
+
+
+@asynccontextmanager
+async def stream_refusing(d: Daemon, stream: str) -> AsyncIterator[None]:
+    """`stream` takes no message for a while (what a stream without a leader answers: no responders); every
+    other stream keeps working."""
+    info = await d.bus.js.stream_info(stream)
     subjects = list(info.config.subjects or [])
     info.config.subjects = ["atlas.test.nothing"]
     await d.bus.js.update_stream(info.config)

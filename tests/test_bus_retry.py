@@ -11,10 +11,9 @@ SQLite.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from atlas.sessions.events import format_iso, now_iso
 from atlas.sessions.writer import SessionWriter
 from tests.daemon_proc import FIXTURES
 from tests.inproc import running
-from tests.test_accept_stranded import signals_refusing
+from tests.test_accept_stranded import signals_refusing, stream_refusing
 
 
 async def until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -122,20 +121,6 @@ async def test_a_bus_silent_past_the_ride_through_still_refuses(tmp_path: Path) 
         assert session["status"] == "failed" and session["errorCode"] == "bus_unavailable"
 
 
-@contextlib.asynccontextmanager
-async def session_events_refusing(d: Daemon) -> AsyncIterator[None]:
-    """SESSION_EVENTS stops taking events for a while (what a stream without a leader answers: no responders)."""
-    info = await d.bus.js.stream_info(SESSION_EVENTS)
-    subjects = list(info.config.subjects or [])
-    info.config.subjects = ["atlas.test.nothing"]
-    await d.bus.js.update_stream(info.config)
-    try:
-        yield
-    finally:
-        info.config.subjects = subjects
-        await d.bus.js.update_stream(info.config)
-
-
 async def test_a_session_start_riding_through_is_not_taken_for_an_orphan(tmp_path: Path) -> None:
     """A `session:start` that landed while its acknowledgement is still awaited (a leader election) names this
     daemon as the runner of a session it has not launched yet. Was: recovery, or a redelivered envelope, took it
@@ -160,7 +145,7 @@ async def test_a_session_start_riding_through_is_not_taken_for_an_orphan(tmp_pat
                                    "Nats-Expected-Last-Subject-Sequence": str(writer.stream_seq)})
         d.store.apply(landed, ack.seq)  # what a daemon that follows the log shows
         before = attempts(d)
-        async with session_events_refusing(d):
+        async with stream_refusing(d, SESSION_EVENTS):
             beginning = asyncio.ensure_future(d.lifecycle.begin(ws, "echo", env, writer))
             await until(lambda: attempts(d) >= before + 2 or beginning.done())  # refused, and sent again
             assert not beginning.done(), beginning.exception()

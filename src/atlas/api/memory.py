@@ -14,6 +14,7 @@ from starlette.responses import Response
 
 from atlas.api.responses import json_response
 from atlas.api.state import daemon_of
+from atlas.api.workspaces import workspace_of
 from atlas.errors import AtlasError
 from atlas.memory.store import Corpus, corpora_of, find_corpus
 from atlas.runtime.workspaces import Workspace
@@ -23,14 +24,6 @@ __all__ = ["DEFAULT_LIMIT", "MAX_LIMIT", "delete_entry", "list_corpora", "list_e
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 _LIMIT = re.compile(r"[0-9]{1,5}")
-
-
-def _workspace(request: Request) -> Workspace:
-    workspace_id: str = request.path_params["workspace_id"]
-    ws = daemon_of(request).workspaces.get(workspace_id)
-    if ws is None:
-        raise AtlasError("workspace_not_found", f"Workspace '{workspace_id}' not found")
-    return ws
 
 
 def _corpus(request: Request, ws: Workspace) -> Corpus:
@@ -43,7 +36,7 @@ def _invalid(path: str, message: str) -> AtlasError:
 
 async def list_corpora(request: Request) -> Response:
     """200 `{corpora: [{name, type, strategy, count}]}`, in the file's order."""
-    ws = _workspace(request)
+    ws = workspace_of(request)
     corpora = corpora_of(ws.config)
     counts = await daemon_of(request).memory.counts(ws.id) if corpora else {}
     return json_response({"corpora": [{"name": c.name, "type": c.type, "strategy": c.strategy,
@@ -53,7 +46,7 @@ async def list_corpora(request: Request) -> Response:
 async def list_entries(request: Request) -> Response:
     """200 `{entries: [...]}` newest first; `query` keeps those containing it (case-insensitive), `limit` (1–1000,
     default 100) caps them."""
-    ws = _workspace(request)
+    ws = workspace_of(request)
     corpus = _corpus(request, ws)
     params = request.query_params
     raw = params.get("limit")
@@ -69,7 +62,7 @@ async def list_entries(request: Request) -> Response:
 
 async def delete_entry(request: Request) -> Response:
     """204; 404 `memory_entry_not_found` for an entry the corpus does not hold."""
-    ws = _workspace(request)
+    ws = workspace_of(request)
     corpus = _corpus(request, ws)
     await daemon_of(request).memory.delete(ws.id, corpus.name, request.path_params["entry_id"])
     return Response(status_code=204)

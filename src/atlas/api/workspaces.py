@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 TRUE_VALUES = frozenset({"true", "1", "yes"})
 
 
-def _workspace(request: Request) -> Workspace:
+def workspace_of(request: Request) -> Workspace:
     """The path's `{workspace_id}`, or 404 `workspace_not_found`."""
     workspace_id: str = request.path_params["workspace_id"]
     ws = daemon_of(request).workspaces.get(workspace_id)
@@ -66,7 +66,7 @@ async def add_workspace(request: Request) -> Response:
 
 
 async def show_workspace(request: Request) -> Response:
-    ws = _workspace(request)
+    ws = workspace_of(request)
     config = ws.config.model_dump(mode="json", by_alias=True, exclude_none=True)
     return json_response({**ws.entry(), "config": config})
 
@@ -74,7 +74,7 @@ async def show_workspace(request: Request) -> Response:
 async def remove_workspace(request: Request) -> Response:
     """409 `workspace_busy` while it has live sessions, unless `?force=true`, which cancels them first."""
     daemon = daemon_of(request)
-    ws = _workspace(request)
+    ws = workspace_of(request)
     force = request.query_params.get("force", "").lower() in TRUE_VALUES
     active = [v["sessionId"] for v in daemon.store.live_sessions() if v.get("workspaceId") == ws.id]
     if active and not force:
@@ -86,11 +86,11 @@ async def remove_workspace(request: Request) -> Response:
 
 
 async def list_jobs(request: Request) -> Response:
-    return json_response(_workspace(request).jobs_listing())
+    return json_response(workspace_of(request).jobs_listing())
 
 
 async def list_signals(request: Request) -> Response:
-    ws = _workspace(request)
+    ws = workspace_of(request)
     out = []
     for sig_id, sig in ws.config.signals.items():
         spec = {"id": sig_id, **sig.model_dump(mode="json", by_alias=True, exclude_none=True)}
