@@ -153,6 +153,24 @@ def health(d: ClusterDaemon) -> tuple[str, dict[str, Any]]:
     return body["status"], body["readModel"]
 
 
+def _why_not_completed(ds: list[ClusterDaemon], rows: dict[str, str], accepted: list[str]) -> str:
+    """What a failure of the outage test needs to be understood: each missing session's row and view, and the
+    daemons' warnings and errors."""
+    missing = [sid for sid in accepted if rows.get(sid) != "completed"]
+    lines = [f"{len(missing)} of {len(accepted)} accepted sessions have no completed row"]
+    for sid in missing[:5]:
+        view = http.get(f"{ds[0].url}/api/sessions/{sid}", timeout=10)
+        shown = ({k: view.json().get(k) for k in ("status", "errorCode", "error", "stepCount")}
+                 if view.status_code == 200 else view.text[:200])
+        lines.append(f"  {sid}: row {rows.get(sid)!r}; view {shown}")
+    for d in ds:
+        log_lines = d.log_path.read_text(errors="replace").splitlines()
+        noted = [line for line in log_lines if " WARNING " in line or " ERROR " in line]
+        lines.append(f"  {d.name}: {len(noted)} warnings/errors, the last ones:")
+        lines += [f"    {line[:300]}" for line in noted[-15:]]
+    return "\n".join(lines)
+
+
 def test_postgresql_stopped_under_load_loses_no_accepted_trigger(daemons: DaemonFactory) -> None:
     """Issue #15 item 5, next to the nats-node kill: two daemons take triggers while the shared PostgreSQL stops for
     a while. New triggers are refused with 503 (JSON) while it cannot be written; every accepted one ends in exactly
@@ -209,6 +227,9 @@ def test_postgresql_stopped_under_load_loses_no_accepted_trigger(daemons: Daemon
             with psycopg.connect(dsn, autocommit=True) as conn:
                 return dict(conn.execute("SELECT session_id, status FROM sessions").fetchall())
 
-        wait_for(lambda: all(rows().get(sid) == "completed" for sid in accepted), 120,
-                 what="a completed row for every accepted trigger")
+        try:
+            wait_for(lambda: all(rows().get(sid) == "completed" for sid in accepted), 120,
+                     what="a completed row for every accepted trigger")
+        except AssertionError:
+            raise AssertionError(_why_not_completed(ds, rows(), accepted)) from None
         assert set(rows()) == set(accepted)  # exactly the accepted sessions: none refused got a row
