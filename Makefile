@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: install
-	$(BIN)/atlas daemon start --workspace examples/demo --workspace examples/reports
+	$(BIN)/atlas daemon start --workspace examples/demo --workspace examples/reports --workspace examples/knowledge-base
 
 lint: install
 	$(BIN)/ruff check src tests bench
