@@ -16,6 +16,7 @@ import pytest
 import uvloop
 
 from tests.daemon_proc import FIXTURES, DaemonProcess
+from tests.fake_models import FakeModels, fake_models
 from tests.pg import PgServer, PgUnavailable, start_pg_server
 
 pytest_plugins = ["tests.browser"]  # browser, context, page, client: the UI tests' fixtures
@@ -32,6 +33,14 @@ def pytest_asyncio_loop_factories(
     config: pytest.Config, item: pytest.Item
 ) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
     return _BOTH if item.get_closest_marker("both_loops") is not None else _UVLOOP
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeModels]:
+    """A scripted model server of the test's own (modules that share one across their tests define a module-scoped
+    `fake` of their own, which wins)."""
+    with fake_models() as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import json
 import os
 import signal
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp_types import TextContent
 from openai.types.chat import ChatCompletionFunctionToolParam, ChatCompletionMessageFunctionToolCall
 
-from tests.fake_models import NO_REPLY_LEFT, FakeModels, Reply, ToolCall, fake_models
+from tests.fake_models import NO_REPLY_LEFT, FakeModels, Reply, ToolCall
 from tests.mcp_servers import async_http_tools_server, http_tools_server, stdio_params
 
 KEY = "sk-fake-0123456789"
@@ -38,12 +38,6 @@ TOOL: ChatCompletionFunctionToolParam = {
 }
 A_TOOL: ToolParam = {"name": "add", "input_schema": {"type": "object"}}
 MESSAGES: list[Any] = [{"role": "user", "content": "hi"}]
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeModels]:
-    with fake_models() as server:
-        yield server
 
 
 def oa(fake: FakeModels, retries: int = 0) -> openai.AsyncOpenAI:

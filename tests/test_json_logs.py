@@ -8,7 +8,6 @@ show the key redacted. Every line the daemon writes must be one JSON object.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ import pytest
 
 from atlas.config.settings import Settings
 from tests.daemon_proc import DaemonProcess, wait_for
-from tests.fake_models import FakeModels, Reply, fake_models
+from tests.fake_models import FakeModels, Reply
 
 LLM_KEY = "sk-json-logs-test-0123456789abcdef"
 
@@ -37,12 +36,6 @@ def workspace(root: Path, fake: FakeModels) -> Path:
     path.mkdir()
     (path / "workspace.yml").write_text(json.dumps(config, indent=1))
     return path
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeModels]:
-    with fake_models() as server:
-        yield server
 
 
 def lines(d: DaemonProcess) -> list[dict[str, Any]]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,18 +22,12 @@ from atlas.llm import retry
 from atlas.llm.loop import RECORD_RESULT_CHARS
 from atlas.mcp.servers import McpHub, WorkspaceTools
 from atlas.templating import Templater
-from tests.fake_models import FakeModels, Reply, ToolCall, fake_models
+from tests.fake_models import FakeModels, Reply, ToolCall
 from tests.mcp_servers import REPO, async_http_tools_server, tools_server_argv
 from tests.test_agents import Chunks
 
 KEY = "sk-test-tools-0123456789"
 WIRES = ["openai", "anthropic"]
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeModels]:
-    with fake_models() as server:
-        yield server
 
 
 @pytest.fixture(autouse=True)

@@ -17,7 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.daemon_proc import DaemonProcess, wait_for
-from tests.fake_models import FakeModels, Reply, ToolCall, fake_models
+from tests.fake_models import FakeModels, Reply, ToolCall
 from tests.mcp_servers import REPO, tools_server_argv
 
 TOKEN = "metrics-test-token-0123456789"
@@ -66,12 +66,6 @@ def workspace(root: Path, fake: FakeModels, gate: Path) -> Path:
     path.mkdir()
     (path / "workspace.yml").write_text(json.dumps(config, indent=1))
     return path
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeModels]:
-    with fake_models() as server:
-        yield server
 
 
 @pytest.fixture
