@@ -48,7 +48,7 @@ test-cluster: install
 bench-cluster: install loadgen postgres
 	mkdir -p bench/results
 	timeout --kill-after=10 900 $(BIN)/python bench/cluster_throughput.py > bench/results/cluster.md; \
-		rc=$$?; timeout --kill-after=10 900 $(BIN)/python bench/cluster_throughput.py --postgres --rounds 3 \
+		rc=$$?; timeout --kill-after=10 900 $(BIN)/python bench/cluster_throughput.py --postgres --rounds 3 --equal-load 100 \
 		>> bench/results/cluster.md || rc=1; \
 		timeout --kill-after=10 120 $(BIN)/python bench/cascade_hop.py --cascades 300 >> bench/results/cluster.md \
 		|| rc=1; cat bench/results/cluster.md; exit $$rc

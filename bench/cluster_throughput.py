@@ -22,7 +22,14 @@ Usage: python bench/cluster_throughput.py [--duration 10] [--rounds 2] [--connec
    the machine's cores went: on a 2-core machine, 3 nats-servers, n daemons and wrk share the same two cores,
    so adding daemons can only help as far as one daemon leaves CPU idle.
 
-5. With `--postgres` (issue #15), the daemons share a PostgreSQL read model (a private PostgreSQL 15 server,
+5. With `--equal-load R` (issue #15), each round also measures daemon CPU per trigger at the *same load per
+   daemon*: one daemon offered R triggers/s, then three daemons offered R triggers/s each (``hey -q``, rate
+   limited, 4 connections per daemon). On a machine with fewer cores than the cluster needs, the saturating runs
+   above give each of three daemons a third of the rate a lone daemon gets, so each amortises its per-wake-up costs
+   (event-loop turns, socket writes, transactions) over fewer triggers; this pair compares like with like, so its
+   ratio is the work per event that more daemons add.
+
+6. With `--postgres` (issue #15), the daemons share a PostgreSQL read model (a private PostgreSQL 15 server,
    ``tests/pg.py``; ``ATLAS_DATABASE_URL``): each session's rows are written once, by the daemon that writes its
    events (nobody follows the log), completions are counted in the database, no daemon needs to catch up on start,
    and the CPU of the PostgreSQL processes is reported as well. The issue's measure is the median of the rounds.
@@ -216,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=32, help="wrk connections in total")
     parser.add_argument("--drain-timeout", type=float, default=180.0)
     parser.add_argument("--postgres", action="store_true", help="share a PostgreSQL read model (issue #15)")
+    parser.add_argument("--equal-load", type=int, default=0, metavar="R",
+                        help="also measure 1 and 3 daemons offered R triggers/s each (hey, rate limited)")
     args = parser.parse_args(argv)
 
     print("## Multi-daemon: nowait trigger throughput with 1, 2 and 3 daemons on a 3-node cluster\n")
@@ -223,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{' '.join(Path('/proc/loadavg').read_text().split()[:3])}.\n")
     if shutil.which("wrk") is None:
         print("wrk is not installed: skipped (`make bench-cluster` installs it with apt-get).\n")
+        return 1
+    if args.equal_load and shutil.which("hey") is None:
+        print("hey is not installed: skipped (`make bench-cluster` installs it with apt-get).\n")
         return 1
     with tempfile.TemporaryDirectory(prefix="atlas-bench-cluster-") as tmp:
         root = Path(tmp)
@@ -235,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         daemons = [ClusterDaemon(root / f"d{i + 1}", [FIXTURES / "cluster"], cluster,
                                  {**env, "ATLAS_BENCH_BASELINE": "1"} if i == 0 else env) for i in range(3)]
         runs: list[Run] = []
+        equal: list[EqualLoad] = []
         baselines: list[float] = []
         try:
             say("starting daemon 1")
@@ -262,6 +275,10 @@ def main(argv: list[str] | None = None) -> int:
                     runs.append(measure(daemons[:n], daemons[:n], cluster, db, script, args, pg))
                     say(f"round {rnd + 1}, {n} daemon(s): {runs[-1].rps:,.0f} req/s, "
                         f"{runs[-1].session_rate:,.0f} sessions/s")
+                    if args.equal_load and n in (1, 3):
+                        equal.append(measure_equal_load(daemons[:n], db, args))
+                        say(f"round {rnd + 1}, {n} daemon(s) at {args.equal_load}/s each: "
+                            f"{equal[-1].cpu_per_trigger_ms:.2f} ms daemon CPU per 202")
                 # What the extra daemons cost without taking any triggers: they still run sessions and
                 # materialise every event.
                 runs.append(measure(daemons, daemons[:1], cluster, db, script, args, pg))
@@ -284,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
             if pg is not None:
                 pg.close()
     report(runs, baselines, args)
+    if equal:
+        report_equal_load(equal, args)
     return 0
 
 
@@ -322,6 +341,54 @@ def measure(ds: list[ClusterDaemon], targets: list[ClusterDaemon], cluster: Nats
     ok = sum(w.requests - w.non2xx for w in wrks)
     t_end = wait_completed(db, before + ok, args.drain_timeout)
     return Run(len(ds), len(targets), wrks, t1 - t0, t_end - t0, ok, c1[0] - c0[0], c1[1] - c0[1], pg_cpu)
+
+
+@dataclass
+class EqualLoad:
+    n: int
+    accepted: int
+    cpu_daemons: float
+
+    @property
+    def cpu_per_trigger_ms(self) -> float:
+        return self.cpu_daemons * 1e3 / max(1, self.accepted)
+
+
+def run_hey_rate(urls: list[str], rate: int, duration: int) -> int:
+    """One rate-limited `hey` per URL (4 connections, `rate` requests/s in all per URL), all at once; returns the
+    202 answers counted over them."""
+    procs = [subprocess.Popen(["hey", "-z", f"{duration}s", "-c", "4", "-q", f"{rate / 4:.2f}", "-m", "POST",
+                               "-T", "application/json", "-d", BODY, url],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for url in urls]
+    accepted = 0
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=duration + 60)
+        if p.returncode != 0:
+            raise RuntimeError(f"hey failed ({p.returncode}): {stderr.strip() or stdout.strip()}")
+        if m := re.search(r"\[202\]\s+(\d+) responses", stdout):
+            accepted += int(m.group(1))
+    return accepted
+
+
+def measure_equal_load(ds: list[ClusterDaemon], db: Path | str, args: argparse.Namespace) -> EqualLoad:
+    """`args.equal_load` triggers/s offered to each daemon of `ds`; the daemons' CPU per accepted trigger."""
+    pids = [d.proc.pid for d in ds if d.proc is not None]
+    before = completed(db)
+    c0 = sum(cpu_s(p) for p in pids)
+    accepted = run_hey_rate([d.url + PATH for d in ds], args.equal_load, args.duration)
+    c1 = sum(cpu_s(p) for p in pids)
+    wait_completed(db, before + accepted, args.drain_timeout)
+    return EqualLoad(len(ds), accepted, c1 - c0)
+
+
+def report_equal_load(equal: list[EqualLoad], args: argparse.Namespace) -> None:
+    one = statistics.median(e.cpu_per_trigger_ms for e in equal if e.n == 1)
+    three = statistics.median(e.cpu_per_trigger_ms for e in equal if e.n == 3)
+    print(f"**The same load per daemon** (`--equal-load {args.equal_load}`: `hey -c4 -q` offering "
+          f"{args.equal_load} triggers/s to each daemon for {args.duration} s; daemon CPU per 202, all rounds): "
+          f"1 daemon " + ", ".join(f"{e.cpu_per_trigger_ms:.2f}" for e in equal if e.n == 1)
+          + " ms; 3 daemons " + ", ".join(f"{e.cpu_per_trigger_ms:.2f}" for e in equal if e.n == 3)
+          + f" ms. Medians {one:.2f} ms and {three:.2f} ms: **{three / one:.2f}×**.\n")
 
 
 def report(runs: list[Run], baselines: list[float], args: argparse.Namespace) -> None:
