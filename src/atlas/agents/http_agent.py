@@ -2,11 +2,17 @@
 
 Only `http`/`https` URLs are allowed, so a template cannot turn the agent into a `file://` reader. The
 response body is read as a stream and capped, so a huge download cannot exhaust the daemon's memory.
+
+Each request writes one diagnostic line to the step's log (issue #16, item 1: http diagnostics are kept with the
+run): `METHOD URL → STATUS in N ms` on `stdout`, or on `stderr` for an error status or a failed request, with the
+error. Only the method, the URL (without user info; `secret()` values in it are redacted by the step log like any
+text) and the outcome: never headers or bodies, which may hold credentials or personal data.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,6 +35,15 @@ _ALLOWED_SCHEMES = ("http", "https")
 def _is_json(content_type: str) -> bool:
     media_type = content_type.split(";", 1)[0].strip().lower()
     return media_type == "application/json" or media_type.endswith("+json")
+
+
+def _shown(url: httpx.URL) -> httpx.URL:
+    """The URL as errors and the step log show it: a password in `user:pass@` is never a `secret()` to redact."""
+    return url.copy_with(userinfo=b"") if url.userinfo else url
+
+
+def _elapsed_ms(started: float) -> int:
+    return round((time.monotonic() - started) * 1000)
 
 
 def _url(rendered: Any) -> httpx.URL:
@@ -83,6 +98,8 @@ async def run_http(
     request_args: dict[str, Any] = {"headers": headers}
     if body is not None:
         request_args["json"] = body
+    shown = f"{config.method} {_shown(url)}"
+    started = time.monotonic()
     try:
         async with (
             httpx.AsyncClient(timeout=timeout) as client,
@@ -90,11 +107,15 @@ async def run_http(
         ):
             parsed, truncated = await _read_body(response)
     except httpx.TimeoutException as exc:
-        raise StepError("http_error", f"{config.method} {url}: timed out after {config.timeout}") from exc
+        raise _failed(ctx, shown, started, f"timed out after {config.timeout}") from exc
     except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError) as exc:
-        raise StepError("http_error", f"{config.method} {url}: {type(exc).__name__}: {exc}") from exc
+        raise _failed(ctx, shown, started, f"{type(exc).__name__}: {exc}") from exc
     except (TypeError, ValueError) as exc:  # e.g. a header value that is not latin-1, a body that is not JSON
-        raise StepError("http_error", f"{config.method} {url}: invalid request: {exc}") from exc
+        raise _failed(ctx, shown, started, f"invalid request: {exc}") from exc
+    failed = response.status_code >= 400
+    ctx.emit_log("stderr" if failed else "stdout",
+                 f"{shown} → {response.status_code} in {_elapsed_ms(started)} ms"
+                 + (" (truncated)" if truncated else ""))
 
     output: dict[str, Any] = {
         "status": response.status_code,
@@ -103,6 +124,12 @@ async def run_http(
     }
     if truncated:
         output["truncated"] = True
-    if response.status_code >= 400 and config.fail_on_status:
-        raise StepError("http_status", f"{config.method} {url}: HTTP {response.status_code}", output=output)
+    if failed and config.fail_on_status:
+        raise StepError("http_status", f"{shown}: HTTP {response.status_code}", output=output)
     return output
+
+
+def _failed(ctx: AgentContext, shown: str, started: float, reason: str) -> StepError:
+    """The `http_error` of a request that got no response, after saying so in the step log."""
+    ctx.emit_log("stderr", f"{shown} failed after {_elapsed_ms(started)} ms: {reason}")
+    return StepError("http_error", f"{shown}: {reason}")

@@ -15,17 +15,27 @@ from rich.text import Text
 
 from atlas.cli.render import Output, compact, session_label
 
-__all__ = ["print_failures"]
+__all__ = ["details_lines", "failure_lines", "print_failures"]
 
 _INDENT = "  "
 
 
-def _details_lines(details: Mapping[str, Any], indent: str) -> list[tuple[str, str]]:
-    """(text, style) lines of an `errorDetails`: the traceback, or the stderr tail, as recorded."""
+def details_lines(details: Mapping[str, Any], indent: str, innermost: bool = False) -> list[tuple[str, str]]:
+    """(text, style) lines of an `errorDetails`: the traceback, or the stderr tail, as recorded.
+
+    `innermost` keeps only a traceback's innermost frame and the exception (after a line saying how many were left
+    out): the live view redraws within a terminal's height, where a whole traceback would push the run's tree off
+    the screen; `atlas sessions show` prints it whole.
+    """
     lines: list[tuple[str, str]] = []
     traceback = details.get("traceback")
     if isinstance(traceback, str) and traceback:
-        lines += [(indent + line, "") for line in traceback.splitlines()]
+        frames = traceback.splitlines()
+        last = max((i for i, line in enumerate(frames) if line.startswith('  File "')), default=0)
+        if innermost and last > 0:
+            lines.append((f"{indent}… {last} earlier traceback line{'' if last == 1 else 's'}", "dim"))
+            frames = frames[last:]
+        lines += [(indent + line, "") for line in frames]
     stderr = details.get("stderrTail")
     if isinstance(stderr, str) and stderr:
         exit_code = details.get("exitCode")
@@ -52,7 +62,7 @@ def _cause_lines(cause: Mapping[str, Any], indent: str) -> list[tuple[str, str]]
             lines.append((f"{inner}in step {level['stepNumber']} {level.get('agentName', '?')}", "dim"))
         details = level.get("errorDetails")
         if isinstance(details, Mapping):
-            lines += _details_lines(details, inner)
+            lines += details_lines(details, inner)
         level = level.get("cause")
         indent = inner
     return lines
@@ -74,7 +84,7 @@ def failure_lines(view: Mapping[str, Any]) -> list[tuple[str, str]]:
         error = f"{block.get('errorCode') or 'error'}: {block.get('error') or ''}"
         lines.append((f"{head}: {compact(error, 300)}", "bold red"))
         if isinstance(details, Mapping):
-            lines += _details_lines(details, _INDENT)
+            lines += details_lines(details, _INDENT)
         if isinstance(cause, Mapping):
             lines += _cause_lines(cause, _INDENT)
             shown_cause = True

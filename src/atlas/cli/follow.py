@@ -40,6 +40,7 @@ from atlas.cli.client import (
     exit_code_for_status,
     unreachable,
 )
+from atlas.cli.failures import details_lines
 from atlas.cli.render import (
     Output,
     compact,
@@ -402,6 +403,11 @@ class Lines:
         text = describe(event, self.tracker.view(sid))
         if text:
             self._line(sid, event.get("timestamp"), text)
+        details = event.get("errorDetails")
+        if event.get("type") == "step:complete" and isinstance(details, dict):
+            # Why the step failed, under its line (issue #16): what `atlas sessions show` prints in its Failure part.
+            for line, _ in details_lines(details, "  "):
+                self._line(sid, event.get("timestamp"), line)
 
     def _recorded_calls(self, sid: str, event: dict[str, Any]) -> None:
         """The step's recorded calls that were not printed live (chunks are best effort and never replayed, so
@@ -523,6 +529,11 @@ class LiveTree:
             text.append(f"  → child {short_id(block['childSessionId'])}", style="dim")
         elif status == "completed" and block.get("output") is not None:
             text.append(f"  → {compact(block['output'], 60)}", style="dim")
+        if status == "failed" and isinstance(block.get("errorDetails"), dict):
+            # The stderr tail, or the traceback's innermost frame and exception, under the step, as `atlas sessions
+            # show` prints them (the plain view and `sessions show` print the whole traceback).
+            return Group(text, *(Text(line, style=style) for line, style in
+                                 details_lines(block["errorDetails"], "", innermost=True)))
         if status != "running":
             return text
         progress = [c for c in block.get("ephemeral") or [] if c.get("type") == "progress"]
