@@ -238,3 +238,19 @@ def test_cli_follow_prints_lines_live_and_exits_with_the_run(daemon: DaemonProce
     reader.join(timeout=10)
     assert [CLI_LINE.match(line).groups()[2] for line in lines if CLI_LINE.match(line)] == [  # type: ignore[union-attr]
         "before gate", "after gate"]
+
+
+def test_cli_prints_a_failed_runs_prints_and_traceback_after_it_ended(daemon: DaemonProcess) -> None:
+    """The issue's "Done when": a python step that prints and then raises shows its prints and a traceback with its
+    file and line in `atlas sessions logs`, once the run has ended."""
+    sid = run(daemon, "crash")
+    assert wait_terminal(daemon, sid)["status"] == "failed"
+    proc = cli(daemon, "sessions", "logs", sid)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    printed = [m.groups() for m in map(CLI_LINE.match, out.splitlines()) if m]
+    assert ("1", "stdout", "loading rows") in printed, out
+    steps = (WORKSPACE / "steplogs_steps.py").resolve()
+    raise_line = next(i for i, text in enumerate(steps.read_text().splitlines(), 1) if text.endswith("# RAISE_LINE"))
+    assert ("1", "stderr", f'  File "{steps}", line {raise_line}, in print_then_raise') in printed, out
+    assert printed[-1] == ("1", "stderr", "ValueError: row 3 is bad"), out
