@@ -39,10 +39,11 @@ class DaemonProcess:
         self.url = ""
         self.log_path = home / "daemon-test.log"
 
-    def start(self, timeout: float = 30.0) -> DaemonProcess:
+    def start(self, timeout: float = 30.0, port: int = 0) -> DaemonProcess:
+        """Start the daemon on `port` (0: a free one; a restart passes the old one to keep the URL)."""
         self.home.mkdir(parents=True, exist_ok=True)
         (self.home / "daemon.json").unlink(missing_ok=True)
-        args = [ATLAS, "daemon", "start", "--home", str(self.home), "--port", "0"]
+        args = [ATLAS, "daemon", "start", "--home", str(self.home), "--port", str(port)]
         for ws in self.workspaces:
             args += ["--workspace", str(ws)]
         env = {**os.environ, "ATLAS_LOG_LEVEL": "info", **self.extra_env}

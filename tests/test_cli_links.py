@@ -109,3 +109,31 @@ async def test_the_ui_resolves_the_cli_short_id(daemon: DaemonProcess, browser: 
     assert re.search(UUID, page.url) is None
     await context.close()
     assert not errors, errors
+
+
+async def test_the_ui_lists_the_runs_an_ambiguous_prefix_matches(daemon: DaemonProcess, browser: Browser) -> None:
+    """Runs are created until two ids share their first character (17 are sure to); that character is then an
+    ambiguous prefix, and its page links every run it matches (the newest ten)."""
+    by_first: dict[str, list[str]] = {}
+    for _ in range(17):
+        sid = nowait(daemon, "echo", {"n": 5})["sessionId"]
+        by_first.setdefault(sid[0], []).append(sid)
+        if len(by_first[sid[0]]) == 2:
+            break
+    prefix, pair = next((first, sids) for first, sids in by_first.items() if len(sids) == 2)
+    for sid in pair:
+        wait_status(daemon, sid, TERMINAL)
+    matching = len(prefix_lookup(daemon, prefix, limit=11).json()["sessions"])
+    context = await browser.new_context(base_url=daemon.url)
+    page = await context.new_page()
+    await page.goto(f"/sessions/{prefix}")
+    await expect(page.get_by_role("heading", name="Ambiguous run id")).to_be_visible()
+    await expect(page.get_by_text(f"More than one run id starts with {prefix}:")).to_be_visible()
+    candidates = page.get_by_role("list", name=f"Runs whose id starts with {prefix}").get_by_role("listitem")
+    await expect(candidates).to_have_count(min(matching, 10))
+    for sid in pair:
+        await expect(candidates.filter(has=page.get_by_role("link", name=sid, exact=True))).to_contain_text("completed")
+    await page.get_by_role("link", name=pair[0], exact=True).click()
+    await expect(page).to_have_url(re.compile(rf"/sessions/{pair[0]}$"))
+    await expect(page.locator("#session-id")).to_have_text(pair[0])
+    await context.close()

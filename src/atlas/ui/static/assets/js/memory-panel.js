@@ -4,6 +4,7 @@
 
 import { api, isAbort } from "./api.js";
 import { announce, empty, errorState, fill, h, loading, timeAgo } from "./dom.js";
+import { NEEDS_DAEMON } from "./online.js";
 
 /** How many entries a corpus shows (the API answers newest first). */
 const SHOWN = 100;
@@ -40,6 +41,7 @@ export function renderMemoryPanel(container, workspaceId, options = {}) {
     const ask = () => {
       const yes = h("button", {
         type: "button", class: "danger memory-confirm", "aria-label": `Confirm deleting memory entry ${entry.id}`,
+        dataset: NEEDS_DAEMON,
         onclick: async () => {
           yes.disabled = true;
           try {
@@ -61,6 +63,7 @@ export function renderMemoryPanel(container, workspaceId, options = {}) {
     };
     const idle = () => fill(actions, h("button", {
       type: "button", class: "memory-delete", "aria-label": `Delete memory entry ${entry.id}`, onclick: ask,
+      dataset: NEEDS_DAEMON,
     }, "Delete"));
     idle();
     return h("li", { class: "memory-entry", dataset: { entry: entry.id } },

@@ -12,6 +12,7 @@ import {
   announce, badge, empty, errorState, fill, formatDuration, h, json, loading, shortId, timeAgo,
 } from "../dom.js";
 import { renderMemoryPanel } from "../memory-panel.js";
+import { NEEDS_DAEMON, watchDaemon } from "../online.js";
 import { navigate } from "../router.js";
 
 const LIST_POLL_MS = 3000;
@@ -198,7 +199,10 @@ export async function mount(root, ctx) {
   const messagesSlot = h("div", { class: "chat-messages-slot" });
   const input = h("textarea", { id: "chat-input", rows: "3", autocomplete: "off",
     "aria-describedby": "chat-input-help", placeholder: "Ask the workspace something…" });
-  const sendButton = h("button", { type: "submit", class: "primary" }, "Send");
+  const sendButton = h("button", { type: "submit", class: "primary", dataset: NEEDS_DAEMON }, "Send");
+  // With the daemon away Send, Rename and Delete are disabled; the chat list (polled) notices it coming back.
+  const daemon = watchDaemon(ctx, root, { onBack: () => refreshList().catch(() => {}),
+    what: "This page shows the chat as last seen; sending, renaming and deleting wait until the daemon is back." });
   const formError = h("div", { class: "chat-form-error" });
   const form = h("form", { class: "chat-form", onsubmit: (event) => {
     event.preventDefault();
@@ -219,6 +223,7 @@ export async function mount(root, ctx) {
       h("li", {}, h("a", { href: "/" }, "Workspaces")),
       h("li", {}, h("a", { href: `/workspaces/${enc}` }, wsName)),
       h("li", { "aria-current": "page" }, "Chat"))),
+    daemon.el,
     h("div", { class: "chat-layout" },
       h("nav", { class: "chat-sidebar", "aria-labelledby": "chats-title" },
         h("div", { class: "section-head" }, h("h2", { id: "chats-title" }, "Chats"),
@@ -293,9 +298,9 @@ export async function mount(root, ctx) {
           h("span", { class: "chat-title" }, title),
           h("span", { class: "muted small" }, timeAgo(chat.updatedAt))),
         h("div", { class: "chat-actions" },
-          h("button", { type: "button", class: "link-button small", "aria-label": `Rename chat “${title}”`,
+          h("button", { type: "button", class: "link-button small", "aria-label": `Rename chat “${title}”`, dataset: NEEDS_DAEMON,
             onclick: () => rename(chat) }, "Rename"),
-          h("button", { type: "button", class: "link-button small danger-link",
+          h("button", { type: "button", class: "link-button small danger-link", dataset: NEEDS_DAEMON,
             "aria-label": `Delete chat “${title}”`,
             onclick: () => remove(chat) }, "Delete")));
     })));
@@ -304,6 +309,7 @@ export async function mount(root, ctx) {
   const refreshList = async () => {
     try {
       const body = await api(base, { signal: ctx.signal, cache: "no-cache" });
+      daemon.ok();
       chats = Array.isArray(body?.chats) ? body.chats : [];
       const key = JSON.stringify([chats, chatId]);
       if (key === listKey) return;
@@ -311,6 +317,7 @@ export async function mount(root, ctx) {
       renderList();
     } catch (exc) {
       if (isAbort(exc)) throw exc;
+      daemon.failed(exc);
       if (listKey === null) fill(listSlot, errorState(`Could not list the chats: ${describe(exc)}`, refreshList));
     }
   };

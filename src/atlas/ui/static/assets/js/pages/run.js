@@ -15,6 +15,7 @@ import { openRunDialog } from "../run-dialog.js";
 import { navigate } from "../router.js";
 import { historyPanel, loadEvents } from "../history.js";
 import { logsPanel } from "../logs.js";
+import { NEEDS_DAEMON, watchDaemon } from "../online.js";
 import { tabs } from "../tabs.js";
 import { stepStatus, timelineStrip } from "../timeline.js";
 import { applyToolChunk, callsOfBlock } from "../toolcalls.js";
@@ -22,7 +23,6 @@ import { applyToolChunk, callsOfBlock } from "../toolcalls.js";
 const RETRY_DELAYS_MS = [1000, 2000, 4000];
 const POLL_MS = 500;
 const LINEAGE_POLL_MS = 2000;
-const HEALTH_POLL_MS = 3000; // a finished run's page checks the daemon is still there (its actions need it)
 const LOG_LINES = 6;
 const ARGS_CHARS = 100; // a call's arguments in its summary line; the whole JSON is one click away
 const RESULT_INLINE_CHARS = 160; // a result this short (one line) is shown as is, a longer one folded
@@ -212,17 +212,27 @@ function treeList(sessions, currentId, names) {
 }
 
 // A session id shorter than a UUID: the unique prefix the CLI prints (`sessions list`, `ps`), resolved like the CLI.
-const SHORT_ID = /^[A-Za-z0-9_-]{8,35}$/;
+// The CLI wants 8+ characters (spec §11); a page can list the candidates, so any prefix is looked up here.
+const SHORT_ID = /^[A-Za-z0-9_-]{1,35}$/;
+const CANDIDATES = 10; // an ambiguous prefix lists this many of its runs (newest first)
+
+/** One run an ambiguous prefix matches: its full id as the link, then status, job and start. */
+function candidateEl(s) {
+  return h("li", { dataset: { sessionId: s.sessionId } },
+    h("a", { href: sessionHref(s.sessionId) }, h("code", {}, s.sessionId)), " ", badge(s.status), " ",
+    h("span", {}, `${s.workspaceId} / ${s.jobName}`), " ", h("span", { class: "muted small" }, timeAgo(s.startedAt)));
+}
 
 /**
- * `/sessions/<prefix>`: ask the daemon for the runs whose id starts with it (`sessionIdPrefix`, at most two) and
- * replace the URL with the run's when exactly one does; otherwise say that none or several match.
+ * `/sessions/<prefix>`: ask the daemon for the runs whose id starts with it (`sessionIdPrefix`) and replace the
+ * URL with the run's when exactly one does; otherwise say that none match, or list the ones that do.
  */
 async function resolveShortId(root, ctx, prefix) {
   fill(root, loading("Finding run…"));
   let sessions;
   try {
-    const found = await api(`/api/sessions${qs({ sessionIdPrefix: prefix, limit: 2 })}`, { signal: ctx.signal });
+    const found = await api(`/api/sessions${qs({ sessionIdPrefix: prefix, limit: CANDIDATES + 1 })}`,
+      { signal: ctx.signal });
     // Filtered again here: a daemon without the parameter ignores it and answers its newest runs.
     sessions = (found.sessions || []).filter((s) => s.sessionId.startsWith(prefix));
   } catch (exc) {
@@ -240,9 +250,13 @@ async function resolveShortId(root, ctx, prefix) {
       empty(`No run id starts with ${prefix}.`, h("p", {}, h("a", { href: "/sessions" }, "See all runs"), ".")));
     return;
   }
+  const more = sessions.length > CANDIDATES;
   fill(root, h("h1", {}, "Ambiguous run id"),
     empty(`More than one run id starts with ${prefix}: give more characters, or pick one.`,
-      h("ul", {}, ...sessions.map((s) => h("li", {}, h("a", { href: sessionHref(s.sessionId) }, s.sessionId))))));
+      h("ul", { class: "candidates", "aria-label": `Runs whose id starts with ${prefix}` },
+        sessions.slice(0, CANDIDATES).map(candidateEl)),
+      more ? h("p", { class: "muted small" }, `The ${CANDIDATES} newest are shown; `,
+        h("a", { href: `/sessions?q=${encodeURIComponent(prefix)}` }, "search the runs"), " for the others.") : null));
 }
 
 export async function mount(root, ctx) {
@@ -297,9 +311,11 @@ export async function mount(root, ctx) {
     const title = h("span", { class: "run-title" });
     const status = h("span", { class: "run-status" });
     const meta = h("dl", { class: "meta-grid" });
-    const cancelButton = h("button", { type: "button", class: "danger", onclick: cancelRun }, "Cancel run");
+    const cancelButton = h("button", { type: "button", class: "danger", dataset: NEEDS_DAEMON, onclick: cancelRun },
+      "Cancel run");
     const cancelMsg = h("p", { class: "inline-msg", role: "alert" });
-    const rerunButton = h("button", { type: "button", hidden: true, onclick: () => rerunRun(rerunButton) }, "Re-run");
+    const rerunButton = h("button", { type: "button", hidden: true, dataset: NEEDS_DAEMON,
+      onclick: () => rerunRun(rerunButton) }, "Re-run");
     const connection = h("span", { class: "connection small muted", role: "status" });
     const errorBox = h("div", { class: "run-error-slot" });
     const outcome = h("div", { class: "outcome-slot" });
@@ -314,7 +330,6 @@ export async function mount(root, ctx) {
       { id: "events", label: "Event history", panel: history.el },
       { id: "logs", label: "Logs", panel: logs.el },
     ], { label: "Run details", onSelect: (id) => { if (id === "logs") logs.start(); schedule(); } });
-    const offline = h("div", { class: "offline-slot" });
     const crumbWs = h("a", {});
     const crumbRuns = h("a", { href: "/sessions" }, "Runs");
     fill(root,
@@ -327,7 +342,7 @@ export async function mount(root, ctx) {
         h("h1", {}, title, " ", status),
         h("div", { class: "head-actions" }, connection, rerunButton, cancelButton)),
       cancelMsg,
-      offline,
+      daemon.el,
       meta,
       errorBox,
       h("div", { class: "run-columns" },
@@ -340,7 +355,7 @@ export async function mount(root, ctx) {
           h("section", { "aria-labelledby": "payload-title" }, h("h2", { id: "payload-title" }, "Input payload"), payload))));
     ui = { title, status, meta, cancelButton, rerunButton, cancelMsg, connection, errorBox, outcome, lineage, payload, timeline,
       crumbWs, crumbRuns, blocks: [], metaKey: null, payloadKey: null, errorKey: null, outcomeKey: null, strip, history,
-      panes, offline };
+      panes };
     setMode(mode); // the stream may have opened before the first view built the page: show its state now
   }
 
@@ -652,40 +667,17 @@ export async function mount(root, ctx) {
     if (ui) {
       ui.connection.textContent = text ?? labels[next] ?? "";
       ui.connection.classList.toggle("offline", next === "offline");
-      showOffline(next === "offline");
     }
+    daemon.set(next === "offline"); // the banner, and Cancel and Re-run disabled until the daemon is back
   };
 
-  /** With the daemon down nothing on the page can act: say so, and disable Cancel and Re-run until it is back. */
-  function showOffline(down) {
-    if (Boolean(ui.offline.firstChild) === down) return;
-    fill(ui.offline, down ? h("p", { class: "banner banner-error", role: "alert" },
-      h("strong", {}, "The daemon is not reachable. "),
-      "This page shows the run as last seen; Cancel and Re-run are disabled until the daemon is back.") : null);
-    for (const button of [ui.cancelButton, ui.rerunButton]) {
-      if (down) {
-        button.disabled = true;
-        button.dataset.offline = "1";
-      } else if (button.dataset.offline) {
-        delete button.dataset.offline;
-        button.disabled = false;
-      }
-    }
-  }
-
-  /** A finished run's page no longer streams: ask /health now and then, so it notices the daemon going away. */
-  async function checkHealth() {
-    if (!isTerminal(view.status) || (mode !== "done" && mode !== "offline")) return;
-    try {
-      await api("/health", { signal: ctx.signal, cache: "no-store" });
-      if (mode === "offline") setMode("done");
-    } catch (exc) {
-      if (isAbort(exc)) return;
-      // A 503 still means a daemon answered (degraded): only an unreachable daemon disables the page.
-      if (exc instanceof ApiError && exc.network) setMode("offline");
-      else if (mode === "offline") setMode("done");
-    }
-  }
+  // A finished run's page no longer streams: it asks /health now and then, so it notices the daemon going away.
+  const daemon = watchDaemon(ctx, root, {
+    what: "This page shows the run as last seen; Cancel and Re-run are disabled until the daemon is back.",
+    pollHealth: () => isTerminal(view.status) && (mode === "done" || mode === "offline"),
+    onDown: () => setMode("offline"),
+    onBack: () => setMode("done"),
+  });
 
   function notFound() {
     ctx.setTitle("Run not found");
@@ -813,7 +805,6 @@ export async function mount(root, ctx) {
     ctx.every(LINEAGE_POLL_MS, async () => {
       if (!lineageSettled) await refreshLineage();
     });
-    ctx.every(HEALTH_POLL_MS, checkHealth);
     ctx.every(1000, () => {
       if (!isTerminal(view.status)) schedule(); // the strip's open bars grow with the clock
     });

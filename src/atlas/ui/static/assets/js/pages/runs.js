@@ -5,6 +5,7 @@
 import { api, ApiError, isAbort, qs } from "../api.js";
 import { jobNames, workspaceJobs } from "../data.js";
 import { empty, errorState, fill, h, loading, UUID_RE } from "../dom.js";
+import { NEEDS_DAEMON, watchDaemon } from "../online.js";
 import { summarize } from "../reducer.js";
 import { replaceQuery } from "../router.js";
 import { pinLive, runsTable } from "../runs-table.js";
@@ -108,7 +109,7 @@ export async function mount(root, ctx) {
   const slot = h("div", { class: "runs-slot" }, loading("Loading runs…"));
   const banner = h("div", { class: "banner-slot" });
   const count = h("p", { class: "muted small count" });
-  const more = h("button", { type: "button", hidden: true, onclick: () => {
+  const more = h("button", { type: "button", hidden: true, dataset: NEEDS_DAEMON, onclick: () => {
     limit = Math.min(MAX_LIMIT, limit + PAGE);
     refresh();
   } }, "Show older runs");
@@ -162,6 +163,9 @@ export async function mount(root, ctx) {
     } }, "Clear filters");
 
   const heading = h("h1", {}, workspaceId ? `Runs of ${workspaceId}` : "Runs");
+  // With the daemon away the list stays as last seen; when it is back it is reloaded at once.
+  const daemon = watchDaemon(ctx, root, { onBack: () => refresh().catch(() => {}),
+    what: "The runs are shown as last seen; they are reloaded when the daemon is back." });
   fill(root,
     workspaceId
       ? h("nav", { class: "crumbs", "aria-label": "Breadcrumb" }, h("ol", {},
@@ -176,7 +180,7 @@ export async function mount(root, ctx) {
       h("div", { class: "filter filter-text" }, h("label", { for: "filter-q" }, "Correlation or session id"), text,
         h("p", { id: "filter-q-help", class: "help" }, "A full id searches every run; part of an id filters the runs shown.")),
       clear),
-    banner, count, slot, h("div", { class: "more" }, more));
+    daemon.el, banner, count, slot, h("div", { class: "more" }, more));
 
   // Job filter options: this workspace's jobs, or every workspace's jobs for the global list.
   (async () => {
@@ -220,6 +224,7 @@ export async function mount(root, ctx) {
     try {
       const { runs, more: hasMore } = await fetchRuns(filters, workspaceId, limit, ctx.signal);
       const names = await jobNames(runs.map((run) => run.workspaceId));
+      daemon.ok();
       if (mine !== generation) return; // a newer refresh (filter change) already answered
       banner.replaceChildren();
       more.hidden = !hasMore || limit >= MAX_LIMIT;
@@ -244,6 +249,10 @@ export async function mount(root, ctx) {
     } catch (exc) {
       if (isAbort(exc)) throw exc;
       if (mine !== generation) return;
+      if (daemon.failed(exc) && loaded) {
+        banner.replaceChildren(); // the daemon's banner says it
+        return;
+      }
       const message = `Could not load the runs: ${exc.describe ? exc.describe() : exc.message}`;
       if (loaded) fill(banner, h("p", { class: "banner banner-error", role: "alert" }, message));
       else fill(slot, errorState(message, refresh));

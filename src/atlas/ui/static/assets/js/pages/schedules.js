@@ -4,6 +4,7 @@
 
 import { api, isAbort, request } from "../api.js";
 import { absoluteTime, badge, empty, errorState, fill, h, loading, newIdempotencyKey, shortId, timeAgo } from "../dom.js";
+import { NEEDS_DAEMON, watchDaemon } from "../online.js";
 import { navigate } from "../router.js";
 import { scrollable } from "../runs-table.js";
 
@@ -32,9 +33,12 @@ export async function mount(root, ctx) {
   ctx.setTitle("Schedules");
   const slot = h("div", { class: "schedules-slot" }, loading("Loading schedules…"));
   const message = h("p", { class: "inline-msg", role: "status" });
+  // With the daemon away, Pause, Resume and Run now are disabled; when it is back the table is reloaded.
+  const daemon = watchDaemon(ctx, root, { onBack: () => refresh().catch(() => {}),
+    what: "The schedules are shown as last seen; Pause, Resume and Run now are disabled until the daemon is back." });
   fill(root, h("div", { class: "page-head" }, h("h1", {}, "Schedules")),
     h("p", { class: "muted" }, "Cron schedules of every workspace. Pausing holds a schedule on every daemon until it is resumed."),
-    message, slot);
+    daemon.el, message, slot);
 
   let lastKey = null;
   let busy = false;
@@ -75,9 +79,10 @@ export async function mount(root, ctx) {
 
   function row(entry) {
     const name = `${entry.workspaceId}/${entry.signalId}`;
-    const toggle = h("button", { type: "button", "aria-label": `${entry.paused ? "Resume" : "Pause"} ${name}`,
+    const toggle = h("button", { type: "button", "aria-label": `${entry.paused ? "Resume" : "Pause"} ${name}`, dataset: NEEDS_DAEMON,
       onclick: () => setPaused(entry, !entry.paused, toggle) }, entry.paused ? "Resume" : "Pause");
-    const run = h("button", { type: "button", "aria-label": `Run ${name} now`, onclick: () => runNow(entry, run) }, "Run now");
+    const run = h("button", { type: "button", "aria-label": `Run ${name} now`, dataset: NEEDS_DAEMON,
+      onclick: () => runNow(entry, run) }, "Run now");
     return h("tr", { dataset: { schedule: name } },
       h("th", { scope: "row" }, h("a", { href: `/workspaces/${enc(entry.workspaceId)}` }, entry.workspaceId), " / ",
         h("code", {}, entry.signalId)),
@@ -91,6 +96,7 @@ export async function mount(root, ctx) {
   async function refresh() {
     try {
       const body = await api("/api/schedules", { signal: ctx.signal, cache: "no-cache" });
+      daemon.ok();
       const entries = body.schedules || [];
       const key = JSON.stringify(entries);
       if (key === lastKey || busy) return;
@@ -107,6 +113,7 @@ export async function mount(root, ctx) {
       fill(slot, scrollable(table, "Cron schedules").el);
     } catch (exc) {
       if (isAbort(exc)) throw exc;
+      if (daemon.failed(exc) && lastKey !== null) return; // the banner says it
       if (lastKey === null) fill(slot, errorState(`Could not load the schedules: ${exc.describe ? exc.describe() : exc.message}`, refresh));
       else message.textContent = `Could not refresh: ${exc.describe ? exc.describe() : exc.message}`;
     }

@@ -8,6 +8,7 @@ import {
   absoluteTime, badge, empty, errorState, fill, h, loading, prettifyId, relativeTime, timeAgo,
 } from "../dom.js";
 import { renderMemoryPanel } from "../memory-panel.js";
+import { NEEDS_DAEMON, watchDaemon } from "../online.js";
 import { openRunDialog, signalLabel } from "../run-dialog.js";
 import { pinLive, runsTable, scrollable } from "../runs-table.js";
 
@@ -113,6 +114,7 @@ function jobCard(job, signalsById, onRun) {
         type: "button",
         class: "primary run-button",
         "aria-label": `Run ${name}`,
+        dataset: NEEDS_DAEMON,
         disabled: triggers.length === 0,
         title: triggers.length === 0 ? "This job has no trigger" : null,
         onclick: (event) => onRun(job, event.currentTarget),
@@ -176,6 +178,9 @@ export async function mount(root, ctx) {
   const signalsById = new Map(signalList.map((entry) => [entry.name, entry.signal]));
   for (const entry of signalList) entry.key = `${wsId}/${entry.name}`;
 
+  // With the daemon away the Run buttons are disabled; when it is back the recent runs are reloaded at once.
+  const daemon = watchDaemon(ctx, root, { onBack: () => refresh().catch(() => {}),
+    what: "This page shows the workspace as last seen; Run is disabled until the daemon is back." });
   const onRun = (job, opener) => openRunDialog({ workspaceId: wsId, job, signalsById, opener });
   const jobViews = jobs.map((job) => ({ job, ...jobCard(job, signalsById, onRun) }));
   const recent = runsTable({ caption: `Recent runs of ${name}` });
@@ -199,6 +204,7 @@ export async function mount(root, ctx) {
       h("h1", {}, name, " ", badge(ws.status || "ready")),
       h("div", { class: "head-links" }, h("a", { href: `/workspaces/${enc}/chat`, id: "chat-link" }, "Chat"),
         h("a", { href: `/workspaces/${enc}/sessions` }, "All runs"))),
+    daemon.el,
     ws.description ? h("p", { class: "lead" }, ws.description) : null,
     welcome ? h("p", { class: "welcome" }, welcome) : null,
     warningsSection(ws.warnings),
@@ -249,6 +255,7 @@ export async function mount(root, ctx) {
         api(`/api/sessions${qs({ workspaceId: wsId, status: "queued,active", limit: 100 })}`, { signal: ctx.signal, cache: "no-cache" }),
         api(`/api/sessions${qs({ workspaceId: wsId, limit: 100 })}`, { signal: ctx.signal, cache: "no-cache" }),
       ]);
+      daemon.ok();
       const seen = new Set();
       const merged = pinLive([...live.sessions, ...latest.sessions].filter((run) => !seen.has(run.sessionId)
         && seen.add(run.sessionId)));
@@ -267,6 +274,7 @@ export async function mount(root, ctx) {
       }
     } catch (exc) {
       if (isAbort(exc)) throw exc;
+      daemon.failed(exc);
       const text = `Could not load the runs: ${exc.describe ? exc.describe() : exc.message}`;
       if (!loaded) fill(recentSlot, errorState(text, refresh));
     }
