@@ -1,8 +1,8 @@
 """Links between the CLI and the web UI (issue #16, item 8 and the last point of item 7).
 
 `signal trigger` and `sessions show` print the run's UI URL after the correlationId and the sessionId; the API
-finds sessions by an id prefix (`sessionIdPrefix`); the UI resolves the 8-character ids the CLI prints. A real
-daemon, the CLI as a subprocess, the UI in Chromium.
+finds sessions by an id prefix (`sessionIdPrefix`); the UI resolves the 8-character ids the CLI prints, and
+links the runs of an ambiguous prefix. A real daemon, the CLI as a subprocess, the UI in Chromium.
 """
 
 from __future__ import annotations
