@@ -347,6 +347,28 @@ def test_stream_resume_and_a_busy_chat(daemon: DaemonProcess, fake: FakeModels, 
     assert rest[-1][1]["status"] == "completed"
 
 
+def test_a_secret_streamed_in_two_pieces_is_redacted(daemon: DaemonProcess, fake: FakeModels) -> None:
+    """The model streams the API key split across two deltas, the second held back until the first is recorded:
+    the recorder redacts the streamed text as one text, so neither the live stream nor the kept chat has the key,
+    and the text before the key's first characters is not held back."""
+    gate = threading.Event()
+    fake.enqueue(Reply(text=[f"The key is {KEY[:12]}", f"{KEY[12:]}, keep it."], gate=gate))
+    with httpx.stream("POST", f"{daemon.url}/api/workspaces/{WS}/chat", json={"message": "Leak it"},
+                      timeout=60) as resp:
+        frames = parse_sse(resp.iter_lines())
+        chat = json.loads(next(frames).data)
+        first = next(frames)
+        assert (first.event, json.loads(first.data)) == ("text-delta", {"delta": "The key is "})
+        gate.set()
+        rest = [(f.event, json.loads(f.data)) for f in frames]
+    assert rest[-1][0] == "done" and rest[-1][1]["status"] == "completed"
+    streamed = "The key is " + text_of(rest)
+    assert streamed == "The key is ***, keep it.", streamed
+    kept = get(daemon.url, f"/api/workspaces/{WS}/chat/{chat['chatId']}")
+    assert KEY not in json.dumps(kept) and KEY[:12] not in json.dumps(kept)
+    assert kept["messages"][-1]["text"] == "The key is ***, keep it."
+
+
 def test_many_concurrent_turns_in_different_chats(daemon: DaemonProcess, fake: FakeModels) -> None:
     count = 12
     answers = [f"Answer number {i}." for i in range(count)]

@@ -328,6 +328,24 @@ class Templater:
             ordered = sorted(self._secrets, key=len, reverse=True)  # longest first: overlapping secrets
             self._secret_pattern = re.compile("|".join(re.escape(s) for s in ordered), re.IGNORECASE)
 
+    def secret_begins_at_end(self, text: str) -> int:
+        """How many of `text`'s last characters could be the beginning of a remembered secret (0: none could).
+
+        A text streamed in pieces is redacted as it grows; what it ends with must be held back while it could still
+        become a secret, or a secret split across two pieces would be recorded (the chat's `Recorder`). Ordinary
+        text rarely ends with more than a character or two of one, so little is held."""
+        with self._secrets_lock:
+            secrets = [s.lower() for s in self._secrets]
+        keep = min(len(text), max((len(s) for s in secrets), default=0) - 1)
+        if keep <= 0:
+            return 0
+        tail = text[len(text) - keep:].lower()
+        for start in range(len(tail)):
+            piece = tail[start:]
+            if any(len(secret) > len(piece) and secret.startswith(piece) for secret in secrets):
+                return len(piece)
+        return 0
+
     def redact(self, obj: Any) -> Any:
         """Return a copy of `obj` in which every remembered secret inside any string (keys too) is `***`."""
         with self._secrets_lock:

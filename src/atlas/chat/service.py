@@ -297,7 +297,8 @@ class ChatService:
 
     async def _run(self, ws: Workspace, model: ChatModel, ids: TurnIds, message_id: str, earlier: list[Message],
                    message: str, added: int) -> None:
-        recorder = Recorder(self.log, ws.id, ids.chat_id, message_id, self.templater.redact)
+        recorder = Recorder(self.log, ws.id, ids.chat_id, message_id, self.templater.redact,
+                            self.templater.secret_begins_at_end)
         status, error = "completed", None
         try:
             if model.endpoint.api_key:

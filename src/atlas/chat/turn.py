@@ -12,7 +12,10 @@ text; tool calls are not replayed: their results were already put into words by 
 Recording: every text delta, tool call, tool result and session link goes to a `Recorder`, which appends them to
 the chat's log in order with one write in flight at a time; deltas that arrive meanwhile are merged into one
 record, so a fast model costs a few writes per second rather than one per token. Everything recorded passes
-through the `Templater`'s redaction first (the API key is registered as a secret before the first request).
+through the `Templater`'s redaction first (the API key is registered as a secret before the first request). The
+streamed text is redacted as one text, not piece by piece: the recorder holds back the last characters that could
+be the beginning of a secret until more text, another record or the end shows whether they are, so a secret a
+model streams in two pieces is redacted too.
 """
 
 from __future__ import annotations
@@ -116,12 +119,16 @@ class Recorder:
     """Appends a reply's records in order, one write in flight, merging the text deltas that wait meanwhile."""
 
     def __init__(self, chat_log: ChatLog, workspace_id: str, chat_id: str, message_id: str,
-                 redact: Callable[[Any], Any]) -> None:
+                 redact: Callable[[Any], Any], secret_begins_at_end: Callable[[str], int] = lambda _: 0) -> None:
+        """`secret_begins_at_end(text)`: how many of the text's last characters could begin a secret `redact` knows
+        (`Templater.secret_begins_at_end`)."""
         self._log = chat_log
         self._ws = workspace_id
         self._chat = chat_id
         self.message_id = message_id
         self._redact = redact
+        self._secret_begins_at_end = secret_begins_at_end
+        self._held = ""  # streamed text not queued yet: it may end with the first characters of a secret
         self._queue: list[dict[str, Any]] = []
         self._wake = asyncio.Event()
         self._closed = False
@@ -130,16 +137,39 @@ class Recorder:
     def put(self, record: dict[str, Any]) -> None:
         if self._closed:
             return
-        record = {**record, "messageId": self.message_id}
+        if record["type"] == "text-delta":
+            self._put_text(record["delta"])
+            return
+        self._release_held()
+        self._queue.append({**record, "messageId": self.message_id})
+        self._wake.set()
+
+    def _put_text(self, delta: str) -> None:
+        """Redact the held text and `delta` together, then queue all but the last characters that could still be
+        the beginning of a secret."""
+        text = str(self._redact(self._held + delta))
+        cut = len(text) - self._secret_begins_at_end(text)
+        self._held = text[cut:]
+        if cut:
+            self._queue_text(text[:cut])
+
+    def _release_held(self) -> None:
+        """Another record, or the end: no secret starts in the held text any more."""
+        if self._held:
+            text, self._held = self._held, ""
+            self._queue_text(text)
+
+    def _queue_text(self, text: str) -> None:
         last = self._queue[-1] if self._queue else None
-        if record["type"] == "text-delta" and last is not None and last["type"] == "text-delta":
-            last["delta"] += record["delta"]
+        if last is not None and last["type"] == "text-delta":
+            last["delta"] += text
         else:
-            self._queue.append(record)
+            self._queue.append({"type": "text-delta", "delta": text, "messageId": self.message_id})
         self._wake.set()
 
     async def close(self) -> None:
         """Write what is left, then stop."""
+        self._release_held()
         self._closed = True
         self._wake.set()
         await self._task
