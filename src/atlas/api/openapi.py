@@ -911,11 +911,12 @@ def _paths() -> dict[str, Any]:
     p["/api/sessions/{session_id}/logs"] = {"parameters": [SESSION_ID], "get": _op(
         "getSessionLogs", "sessions", "What a session's steps wrote",
         "The step log kept with the run (issue #16): shell stdout and stderr, python `emit_log`/print/logging, "
-        "progress messages and tool calls, line by line with the step number and stream; at most 10,000 lines or "
-        "1 MiB per step, then one `atlas` marker line; kept as long as the session. Paged by `after` (the "
-        "`nextCursor` of the previous page). With `follow=true`: Server-Sent Events, `id: <cursor>` + `event: "
-        "logs` + `data: {lines, nextCursor}` (`Last-Event-ID` resumes), a `: keep-alive` comment every 15 s, and "
-        "`event: end` `{status}` once the session has ended and every line was sent.",
+        "progress messages, an http step's request lines and an llm step's tool calls, line by line with the step "
+        "number and stream; at most 10,000 lines or 1 MiB per step, then one `atlas` marker line; kept as long as "
+        "the session. Paged by `after` (the `nextCursor` of the previous page). With `follow=true`: Server-Sent "
+        "Events, `id: <cursor>` + `event: logs` + `data: {lines, nextCursor}` (`Last-Event-ID` resumes), a "
+        "`: keep-alive` comment every 15 s, and `event: end` `{status}` once the session has ended and every line "
+        "was sent.",
         {"200": {"description": "One page of lines (or, with `follow=true`, the event stream)",
                  "content": {**json_content(ref("LogPage")), SSE: {"schema": {
                      "type": "object", "required": ["event", "data"],

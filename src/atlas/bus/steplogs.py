@@ -1,8 +1,8 @@
 """The step-log port: where a session's durable step output lives on the bus (issue #16, item 1).
 
-A run's step output (shell stdout/stderr, python `emit_log`/`print`, an `llm` step's tool calls) is kept in its own
-stream, SESSION_LOGS, one subject per session (`logs.sessions.<sid>`), each message a *batch* of lines
-(`{"lines": [{ts, stepNumber, stream, text}, ...]}`), written by the session's runner.
+A run's step output (shell stdout/stderr, python `emit_log`/`print`, an `http` step's request lines, an `llm` step's
+tool calls) is kept in its own stream, SESSION_LOGS, one subject per session (`logs.sessions.<sid>`), each message a
+*batch* of lines (`{"lines": [{ts, stepNumber, stream, text}, ...]}`), written by the session's runner.
 
 Why a stream of its own rather than `step:log` events in the session's log: the session log is folded by every
 reader (the read model, recovery, rebuilds, every SSE stream, the browser's reducer, the CLI's follow), and its
