@@ -102,6 +102,10 @@ class SessionStore:
         # Queued views committed and handed over (shared mode): a base for this daemon's next write of the session
         # (its runner is most often the daemon that accepted it), never an answer to a read.
         self._handed: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        # Sessions folded here from their log although another daemon writes their events (shared mode: a read of
+        # a session the database lacks, recovery reconciling a row its writer left behind): their rows are written,
+        # but their views leave memory once committed, or reads here would see them stop where the fold did.
+        self._foreign: set[str] = set()
 
     # ------------------------------------------------------------ sole writer
 
@@ -291,6 +295,8 @@ class SessionStore:
         seq = event.get("seq")
         if not isinstance(sid, str) or not isinstance(seq, int):
             return None
+        if self.shared:
+            self._note_writer(sid, folded=stream_seq is not None)
         if new:
             known = self._in_memory(sid)
             if known is not None and seq <= int(known["lastSeq"]):
@@ -330,6 +336,14 @@ class SessionStore:
         for listener in list(self._listeners):
             listener(event)
         return view
+
+    def _note_writer(self, sid: str, folded: bool) -> None:
+        """Shared mode: an event applied from the log (`folded`) to a session this daemon holds nothing of makes it
+        foreign (see `_foreign`); an event this daemon's writer appended makes it its own again."""
+        if not folded:
+            self._foreign.discard(sid)
+        elif self._base(sid) is None:
+            self._foreign.add(sid)
 
     def seed(self, event: dict[str, Any]) -> None:
         """Shared read model: the `session:queued` a runner read from the log is the base of the runner's first
@@ -476,13 +490,20 @@ class SessionStore:
 
     def _hand_over(self, batch: dict[str, dict[str, Any]]) -> None:
         """Committed `queued` views leave memory: whichever daemon runs the session writes its rows from now on,
-        so a view kept here would go stale for this daemon's readers."""
+        so a view kept here would go stale for this daemon's readers. So do committed views of foreign sessions
+        (their writer is another daemon), without being kept as a base."""
         for sid, view in batch.items():
-            if view["status"] == "queued" and self._live.get(sid) is view:
-                del self._live[sid]
-                self._handed[sid] = view
-                if len(self._handed) > self._RECENT:
-                    self._handed.popitem(last=False)
+            foreign = sid in self._foreign
+            if self._live.get(sid) is view:
+                if view["status"] == "queued":
+                    del self._live[sid]
+                    self._handed[sid] = view
+                    if len(self._handed) > self._RECENT:
+                        self._handed.popitem(last=False)
+                elif foreign:
+                    del self._live[sid]
+            if foreign and sid not in self._live:
+                self._foreign.discard(sid)
 
     def _write_failed(self, batch: dict[str, dict[str, Any]], seq: int | None, error: Exception) -> None:
         """A batch that could not be written goes back to the dirty rows (unless a newer view of the session is
