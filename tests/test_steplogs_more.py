@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -41,13 +42,19 @@ def test_an_http_step_keeps_its_request_line_without_user_info(daemon: DaemonPro
     assert "hunter2-pw" not in logs(daemon, sid).text
 
 
+def failed_line(daemon: DaemonProcess, sid: str, code: str) -> tuple[dict[str, Any], str]:
+    """The failed run's view and the one line its http step kept, on stderr."""
+    view = wait_terminal(daemon, sid)
+    assert view["status"] == "failed" and view["errorCode"] == code, view
+    [(step, stream, text)] = kept(daemon, sid)
+    assert (step, stream) == (1, "stderr")
+    return view, text
+
+
 def test_an_http_step_that_gets_an_error_status_keeps_it_with_the_secret_in_its_url_redacted(
         daemon: DaemonProcess, http_base: str) -> None:
     sid = run(daemon, "call-secret", {"url": http_base})
-    view = wait_terminal(daemon, sid)
-    assert view["status"] == "failed" and view["errorCode"] == "http_status", view
-    [(step, stream, text)] = kept(daemon, sid)
-    assert (step, stream) == (1, "stderr")
+    _, text = failed_line(daemon, sid, "http_status")
     assert re.fullmatch(rf"GET {re.escape(http_base)}/\*\*\* → 404 in \d+ ms", text), text
     assert SECRET not in logs(daemon, sid).text
 
@@ -55,10 +62,7 @@ def test_an_http_step_that_gets_an_error_status_keeps_it_with_the_secret_in_its_
 def test_an_http_step_whose_request_fails_keeps_the_error(daemon: DaemonProcess) -> None:
     url = "http://127.0.0.1:9/nothing-listens-here"
     sid = run(daemon, "call", {"url": url})
-    view = wait_terminal(daemon, sid)
-    assert view["status"] == "failed" and view["errorCode"] == "http_error", view
-    [(step, stream, text)] = kept(daemon, sid)
-    assert (step, stream) == (1, "stderr")
+    view, text = failed_line(daemon, sid, "http_error")
     assert re.fullmatch(rf"GET {re.escape(url)} failed after \d+ ms: ConnectError: .+", text), text
     # The same reason as the step's error.
     assert view["error"] == f"GET {url}: {text.split(': ', 1)[1]}"

@@ -24,9 +24,9 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.async_api import BrowserContext, Locator, Page, expect
+from playwright.async_api import Browser, BrowserContext, Locator, Page, expect
 
-from tests.browser import CHROMIUM
+from tests.browser import CHROMIUM, new_context
 from tests.daemon_proc import FIXTURES, DaemonProcess
 from tests.fake_models import FakeModels, Reply, ToolCall, fake_models
 from tests.test_ui import shot
@@ -305,3 +305,29 @@ async def test_the_workspace_pages_link_to_the_chat(page: Page) -> None:
     await expect(message_box(page)).to_be_hidden()
     await page.get_by_role("link", name="Start a new chat").click()
     await expect(page).to_have_url(re.compile(rf"{CHAT_PAGE}$"))
+
+
+async def test_a_390_px_phone_can_chat_without_sideways_scrolling(browser: Browser, ui: DaemonProcess,
+                                                                   fake: FakeModels) -> None:
+    """At 390 px the chat fits the screen: the reply, the message box and its Send button are on screen, nothing
+    makes the page scroll sideways, and the chat list is still reachable."""
+    fake.enqueue(Reply(text=["A reply long enough to wrap on a phone screen, ", "several times over, and then "
+                             "some more words with a-very-long-unbroken-token-that-must-wrap-too."]))
+    ctx, errors = await new_context(browser, ui.url, viewport={"width": 390, "height": 844}, is_mobile=True,
+                                    has_touch=True)
+    page = await ctx.new_page()
+    await new_chat(page)
+    await send(page, "Hello from a phone")
+    reply = last_reply(page)
+    await expect(reply).to_have_attribute("data-status", "completed", timeout=LONG)
+    await expect(reply.locator(".msg-text")).to_be_in_viewport()
+    await expect(message_box(page)).to_be_in_viewport()
+    await expect(page.get_by_role("button", name="Send")).to_be_in_viewport()
+    assert await page.evaluate("document.documentElement.scrollWidth") <= 390
+    chat_id = chat_id_of(page)
+    item = page.locator(f".chat-item[data-chat-id='{chat_id}'] .chat-link")
+    await item.scroll_into_view_if_needed()
+    await expect(item).to_be_visible()
+    await shot(page, "chat-390px")
+    await ctx.close()
+    assert not errors, errors
