@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -235,6 +236,34 @@ def test_live_tool_chunks_match_the_published_schema(env: tuple[DaemonProcess, F
                 name = None
     kinds = [(c["chunk"]["type"], c["chunk"].get("toolName")) for c in chunks if c["chunk"]["type"] != "text-delta"]
     assert kinds[-3:] == [("tool-result", "rendezvous"), ("tool-call", "add"), ("tool-result", "add")]
+
+
+def test_a_key_streamed_in_two_pieces_never_reaches_a_live_viewer(env: tuple[DaemonProcess, FakeModels]) -> None:
+    """The model streams the API key split across two text deltas, the second held back until the first has reached
+    the session's live stream: the step's streamed text is redacted as one text, so neither piece shows the key, and
+    the text before it is not held back."""
+    d, fake = env
+    gate = threading.Event()
+    fake.enqueue(Reply(text=[f"Your key: {KEY[:10]}", f"{KEY[10:]} (keep it)."], gate=gate))
+    sid = post(d, "agents-friday", "ask-openai", {"payload": {"question": "my key?"}}).json()["sessionId"]
+    texts: list[str] = []
+    with httpx.stream("GET", f"{d.url}/api/sessions/{sid}/stream", timeout=60) as stream:
+        name: str | None = None
+        for line in stream.iter_lines():
+            if line.startswith("event:"):
+                name = line[len("event:"):].strip()
+            elif line.startswith("data:") and name == "ephemeral":
+                chunk = json.loads(line[len("data:"):])["chunk"]
+                if chunk["type"] == "text-delta":
+                    texts.append(chunk["delta"])
+                    gate.set()  # the first piece is out: now the rest
+            elif not line:
+                if name == "end":
+                    break
+                name = None
+    assert texts[0] == "Your key: ", texts
+    assert "".join(texts) == "Your key: *** (keep it).", texts
+    assert wait_terminal(d, sid)["status"] == "completed"
 
 
 def test_an_inline_llm_action_uses_tools_too(env: tuple[DaemonProcess, FakeModels]) -> None:

@@ -270,6 +270,33 @@ def _to_plain(value: Any) -> Any:
     return str(value)
 
 
+class StreamRedactor:
+    """Redacts a text that arrives in pieces (a model's streamed reply): each piece is redacted together with what
+    was held back before it, and the end that could still be the beginning of a secret is held back until the next
+    piece, or `flush`, decides. So a secret streamed in two pieces is never shown, in either, while ordinary text is
+    let through at once (see `Templater.secret_begins_at_end`). Thread-safe: a step's sink may be called from its
+    own thread."""
+
+    def __init__(self, templater: Templater) -> None:
+        self._templater = templater
+        self._held = ""
+        self._lock = threading.Lock()
+
+    def feed(self, piece: str) -> str:
+        """The redacted text that can be let through now ("" while everything may still become a secret)."""
+        with self._lock:
+            text = str(self._templater.redact(self._held + piece))
+            cut = len(text) - self._templater.secret_begins_at_end(text)
+            self._held = text[cut:]
+            return text[:cut]
+
+    def flush(self) -> str:
+        """What was held back: the text ended (or something else comes between), so it is no secret's beginning."""
+        with self._lock:
+            text, self._held = self._held, ""
+            return text
+
+
 class Templater:
     """One sandboxed environment, its compiled-template caches and the secrets it has revealed.
 

@@ -31,3 +31,15 @@ def test_the_longest_possible_beginning_of_a_secret_is_held() -> None:
 def test_a_reversed_secret_counts_too() -> None:
     t = templater("sk-abc123")
     assert t.secret_begins_at_end("backwards: 321") == 3
+
+
+def test_a_stream_redactor_lets_text_through_and_holds_only_a_secrets_beginning() -> None:
+    from atlas.templating import StreamRedactor
+
+    stream = StreamRedactor(templater("sk-abc123"))
+    assert stream.feed("Hello, ") == "Hello, "
+    assert stream.feed("the key is sk-a") == "the key is "  # "sk-a" could be the key: held
+    assert stream.feed("bc123 and more") == "*** and more"
+    assert stream.feed(" then sk") == " then "
+    assert stream.flush() == "sk"  # the end came: it was no secret
+    assert stream.flush() == ""

@@ -39,7 +39,7 @@ from atlas.runtime.idempotency import Idempotency, check_key
 from atlas.runtime.workspaces import Workspace, WorkspaceRegistry
 from atlas.sessions.events import now_iso
 from atlas.sessions.store import SessionStore
-from atlas.templating import Templater
+from atlas.templating import StreamRedactor, Templater
 
 __all__ = ["ChatService", "StartedTurn"]
 
@@ -298,7 +298,7 @@ class ChatService:
     async def _run(self, ws: Workspace, model: ChatModel, ids: TurnIds, message_id: str, earlier: list[Message],
                    message: str, added: int) -> None:
         recorder = Recorder(self.log, ws.id, ids.chat_id, message_id, self.templater.redact,
-                            self.templater.secret_begins_at_end)
+                            StreamRedactor(self.templater))
         status, error = "completed", None
         try:
             if model.endpoint.api_key:

@@ -37,6 +37,7 @@ from atlas.llm.openai_wire import OpenAIChat
 from atlas.llm.providers import PROVIDERS, Endpoint, resolve_endpoint
 from atlas.llm.retry import call_with_retries
 from atlas.runtime.workspaces import Workspace
+from atlas.templating import StreamRedactor
 
 __all__ = ["ChatModel", "ChatSettings", "Recorder", "history", "resolve_model", "run_model", "system_prompt"]
 
@@ -119,16 +120,14 @@ class Recorder:
     """Appends a reply's records in order, one write in flight, merging the text deltas that wait meanwhile."""
 
     def __init__(self, chat_log: ChatLog, workspace_id: str, chat_id: str, message_id: str,
-                 redact: Callable[[Any], Any], secret_begins_at_end: Callable[[str], int] = lambda _: 0) -> None:
-        """`secret_begins_at_end(text)`: how many of the text's last characters could begin a secret `redact` knows
-        (`Templater.secret_begins_at_end`)."""
+                 redact: Callable[[Any], Any], text: StreamRedactor | None = None) -> None:
+        """`text`: the streamed text's redactor (`redact` is applied to every record as it is written)."""
         self._log = chat_log
         self._ws = workspace_id
         self._chat = chat_id
         self.message_id = message_id
         self._redact = redact
-        self._secret_begins_at_end = secret_begins_at_end
-        self._held = ""  # streamed text not queued yet: it may end with the first characters of a secret
+        self._text = text
         self._queue: list[dict[str, Any]] = []
         self._wake = asyncio.Event()
         self._closed = False
@@ -145,19 +144,15 @@ class Recorder:
         self._wake.set()
 
     def _put_text(self, delta: str) -> None:
-        """Redact the held text and `delta` together, then queue all but the last characters that could still be
-        the beginning of a secret."""
-        text = str(self._redact(self._held + delta))
-        cut = len(text) - self._secret_begins_at_end(text)
-        self._held = text[cut:]
-        if cut:
-            self._queue_text(text[:cut])
+        released = self._text.feed(delta) if self._text is not None else delta
+        if released:
+            self._queue_text(released)
 
     def _release_held(self) -> None:
         """Another record, or the end: no secret starts in the held text any more."""
-        if self._held:
-            text, self._held = self._held, ""
-            self._queue_text(text)
+        held = self._text.flush() if self._text is not None else ""
+        if held:
+            self._queue_text(held)
 
     def _queue_text(self, text: str) -> None:
         last = self._queue[-1] if self._queue else None

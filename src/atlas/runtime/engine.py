@@ -47,7 +47,7 @@ from atlas.sessions.events import PlannedStep
 from atlas.sessions.reducer import is_terminal
 from atlas.sessions.store import SessionStore
 from atlas.sessions.writer import SessionWriter
-from atlas.templating import TemplateError, Templater
+from atlas.templating import StreamRedactor, TemplateError, Templater
 
 log = logging.getLogger("atlas.engine")
 
@@ -126,6 +126,8 @@ class Engine:
         self.results: dict[str, Any] = {}
         #: The running step's tool calls as they end (its AgentContext's list), kept for a cancelled step's record.
         self._tool_calls: list[dict[str, Any]] = []
+        #: Per step that streamed text: let out what its redactor holds back (see `_streamed_text_redacted`).
+        self._held_text: dict[int, Callable[[], None]] = {}
         self.step_number = 0
         self.transitions = 0
         self.max_steps = self.job.config.max_steps
@@ -507,7 +509,7 @@ class Engine:
         """
         if self._chunks is None:
             self._chunks = ChunkCoalescer(self._deliver_chunk, self.s.spawn)
-        live = self._chunks.sink(self.step_number)
+        live = self._streamed_text_redacted(self.step_number, self._chunks.sink(self.step_number))
         if self.s.step_logs is None:
             return live
         if self._logs is None:
@@ -518,6 +520,35 @@ class Engine:
         def sink(chunk: dict[str, Any]) -> None:  # kept first: the live side may drop lines under load
             keep(number, chunk)
             live(chunk)
+
+        return sink
+
+    def _streamed_text_redacted(self, number: int,
+                                live: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
+        """`live`, with an llm step's streamed text redacted as one text (`StreamRedactor`): chunks are redacted one
+        by one when delivered, and a secret the model streamed in two pieces would reach live viewers in two
+        halves. Held-back text goes out before the step's next other chunk, or at its end (`_end_chunks`). The
+        redactor is made by the first text piece: most steps stream none."""
+        text: StreamRedactor | None = None
+
+        def release() -> None:
+            held = text.flush() if text is not None else ""
+            if held:
+                live({"type": "text-delta", "delta": held})
+
+        def sink(chunk: dict[str, Any]) -> None:
+            nonlocal text
+            if chunk.get("type") != "text-delta":
+                if text is not None:
+                    release()
+                live(chunk)
+                return
+            if text is None:
+                text = StreamRedactor(self.s.templater)
+                self._held_text[number] = release
+            released = text.feed(str(chunk.get("delta") or ""))
+            if released:
+                live({**chunk, "delta": released})
 
         return sink
 
@@ -532,6 +563,9 @@ class Engine:
 
     async def _end_chunks(self, number: int) -> None:
         """Send step `number`'s pending chunks before its `step:complete` (which clears them from the view)."""
+        release = self._held_text.pop(number, None)
+        if release is not None:
+            release()
         if self._logs is not None:  # stored before step:complete: an ended run's log is whole
             await self._logs.close_step(number)
         if self._chunks is not None:
