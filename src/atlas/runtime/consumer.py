@@ -240,7 +240,14 @@ class SignalConsumer:
                      msg: Msg) -> bool:
         """Write `session:start`, then ack the envelope and run the session. A lost race (a cancel while queued, a
         duplicate delivery) acks it too: the log has moved on without us."""
-        started = await self.lifecycle.begin(ws, job_id, env, writer)
+        try:
+            started = await self.lifecycle.begin(ws, job_id, env, writer)
+        except WrongLastSequence:
+            # Refused although the log did not move on (see `SessionLifecycle.begin`): not ours to ack.
+            log.warning("session %s: session:start refused although its log did not move on; tried again",
+                        env["sessionId"])
+            await msg.nak(delay=1)
+            return False
         # No marker for a running session: `session:start` names the runner, and recovery finds active sessions in
         # the read model (spec §8.1 as amended in docs/decisions.md). Launched before the ack, so a failed ack
         # cannot leave a started session unrun (its redelivery finds it started and is dropped).

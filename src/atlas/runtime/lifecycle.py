@@ -75,7 +75,13 @@ class SessionLifecycle:
     async def begin(self, ws: Workspace, job_id: str, envelope: dict[str, Any], writer: SessionWriter) -> bool:
         """Write `session:start` (this daemon as the runner). False when another writer got there first (a cancel
         while queued, a duplicate delivery): then the log is re-read and obeyed, and a hold is released if the
-        session ended meanwhile."""
+        session ended meanwhile.
+
+        Raises WrongLastSequence when the start was refused although the log, read again, has not moved on (it
+        still ends unstarted): that is no lost race — a writer positioned on a stale read, a refusal a cluster
+        sent while electing — and answering False would make the consumer ack the envelope of a session nobody
+        starts. Its republished copy is dropped as a duplicate for an hour, so the session stayed `queued`. The
+        caller tries again later instead (the consumer naks the envelope)."""
         start = events.start(
             sessionId=envelope["sessionId"],
             seq=writer.next_seq,
@@ -97,7 +103,9 @@ class SessionLifecycle:
         except WrongLastSequence:
             self.starting.discard(start["sessionId"])
             last = await self.session_log.last(envelope["sessionId"])
-            if last is not None and last[0].get("type") == "session:complete":
+            if last is None or last[0].get("type") in UNSTARTED_TYPES:
+                raise
+            if last[0].get("type") == "session:complete":
                 policy = ws.config.signals[envelope["signalId"]].concurrency
                 await self.concurrency.release(ws.id, envelope["signalId"], envelope["sessionId"], policy)
             return False
@@ -129,7 +137,16 @@ class SessionLifecycle:
                                               "Workspace or job no longer available", env, drop_marker=True)
             return
         await self.slots.take()
-        if not await self.begin(ws, job_id, env, writer):
+        try:
+            started = await self.begin(ws, job_id, env, writer)
+        except WrongLastSequence:
+            self.slots.give()  # still a queued holder with its marker: recovery starts it (`_start_orphaned_parked`)
+            log.warning("session %s: its start was refused although its log did not move on; recovery starts it", sid)
+            return
+        except BaseException:
+            self.slots.give()
+            raise
+        if not started:
             self.slots.give()
             return
         self.launch(ws, job_id, env, writer)
