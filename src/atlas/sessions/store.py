@@ -508,9 +508,16 @@ class SessionStore:
     def _write_failed(self, batch: dict[str, dict[str, Any]], seq: int | None, error: Exception) -> None:
         """A batch that could not be written goes back to the dirty rows (unless a newer view of the session is
         dirty already) with its resume point, and is tried again after `RETRY_DELAY_S`: a full disk used to cost
-        these rows until a restart replayed them (issue #19, bug 9). Logged once per run of failures."""
+        these rows until a restart replayed them (issue #19, bug 9). Logged once per run of failures.
+
+        The newer view of a session wins, whichever batch reports first: the writer thread is idle before the loop
+        hears of its failure, so a flush may have taken the next batch (a newer view of the same session) in
+        between, and when that one fails too, both come back. Keeping the first to arrive dropped a session's end
+        and left its row `active` for good (the PostgreSQL outage test's failure)."""
         for sid, view in batch.items():
-            self._dirty.setdefault(sid, view)
+            held = self._dirty.get(sid) or self._writing.get(sid)  # `_writing`: a later batch, if one is in flight
+            if held is None or int(view.get("lastSeq", 0)) > int(held.get("lastSeq", 0)):
+                self._dirty[sid] = view
         for sid, stamp in self._stamps_writing.items():
             self._stamps[sid] = stamp  # older than any stamp taken since
         self._stamps_writing = {}
