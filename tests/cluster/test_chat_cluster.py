@@ -8,6 +8,7 @@ written, and respects (one turn at a time per chat, on every daemon).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from collections.abc import Iterator
@@ -15,8 +16,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
+import nats
 import pytest
+from nats.js.errors import NotFoundError
 
+from atlas.bus.chatlog import CHATS, chat_subject
 from atlas.cli.sse import parse_sse
 from tests.cluster.conftest import stop_all
 from tests.cluster.harness import ClusterDaemon, NatsCluster, http
@@ -203,3 +207,44 @@ def test_a_job_tool_waits_for_a_run_whichever_daemon_runs_it(
             wait_for(lambda d=d, cid=chat["correlationId"], sid=sid: listed(d, cid) == [(sid, "completed")], 30,
                      what=f"the run listed on {d.name}")
         assert text_of(events) == f"Greeted Node{i}."
+
+
+def chat_records_left(d: ClusterDaemon, chat_id: str) -> bool:
+    """Whether the CHATS stream still holds any record of the chat (read from the cluster itself)."""
+
+    async def look() -> bool:
+        nc = await nats.connect(d.extra_env["ATLAS_NATS_URL"].split(","))
+        try:
+            await nc.jetstream().get_last_msg(CHATS, chat_subject(WS, chat_id))
+            return True
+        except NotFoundError:
+            return False
+        finally:
+            await nc.close()
+
+    return asyncio.run(look())
+
+
+def test_a_chat_deleted_through_one_daemon_while_the_other_replies_leaves_no_record(
+    pair: tuple[ClusterDaemon, ClusterDaemon], fake: FakeModels
+) -> None:
+    """The reply goes on on the daemon that runs it, whose last records land after the other daemon purged the
+    chat: the turn's end finds the chat gone from the index and purges what it wrote since."""
+    d1, d2 = pair
+    gate = threading.Event()
+    fake.enqueue(Reply(text=["Held ", "past the delete."], gate=gate))
+    try:
+        with httpx.stream("POST", f"{d1.url}/api/workspaces/{WS}/chat", json={"message": "Then delete me"},
+                          timeout=60) as resp:
+            assert resp.status_code == 200
+            replies = frames(resp)
+            chat = next(replies)[1]
+            assert next(replies) == ("text-delta", {"delta": "Held "})
+            gone = http.delete(f"{d2.url}/api/workspaces/{WS}/chat/{chat['chatId']}", timeout=30)
+            assert gone.status_code == 204, gone.text
+            assert http.get(f"{d1.url}/api/workspaces/{WS}/chat/{chat['chatId']}", timeout=30).status_code == 404
+            gate.set()
+    finally:
+        gate.set()
+    wait_for(lambda: not chat_records_left(d1, chat["chatId"]), 30, what="no record of the deleted chat")
+    assert http.get(f"{d2.url}/api/workspaces/{WS}/chat", timeout=30).status_code == 200

@@ -282,6 +282,9 @@ class ChatService:
         while True:
             found = await self.log.summary(ws_id, chat_id)
             if found is None:
+                # Deleted while this turn replied, maybe through another daemon, which purged what was written by
+                # then: what this turn wrote since goes too (its records are all written before this release).
+                await self.log.purge(ws_id, chat_id)
                 return
             summary, revision = found
             if (summary.get("turn") or {}).get("turnId") != turn_id:
