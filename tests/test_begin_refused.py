@@ -16,31 +16,41 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from atlas.bus.client import WrongLastSequence
 from atlas.bus.records import envelope
 from atlas.runtime.accept import queued_event
+from atlas.runtime.daemon import Daemon
+from atlas.runtime.workspaces import Workspace
 from atlas.sessions.events import now_iso
 from atlas.sessions.writer import SessionWriter
 from tests.daemon_proc import FIXTURES
 from tests.inproc import running
 
 
+async def queued_session(d: Daemon) -> tuple[Workspace, str, dict[str, Any], SessionWriter]:
+    """A session of `core`'s echo signal whose `session:queued` the test wrote, as an accepting daemon would, but
+    with no envelope: no consumer takes it. Its workspace, job, envelope and the acceptor's writer."""
+    ws = d.workspaces.get("core")
+    assert ws is not None
+    job_id = ws.job_for_signal["echo"]
+    sid = str(uuid.uuid4())
+    env = envelope(workspace_id="core", signal_id="echo", session_id=sid, correlation_id=str(uuid.uuid4()),
+                   root_session_id=sid, depth=0, trigger="http", payload={"n": 1}, accepted_at=now_iso(),
+                   accepted_by="the-test")
+    acceptor = SessionWriter(d.session_log, d.store, sid)
+    await acceptor.append(queued_event(env, ws, job_id))
+    return ws, job_id, env, acceptor
+
+
 async def test_a_start_refused_while_the_log_did_not_move_raises_and_a_later_attempt_starts_it(
         tmp_path: Path) -> None:
     async with running(tmp_path / "home", (FIXTURES / "core",)) as d:
-        ws = d.workspaces.get("core")
-        assert ws is not None
-        job_id = ws.job_for_signal["echo"]
-        sid = str(uuid.uuid4())
-        env = envelope(workspace_id="core", signal_id="echo", session_id=sid, correlation_id=str(uuid.uuid4()),
-                       root_session_id=sid, depth=0, trigger="http", payload={"n": 1}, accepted_at=now_iso(),
-                       accepted_by="the-test")
-        acceptor = SessionWriter(d.session_log, d.store, sid)
-        await acceptor.append(queued_event(env, ws, job_id))
-
+        ws, job_id, env, acceptor = await queued_session(d)
+        sid = env["sessionId"]
         stale = SessionWriter(d.session_log, d.store, sid, seq=1, stream_seq=acceptor.stream_seq - 1,
                               last_type="session:queued")
         with pytest.raises(WrongLastSequence):
@@ -58,15 +68,8 @@ async def test_a_start_refused_while_the_log_did_not_move_raises_and_a_later_att
 
 async def test_a_start_that_lost_to_a_cancel_answers_false(tmp_path: Path) -> None:
     async with running(tmp_path / "home", (FIXTURES / "core",)) as d:
-        ws = d.workspaces.get("core")
-        assert ws is not None
-        job_id = ws.job_for_signal["echo"]
-        sid = str(uuid.uuid4())
-        env = envelope(workspace_id="core", signal_id="echo", session_id=sid, correlation_id=str(uuid.uuid4()),
-                       root_session_id=sid, depth=0, trigger="http", payload={"n": 1}, accepted_at=now_iso(),
-                       accepted_by="the-test")
-        acceptor = SessionWriter(d.session_log, d.store, sid)
-        await acceptor.append(queued_event(env, ws, job_id))
+        ws, job_id, env, acceptor = await queued_session(d)
+        sid = env["sessionId"]
         runner = SessionWriter(d.session_log, d.store, sid, seq=1, stream_seq=acceptor.stream_seq,
                                last_type="session:queued")
         await d.lifecycle.finalize_unstarted(acceptor, "cancelled", "cancelled", "Cancelled while queued", env)
