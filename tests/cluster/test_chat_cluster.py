@@ -13,6 +13,7 @@ import json
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -72,6 +73,25 @@ def frames(resp: httpx.Response) -> Iterator[tuple[str, dict[str, Any]]]:
     return ((f.event, json.loads(f.data)) for f in parse_sse(resp.iter_lines()))
 
 
+@contextmanager
+def reply_held(d: ClusterDaemon, fake: FakeModels, message: str, first: str,
+               rest: str) -> Iterator[tuple[threading.Event, Iterator[tuple[str, dict[str, Any]]], list[Any]]]:
+    """A chat turn on `d` whose reply the model holds after its `first` piece: the gate that lets `rest` go, the
+    reply's frames, and the two read so far (`chat`, then the first text-delta). The gate opens at the end anyway."""
+    gate = threading.Event()
+    fake.enqueue(Reply(text=[first, rest], gate=gate))
+    try:
+        with httpx.stream("POST", f"{d.url}/api/workspaces/{WS}/chat", json={"message": message},
+                          timeout=60) as resp:
+            assert resp.status_code == 200
+            replies = frames(resp)
+            started = [next(replies), next(replies)]
+            assert started[0][0] == "chat" and started[1] == ("text-delta", {"delta": first})
+            yield gate, replies, started
+    finally:
+        gate.set()
+
+
 def test_a_turn_on_one_daemon_is_listed_and_read_on_the_other_at_once(
     pair: tuple[ClusterDaemon, ClusterDaemon], fake: FakeModels
 ) -> None:
@@ -111,36 +131,25 @@ def test_a_reply_in_progress_is_followed_on_the_other_daemon_which_refuses_a_sec
     pair: tuple[ClusterDaemon, ClusterDaemon], fake: FakeModels
 ) -> None:
     d1, d2 = pair
-    gate = threading.Event()
-    fake.enqueue(Reply(text=["Held ", "until released."], gate=gate))
-    try:
-        with httpx.stream("POST", f"{d1.url}/api/workspaces/{WS}/chat", json={"message": "Take your time"},
-                          timeout=60) as resp:
-            assert resp.status_code == 200
-            original = frames(resp)
-            started = [next(original), next(original)]
-            assert started[0][0] == "chat" and started[1] == ("text-delta", {"delta": "Held "})
-            chat = started[0][1]
+    with reply_held(d1, fake, "Take your time", "Held ", "until released.") as (gate, original, started):
+        chat = started[0][1]
+        busy = http.post(f"{d2.url}/api/workspaces/{WS}/chat", json={"message": "me too", "chatId": chat["chatId"]},
+                         timeout=30)
+        assert busy.status_code == 409, busy.text
+        assert busy.json()["error"]["code"] == "chat_busy"
+        assert busy.json()["error"]["details"]["turnId"] == chat["turnId"]
+        partial = get(d2, f"/api/workspaces/{WS}/chat/{chat['chatId']}")["messages"]
+        assert [(m["role"], m["text"], m.get("status")) for m in partial] == [
+            ("user", "Take your time", None), ("assistant", "Held ", "streaming")]
 
-            busy = http.post(f"{d2.url}/api/workspaces/{WS}/chat", json={"message": "me too", "chatId": chat["chatId"]},
-                             timeout=30)
-            assert busy.status_code == 409, busy.text
-            assert busy.json()["error"]["code"] == "chat_busy"
-            assert busy.json()["error"]["details"]["turnId"] == chat["turnId"]
-            partial = get(d2, f"/api/workspaces/{WS}/chat/{chat['chatId']}")["messages"]
-            assert [(m["role"], m["text"], m.get("status")) for m in partial] == [
-                ("user", "Take your time", None), ("assistant", "Held ", "streaming")]
-
-            with httpx.stream("GET", f"{d2.url}/api/workspaces/{WS}/chat/{chat['chatId']}/stream",
-                              timeout=60) as resumed:
-                assert resumed.status_code == 200
-                followed = frames(resumed)
-                assert [next(followed), next(followed)] == started  # replayed from the turn's start
-                gate.set()
-                rest_on_d2 = list(followed)
-            rest_on_d1 = list(original)
-    finally:
-        gate.set()
+        with httpx.stream("GET", f"{d2.url}/api/workspaces/{WS}/chat/{chat['chatId']}/stream",
+                          timeout=60) as resumed:
+            assert resumed.status_code == 200
+            followed = frames(resumed)
+            assert [next(followed), next(followed)] == started  # replayed from the turn's start
+            gate.set()
+            rest_on_d2 = list(followed)
+        rest_on_d1 = list(original)
     assert rest_on_d2 == rest_on_d1
     assert rest_on_d1[0] == ("text-delta", {"delta": "until released."})
     assert rest_on_d1[-1][0] == "done" and rest_on_d1[-1][1]["status"] == "completed"
@@ -231,20 +240,11 @@ def test_a_chat_deleted_through_one_daemon_while_the_other_replies_leaves_no_rec
     """The reply goes on on the daemon that runs it, whose last records land after the other daemon purged the
     chat: the turn's end finds the chat gone from the index and purges what it wrote since."""
     d1, d2 = pair
-    gate = threading.Event()
-    fake.enqueue(Reply(text=["Held ", "past the delete."], gate=gate))
-    try:
-        with httpx.stream("POST", f"{d1.url}/api/workspaces/{WS}/chat", json={"message": "Then delete me"},
-                          timeout=60) as resp:
-            assert resp.status_code == 200
-            replies = frames(resp)
-            chat = next(replies)[1]
-            assert next(replies) == ("text-delta", {"delta": "Held "})
-            gone = http.delete(f"{d2.url}/api/workspaces/{WS}/chat/{chat['chatId']}", timeout=30)
-            assert gone.status_code == 204, gone.text
-            assert http.get(f"{d1.url}/api/workspaces/{WS}/chat/{chat['chatId']}", timeout=30).status_code == 404
-            gate.set()
-    finally:
+    with reply_held(d1, fake, "Then delete me", "Held ", "past the delete.") as (gate, _, started):
+        chat = started[0][1]
+        gone = http.delete(f"{d2.url}/api/workspaces/{WS}/chat/{chat['chatId']}", timeout=30)
+        assert gone.status_code == 204, gone.text
+        assert http.get(f"{d1.url}/api/workspaces/{WS}/chat/{chat['chatId']}", timeout=30).status_code == 404
         gate.set()
     wait_for(lambda: not chat_records_left(d1, chat["chatId"]), 30, what="no record of the deleted chat")
     assert http.get(f"{d2.url}/api/workspaces/{WS}/chat", timeout=30).status_code == 200
