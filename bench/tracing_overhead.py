@@ -1,6 +1,6 @@
 """What tracing costs (issue #18): nowait throughput and trigger → `session:start`, tracing off and on.
 
-Usage: python bench/tracing_overhead.py [--duration 10] [--rounds 3] [--triggers 300]
+Usage: python bench/tracing_overhead.py [--duration 10] [--rounds 3] [--triggers 300] [--pin]
 
 Two real atlasd processes (``tests/daemon_proc.DaemonProcess``, workspace ``tests/fixtures/core``), started and
 measured alternately in the same run so that both see the same machine:
@@ -16,12 +16,19 @@ seconds, waits for the backlog to drain and reads the daemon's CPU. Then trigger
 receiver), ``--triggers`` sequential triggers each, alternately. After the last round the receiver's bodies are
 decoded (``opentelemetry-proto``) to count the spans exported. Markdown goes to stdout, progress to stderr; nothing
 is asserted: the numbers are ratios measured in the same run.
+
+With tracing on, spans are encoded and sent by the daemon's exporter process (``atlas.observability.span_export``),
+whose CPU is reported apart. On a two-core machine that process competes with the daemon for the second core, which
+the load generator and nats-server already share; ``--pin`` gives the daemon's threads core 0 and everything else
+(nats-server, the exporter process, wrk, the receiver) core 1, as a machine with cores to spare would, so that the
+daemon's own loop is what the throughput measures, in both modes alike.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import sys
@@ -52,6 +59,8 @@ from bench.trigger_throughput import (  # noqa: E402
     wait_drained,
 )
 from tests.daemon_proc import FIXTURES, DaemonProcess  # noqa: E402
+
+EXPORTER_MODULE = b"atlas.observability.span_export"
 
 
 def say(msg: str) -> None:
@@ -103,6 +112,45 @@ class Mode:
     start_ms: list[float] = field(default_factory=list)
     daemon: DaemonProcess | None = None
     sessions: int = 0  # every session the daemon had, warm-up included
+    exporter_cpu: float = 0.0  # seconds of the exporter process during the measured rounds
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            found += [int(p) for p in (task / "children").read_text().split()]
+    return found
+
+
+def exporter_pid(daemon_pid: int) -> int | None:
+    """The daemon's trace exporter process, when it has one."""
+    for child in _children(daemon_pid):
+        with contextlib.suppress(OSError):
+            if EXPORTER_MODULE in Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0"):
+                return child
+    return None
+
+
+def _cpu_s(pid: int | None) -> float:
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def pin(daemon_pid: int) -> None:
+    """Every thread of the daemon on core 0; its other processes (nats-server, the exporter) and this one (wrk,
+    the receiver) on core 1."""
+    for task in Path(f"/proc/{daemon_pid}/task").iterdir():
+        os.sched_setaffinity(int(task.name), {0})
+    for child in _children(daemon_pid):
+        for task in Path(f"/proc/{child}/task").iterdir():
+            os.sched_setaffinity(int(task.name), {1})
+    os.sched_setaffinity(0, {1})
 
 
 def traced_start_ms(triggers: int, env: dict[str, str]) -> list[float]:
@@ -127,7 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--triggers", type=int, default=300)
+    parser.add_argument("--pin", action="store_true", help="daemon on core 0, everything else on core 1")
     args = parser.parse_args(argv)
+    if args.pin and len(os.sched_getaffinity(0)) < 2:
+        parser.error("--pin needs two cores")
     receiver = Receiver()
     modes = [
         Mode("off", {}),
@@ -145,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
                                                          env=env))
                 run_wrk(f"warm-up {mode.name}", mode.daemon.url + ATLAS_PATH, script, 3)
                 wait_drained(httpx.Client(base_url=mode.daemon.url), 120)
+                if args.pin:
+                    assert mode.daemon.proc is not None
+                    pin(mode.daemon.proc.pid)
             for rnd in range(args.rounds):
                 for mode in modes if rnd % 2 == 0 else reversed(modes):
                     daemon = mode.daemon
@@ -152,12 +206,14 @@ def main(argv: list[str] | None = None) -> int:
                     client = httpx.Client(base_url=daemon.url, timeout=30)
                     pids = (daemon.proc.pid, daemon.nats_pid() or 0)
                     db = daemon.home / "atlas.db"
-                    before, cpu0 = status_counts(db), cpu_of(pids)
+                    exporter = exporter_pid(daemon.proc.pid)
+                    before, cpu0, exp0 = status_counts(db), cpu_of(pids), _cpu_s(exporter)
                     mode.rps.append(run_wrk(f"{mode.name} #{rnd + 1}", daemon.url + ATLAS_PATH, script,
                                             args.duration).rps)
                     wait_drained(client, 120)
                     used = cpu_of(pids) - cpu0
                     mode.cpu = Cpu(mode.cpu.daemon + used.daemon, mode.cpu.nats + used.nats)
+                    mode.exporter_cpu += _cpu_s(exporter) - exp0
                     mode.completed += (status_counts(db) - before).get("completed", 0)
         finally:
             for mode in modes:
@@ -175,13 +231,15 @@ def main(argv: list[str] | None = None) -> int:
     print("## Tracing overhead (issue #18)\n")
     print(f"{args.rounds} alternating rounds per mode: `wrk -t2 -c32 -d{args.duration}s` nowait, drained; then "
           f"{args.rounds} × {args.triggers} sequential in-process triggers per mode (trigger → `session:start`, as "
-          "bench/start_latency.py).\n")
-    print("| tracing | nowait accepted/s (median) | daemon CPU per completed session | trigger → start p50 | p99 |")
-    print("|---|---|---|---|---|")
+          f"bench/start_latency.py).{' Pinned: the daemon on core 0, the rest on core 1.' if args.pin else ''}\n")
+    print("| tracing | nowait accepted/s (median) | daemon CPU per completed session | exporter process CPU per "
+          "session | trigger → start p50 | p99 |")
+    print("|---|---|---|---|---|---|")
     for mode in modes:
         per = mode.cpu.daemon / mode.completed * 1000 if mode.completed else float("nan")
-        print(f"| {mode.name} | {statistics.median(mode.rps):,.0f} | {per:.3f} ms | {pct(mode.start_ms, 50):.2f} ms "
-              f"| {pct(mode.start_ms, 99):.2f} ms |")
+        exp = mode.exporter_cpu / mode.completed * 1000 if mode.completed else float("nan")
+        print(f"| {mode.name} | {statistics.median(mode.rps):,.0f} | {per:.3f} ms | {exp:.3f} ms "
+              f"| {pct(mode.start_ms, 50):.2f} ms | {pct(mode.start_ms, 99):.2f} ms |")
     ratio = statistics.median(on.rps) / statistics.median(off.rps)
     cpu_ratio = (on.cpu.daemon / on.completed) / (off.cpu.daemon / off.completed)
     print(f"\nOn vs off: throughput {ratio:.2f}×, daemon CPU per session {cpu_ratio:.2f}×, trigger → start p50 "

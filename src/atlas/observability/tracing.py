@@ -13,7 +13,9 @@ itself, and hands the tracer to the components that make spans. The agents layer
 session span sets for its own run only: the run's asyncio tasks inherit it, other runs never see it.
 
 Off (the default) costs nothing: `Tracing.tracer` is None, every helper checks that first and returns one shared
-null context manager, so no span object is made on the hot path.
+null context manager, so no span object is made on the hot path. On, spans are made by `atlas.observability.spans`
+(the SDK's span data without its per-span machinery) and leave through a child process
+(`atlas.observability.span_export`), so that a traced trigger costs the event loop little more than an untraced one.
 """
 
 from __future__ import annotations
@@ -27,18 +29,22 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from atlas import __version__
 from atlas.errors import AtlasError
+from atlas.observability.span_export import ChildSpanExporter
+from atlas.observability.spans import SpanTracer
 
 __all__ = [
     "Tracing",
     "active",
     "current_traceparent",
+    "service_resource",
     "tracing_enabled",
 ]
 
@@ -95,8 +101,9 @@ def _check_protocol(environ: Mapping[str, str]) -> None:
             return
 
 
-def _resource() -> Resource:
-    """The standard resource (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`), named `atlasd` unless they name it."""
+def service_resource() -> Resource:
+    """The standard resource (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`), named `atlasd` unless they name it
+    (the daemon's spans and the exporter process's alike: both read the same environment)."""
     detected = Resource.create({"service.version": __version__})
     if str(detected.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
         detected = detected.merge(Resource({SERVICE_NAME: DEFAULT_SERVICE_NAME}))
@@ -104,12 +111,17 @@ def _resource() -> Resource:
 
 
 class Tracing:
-    """A daemon's tracer (or none: tracing off). Build with `from_env` (the OTLP/HTTP exporter, configured by the
-    standard `OTEL_*` variables) or `with_exporter` (tests: an `InMemorySpanExporter`, spans exported as they end)."""
+    """A daemon's tracer (or none: tracing off). Build with `from_env` (the OTLP/HTTP exporter in a child process,
+    configured by the standard `OTEL_*` variables) or `with_exporter` (tests: an `InMemorySpanExporter`, spans
+    exported as they end). The `TracerProvider` holds the configuration the spans are made with (resource, sampler
+    from `OTEL_TRACES_SAMPLER`, id generator); the processor gets them as they end."""
 
-    def __init__(self, provider: TracerProvider | None = None) -> None:
+    def __init__(self, provider: TracerProvider | None = None, processor: SpanProcessor | None = None) -> None:
         self.provider = provider
-        self.tracer: Tracer | None = provider.get_tracer("atlas", __version__) if provider is not None else None
+        self.processor = processor
+        self.tracer: SpanTracer | None = None
+        if provider is not None and processor is not None:
+            self.tracer = SpanTracer(provider, processor, InstrumentationScope("atlas", __version__))
 
     @property
     def enabled(self) -> bool:
@@ -126,21 +138,18 @@ class Tracing:
         if not tracing_enabled(env):
             return cls.off()
         _check_protocol(env)
-        # Imported only when on: the exporter pulls in requests and protobuf, which an untraced daemon never needs.
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-        provider = TracerProvider(resource=_resource(), shutdown_on_exit=False)  # sampler: OTEL_TRACES_SAMPLER
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))  # OTEL_BSP_* and OTEL_EXPORTER_OTLP_*
-        return cls(provider)
+        provider = TracerProvider(resource=service_resource(), shutdown_on_exit=False)  # OTEL_TRACES_SAMPLER
+        # OTEL_BSP_* here, OTEL_EXPORTER_OTLP_* in the exporter process (started with the first batch)
+        return cls(provider, BatchSpanProcessor(ChildSpanExporter({**os.environ, **env})))
 
     @classmethod
     def with_exporter(cls, exporter: SpanExporter) -> Tracing:
-        provider = TracerProvider(resource=_resource(), shutdown_on_exit=False)
-        provider.add_span_processor(SimpleSpanProcessor(exporter))
-        return cls(provider)
+        return cls(TracerProvider(resource=service_resource(), shutdown_on_exit=False), SimpleSpanProcessor(exporter))
 
     def shutdown(self) -> None:
         """Flush what is batched and stop the exporter (the daemon's last step)."""
+        if self.processor is not None:
+            self.processor.shutdown()
         if self.provider is not None:
             self.provider.shutdown()
 
@@ -176,7 +185,7 @@ class Tracing:
         return self._session_span(self.tracer, envelope, job_name)
 
     @contextlib.contextmanager
-    def _session_span(self, tracer: Tracer, envelope: Mapping[str, Any], job_name: str) -> Iterator[Span]:
+    def _session_span(self, tracer: SpanTracer, envelope: Mapping[str, Any], job_name: str) -> Iterator[Span]:
         parent = _PROPAGATOR.extract({TRACEPARENT: envelope[TRACEPARENT]} if envelope.get(TRACEPARENT) else {})
         attrs = session_attributes(envelope)
         attrs[JOB_NAME] = job_name

@@ -1,0 +1,186 @@
+"""Spans leave the daemon through a child process that encodes them for OTLP and sends them (issue #18).
+
+Why a process: the OTLP exporter builds a protobuf message field by field in Python, about 36 µs per span, on the
+batch processor's thread, and that thread holds the GIL the daemon's event loop needs: three spans per trigger cost
+the loop about as much as accepting the trigger itself. Here the daemon's `BatchSpanProcessor` (the standard
+`OTEL_BSP_*` variables: queue size, batch size, delay) hands each batch to `ChildSpanExporter`, which writes it
+down a pipe as plain tuples (about 1 µs a span); the child (`python -m atlas.observability.span_export`, started
+with the first batch) turns them back into the SDK's `ReadableSpan`s and exports them with the SDK's
+`OTLPSpanExporter`, configured by the same `OTEL_EXPORTER_OTLP_*` variables the daemon was started with.
+
+One module owns the pipe's format (`record_of`, `span_of`, the frames). The child ends when the pipe closes: at
+the daemon's shutdown (after sending what it was given), and when the daemon dies, even by `kill -9`, so a killed
+daemon leaves no exporter behind. It runs in its own session, so a terminal's Ctrl-C reaches the daemon only, which
+then flushes its last spans through it. A slow collector fills the pipe and then the daemon's batch queue, whose
+overflow the batch processor drops, as it would have dropped it in-process: the event loop never waits for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import struct
+import subprocess
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from typing import IO, Any
+
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanContext, SpanKind, TraceFlags, TraceState
+from opentelemetry.trace.status import Status, StatusCode
+
+from atlas.observability.logs import LOG_FORMATS, configure_logging
+
+__all__ = ["ChildSpanExporter", "record_of", "span_of"]
+
+log = logging.getLogger("atlas.tracing")
+
+_FRAME = struct.Struct(">I")  # the length of the pickled list of records that follows
+CHILD_EXIT_WAIT_S = 10.0
+"""At shutdown, how long the child gets to send its last spans after the pipe is closed."""
+
+EXPORTER_NICENESS = 10
+"""How much lower the exporter process's CPU priority is than the daemon's."""
+
+Record = tuple[Any, ...]
+
+
+def record_of(span: ReadableSpan) -> Record:
+    """The pipe's form of an ended span: what an OTLP export reads of it, as plain values."""
+    ctx = span.context
+    parent = span.parent
+    assert ctx is not None
+    return (
+        span.name, ctx.trace_id, ctx.span_id, int(ctx.trace_flags), list(ctx.trace_state.items()),
+        None if parent is None else (parent.span_id, parent.is_remote, int(parent.trace_flags)),
+        span.kind.value, span.start_time, span.end_time, dict(span.attributes or {}),
+        span.status.status_code.value, span.status.description,
+        None if span.instrumentation_scope is None else (span.instrumentation_scope.name,
+                                                        span.instrumentation_scope.version),
+    )
+
+
+def span_of(record: Record, resource: Resource) -> ReadableSpan:
+    """The `ReadableSpan` a record was made from (its events and links aside: atlas records none)."""
+    (name, trace_id, span_id, flags, state, parent, kind, start, end, attributes, status_code, description,
+     scope) = record
+    parent_context = None
+    if parent is not None:
+        parent_context = SpanContext(trace_id, parent[0], is_remote=parent[1], trace_flags=TraceFlags(parent[2]))
+    return ReadableSpan(
+        name=name,
+        context=SpanContext(trace_id, span_id, is_remote=False, trace_flags=TraceFlags(flags),
+                            trace_state=TraceState(state)),
+        parent=parent_context, resource=resource, attributes=attributes, kind=SpanKind(kind),
+        status=Status(StatusCode(status_code), description), start_time=start, end_time=end,
+        instrumentation_scope=None if scope is None else InstrumentationScope(scope[0], scope[1]),
+    )
+
+
+class ChildSpanExporter(SpanExporter):
+    """The daemon's side: a `SpanExporter` whose `export` writes the batch to the child (started on first use, and
+    again if it died)."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._env = dict(environ)  # the child's OTEL_* configuration, as the daemon was given it
+        self._child: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()  # export (the batch thread) against shutdown (the daemon)
+        self._shut = False
+
+    @property
+    def child_pid(self) -> int | None:
+        return self._child.pid if self._child is not None else None
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        data = pickle.dumps([record_of(span) for span in spans], protocol=pickle.HIGHEST_PROTOCOL)
+        with self._lock:
+            if self._shut:
+                return SpanExportResult.FAILURE
+            try:
+                pipe = self._pipe()
+                pipe.write(_FRAME.pack(len(data)) + data)
+                pipe.flush()
+            except (OSError, ValueError) as exc:  # the child died: the next batch starts another
+                log.warning("trace exporter process failed (%s): %d spans dropped", exc, len(spans))
+                self._child = None
+                return SpanExportResult.FAILURE
+        return SpanExportResult.SUCCESS
+
+    def _pipe(self) -> IO[bytes]:
+        child = self._child
+        if child is None or child.poll() is not None:
+            child = self._child = subprocess.Popen(
+                [sys.executable, "-m", "atlas.observability.span_export"], stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL, env=self._env, start_new_session=True)
+        assert child.stdin is not None
+        return child.stdin
+
+    def shutdown(self) -> None:
+        """Close the pipe and wait for the child to send what it has (at most `CHILD_EXIT_WAIT_S`, then it is
+        stopped: a collector that does not answer must not hold the daemon's shutdown)."""
+        self._shut = True
+        if not self._lock.acquire(timeout=CHILD_EXIT_WAIT_S):
+            # The batch thread is stuck writing to a child that does not read (its collector does not answer).
+            stuck = self._child
+            if stuck is not None:
+                stuck.kill()  # its write fails, and the lock is released
+            self._lock.acquire()
+        try:
+            child, self._child = self._child, None
+        finally:
+            self._lock.release()
+        if child is None:
+            return
+        try:
+            if child.stdin is not None:
+                child.stdin.close()
+            child.wait(CHILD_EXIT_WAIT_S)
+        except (OSError, subprocess.TimeoutExpired):
+            log.warning("trace exporter process did not finish in %gs; stopped", CHILD_EXIT_WAIT_S)
+            child.kill()
+            child.wait()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True  # what was written is the child's; it sends every batch as it reads it
+
+
+def _read_frames(stream: IO[bytes]) -> Any:
+    while True:
+        head = stream.read(_FRAME.size)
+        if len(head) < _FRAME.size:
+            return
+        size = _FRAME.unpack(head)[0]
+        body = stream.read(size)
+        if len(body) < size:  # the daemon died mid-write: what came whole is sent
+            return
+        yield pickle.loads(body)
+
+
+def main() -> int:
+    """The child: read batches until the pipe closes, export each with the OTLP/HTTP exporter."""
+    # Background work: where cores are scarce, the daemon and nats-server (a trigger's critical path) come first.
+    os.nice(EXPORTER_NICENESS)
+    fmt = os.environ.get("ATLAS_LOG_FORMAT", "text").strip().lower()
+    configure_logging("warning", fmt if fmt in LOG_FORMATS else "text")  # into the daemon's log, in its format
+    # Imported here: the daemon never needs the exporter's protobuf and requests stack in its own process.
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    from atlas.observability.tracing import service_resource
+
+    resource = service_resource()
+    exporter = OTLPSpanExporter()
+    try:
+        for records in _read_frames(sys.stdin.buffer):
+            exporter.export([span_of(record, resource) for record in records])
+    finally:
+        exporter.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""atlas's tracer: spans made the cheap way, as the OpenTelemetry SDK's own `ReadableSpan` data (issue #18).
+
+Why not the SDK's `Tracer`: a traced trigger makes three spans on the daemon's one event loop (the HTTP request,
+the session, its step), and the SDK's `Span` costs 15–25 µs to start and end (a lock and a bounded dict per span,
+attribute values checked one by one against ABCs, tracer metrics). Measured in `bench/tracing_overhead.py`, that
+alone put tracing on at 0.82× of off even with an exporter that threw every span away (issue #18 asks for 0.85×).
+
+What this module keeps from the SDK: the `TracerProvider`'s configuration (its sampler from `OTEL_TRACES_SAMPLER`,
+its id generator, its resource), the span data model (`RecordingSpan` *is* a `ReadableSpan`, so every SDK span
+processor and exporter — the batch processor, the OTLP encoder, the in-memory exporter of the tests — takes it as
+it is) and the API's context handling (`use_span`, `get_current_span`, W3C propagation). What it leaves out: span
+limits (atlas sets a handful of attributes of its own, never user data), span events and links (atlas records
+none: an exception's message may carry a secret), and the SDK's internal metrics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from opentelemetry import trace as trace_api
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, TraceFlags
+from opentelemetry.trace.status import Status, StatusCode
+from opentelemetry.util.types import AttributeValue
+
+__all__ = ["RecordingSpan", "SpanTracer"]
+
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+_NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
+_UNSET = Status(StatusCode.UNSET)
+
+
+class RecordingSpan(trace_api.Span, ReadableSpan):
+    """A span being recorded: the API's `Span` (what the code that traces calls) on the SDK's `ReadableSpan` (what
+    processors and exporters read). Ended once; the processor gets the span itself, no copy. Not thread-safe: a
+    span belongs to the task that opened it (atlas's spans live on the event loop)."""
+
+    def __init__(self, name: str, context: SpanContext, parent: SpanContext | None, kind: SpanKind,
+                 attributes: dict[str, AttributeValue], start_time: int, tracer: SpanTracer) -> None:
+        ReadableSpan.__init__(self, name=name, context=context, parent=parent, resource=tracer.resource,
+                              attributes=attributes, kind=kind, status=_UNSET, start_time=start_time,
+                              instrumentation_scope=tracer.scope)
+        self._processor = tracer.processor
+        self._attrs = attributes  # the dict ReadableSpan exposes read-only; set_attribute writes here
+
+    def end(self, end_time: int | None = None) -> None:
+        if self._end_time is not None:
+            return
+        self._end_time = end_time if end_time is not None else time.time_ns()
+        self._processor.on_end(self)
+
+    def get_span_context(self) -> SpanContext:
+        return self._context  # type: ignore[return-value]  # always set: built with one
+
+    def is_recording(self) -> bool:
+        return self._end_time is None
+
+    def set_attribute(self, key: str, value: AttributeValue) -> None:
+        if self._end_time is None and value is not None:
+            self._attrs[key] = tuple(value) if isinstance(value, list) else value
+
+    def set_attributes(self, attributes: Mapping[str, AttributeValue]) -> None:
+        for key, value in attributes.items():
+            self.set_attribute(key, value)
+
+    def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
+        if self._end_time is None:
+            self._status = status if isinstance(status, Status) else Status(status, description)
+
+    def update_name(self, name: str) -> None:
+        if self._end_time is None:
+            self._name = name
+
+    def add_event(self, name: str, attributes: Mapping[str, AttributeValue] | None = None,
+                  timestamp: int | None = None) -> None:
+        """Not recorded (see the module's docstring)."""
+
+    def add_link(self, context: SpanContext, attributes: Mapping[str, AttributeValue] | None = None) -> None:
+        """Not recorded (see the module's docstring)."""
+
+    def record_exception(self, exception: BaseException, attributes: Mapping[str, AttributeValue] | None = None,
+                         timestamp: int | None = None, escaped: bool = False) -> None:
+        """Never recorded: an exception's message may carry a secret; atlas marks failures with their code."""
+
+
+class SpanTracer:
+    """Starts `RecordingSpan`s as the SDK's tracer would (same parent rules, sampler and ids) and hands each ended
+    one to `processor` (a `BatchSpanProcessor` in a daemon, a `SimpleSpanProcessor` in tests). The API's `Tracer`
+    methods, without its base class (whose context-manager type ties it to the API's own decorator)."""
+
+    def __init__(self, provider: TracerProvider, processor: SpanProcessor, scope: InstrumentationScope) -> None:
+        self.resource: Resource = provider.resource
+        self.sampler = provider.sampler
+        self.ids = provider.id_generator
+        self.processor = processor
+        self.scope = scope
+
+    def start_span(self, name: str, context: Context | None = None, kind: SpanKind = SpanKind.INTERNAL,
+                   attributes: Mapping[str, AttributeValue] | None = None, links: Sequence[Link] | None = None,
+                   start_time: int | None = None, record_exception: bool = True,
+                   set_status_on_exception: bool = True) -> trace_api.Span:
+        parent: SpanContext | None = trace_api.get_current_span(context).get_span_context()
+        if parent is None or not parent.is_valid:
+            parent = None
+            trace_id = self.ids.generate_trace_id()
+        else:
+            trace_id = parent.trace_id
+        result = self.sampler.should_sample(context, trace_id, name, kind, attributes, links)
+        span_context = SpanContext(trace_id, self.ids.generate_span_id(), is_remote=False,
+                                   trace_flags=_SAMPLED if result.decision.is_sampled() else _NOT_SAMPLED,
+                                   trace_state=result.trace_state)
+        if not result.decision.is_recording():
+            return NonRecordingSpan(span_context)  # still carries the trace on (a `traceparent` with no sampled flag)
+        attrs = {k: tuple(v) if isinstance(v, list) else v for k, v in (result.attributes or {}).items()
+                 if v is not None}  # as the SDK keeps them: no None, sequences frozen
+        return RecordingSpan(name, span_context, parent, kind, attrs,
+                             start_time if start_time is not None else time.time_ns(), self)
+
+    @contextlib.contextmanager
+    def start_as_current_span(self, name: str, context: Context | None = None, kind: SpanKind = SpanKind.INTERNAL,
+                              attributes: Mapping[str, AttributeValue] | None = None,
+                              links: Sequence[Link] | None = None, start_time: int | None = None,
+                              record_exception: bool = True, set_status_on_exception: bool = True,
+                              end_on_exit: bool = True) -> Iterator[Any]:
+        span = self.start_span(name, context, kind, attributes, links, start_time)
+        with trace_api.use_span(span, end_on_exit=end_on_exit, record_exception=record_exception,
+                                set_status_on_exception=set_status_on_exception) as current:
+            yield current

@@ -1,0 +1,166 @@
+"""atlas's own span path (issue #18): spans made by `atlas.observability.spans` and exported by a child process
+(`atlas.observability.span_export`).
+
+What must hold for that path to be a faithful stand-in for the SDK's: a span sent down the pipe and rebuilt in the
+child encodes to the very same OTLP bytes; the sampler of `OTEL_TRACES_SAMPLER` decides as it does for the SDK; the
+child sends everything it was given before the daemon's shutdown returns; and a daemon killed with `kill -9` leaves
+no exporter process behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import httpx
+import pytest
+from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from atlas.observability.span_export import ChildSpanExporter, record_of, span_of
+from atlas.observability.tracing import Tracing, mark_error, record_model_answer
+from tests.daemon_proc import DaemonProcess, wait_for
+from tests.test_tracing import WS, _Receiver, serving, workspace
+
+CALLER = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+CALLER_UNSAMPLED = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"
+
+
+def _traced() -> tuple[Tracing, InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    return Tracing.with_exporter(exporter), exporter
+
+
+def _a_small_trace(tracing: Tracing, headers: dict[str, str]) -> None:
+    """A request span joining the caller's trace, a child with a failed status, a model span with a list attribute."""
+    assert tracing.tracer is not None
+    with tracing.server_span("POST /x", headers, {"http.route": "/x", "n": 3}) as request:
+        request.set_attribute("http.response.status_code", 202)
+        with tracing.tracer.start_as_current_span("child", kind=SpanKind.INTERNAL) as child:
+            mark_error(child, "boom")
+        with tracing.model_span("openai", "m") as model:
+            record_model_answer(model, "m-1", 5, 7, "stop")
+
+
+def test_a_span_sent_through_the_pipe_encodes_to_the_same_otlp_bytes() -> None:
+    tracing, exporter = _traced()
+    _a_small_trace(tracing, {"traceparent": CALLER, "tracestate": "vendor=abc"})
+    spans = exporter.get_finished_spans()
+    assert [s.name for s in spans] == ["child", "chat m", "POST /x"]
+    rebuilt = [span_of(record_of(s), tracing.provider.resource) for s in spans]  # type: ignore[union-attr]
+    assert encode_spans(rebuilt).SerializeToString() == encode_spans(spans).SerializeToString()
+
+    child, model, request = spans
+    assert request.parent is not None and request.parent.is_remote
+    assert format(request.parent.span_id, "016x") == "b7ad6b7169203331"
+    assert request.context is not None and request.context.trace_state.get("vendor") == "abc"
+    assert child.parent is not None and child.parent.span_id == request.context.span_id
+    assert child.status.status_code == StatusCode.ERROR and (child.attributes or {})["error.type"] == "boom"
+    assert (model.attributes or {})["gen_ai.response.finish_reasons"] == ("stop",)
+    assert model.kind == SpanKind.CLIENT and (request.attributes or {})["n"] == 3
+
+
+def test_a_finished_span_takes_no_more_writes() -> None:
+    tracing, exporter = _traced()
+    assert tracing.tracer is not None
+    span = tracing.tracer.start_span("once")
+    span.end()
+    span.set_attribute("late", 1)
+    span.set_status(StatusCode.ERROR)
+    span.end()
+    [exported] = exporter.get_finished_spans()
+    assert "late" not in (exported.attributes or {}) and exported.status.status_code == StatusCode.UNSET
+    assert not span.is_recording()
+
+
+def test_the_sampler_of_otel_traces_sampler_decides(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The default (parentbased_always_on): a caller's unsampled trace is followed, not recorded.
+    tracing, exporter = _traced()
+    with tracing.server_span("POST /x", {"traceparent": CALLER_UNSAMPLED}, {}) as span:
+        assert not span.is_recording()
+        assert tracing.envelope_traceparent({"workspaceId": WS, "signalId": "s"}) is not None
+    assert exporter.get_finished_spans() == ()
+
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
+    tracing, exporter = _traced()
+    with tracing.server_span("POST /x", {"traceparent": CALLER}, {}) as span:
+        assert not span.is_recording()
+        # The trace still goes on, marked unsampled, so services called from the run agree.
+        carrier: dict[str, str] = {}
+        TraceContextTextMapPropagator().inject(carrier, trace.set_span_in_context(span))
+        assert carrier["traceparent"].startswith("00-0af7651916cd43dd8448eb211c80319c-")
+        assert carrier["traceparent"].endswith("-00")
+    assert exporter.get_finished_spans() == ()
+
+
+def test_the_exporter_process_sends_every_batch_before_shutdown_returns() -> None:
+    receiver = _Receiver()
+    tracing, memory = _traced()
+    for _ in range(3):
+        _a_small_trace(tracing, {"traceparent": CALLER})
+    spans = memory.get_finished_spans()
+    with serving(receiver.handler()) as url:
+        exporter = ChildSpanExporter({**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": url})
+        assert exporter.export(spans[:4]).name == "SUCCESS"
+        assert exporter.export(spans[4:]).name == "SUCCESS"
+        child = exporter.child_pid
+        exporter.shutdown()
+        assert exporter.export(spans).name == "FAILURE"  # after shutdown nothing is taken
+    assert child is not None and not _alive(child)
+    with receiver.lock:
+        got = [span for _, span in receiver.spans]
+    assert sorted((s.span_id.hex(), s.name) for s in got) == sorted(
+        (format(s.context.span_id, "016x"), s.name) for s in spans if s.context is not None)
+    assert {s.trace_id.hex() for s in got} == {"0af7651916cd43dd8448eb211c80319c"}
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(p) for p in (task / "children").read_text().split()]
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Running, as opposed to gone or a zombie nobody has reaped yet."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def _exporter_process(pid: int) -> int | None:
+    for child in _children(pid):
+        cmdline = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        if b"atlas.observability.span_export" in cmdline:
+            return child
+    return None
+
+
+def test_a_killed_daemon_leaves_no_exporter_process(tmp_path: Path) -> None:
+    receiver = _Receiver()
+    with serving(receiver.handler()) as url:
+        d = DaemonProcess(tmp_path / "home", [workspace(tmp_path, "http://127.0.0.1:9/v1")], env={
+            "OTEL_EXPORTER_OTLP_ENDPOINT": url, "OTEL_BSP_SCHEDULE_DELAY": "50"}).start()
+        try:
+            r = httpx.post(f"{d.url}/api/workspaces/{WS}/signals/echo", json={"payload": {}}, timeout=60)
+            assert r.status_code == 200, r.text
+            assert d.proc is not None
+            daemon_pid = d.proc.pid
+
+            def started() -> bool:
+                with receiver.lock:
+                    return bool(receiver.spans)
+
+            wait_for(started, 30, what="the first spans at the collector")
+            child = _exporter_process(daemon_pid)
+            assert child is not None and _alive(child)
+            os.kill(daemon_pid, signal.SIGKILL)
+            wait_for(lambda: not _alive(child), 30, what="the exporter process to end with its daemon")
+        finally:
+            d.stop()
