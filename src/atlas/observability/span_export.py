@@ -5,7 +5,7 @@ batch processor's thread, and that thread holds the GIL the daemon's event loop 
 the loop about as much as accepting the trigger itself. Here the daemon's `BatchSpanProcessor` (the standard
 `OTEL_BSP_*` variables: queue size, batch size, delay) hands each batch to `ChildSpanExporter`, which writes it
 down a pipe as plain tuples (about 1 µs a span); the child (`python -m atlas.observability.span_export`, started
-with the first batch) turns them back into the SDK's `ReadableSpan`s and exports them with the SDK's
+with the daemon) turns them back into the SDK's `ReadableSpan`s and exports them with the SDK's
 `OTLPSpanExporter`, configured by the same `OTEL_EXPORTER_OTLP_*` variables the daemon was started with.
 
 One module owns the pipe's format (`record_of`, `span_of`, the frames). The child ends when the pipe closes: at
@@ -83,14 +83,15 @@ def span_of(record: Record, resource: Resource) -> ReadableSpan:
 
 
 class ChildSpanExporter(SpanExporter):
-    """The daemon's side: a `SpanExporter` whose `export` writes the batch to the child (started on first use, and
-    again if it died)."""
+    """The daemon's side: a `SpanExporter` whose `export` writes the batch to the child (started with the exporter,
+    so its start-up — a Python process importing the OTLP stack — is over before the first trigger; started again
+    if it died)."""
 
     def __init__(self, environ: Mapping[str, str]) -> None:
         self._env = dict(environ)  # the child's OTEL_* configuration, as the daemon was given it
-        self._child: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()  # export (the batch thread) against shutdown (the daemon)
         self._shut = False
+        self._child: subprocess.Popen[bytes] | None = self._spawn()
 
     @property
     def child_pid(self) -> int | None:
@@ -114,11 +115,13 @@ class ChildSpanExporter(SpanExporter):
     def _pipe(self) -> IO[bytes]:
         child = self._child
         if child is None or child.poll() is not None:
-            child = self._child = subprocess.Popen(
-                [sys.executable, "-m", "atlas.observability.span_export"], stdin=subprocess.PIPE,
-                stdout=subprocess.DEVNULL, env=self._env, start_new_session=True)
+            child = self._child = self._spawn()
         assert child.stdin is not None
         return child.stdin
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "atlas.observability.span_export"], stdin=subprocess.PIPE,
+                                stdout=subprocess.DEVNULL, env=self._env, start_new_session=True)
 
     def shutdown(self) -> None:
         """Close the pipe and wait for the child to send what it has (at most `CHILD_EXIT_WAIT_S`, then it is

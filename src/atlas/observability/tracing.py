@@ -139,7 +139,7 @@ class Tracing:
             return cls.off()
         _check_protocol(env)
         provider = TracerProvider(resource=service_resource(), shutdown_on_exit=False)  # OTEL_TRACES_SAMPLER
-        # OTEL_BSP_* here, OTEL_EXPORTER_OTLP_* in the exporter process (started with the first batch)
+        # OTEL_BSP_* here, OTEL_EXPORTER_OTLP_* in the exporter process (started now)
         return cls(provider, BatchSpanProcessor(ChildSpanExporter({**os.environ, **env})))
 
     @classmethod
