@@ -4,7 +4,7 @@
 What must hold for that path to be a faithful stand-in for the SDK's: a span sent down the pipe and rebuilt in the
 child encodes to the very same OTLP bytes; the sampler of `OTEL_TRACES_SAMPLER` decides as it does for the SDK; the
 child sends everything it was given before the daemon's shutdown returns; and a daemon killed with `kill -9` leaves
-no exporter process behind.
+no exporter process behind, which was never given the daemon's secrets.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from tests.test_tracing import WS, _Receiver, serving, workspace
 
 CALLER = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 CALLER_UNSAMPLED = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"
+SECRET = "sk-not-for-the-exporter-0123456789"
 
 
 def _traced() -> tuple[Tracing, InMemorySpanExporter]:
@@ -142,11 +143,11 @@ def _exporter_process(pid: int) -> int | None:
     return None
 
 
-def test_a_killed_daemon_leaves_no_exporter_process(tmp_path: Path) -> None:
+def test_a_killed_daemon_leaves_no_exporter_process_and_it_never_saw_a_secret(tmp_path: Path) -> None:
     receiver = _Receiver()
     with serving(receiver.handler()) as url:
         d = DaemonProcess(tmp_path / "home", [workspace(tmp_path, "http://127.0.0.1:9/v1")], env={
-            "OTEL_EXPORTER_OTLP_ENDPOINT": url, "OTEL_BSP_SCHEDULE_DELAY": "50"}).start()
+            "OTEL_EXPORTER_OTLP_ENDPOINT": url, "OTEL_BSP_SCHEDULE_DELAY": "50", "OPENAI_API_KEY": SECRET}).start()
         try:
             r = httpx.post(f"{d.url}/api/workspaces/{WS}/signals/echo", json={"payload": {}}, timeout=60)
             assert r.status_code == 200, r.text
@@ -160,6 +161,11 @@ def test_a_killed_daemon_leaves_no_exporter_process(tmp_path: Path) -> None:
             wait_for(started, 30, what="the first spans at the collector")
             child = _exporter_process(daemon_pid)
             assert child is not None and _alive(child)
+            # Given what it needs of the daemon's environment, and none of its secrets.
+            environ = dict(item.split(b"=", 1) for item in Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+                           if b"=" in item)
+            assert environ[b"OTEL_EXPORTER_OTLP_ENDPOINT"] == url.encode()
+            assert b"OPENAI_API_KEY" not in environ and SECRET.encode() not in b"".join(environ.values())
             os.kill(daemon_pid, signal.SIGKILL)
             wait_for(lambda: not _alive(child), 30, what="the exporter process to end with its daemon")
         finally:

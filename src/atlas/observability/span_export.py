@@ -36,7 +36,7 @@ from opentelemetry.trace.status import Status, StatusCode
 
 from atlas.observability.logs import LOG_FORMATS, configure_logging
 
-__all__ = ["ChildSpanExporter", "record_of", "span_of"]
+__all__ = ["ChildSpanExporter", "exporter_environment", "record_of", "span_of"]
 
 log = logging.getLogger("atlas.tracing")
 
@@ -82,13 +82,28 @@ def span_of(record: Record, resource: Resource) -> ReadableSpan:
     )
 
 
+_PASSED_PREFIXES = ("OTEL_", "ATLAS_LOG_")
+_PASSED_NAMES = frozenset({
+    "PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV",
+    "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "no_proxy", "all_proxy",
+    "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE", "SSL_CERT_DIR",
+})
+
+
+def exporter_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """What the exporter process is given of the daemon's environment: the OpenTelemetry variables, the log format,
+    and what Python and an HTTP client need (paths, proxies, CA bundles). Not the rest: the daemon's environment
+    holds model API keys and other secrets an exporter has no use for."""
+    return {k: v for k, v in environ.items() if k in _PASSED_NAMES or k.startswith(_PASSED_PREFIXES)}
+
+
 class ChildSpanExporter(SpanExporter):
     """The daemon's side: a `SpanExporter` whose `export` writes the batch to the child (started with the exporter,
     so its start-up — a Python process importing the OTLP stack — is over before the first trigger; started again
     if it died)."""
 
     def __init__(self, environ: Mapping[str, str]) -> None:
-        self._env = dict(environ)  # the child's OTEL_* configuration, as the daemon was given it
+        self._env = exporter_environment(environ)
         self._lock = threading.Lock()  # export (the batch thread) against shutdown (the daemon)
         self._shut = False
         self._child: subprocess.Popen[bytes] | None = self._spawn()
