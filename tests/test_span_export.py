@@ -21,7 +21,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from atlas.observability.span_export import ChildSpanExporter, record_of, span_of
+from atlas.observability.span_export import ChildSpanExporter, OneResource, record_of, span_of
 from atlas.observability.tracing import Tracing, mark_error, record_model_answer
 from tests.daemon_proc import DaemonProcess, wait_for
 from tests.test_tracing import WS, _Receiver, serving, workspace
@@ -52,7 +52,10 @@ def test_a_span_sent_through_the_pipe_encodes_to_the_same_otlp_bytes() -> None:
     _a_small_trace(tracing, {"traceparent": CALLER, "tracestate": "vendor=abc"})
     spans = exporter.get_finished_spans()
     assert [s.name for s in spans] == ["child", "chat m", "POST /x"]
-    rebuilt = [span_of(record_of(s), tracing.provider.resource) for s in spans]  # type: ignore[union-attr]
+    assert tracing.provider is not None
+    resource = OneResource(tracing.provider.resource)  # the exporter process's, hashed once
+    assert hash(resource) == hash(tracing.provider.resource) and resource == tracing.provider.resource
+    rebuilt = [span_of(record_of(s), resource) for s in spans]
     assert encode_spans(rebuilt).SerializeToString() == encode_spans(spans).SerializeToString()
 
     child, model, request = spans
