@@ -25,7 +25,7 @@ import struct
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import IO, Any
 
 from opentelemetry.sdk.resources import Resource
@@ -189,7 +189,8 @@ class ChildSpanExporter(SpanExporter):
         return True  # what was written is the child's; it sends every batch as it reads it
 
 
-def _read_frames(stream: IO[bytes]) -> Any:
+def _read_frames(stream: IO[bytes]) -> Iterator[list[Record]]:
+    """The batches the daemon wrote, until the pipe closes."""
     while True:
         head = stream.read(_FRAME.size)
         if len(head) < _FRAME.size:
