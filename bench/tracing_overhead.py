@@ -52,6 +52,7 @@ from bench.trigger_throughput import (  # noqa: E402
     LUA,
     Cpu,
     cpu_of,
+    cpu_seconds,
     pct,
     run_wrk,
     start_daemon,
@@ -132,16 +133,6 @@ def exporter_pid(daemon_pid: int) -> int | None:
     return None
 
 
-def _cpu_s(pid: int | None) -> float:
-    if pid is None:
-        return 0.0
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def pin(daemon_pid: int) -> None:
     """Every thread of the daemon on core 0; its other processes (nats-server, the exporter) and this one (wrk,
     the receiver) on core 1."""
@@ -207,13 +198,13 @@ def main(argv: list[str] | None = None) -> int:
                     pids = (daemon.proc.pid, daemon.nats_pid() or 0)
                     db = daemon.home / "atlas.db"
                     exporter = exporter_pid(daemon.proc.pid)
-                    before, cpu0, exp0 = status_counts(db), cpu_of(pids), _cpu_s(exporter)
+                    before, cpu0, exp0 = status_counts(db), cpu_of(pids), cpu_seconds(exporter or 0)
                     mode.rps.append(run_wrk(f"{mode.name} #{rnd + 1}", daemon.url + ATLAS_PATH, script,
                                             args.duration).rps)
                     wait_drained(client, 120)
                     used = cpu_of(pids) - cpu0
                     mode.cpu = Cpu(mode.cpu.daemon + used.daemon, mode.cpu.nats + used.nats)
-                    mode.exporter_cpu += _cpu_s(exporter) - exp0
+                    mode.exporter_cpu += cpu_seconds(exporter or 0) - exp0
                     mode.completed += (status_counts(db) - before).get("completed", 0)
         finally:
             for mode in modes:

@@ -182,7 +182,8 @@ class Cpu:
         return Cpu(self.daemon - other.daemon, self.nats - other.nats)
 
 
-def _cpu_s(pid: int) -> float:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (0 for no process)."""
     if pid <= 0:
         return 0.0
     try:
@@ -193,7 +194,7 @@ def _cpu_s(pid: int) -> float:
 
 
 def cpu_of(pids: tuple[int, int]) -> Cpu:
-    return Cpu(_cpu_s(pids[0]), _cpu_s(pids[1]))
+    return Cpu(cpu_seconds(pids[0]), cpu_seconds(pids[1]))
 
 
 # ------------------------------------------------------------------------------------------------ py-spy
