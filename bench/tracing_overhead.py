@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import statistics
 import sys
@@ -59,9 +58,7 @@ from bench.trigger_throughput import (  # noqa: E402
     status_counts,
     wait_drained,
 )
-from tests.daemon_proc import FIXTURES, DaemonProcess  # noqa: E402
-
-EXPORTER_MODULE = b"atlas.observability.span_export"
+from tests.daemon_proc import FIXTURES, DaemonProcess, child_pids, exporter_pid  # noqa: E402
 
 
 def say(msg: str) -> None:
@@ -116,29 +113,12 @@ class Mode:
     exporter_cpu: float = 0.0  # seconds of the exporter process during the measured rounds
 
 
-def _children(pid: int) -> list[int]:
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError):
-            found += [int(p) for p in (task / "children").read_text().split()]
-    return found
-
-
-def exporter_pid(daemon_pid: int) -> int | None:
-    """The daemon's trace exporter process, when it has one."""
-    for child in _children(daemon_pid):
-        with contextlib.suppress(OSError):
-            if EXPORTER_MODULE in Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0"):
-                return child
-    return None
-
-
 def pin(daemon_pid: int) -> None:
     """Every thread of the daemon on core 0; its other processes (nats-server, the exporter) and this one (wrk,
     the receiver) on core 1."""
     for task in Path(f"/proc/{daemon_pid}/task").iterdir():
         os.sched_setaffinity(int(task.name), {0})
-    for child in _children(daemon_pid):
+    for child in child_pids(daemon_pid):
         for task in Path(f"/proc/{child}/task").iterdir():
             os.sched_setaffinity(int(task.name), {1})
     os.sched_setaffinity(0, {1})

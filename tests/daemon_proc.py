@@ -30,6 +30,29 @@ def wait_for(predicate: Any, timeout: float = 20.0, interval: float = 0.02, what
         time.sleep(interval)
 
 
+def child_pids(pid: int) -> list[int]:
+    """The processes `pid` started (any of its threads), from /proc."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            found += [int(p) for p in (task / "children").read_text().split()]
+        except OSError:  # a thread that ended meanwhile
+            continue
+    return found
+
+
+def exporter_pid(daemon_pid: int) -> int | None:
+    """The daemon's trace exporter process (`python -m atlas.observability.span_export`), when it has one."""
+    for child in child_pids(daemon_pid):
+        try:
+            argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"atlas.observability.span_export" in argv:
+            return child
+    return None
+
+
 class DaemonProcess:
     def __init__(self, home: Path, workspaces: list[Path], env: dict[str, str] | None = None) -> None:
         self.home = home

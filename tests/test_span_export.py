@@ -23,7 +23,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from atlas.observability.span_export import ChildSpanExporter, OneResource, record_of, span_of
 from atlas.observability.tracing import Tracing, mark_error, record_model_answer
-from tests.daemon_proc import DaemonProcess, wait_for
+from tests.daemon_proc import DaemonProcess, exporter_pid, wait_for
 from tests.test_tracing import WS, _Receiver, serving, workspace
 
 CALLER = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -122,13 +122,6 @@ def test_the_exporter_process_sends_every_batch_before_shutdown_returns() -> Non
     assert {s.trace_id.hex() for s in got} == {"0af7651916cd43dd8448eb211c80319c"}
 
 
-def _children(pid: int) -> list[int]:
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        found += [int(p) for p in (task / "children").read_text().split()]
-    return found
-
-
 def _alive(pid: int) -> bool:
     """Running, as opposed to gone or a zombie nobody has reaped yet."""
     try:
@@ -136,14 +129,6 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return stat.rpartition(")")[2].split()[0] != "Z"
-
-
-def _exporter_process(pid: int) -> int | None:
-    for child in _children(pid):
-        cmdline = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
-        if b"atlas.observability.span_export" in cmdline:
-            return child
-    return None
 
 
 def test_a_killed_daemon_leaves_no_exporter_process_and_it_never_saw_a_secret(tmp_path: Path) -> None:
@@ -162,7 +147,7 @@ def test_a_killed_daemon_leaves_no_exporter_process_and_it_never_saw_a_secret(tm
                     return bool(receiver.spans)
 
             wait_for(started, 30, what="the first spans at the collector")
-            child = _exporter_process(daemon_pid)
+            child = exporter_pid(daemon_pid)
             assert child is not None and _alive(child)
             # Given what it needs of the daemon's environment, and none of its secrets.
             environ = dict(item.split(b"=", 1) for item in Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
