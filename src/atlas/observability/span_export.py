@@ -100,9 +100,6 @@ class OneResource(Resource):
     def __hash__(self) -> int:
         return self._hash
 
-    def __eq__(self, other: object) -> bool:
-        return self is other or super().__eq__(other)
-
 
 _PASSED_PREFIXES = ("OTEL_", "ATLAS_LOG_")
 _PASSED_NAMES = frozenset({
