@@ -14,13 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import nats
 import psycopg
 import pytest
-from nats.aio.msg import Msg
 
 from atlas.api.app import create_app
-from atlas.bus.client import SESSION_EVENTS
 from atlas.jsoncodec import loads
 from atlas.runtime.accept import TriggerRequest
 from tests.cluster.conftest import DaemonFactory
@@ -90,19 +87,8 @@ async def test_sessions_another_daemon_runs_are_written_by_it_alone(
 ) -> None:
     """A accepts and runs nothing (no runner slots), B runs everything, C only looks on. No daemon follows the log:
     C receives next to no messages while 30 sessions (over 100 events) are written, A keeps none of the sessions it
-    handed over in memory, and every row is complete in the shared database, written by B. Nor does B read a log to
-    take a session over: the envelope says where A's `session:queued` landed, so no direct get (every read of a
-    session's log is one) names any of these sessions; and the row B writes keeps A's queued time."""
+    handed over in memory, and every row is complete in the shared database, written by B."""
     homes = [tmp_path / name for name in "abc"]
-    log_reads: list[str] = []
-    spy = await nats.connect(servers=nats_cluster.urls.split(","))
-
-    async def on_read(msg: Msg) -> None:
-        log_reads.append(msg.subject + " " + msg.data.decode(errors="replace"))
-
-    await spy.subscribe(f"$JS.API.DIRECT.GET.{SESSION_EVENTS}.>", cb=on_read)
-    await spy.subscribe(f"$JS.API.DIRECT.GET.{SESSION_EVENTS}", cb=on_read)
-    await spy.flush()
     async with running(homes[0], [FIXTURES / "cluster"], nats_cluster.urls, database_url=pg_dsn,
                        max_concurrent_sessions=0) as a, \
             running(homes[1], [FIXTURES / "cluster"], nats_cluster.urls, database_url=pg_dsn), \
@@ -114,12 +100,6 @@ async def test_sessions_another_daemon_runs_are_written_by_it_alone(
         sids = {acc.session_id for acc in accepted}
         await until_async(lambda: all(pg_rows(pg_dsn).get(sid, ("",))[0] == "completed" for sid in sids), 60,
                           "every session completed in the shared read model")
-        await spy.flush()
-        assert [read for read in log_reads if any(sid in read for sid in sids)] == []
-        await spy.close()
-        queued = {sid: (await a.session_log.read_all(sid, limit=1))[0][0] for sid in list(sids)[:5]}
-        for sid, event in queued.items():
-            assert pg_rows(pg_dsn)[sid][1]["queuedAt"] == event["timestamp"]
         received = c.bus.nc.stats["in_msgs"] - received_before
         events = sum(int(view["lastSeq"]) for _, view in pg_rows(pg_dsn).values())
         assert events > 100

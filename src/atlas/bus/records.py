@@ -63,7 +63,6 @@ class Envelope(TypedDict):
     rerunOf: NotRequired[str]
     chat: NotRequired[dict[str, str]]
     traceparent: NotRequired[str]  # W3C trace context of the trigger (issue #18): the session span's parent
-    queuedSeq: NotRequired[int]  # stream sequence of `session:queued`, with a shared read model (issue #15)
 
 
 ENVELOPE_REQUIRED = ("workspaceId", "signalId", "sessionId", "correlationId", "rootSessionId", "depth", "trigger")

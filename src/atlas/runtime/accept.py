@@ -134,9 +134,6 @@ def queued_event(envelope: dict[str, Any], ws: Workspace | None, job_id: str) ->
         rerunOf=envelope.get("rerunOf"),
         chat=envelope.get("chat"),
         traceparent=envelope.get("traceparent"),
-        # Stamped with the acceptance time, so a runner on another daemon can rebuild this very event from the
-        # envelope instead of reading it back from the log (see `AcceptPipeline._accept`).
-        timestamp=envelope.get("acceptedAt"),
     )
 
 
@@ -268,18 +265,13 @@ class AcceptPipeline:
         if depth > 0:  # counted until its `session:queued` is in the read model, so racing cascades see it
             self._cascading[correlation_id] = self._cascading.get(correlation_id, 0) + 1
 
-        # Once SIGNALS has the envelope the trigger cannot be lost, whatever happens next; the consumer that takes it
-        # waits for our `session:queued` (or writes it itself if we never could, §8.2). Alone, or with a read model
-        # of its own, a daemon sends both writes at once: the consumer is nearly always this daemon, and
-        # `queued_tail` tells it where the log stands. With a shared read model the envelope goes second (spec §6.4's
-        # order) and carries that position (`queuedSeq`), so a runner on another daemon starts without reading the
-        # log (issue #15); it still leaves before the 202, together with the row's commit, at no extra wait.
+        # Both writes at once. Once SIGNALS has the envelope the trigger cannot be lost, whatever happens next; the
+        # consumer that takes it waits for our `session:queued` (or writes it itself if we never could, §8.2).
         tail: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._pending[sid] = tail
         budget = self.ride_through_s()
         writer = SessionWriter(self.session_log, self.store, sid, retry_for=budget)
-        shared = self.store.shared
-        envelope_sent = None if shared else self._send_envelope(envelope, data, writer, budget)
+        envelope_sent = asyncio.ensure_future(self.bus.publish_envelope(envelope, data, retry_for=budget))
         try:
             try:
                 await writer.append(queued_event(envelope, ws, job_id))
@@ -293,10 +285,8 @@ class AcceptPipeline:
                 self._tails[sid] = writer.stream_seq
                 while len(self._tails) > self.TAILS_KEPT:
                     self._tails.pop(next(iter(self._tails)))
-            if envelope_sent is None:
-                envelope_sent = self._send_envelope(envelope, data, writer, budget)
-            if shared and writer.seq > 0:  # read-your-writes on every daemon: the row is in the database first
-                await self._row_committed(sid)
+                if self.store.shared:  # read-your-writes on every daemon: the row is in the database before the 202
+                    await self._row_committed(sid)
             try:
                 await envelope_sent
             except Exception as exc:
@@ -309,19 +299,9 @@ class AcceptPipeline:
             self._pending.pop(sid, None)
             if not tail.done():
                 tail.set_result(0)
-            if envelope_sent is None:  # cancelled (the client went away) between the two writes: send it anyway
-                envelope_sent = self._send_envelope(envelope, data, writer, budget)
             if not envelope_sent.done():  # cancelled (the client went away mid-write): let it land or fail
                 envelope_sent.add_done_callback(_consume_exception)
         return Accepted(sid, correlation_id, ws.id, req.signal_id, job_id, "queued")
-
-    def _send_envelope(self, envelope: dict[str, Any], data: bytes, writer: SessionWriter,
-                       budget: float) -> asyncio.Future[None]:
-        """Publish the envelope; once `session:queued` has landed, with its stream sequence (`queuedSeq`)."""
-        if writer.seq > 0:
-            envelope["queuedSeq"] = writer.stream_seq
-            data = dumps(envelope)
-        return asyncio.ensure_future(self.bus.publish_envelope(envelope, data, retry_for=budget))
 
     async def _row_committed(self, sid: str) -> None:
         """Wait (at most `COMMIT_WAIT_S`) for the queued row of a shared read model; past it the trigger is still

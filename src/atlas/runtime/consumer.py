@@ -15,7 +15,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any
 
 from nats.aio.msg import Msg
 
@@ -166,12 +166,8 @@ class SignalConsumer:
             return False
         sid = env["sessionId"]
         tail = await self.queued_tail(sid)
-        queued_seq = env.get("queuedSeq")
         if tail > 0 and deliveries == 1:
             writer = SessionWriter(self.session_log, self.store, sid, seq=1, stream_seq=tail)
-        elif (deliveries == 1 and isinstance(queued_seq, int) and queued_seq > 0
-              and (from_envelope := self._writer_from_envelope(env, queued_seq)) is not None):
-            writer = from_envelope
         else:
             writer = await self._writer_after_queued(env)
             if writer.last_type not in UNSTARTED_TYPES:
@@ -222,19 +218,6 @@ class SignalConsumer:
             await self.lifecycle.cancel_and_wait(decision.victims, "replaced", "Replaced by a newer trigger",
                                                  self.replace_grace_s)
         return await self._start(ws, job_id, env, writer, msg)
-
-    def _writer_from_envelope(self, env: dict[str, Any], queued_seq: int) -> SessionWriter | None:
-        """A writer positioned after `session:queued`, which another daemon accepted and wrote at `queued_seq`
-        (issue #15): the event is rebuilt from the envelope as the acceptor built it (the base of this daemon's
-        first row write), and no log is read. Where the log has moved on meanwhile (a cancel while queued), the
-        first write is refused by the bus and the log is read then, as on every path that positions a writer
-        without reading. None when this daemon lacks the workspace or the job (the log is read then)."""
-        ws = self.workspaces.get(env["workspaceId"])
-        job_id = ws.job_for_signal.get(env["signalId"]) if ws is not None else None
-        if ws is None or job_id is None:
-            return None
-        queued = cast(dict[str, Any], queued_event(env, ws, job_id))
-        return SessionWriter.after(self.session_log, self.store, env["sessionId"], (queued, queued_seq))
 
     async def _writer_after_queued(self, env: dict[str, Any]) -> SessionWriter:
         """A writer positioned after the session's last event; writes `session:queued` first when the accepting
