@@ -220,6 +220,32 @@ def test_a_batch_larger_than_one_statement_is_split_and_stays_in_order(
     assert rm.get_stream_seq() == 5
 
 
+@pytest.mark.parametrize("size", [1, 3, 4, 7, 1200])
+def test_batches_of_any_size_store_every_row_exactly_and_keep_the_guard(rm: Model, size: int) -> None:
+    """PostgreSQL writes a few rows as one `VALUES` statement and more as one array per column (`unnest`): either
+    way every column and document lands as given (NULLs, quotes, backslashes, non-ASCII text), a stale row in a
+    batch is ignored, a newer one wins, and the stream sequence rides along."""
+    def pair(n: int, seq: int, status: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        view, summary = session(f"s{n:05d}", seq=seq, status=status, parent=f"s{n - 1:05d}" if n % 2 else None,
+                                root="s00000" if n % 3 else None)
+        view["results"] = {"say": f'"quoted" \\ back\\slash {{braces}} ünïcödé 😀 {n}', "n": n}
+        return view, summary
+
+    first = [pair(n, 2, "active") for n in range(size)]
+    rm.upsert_many(first, stream_seq=100 + size)
+    assert rm.get_stream_seq() == 100 + size
+    second = [pair(n, 1 if n % 2 else 3, "completed") for n in range(size)]  # odd rows stale, even rows newer
+    rm.upsert_many(second, stream_seq=200 + size)
+    assert rm.get_stream_seq() == 200 + size
+    for n in range(size):
+        want_view, want_summary = (second if n % 2 == 0 else first)[n]
+        sid = want_view["sessionId"]
+        assert rm.get_view(sid) == want_view
+        assert rm.get_summary(sid) == want_summary
+        assert rm.get_last_seq(sid) == (3 if n % 2 == 0 else 2)
+    assert len(all_pages(rm, 500, statuses=["completed"])) == (size + 1) // 2
+
+
 def test_stored_documents_are_the_compact_json_of_the_view_and_summary(rm: Model) -> None:
     view, summary = session("u", seq=1)
     view["payload"] = {"text": "é\u2028\n\"\\ \u0001 😀", "big": 12345678901234567890, "f": 1e-7}

@@ -79,9 +79,33 @@ WHERE CAST(excluded.value AS bigint) > CAST(meta.value AS bigint)
 """
 
 
-def _upsert_sql(rows: int) -> str:
+#: Batches of fewer rows are one `VALUES` statement: at most 41 parameters, so psycopg parses its text once and
+#: caches it (it caches statements of up to 50). Larger ones pass each column as one binary array to `unnest`: a
+#: statement text of fixed size whatever the batch, where a `VALUES` list of 13 placeholders a row was parsed again
+#: on every write (3–6× the client CPU per row from 4 rows a batch; measured in docs/benchmarks.md).
+_UNNEST_FROM: Final = 4
+_UPSERT_UNNEST: Final = f"""
+INSERT INTO sessions ({_COLUMNS})
+SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[],
+                     %b::text[], %b::text[], %b::bigint[], %b::text[], %b::text[])
+""" + _SET_LATEST
+
+
+def _upsert_values_sql(rows: int) -> str:
     marks = "(" + ", ".join(["%s"] * _WIDTH) + ")"
     return f"INSERT INTO sessions ({_COLUMNS}) VALUES " + ", ".join([marks] * rows) + _SET_LATEST
+
+
+_UPSERT_VALUES: Final = tuple(_upsert_values_sql(rows) for rows in range(_UNNEST_FROM))
+
+
+def _upsert_statement(chunk: list[Any]) -> tuple[str, list[Any]]:
+    """The statement writing the rows of `chunk` (flat, `_WIDTH` values a row, sessionId order) and its
+    parameters: a `VALUES` list for a few rows, one array per column for more (see `_UNNEST_FROM`)."""
+    rows = len(chunk) // _WIDTH
+    if rows < _UNNEST_FROM:
+        return _UPSERT_VALUES[rows], chunk
+    return _UPSERT_UNNEST, [chunk[column::_WIDTH] for column in range(_WIDTH)]
 
 
 def _newest_per_session(params: list[Any]) -> list[Any]:
@@ -201,10 +225,10 @@ class PostgresReadModel:
                     if stream_seq is not None:
                         conn.execute(_SET_STREAM_SEQ, (STREAM_SEQ_KEY, str(stream_seq)))
                     continue
-                sql, values = _upsert_sql(len(chunk) // _WIDTH), chunk
+                sql, values = _upsert_statement(chunk)
                 if last and stream_seq is not None:
                     sql = f"WITH seq AS ({_SET_STREAM_SEQ.strip()}) {sql}"
-                    values = [STREAM_SEQ_KEY, str(stream_seq), *chunk]
+                    values = [STREAM_SEQ_KEY, str(stream_seq), *values]
                 cur = conn.execute(sql, values)
                 written += max(cur.rowcount, 0)
         return written
