@@ -50,6 +50,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -167,6 +168,29 @@ def wait_completed(db: Path | str, target: int, timeout: float) -> float:
         time.sleep(0.05)
 
 
+def bus_messages(cluster: NatsCluster) -> dict[tuple[int, int], int]:
+    """Messages each client connection of the three nats-servers (the daemons, this bench) has sent and received so
+    far, from their monitoring endpoint (`/connz`): the bus work per trigger, which must not grow with the number of
+    daemons (issue #15)."""
+    out: dict[tuple[int, int], int] = {}
+    for node in cluster.nodes:
+        data = httpx.get(f"http://127.0.0.1:{node.monitor_port}/connz?limit=4096", timeout=10).json()
+        for conn in data.get("connections") or []:
+            out[(node.port, int(conn["cid"]))] = int(conn.get("in_msgs", 0)) + int(conn.get("out_msgs", 0))
+    return out
+
+
+def pg_write_transactions(db: Path | str) -> int:
+    """The next transaction id PostgreSQL will assign: its growth counts the write transactions committed or
+    attempted (reads take none, so this bench's polling does not count), exactly and at once (the statistics views
+    lag by up to seconds)."""
+    if not isinstance(db, str):
+        return 0
+    with psycopg.connect(db, autocommit=True) as pg:
+        row = pg.execute("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint").fetchone()
+        return int(row[0]) if row else 0
+
+
 def wait_caught_up(d: ClusterDaemon, db: Path | str, timeout: float) -> None:
     """Poll until daemon `d`'s read model has as many completed sessions as daemon 1's (nothing to wait for when
     they share PostgreSQL)."""
@@ -192,6 +216,8 @@ class Run:
     cpu_daemons: float
     cpu_nats: float
     cpu_pg: float = 0.0
+    bus_messages: int = 0  # sent and received by the clients of the nats-servers, until every session completed
+    pg_transactions: int = 0  # PostgreSQL write transactions, until every session completed
 
     @property
     def rps(self) -> float:
@@ -331,6 +357,7 @@ def measure(ds: list[ClusterDaemon], targets: list[ClusterDaemon], cluster: Nats
     pids = [d.proc.pid for d in ds if d.proc is not None]
     nats_pids = [n.proc.pid for n in cluster.nodes if n.proc is not None]
     before = completed(db)
+    msgs_before, xacts_before = bus_messages(cluster), pg_write_transactions(db)
     pg_before = {p: cpu_s(p) for p in pg_pids(pg)}
     c0 = (sum(cpu_s(p) for p in pids), sum(cpu_s(p) for p in nats_pids))
     t0 = time.monotonic()
@@ -340,7 +367,9 @@ def measure(ds: list[ClusterDaemon], targets: list[ClusterDaemon], cluster: Nats
     pg_cpu = sum(cpu_s(p) - pg_before.get(p, 0.0) for p in pg_pids(pg))  # backends born during the run count whole
     ok = sum(w.requests - w.non2xx for w in wrks)
     t_end = wait_completed(db, before + ok, args.drain_timeout)
-    return Run(len(ds), len(targets), wrks, t1 - t0, t_end - t0, ok, c1[0] - c0[0], c1[1] - c0[1], pg_cpu)
+    msgs = sum(n - msgs_before.get(conn, 0) for conn, n in bus_messages(cluster).items())
+    return Run(len(ds), len(targets), wrks, t1 - t0, t_end - t0, ok, c1[0] - c0[0], c1[1] - c0[1], pg_cpu,
+               msgs, pg_write_transactions(db) - xacts_before)
 
 
 @dataclass
@@ -430,6 +459,18 @@ def report(runs: list[Run], baselines: list[float], args: argparse.Namespace) ->
     print(f"**Median over the {args.rounds} round(s) of daemon CPU per 202** (issue #15's measure): "
           + "; ".join(f"{n} daemon(s){'' if n == t else ', triggers to daemon 1 only'}: {m:.2f} ms "
                       f"(**{m / medians[(1, 1)]:.2f}×**)" for (n, t), m in medians.items()) + ".\n")
+    def per_202(k: tuple[int, int], count: Callable[[Run], int]) -> float:
+        return statistics.median(count(r) / max(1, r.sessions) for r in runs if (r.n, r.targets) == k)
+
+    def named(k: tuple[int, int]) -> str:
+        return f"{k[0]} daemon(s){'' if k[0] == k[1] else ', triggers to daemon 1 only'}"
+
+    work = "; ".join(f"{named(k)}: {per_202(k, lambda r: r.bus_messages):.1f}" for k in kinds)
+    if shared:
+        work += "; PostgreSQL write transactions per 202 — " + "; ".join(
+            f"{named(k)}: {per_202(k, lambda r: r.pg_transactions):.2f}" for k in kinds)
+    print("**The work per trigger** (medians over the rounds, counted until every session of the run completed): "
+          f"messages the daemons exchanged with the nats-servers per 202 — {work}.\n")
     errors: Counter[str] = Counter()
     for r in runs:
         for w in r.wrks:
