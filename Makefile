@@ -44,12 +44,14 @@ bench: install loadgen
 test-cluster: install
 	ATLAS_CLUSTER_LONG=1 $(BIN)/pytest tests/cluster -m "cluster"
 
-# Trigger throughput with 1, 2 and 3 daemons on one cluster, then the cascade hop; markdown in bench/results/cluster.md.
+# Trigger throughput with 1, 2 and 3 daemons on one cluster, read-model writes to PostgreSQL, then the cascade hop;
+# markdown in bench/results/cluster.md.
 bench-cluster: install loadgen postgres
 	mkdir -p bench/results
 	timeout --kill-after=10 900 $(BIN)/python bench/cluster_throughput.py > bench/results/cluster.md; \
 		rc=$$?; timeout --kill-after=10 900 $(BIN)/python bench/cluster_throughput.py --postgres --rounds 3 --equal-load 100 \
 		>> bench/results/cluster.md || rc=1; \
+		timeout --kill-after=10 300 $(BIN)/python bench/pg_upsert.py >> bench/results/cluster.md || rc=1; \
 		timeout --kill-after=10 120 $(BIN)/python bench/cascade_hop.py --cascades 300 >> bench/results/cluster.md \
 		|| rc=1; cat bench/results/cluster.md; exit $$rc
 
