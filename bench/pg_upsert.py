@@ -11,7 +11,8 @@ reducer makes them) written on one autocommit connection, alternately:
   every batch before the eleventh session. psycopg parses a statement's text again on every call once it has more
   than 50 parameters (4 rows or more), and the text grows with the rows.
 - **adapter**: what ``PostgresReadModel`` sends now (``readmodel_pg._upsert_statement``): the same ``VALUES``
-  statement below 4 rows, one binary array per column into ``unnest`` from 4 rows on (a statement of fixed text).
+  statement below ``_UNNEST_FROM`` (8) rows, one binary array per column into ``unnest`` from there on (a statement
+  of fixed text).
 
 Client CPU is this process's (``time.process_time``); server CPU is the backend's (``/proc/<pid>/stat``, 10 ms
 ticks: coarse for small batches). Nothing asserts a number.
@@ -110,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
                 say(f"{rows} rows a batch done")
     finally:
         pg.close()
-    print("\nBelow 4 rows the adapter sends the `values` statement itself (the rows differ only by noise).\n")
+    print(f"\nBelow {readmodel_pg._UNNEST_FROM} rows the adapter sends the `values` statement itself (those rows "
+          "differ only by noise).\n")
     return 0
 
 

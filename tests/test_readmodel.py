@@ -220,7 +220,7 @@ def test_a_batch_larger_than_one_statement_is_split_and_stays_in_order(
     assert rm.get_stream_seq() == 5
 
 
-@pytest.mark.parametrize("size", [1, 3, 4, 7, 1200])
+@pytest.mark.parametrize("size", [1, 3, 4, 7, 8, 1200])
 def test_batches_of_any_size_store_every_row_exactly_and_keep_the_guard(rm: Model, size: int) -> None:
     """PostgreSQL writes a few rows as one `VALUES` statement and more as one array per column (`unnest`): either
     way every column and document lands as given (NULLs, quotes, backslashes, non-ASCII text), a stale row in a

@@ -79,11 +79,12 @@ WHERE CAST(excluded.value AS bigint) > CAST(meta.value AS bigint)
 """
 
 
-#: Batches of fewer rows are one `VALUES` statement: at most 41 parameters, so psycopg parses its text once and
-#: caches it (it caches statements of up to 50). Larger ones pass each column as one binary array to `unnest`: a
-#: statement text of fixed size whatever the batch, where a `VALUES` list of 13 placeholders a row was parsed again
-#: on every write (3–6× the client CPU per row from 4 rows a batch; measured in docs/benchmarks.md).
-_UNNEST_FROM: Final = 4
+#: Batches of fewer rows are one `VALUES` statement, 13 placeholders a row; larger ones pass each column as one
+#: binary array to `unnest`, a statement of fixed text whatever the batch. psycopg caches how it parses a statement
+#: only up to 50 parameters, so from 4 rows on a `VALUES` statement is parsed again on every write, at a client cost
+#: per row that `unnest` cuts to 0.4–0.6× at 8 rows and 0.2× at 64; but PostgreSQL spends 10–25 % more per row on
+#: a small `unnest`, and one database serves every daemon, so below 8 rows `VALUES` stays (bench/pg_upsert.py).
+_UNNEST_FROM: Final = 8
 _UPSERT_UNNEST: Final = f"""
 INSERT INTO sessions ({_COLUMNS})
 SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[],
@@ -96,7 +97,7 @@ def _upsert_values_sql(rows: int) -> str:
     return f"INSERT INTO sessions ({_COLUMNS}) VALUES " + ", ".join([marks] * rows) + _SET_LATEST
 
 
-_UPSERT_VALUES: Final = tuple(_upsert_values_sql(rows) for rows in range(_UNNEST_FROM))
+_UPSERT_VALUES: Final = {rows: _upsert_values_sql(rows) for rows in range(1, _UNNEST_FROM)}
 
 
 def _upsert_statement(chunk: list[Any]) -> tuple[str, list[Any]]:
