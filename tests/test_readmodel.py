@@ -246,6 +246,17 @@ def test_batches_of_any_size_store_every_row_exactly_and_keep_the_guard(rm: Mode
     assert len(all_pages(rm, 500, statuses=["completed"])) == (size + 1) // 2
 
 
+def test_a_large_batch_with_a_column_null_in_every_row(rm: Model) -> None:
+    """Root sessions have no parent: a batch written as arrays (`unnest`) whose parent column is NULL in every row
+    still stores them, and lineage queries find nothing under them."""
+    rows = [session(f"root{n:02d}", seq=2, status="active") for n in range(12)]
+    assert all(view.get("parentSessionId") is None for view, _ in rows)
+    rm.upsert_many(rows, stream_seq=9)
+    for view, summary in rows:
+        assert rm.get_view(view["sessionId"]) == view and rm.get_summary(view["sessionId"]) == summary
+    assert rm.children("root00") == [] and rm.get_stream_seq() == 9
+
+
 def test_stored_documents_are_the_compact_json_of_the_view_and_summary(rm: Model) -> None:
     view, summary = session("u", seq=1)
     view["payload"] = {"text": "é\u2028\n\"\\ \u0001 😀", "big": 12345678901234567890, "f": 1e-7}
