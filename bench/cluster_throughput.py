@@ -34,6 +34,11 @@ Usage: python bench/cluster_throughput.py [--duration 10] [--rounds 2] [--connec
    events (nobody follows the log), completions are counted in the database, no daemon needs to catch up on start,
    and the CPU of the PostgreSQL processes is reported as well. The issue's measure is the median of the rounds.
 
+7. The work per trigger, next to its CPU (issue #15: it must not grow with the daemons): the messages the daemons
+   exchanged with the nats-servers (each node's `/connz`, client connections only) and, with `--postgres`, the
+   database's write transactions (the growth of its next transaction id), per 202, counted until every session of
+   the run completed. Without `--postgres` every daemon follows the log, so its messages grow with the daemons.
+
 Markdown goes to stdout, progress to stderr. Nothing asserts a number: the ratios are the result.
 """
 
@@ -459,6 +464,7 @@ def report(runs: list[Run], baselines: list[float], args: argparse.Namespace) ->
     print(f"**Median over the {args.rounds} round(s) of daemon CPU per 202** (issue #15's measure): "
           + "; ".join(f"{n} daemon(s){'' if n == t else ', triggers to daemon 1 only'}: {m:.2f} ms "
                       f"(**{m / medians[(1, 1)]:.2f}×**)" for (n, t), m in medians.items()) + ".\n")
+
     def per_202(k: tuple[int, int], count: Callable[[Run], int]) -> float:
         return statistics.median(count(r) / max(1, r.sessions) for r in runs if (r.n, r.targets) == k)
 
