@@ -66,6 +66,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.trigger_throughput import cpu_seconds  # noqa: E402
 from tests.cluster.harness import ClusterDaemon, NatsCluster  # noqa: E402
 from tests.daemon_proc import FIXTURES  # noqa: E402
 from tests.pg import PgServer, start_pg_server  # noqa: E402
@@ -139,14 +140,6 @@ def run_wrk_parallel(urls: list[str], script: Path, duration: int, connections: 
 
 
 # ------------------------------------------------------------------------------------------------ CPU, store
-
-def cpu_s(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
 
 def completed(db: Path | str) -> int:
     """Completed sessions in a read model: daemon 1's SQLite file, or the shared PostgreSQL database (a DSN)."""
@@ -363,13 +356,14 @@ def measure(ds: list[ClusterDaemon], targets: list[ClusterDaemon], cluster: Nats
     nats_pids = [n.proc.pid for n in cluster.nodes if n.proc is not None]
     before = completed(db)
     msgs_before, xacts_before = bus_messages(cluster), pg_write_transactions(db)
-    pg_before = {p: cpu_s(p) for p in pg_pids(pg)}
-    c0 = (sum(cpu_s(p) for p in pids), sum(cpu_s(p) for p in nats_pids))
+    pg_before = {p: cpu_seconds(p) for p in pg_pids(pg)}
+    c0 = (sum(cpu_seconds(p) for p in pids), sum(cpu_seconds(p) for p in nats_pids))
     t0 = time.monotonic()
     wrks = run_wrk_parallel([d.url + PATH for d in targets], script, args.duration, args.connections)
     t1 = time.monotonic()
-    c1 = (sum(cpu_s(p) for p in pids), sum(cpu_s(p) for p in nats_pids))
-    pg_cpu = sum(cpu_s(p) - pg_before.get(p, 0.0) for p in pg_pids(pg))  # backends born during the run count whole
+    c1 = (sum(cpu_seconds(p) for p in pids), sum(cpu_seconds(p) for p in nats_pids))
+    # Backends born during the run count whole.
+    pg_cpu = sum(cpu_seconds(p) - pg_before.get(p, 0.0) for p in pg_pids(pg))
     ok = sum(w.requests - w.non2xx for w in wrks)
     t_end = wait_completed(db, before + ok, args.drain_timeout)
     msgs = sum(n - msgs_before.get(conn, 0) for conn, n in bus_messages(cluster).items())
@@ -408,9 +402,9 @@ def measure_equal_load(ds: list[ClusterDaemon], db: Path | str, args: argparse.N
     """`args.equal_load` triggers/s offered to each daemon of `ds`; the daemons' CPU per accepted trigger."""
     pids = [d.proc.pid for d in ds if d.proc is not None]
     before = completed(db)
-    c0 = sum(cpu_s(p) for p in pids)
+    c0 = sum(cpu_seconds(p) for p in pids)
     accepted = run_hey_rate([d.url + PATH for d in ds], args.equal_load, args.duration)
-    c1 = sum(cpu_s(p) for p in pids)
+    c1 = sum(cpu_seconds(p) for p in pids)
     wait_completed(db, before + accepted, args.drain_timeout)
     return EqualLoad(len(ds), accepted, c1 - c0)
 

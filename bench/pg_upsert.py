@@ -21,7 +21,6 @@ ticks: coarse for small batches). Nothing asserts a number.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 import uuid
@@ -35,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.trigger_throughput import cpu_seconds  # noqa: E402
 from tests.pg import start_pg_server  # noqa: E402
 
 from atlas.sessions import readmodel_pg  # noqa: E402
@@ -63,19 +63,14 @@ def values_statement(chunk: list[Any]) -> tuple[str, list[Any]]:
     return readmodel_pg._upsert_values_sql(len(chunk) // readmodel_pg._WIDTH), chunk
 
 
-def backend_cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def measure(conn: psycopg.Connection[Any], backend: int, batches: list[list[Any]],
             statement: Callable[[list[Any]], tuple[str, list[Any]]]) -> tuple[float, float]:
     """(client, server) CPU seconds to write `batches` with `statement`."""
-    c0, s0 = time.process_time(), backend_cpu_s(backend)
+    c0, s0 = time.process_time(), cpu_seconds(backend)
     for chunk in batches:
         sql, params = statement(chunk)
         conn.execute(sql, params)
-    return time.process_time() - c0, backend_cpu_s(backend) - s0
+    return time.process_time() - c0, cpu_seconds(backend) - s0
 
 
 def main(argv: list[str] | None = None) -> int:
