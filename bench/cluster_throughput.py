@@ -68,7 +68,7 @@ if str(ROOT) not in sys.path:
 
 from bench.trigger_throughput import cpu_seconds  # noqa: E402
 from tests.cluster.harness import ClusterDaemon, NatsCluster  # noqa: E402
-from tests.daemon_proc import FIXTURES  # noqa: E402
+from tests.daemon_proc import FIXTURES, child_pids  # noqa: E402
 from tests.pg import PgServer, start_pg_server  # noqa: E402
 
 BODY = '{"payload":{"n":1}}'
@@ -336,17 +336,9 @@ def pg_pids(pg: PgServer | None) -> list[int]:
         return []
     try:
         master = int((pg.datadir / "postmaster.pid").read_text().split()[0])
+        return [master, *child_pids(master)]
     except (OSError, ValueError, IndexError):
         return []
-    children = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if int((entry / "stat").read_text().rpartition(")")[2].split()[1]) == master:
-                    children.append(int(entry.name))
-            except (OSError, ValueError, IndexError):
-                continue
-    return [master, *children]
 
 
 def measure(ds: list[ClusterDaemon], targets: list[ClusterDaemon], cluster: NatsCluster, db: Path | str,
