@@ -15,9 +15,11 @@ Usage: python bench/cluster_throughput.py [--duration 10] [--rounds 2] [--connec
    read model, which materialises all of them) and sessions completed per second are reported, first trigger to
    last completion. A last run per round keeps all 3 daemons up but sends every trigger to daemon 1: what two
    extra daemons cost when they accept nothing (they still run sessions and materialise every event).
-3. A baseline in the same run: one ``js.publish`` and a 202 in daemon 1 (``ATLAS_BENCH_BASELINE=1``,
+3. A baseline in the same run: one ``js.publish`` and a 202 in the daemon's own process (``ATLAS_BENCH_BASELINE=1``,
    ``POST /__bench/publish``, an R1 memory stream), so the 1-daemon number can be compared with the single-daemon
-   benchmark's ratio.
+   benchmark's ratio. It is measured on 1 daemon and on 3 daemons (the connections split the same way), and its
+   daemon CPU per 202 gives the machine's own price of splitting an event-loop workload over three processes: the
+   floor under issue #15's ratio on this machine, whatever the daemon does per trigger.
 4. CPU seconds of the daemons and of the three nats-servers during each wrk run (``/proc/<pid>/stat``) show where
    the machine's cores went: on a 2-core machine, 3 nats-servers, n daemons and wrk share the same two cores,
    so adding daemons can only help as far as one daemon leaves CPU idle.
@@ -269,10 +271,10 @@ def main(argv: list[str] | None = None) -> int:
         pg = start_pg_server() if args.postgres else None
         env = {**ENV, "ATLAS_DATABASE_URL": pg.create_database("atlas")} if pg is not None else ENV
         daemons = [ClusterDaemon(root / f"d{i + 1}", [FIXTURES / "cluster"], cluster,
-                                 {**env, "ATLAS_BENCH_BASELINE": "1"} if i == 0 else env) for i in range(3)]
+                                 {**env, "ATLAS_BENCH_BASELINE": "1"}) for i in range(3)]
         runs: list[Run] = []
         equal: list[EqualLoad] = []
-        baselines: list[float] = []
+        baselines: list[Baseline] = []
         try:
             say("starting daemon 1")
             daemons[0].start(timeout=60)
@@ -285,9 +287,8 @@ def main(argv: list[str] | None = None) -> int:
             say("warm-up")
             run_wrk_parallel([daemons[0].url + PATH], script, 3, args.connections)
             for rnd in range(args.rounds):
-                base = run_wrk_parallel([daemons[0].url + BASELINE_PATH], script, args.duration, args.connections)
-                baselines.append(base[0].rps)
-                say(f"round {rnd + 1}: baseline {base[0].rps:,.0f} req/s")
+                baselines.append(measure_baseline(daemons[:1], script, args))
+                say(f"round {rnd + 1}: baseline {baselines[-1].rps:,.0f} req/s")
                 for n in (1, 2, 3):
                     for d in daemons[:n]:
                         if not d.running:
@@ -299,6 +300,10 @@ def main(argv: list[str] | None = None) -> int:
                     runs.append(measure(daemons[:n], daemons[:n], cluster, db, script, args, pg))
                     say(f"round {rnd + 1}, {n} daemon(s): {runs[-1].rps:,.0f} req/s, "
                         f"{runs[-1].session_rate:,.0f} sessions/s")
+                    if n == 3:
+                        baselines.append(measure_baseline(daemons[:3], script, args))
+                        say(f"round {rnd + 1}: baseline on 3 daemons {baselines[-1].rps:,.0f} req/s, "
+                            f"{baselines[-1].cpu_per_202_ms:.3f} ms daemon CPU per 202")
                     if args.equal_load and n in (1, 3):
                         equal.append(measure_equal_load(daemons[:n], db, args))
                         say(f"round {rnd + 1}, {n} daemon(s) at {args.equal_load}/s each: "
@@ -364,6 +369,30 @@ def measure(ds: list[ClusterDaemon], targets: list[ClusterDaemon], cluster: Nats
 
 
 @dataclass
+class Baseline:
+    """The bare endpoint (one publish, a 202) under wrk on n daemons."""
+    n: int
+    wrks: list[Wrk]
+    cpu_daemons: float
+
+    @property
+    def rps(self) -> float:
+        return sum(w.rps for w in self.wrks)
+
+    @property
+    def cpu_per_202_ms(self) -> float:
+        return self.cpu_daemons * 1e3 / max(1, sum(w.requests - w.non2xx for w in self.wrks))
+
+
+def measure_baseline(ds: list[ClusterDaemon], script: Path, args: argparse.Namespace) -> Baseline:
+    """wrk against the bare endpoint of every daemon in `ds` (the connections split over them); their CPU."""
+    pids = [d.proc.pid for d in ds if d.proc is not None]
+    c0 = sum(cpu_seconds(p) for p in pids)
+    wrks = run_wrk_parallel([d.url + BASELINE_PATH for d in ds], script, args.duration, args.connections)
+    return Baseline(len(ds), wrks, sum(cpu_seconds(p) for p in pids) - c0)
+
+
+@dataclass
 class EqualLoad:
     n: int
     accepted: int
@@ -411,7 +440,7 @@ def report_equal_load(equal: list[EqualLoad], args: argparse.Namespace) -> None:
           + f" ms. Medians {one:.2f} ms and {three:.2f} ms: **{three / one:.2f}×**.\n")
 
 
-def report(runs: list[Run], baselines: list[float], args: argparse.Namespace) -> None:
+def report(runs: list[Run], baselines: list[Baseline], args: argparse.Namespace) -> None:
     kinds = [(n, n) for n in (1, 2, 3)] + [(3, 1)]
     best = {k: max((r for r in runs if (r.n, r.targets) == k), key=lambda r: r.rps) for k in kinds}
     one = best[(1, 1)]
@@ -470,9 +499,17 @@ def report(runs: list[Run], baselines: list[float], args: argparse.Namespace) ->
     if errors:
         print(f"Non-202 answers over all runs: {dict(errors)}.\n")
     if baselines:
-        b = max(baselines)
+        b = max(x.rps for x in baselines if x.n == 1)
         print(f"Baseline in the same run (daemon 1, `POST /__bench/publish`: one `js.publish` to an R1 memory stream "
               f"→ 202): {b:,.0f} req/s; the 1-daemon trigger rate is **{one.rps / b:.2f}×** of it.\n")
+        split = {n: statistics.median(x.cpu_per_202_ms for x in baselines if x.n == n) for n in (1, 3)}
+        atlas, floor = medians[(3, 3)] / medians[(1, 1)], split[3] / split[1]
+        print(f"**The machine's price of three processes** (the same baseline on 1 daemon, then on 3 with the "
+              f"{args.connections} connections split over them; daemon CPU per 202, all rounds): 1 daemon "
+              + ", ".join(f"{x.cpu_per_202_ms:.3f}" for x in baselines if x.n == 1) + " ms; 3 daemons "
+              + ", ".join(f"{x.cpu_per_202_ms:.3f}" for x in baselines if x.n == 3)
+              + f" ms. Medians {split[1]:.3f} and {split[3]:.3f} ms: **{floor:.2f}×** for one publish and a 202, "
+              f"against **{atlas:.2f}×** for a trigger (ratio of the two: {atlas / floor:.2f}).\n")
     print("\"sessions completed/s\" counts from the first trigger to the last completion of the run's sessions (as "
           "daemon 1's read model sees them); \"CPU (cores)\" is CPU seconds per wall second during the wrk run, summed "
           "over the daemons and over the three nats-servers; \"daemon CPU per 202\" is the daemons' CPU during the run "
