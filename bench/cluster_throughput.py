@@ -285,9 +285,11 @@ def main(argv: list[str] | None = None) -> int:
                     if r.status_code != 202:
                         raise RuntimeError(f"{url} answered {r.status_code}: {r.text[:200]}")
             say("warm-up")
-            run_wrk_parallel([daemons[0].url + PATH], script, 3, args.connections)
+            before = completed(db)
+            warm = run_wrk_parallel([daemons[0].url + PATH], script, 3, args.connections)
+            wait_completed(db, before + sum(w.requests - w.non2xx for w in warm), args.drain_timeout)
             for rnd in range(args.rounds):
-                baselines.append(measure_baseline(daemons[:1], script, args))
+                baselines.append(measure_baseline(daemons[:1], db, script, args))
                 say(f"round {rnd + 1}: baseline {baselines[-1].rps:,.0f} req/s")
                 for n in (1, 2, 3):
                     for d in daemons[:n]:
@@ -301,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
                     say(f"round {rnd + 1}, {n} daemon(s): {runs[-1].rps:,.0f} req/s, "
                         f"{runs[-1].session_rate:,.0f} sessions/s")
                     if n == 3:
-                        baselines.append(measure_baseline(daemons[:3], script, args))
+                        baselines.append(measure_baseline(daemons[:3], db, script, args))
                         say(f"round {rnd + 1}: baseline on 3 daemons {baselines[-1].rps:,.0f} req/s, "
                             f"{baselines[-1].cpu_per_202_ms:.3f} ms daemon CPU per 202")
                     if args.equal_load and n in (1, 3):
@@ -384,8 +386,11 @@ class Baseline:
         return self.cpu_daemons * 1e3 / max(1, sum(w.requests - w.non2xx for w in self.wrks))
 
 
-def measure_baseline(ds: list[ClusterDaemon], script: Path, args: argparse.Namespace) -> Baseline:
-    """wrk against the bare endpoint of every daemon in `ds` (the connections split over them); their CPU."""
+def measure_baseline(ds: list[ClusterDaemon], db: Path | str, script: Path, args: argparse.Namespace) -> Baseline:
+    """wrk against the bare endpoint of every daemon in `ds` (the connections split over them); their CPU. Once
+    every daemon has caught up with the sessions of earlier runs, so that only the endpoint is measured."""
+    for d in ds:
+        wait_caught_up(d, db, args.drain_timeout)
     pids = [d.proc.pid for d in ds if d.proc is not None]
     c0 = sum(cpu_seconds(p) for p in pids)
     wrks = run_wrk_parallel([d.url + BASELINE_PATH for d in ds], script, args.duration, args.connections)
