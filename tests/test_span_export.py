@@ -17,11 +17,16 @@ import httpx
 import pytest
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanContext, SpanKind, StatusCode, TraceFlags, TraceState
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.trace.status import Status
 
-from atlas.observability.span_export import ChildSpanExporter, OneResource, record_of, span_of
+from atlas.observability.otlp_spans import RecordEncoder
+from atlas.observability.span_export import ChildSpanExporter, record_of
 from atlas.observability.tracing import Tracing, mark_error, record_model_answer
 from tests.daemon_proc import DaemonProcess, exporter_pid, wait_for
 from tests.test_tracing import WS, _Receiver, serving, workspace
@@ -53,10 +58,9 @@ def test_a_span_sent_through_the_pipe_encodes_to_the_same_otlp_bytes() -> None:
     spans = exporter.get_finished_spans()
     assert [s.name for s in spans] == ["child", "chat m", "POST /x"]
     assert tracing.provider is not None
-    resource = OneResource(tracing.provider.resource)  # the exporter process's, hashed once
-    assert hash(resource) == hash(tracing.provider.resource) and resource == tracing.provider.resource
-    rebuilt = [span_of(record_of(s), resource) for s in spans]
-    assert encode_spans(rebuilt).SerializeToString() == encode_spans(spans).SerializeToString()
+    # What the exporter process sends is byte for byte what the SDK's encoder makes of the daemon's spans.
+    sent = RecordEncoder(tracing.provider.resource).encode([record_of(s) for s in spans])
+    assert sent == encode_spans(spans).SerializeToString()
 
     child, model, request = spans
     assert request.parent is not None and request.parent.is_remote
@@ -66,6 +70,50 @@ def test_a_span_sent_through_the_pipe_encodes_to_the_same_otlp_bytes() -> None:
     assert child.status.status_code == StatusCode.ERROR and (child.attributes or {})["error.type"] == "boom"
     assert (model.attributes or {})["gen_ai.response.finish_reasons"] == ("stop",)
     assert model.kind == SpanKind.CLIENT and (request.attributes or {})["n"] == 3
+
+
+def _span(name: str, attributes: dict[str, object], *, parent: SpanContext | None = None,
+          scope: InstrumentationScope | None = None, kind: SpanKind = SpanKind.INTERNAL,
+          status: Status | None = None, state: TraceState | None = None, resource: Resource) -> ReadableSpan:
+    context = SpanContext(0x0AF7651916CD43DD8448EB211C80319C, hash(name) & 0xFFFFFFFFFFFFFFFF or 1, is_remote=False,
+                          trace_flags=TraceFlags(1), trace_state=state or TraceState())
+    return ReadableSpan(name=name, context=context, parent=parent, resource=resource, attributes=attributes,
+                        kind=kind, status=status or Status(StatusCode.UNSET), start_time=1_700_000_000_000_000_001,
+                        end_time=1_700_000_000_123_456_789, instrumentation_scope=scope)
+
+
+def test_every_attribute_type_scope_kind_and_status_encodes_as_the_sdk_does() -> None:
+    """The encoder against the SDK's, over what a span can hold: each attribute value type (lists, an empty one, a
+    mapping, bytes, a value neither can encode), scopes with and without a version and none at all, every kind,
+    each status, a remote and a local parent, a trace state; and a resource with a schema URL."""
+    resource = Resource({"service.name": "atlasd", "host.cores": 2, "deployment.blue": True,
+                         "process.command_args": ("atlas", "daemon", "start")}, "https://opentelemetry.io/schemas/1.4.0")
+    values: dict[str, object] = {
+        "s": "text ünïcode", "empty": "", "t": True, "f": False, "i": -7, "zero": 0, "big": 2**62, "x": 0.25,
+        "strs": ["a", "b"], "ints": (1, 2, 3), "bools": [True, False], "floats": [1.5], "none_list": [],
+        "bytes": b"\x00\xff", "map": {"k": "v", "n": 1}, "bad": object(), "after_bad": "kept"}
+    remote = SpanContext(0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, is_remote=True,
+                         trace_flags=TraceFlags(1))
+    local = SpanContext(0x0AF7651916CD43DD8448EB211C80319C, 0x1111111111111111, is_remote=False,
+                        trace_flags=TraceFlags(0))
+    spans = [
+        _span("root", values, resource=resource, kind=SpanKind.SERVER, state=TraceState([("vendor", "abc"),
+                                                                                         ("other", "1")])),
+        _span("remote child", {"n": 1}, parent=remote, kind=SpanKind.CLIENT, resource=resource,
+              scope=InstrumentationScope("atlas", "1.0"), status=Status(StatusCode.ERROR, "boom")),
+        _span("local child", {}, parent=local, kind=SpanKind.PRODUCER, resource=resource,
+              scope=InstrumentationScope("atlas", None), status=Status(StatusCode.OK)),
+        _span("consumer", {"n": 2}, kind=SpanKind.CONSUMER, resource=resource,
+              scope=InstrumentationScope("atlas", "1.0")),
+        _span("no scope again", {"n": 3}, resource=resource),
+    ]
+    sdk = encode_spans(spans)
+    assert RecordEncoder(resource).encode([record_of(s) for s in spans]) == sdk.SerializeToString()
+    # The comparison is not vacuous: the SDK's request holds three scopes, the skipped attribute and the rest.
+    [resource_spans] = sdk.resource_spans
+    assert resource_spans.schema_url.endswith("1.4.0") and len(resource_spans.scope_spans) == 3
+    root_keys = [kv.key for kv in resource_spans.scope_spans[0].spans[0].attributes]
+    assert "bad" not in root_keys and root_keys[-1] == "after_bad" and len(root_keys) == len(values) - 1
 
 
 def test_a_finished_span_takes_no_more_writes() -> None:

@@ -1,14 +1,15 @@
 """Spans leave the daemon through a child process that encodes them for OTLP and sends them (issue #18).
 
-Why a process: the OTLP exporter builds a protobuf message field by field in Python, about 36 µs per span, on the
-batch processor's thread, and that thread holds the GIL the daemon's event loop needs: three spans per trigger cost
-the loop about as much as accepting the trigger itself. Here the daemon's `BatchSpanProcessor` (the standard
+Why a process: OTLP encoding is protobuf messages built field by field in Python, and on the batch processor's
+thread it would hold the GIL the daemon's event loop needs. Here the daemon's `BatchSpanProcessor` (the standard
 `OTEL_BSP_*` variables: queue size, batch size, delay) hands each batch to `ChildSpanExporter`, which writes it
 down a pipe as plain tuples (about 1 µs a span); the child (`python -m atlas.observability.span_export`, started
-with the daemon) turns them back into the SDK's `ReadableSpan`s and exports them with the SDK's
-`OTLPSpanExporter`, configured by the same `OTEL_EXPORTER_OTLP_*` variables the daemon was started with.
+with the daemon) encodes them (`atlas.observability.otlp_spans`: the bytes the SDK's encoder would make of the
+same spans, at a third of its cost) and sends them through the SDK's `OTLPSpanExporter`'s HTTP client, configured
+by the same `OTEL_EXPORTER_OTLP_*` variables the daemon was started with (endpoint, headers, compression, timeout,
+certificates; its retries and their logging).
 
-One module owns the pipe's format (`record_of`, `span_of`, the frames). The child ends when the pipe closes: at
+One module owns the pipe's format (`record_of`, the frames). The child ends when the pipe closes: at
 the daemon's shutdown (after sending what it was given), and when the daemon dies, even by `kill -9`, so a killed
 daemon leaves no exporter behind. It runs in its own session, so a terminal's Ctrl-C reaches the daemon only, which
 then flushes its last spans through it. A slow collector fills the pipe and then the daemon's batch queue, whose
@@ -17,7 +18,6 @@ overflow the batch processor drops, as it would have dropped it in-process: the 
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import pickle
@@ -28,16 +28,12 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import IO, Any
 
-from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
-from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanContext, SpanKind, TraceFlags, TraceState
-from opentelemetry.trace.status import Status, StatusCode
 
 from atlas.observability.logs import LOG_FORMATS, configure_logging
 
-__all__ = ["ChildSpanExporter", "OneResource", "exporter_environment", "record_of", "span_of"]
+__all__ = ["ChildSpanExporter", "exporter_environment", "record_of"]
 
 log = logging.getLogger("atlas.tracing")
 
@@ -52,7 +48,8 @@ Record = tuple[Any, ...]
 
 
 def record_of(span: ReadableSpan) -> Record:
-    """The pipe's form of an ended span: what an OTLP export reads of it, as plain values."""
+    """The pipe's form of an ended span: what an OTLP export reads of it, as plain values (the exporter process
+    reads them in this order: `atlas.observability.otlp_spans`)."""
     ctx = span.context
     parent = span.parent
     assert ctx is not None
@@ -64,41 +61,6 @@ def record_of(span: ReadableSpan) -> Record:
         None if span.instrumentation_scope is None else (span.instrumentation_scope.name,
                                                         span.instrumentation_scope.version),
     )
-
-
-def span_of(record: Record, resource: Resource) -> ReadableSpan:
-    """The `ReadableSpan` a record was made from (its events and links aside: atlas records none)."""
-    (name, trace_id, span_id, flags, state, parent, kind, start, end, attributes, status_code, description,
-     scope) = record
-    parent_context = None
-    if parent is not None:
-        parent_context = SpanContext(trace_id, parent[0], is_remote=parent[1], trace_flags=TraceFlags(parent[2]))
-    return ReadableSpan(
-        name=name,
-        context=SpanContext(trace_id, span_id, is_remote=False, trace_flags=TraceFlags(flags),
-                            trace_state=TraceState(state)),
-        parent=parent_context, resource=resource, attributes=attributes, kind=SpanKind(kind),
-        status=Status(StatusCode(status_code), description), start_time=start, end_time=end,
-        instrumentation_scope=None if scope is None else _scope(scope[0], scope[1]),
-    )
-
-
-@functools.lru_cache(maxsize=16)
-def _scope(name: str, version: str | None) -> InstrumentationScope:
-    return InstrumentationScope(name, version)
-
-
-class OneResource(Resource):
-    """The exporter's resource, hashed once. The OTLP encoder groups spans by resource, hashing every span's, and
-    `Resource.__hash__` serialises the attributes to JSON each time: a fifth of the encoding. A resource is
-    immutable, so its hash never changes."""
-
-    def __init__(self, resource: Resource) -> None:
-        super().__init__(resource.attributes, resource.schema_url)
-        self._hash = super().__hash__()
-
-    def __hash__(self) -> int:
-        return self._hash
 
 
 _PASSED_PREFIXES = ("OTEL_", "ATLAS_LOG_")
@@ -205,16 +167,21 @@ def main() -> int:
     os.nice(EXPORTER_NICENESS)
     fmt = os.environ.get("ATLAS_LOG_FORMAT", "text").strip().lower()
     configure_logging("warning", fmt if fmt in LOG_FORMATS else "text")  # into the daemon's log, in its format
-    # Imported here: the daemon never needs the exporter's protobuf and requests stack in its own process.
+    # Imported here: the daemon never needs the exporter's protobuf and HTTP stack in its own process.
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
+    from atlas.observability.otlp_spans import RecordEncoder
     from atlas.observability.tracing import service_resource
 
-    resource = OneResource(service_resource())
+    encoder = RecordEncoder(service_resource())
     exporter = OTLPSpanExporter()
+    # The exporter's own `export` takes SDK spans and encodes them itself; its client takes the encoded request
+    # (and compresses, retries and logs as for any batch). A private name of a pinned SDK: the exporter-process
+    # tests send through it, so an SDK that renames it fails them.
+    client = exporter._client
     try:
         for records in _read_frames(sys.stdin.buffer):
-            exporter.export([span_of(record, resource) for record in records])
+            client.export(encoder.encode(records))
     finally:
         exporter.shutdown()
     return 0
