@@ -1,12 +1,12 @@
 """The OTLP request the exporter process sends (issue #18), built from the pipe's span records.
 
 Why not the SDK's encoder: `encode_spans` turns each `ReadableSpan` into protobuf messages one constructor at a
-time (an `AnyValue` and a `KeyValue` per attribute, then a `Span` that copies them in), about 32 µs a span; on a
-machine whose cores are all busy that is most of what tracing costs. Here the same messages, from the same
-`opentelemetry-proto` classes, are filled in place (`add()` on the repeated fields): about 9 µs a span, with no
-`ReadableSpan` rebuilt in between. The bytes are the SDK's own: tests/test_span_export.py holds this module to
-`encode_spans` of the spans the records were made from, field by field and byte for byte, so a new SDK that encodes
-differently fails there first.
+time (an `AnyValue` and a `KeyValue` per attribute, then a `Span` that copies them in), about 32 µs a span, two
+thirds of what the exporter process spent per span, on cores the daemon and nats-server may need. Here the same
+messages, from the same `opentelemetry-proto` classes, are filled in place (`add()` on the repeated fields): about
+9 µs a span, with no `ReadableSpan` rebuilt in between. The bytes are the SDK's own: tests/test_span_export.py
+holds this module to `encode_spans` of the spans the records were made from, byte for byte, so a new SDK that
+encodes differently fails there first.
 
 Only the exporter process imports this (the daemon never needs protobuf); the record layout is
 `atlas.observability.span_export`'s.
