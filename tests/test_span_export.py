@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import zlib
 from pathlib import Path
 
 import httpx
@@ -75,7 +76,7 @@ def test_a_span_sent_through_the_pipe_encodes_to_the_same_otlp_bytes() -> None:
 def _span(name: str, attributes: dict[str, object], *, parent: SpanContext | None = None,
           scope: InstrumentationScope | None = None, kind: SpanKind = SpanKind.INTERNAL,
           status: Status | None = None, state: TraceState | None = None, resource: Resource) -> ReadableSpan:
-    context = SpanContext(0x0AF7651916CD43DD8448EB211C80319C, hash(name) & 0xFFFFFFFFFFFFFFFF or 1, is_remote=False,
+    context = SpanContext(0x0AF7651916CD43DD8448EB211C80319C, zlib.crc32(name.encode()) + 1, is_remote=False,
                           trace_flags=TraceFlags(1), trace_state=state or TraceState())
     return ReadableSpan(name=name, context=context, parent=parent, resource=resource, attributes=attributes,
                         kind=kind, status=status or Status(StatusCode.UNSET), start_time=1_700_000_000_000_000_001,
