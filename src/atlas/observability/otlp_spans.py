@@ -86,7 +86,7 @@ class RecordEncoder:
         resource_spans = request.resource_spans.add(schema_url=self._schema_url)
         resource_spans.resource.CopyFrom(self._resource)
         scopes: dict[Any, ScopeSpans] = {}
-        for (name, trace_id, span_id, _flags, state, parent, kind, start, end, attributes, status_code, description,
+        for (name, trace_id, span_id, state, parent, kind, start, end, attributes, status_code, description,
              scope) in records:
             scope_spans = scopes.get(scope)
             if scope_spans is None:

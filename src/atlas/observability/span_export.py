@@ -49,13 +49,13 @@ Record = tuple[Any, ...]
 
 def record_of(span: ReadableSpan) -> Record:
     """The pipe's form of an ended span: what an OTLP export reads of it, as plain values (the exporter process
-    reads them in this order: `atlas.observability.otlp_spans`)."""
+    reads them in this order: `atlas.observability.otlp_spans`). No trace flags: OTLP's span carries none."""
     ctx = span.context
     parent = span.parent
     assert ctx is not None
     return (
-        span.name, ctx.trace_id, ctx.span_id, int(ctx.trace_flags), list(ctx.trace_state.items()),
-        None if parent is None else (parent.span_id, parent.is_remote, int(parent.trace_flags)),
+        span.name, ctx.trace_id, ctx.span_id, list(ctx.trace_state.items()),
+        None if parent is None else (parent.span_id, parent.is_remote),
         span.kind.value, span.start_time, span.end_time, dict(span.attributes or {}),
         span.status.status_code.value, span.status.description,
         None if span.instrumentation_scope is None else (span.instrumentation_scope.name,
