@@ -17,9 +17,10 @@ from pathlib import Path
 import httpx
 import pytest
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace import ReadableSpan, sampling
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, StatusCode, TraceFlags, TraceState
@@ -148,6 +149,41 @@ def test_the_sampler_of_otel_traces_sampler_decides(monkeypatch: pytest.MonkeyPa
         assert carrier["traceparent"].startswith("00-0af7651916cd43dd8448eb211c80319c-")
         assert carrier["traceparent"].endswith("-00")
     assert exporter.get_finished_spans() == ()
+
+
+@pytest.mark.parametrize("parent", [
+    None,
+    SpanContext(0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, True, TraceFlags(1), TraceState([("k", "v")])),
+    SpanContext(0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, True, TraceFlags(0), TraceState([("k", "v")])),
+    SpanContext(0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, False, TraceFlags(1)),
+    SpanContext(0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, False, TraceFlags(0), TraceState([("a", "b")])),
+], ids=["root", "remote-sampled", "remote-unsampled", "local-sampled", "local-unsampled"])
+def test_the_default_sampler_decides_as_the_sdks_tracer(parent: SpanContext | None) -> None:
+    # atlas decides the default sampler (parentbased_always_on) without calling it: the same decision, flags,
+    # trace state, parent and attributes as the SDK's own tracer makes of the same provider.
+    tracing, exporter = _traced()
+    assert tracing.tracer is not None and tracing.provider is not None
+    assert tracing.provider.sampler is sampling.DEFAULT_ON
+    context = trace.set_span_in_context(trace.NonRecordingSpan(parent), Context()) if parent else Context()
+    attributes = {"a": 1, "b": ["x", "y"]}
+    ours = tracing.tracer.start_span("s", context=context, attributes=attributes)
+    sdks = tracing.provider.get_tracer("t").start_span("s", context=context, attributes=attributes)
+    for span in (ours, sdks):
+        span.end()
+    mine, theirs = ours.get_span_context(), sdks.get_span_context()
+    assert ours.is_recording() is sdks.is_recording() is False
+    assert (mine.trace_flags, mine.trace_state, mine.is_remote) == (theirs.trace_flags, theirs.trace_state,
+                                                                     theirs.is_remote)
+    if parent is not None:
+        assert mine.trace_id == theirs.trace_id == parent.trace_id
+    sampled = parent is None or parent.trace_flags.sampled
+    assert mine.trace_flags.sampled is sampled
+    finished = exporter.get_finished_spans()  # ours only: the SDK's tracer has no processor here
+    assert len(finished) == (1 if sampled else 0)
+    if sampled:
+        assert isinstance(sdks, ReadableSpan)
+        assert [(s.parent, dict(s.attributes or {}), s.kind) for s in (finished[0], sdks)] == [
+            (parent, {"a": 1, "b": ("x", "y")}, SpanKind.INTERNAL)] * 2
 
 
 def test_the_exporter_process_sends_every_batch_before_shutdown_returns() -> None:

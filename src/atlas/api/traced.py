@@ -31,7 +31,11 @@ def traced(endpoint: Endpoint, method: str, route: str) -> Endpoint:
         tracing = daemon_of(request).tracing
         if not tracing.enabled:
             return await endpoint(request)
-        attributes = {"http.request.method": method, "http.route": route, "url.path": request.url.path}
+        # The path from the ASGI scope, as `request.url.path` has it, without building the whole URL (its host
+        # header parsed, the URL joined and split again) on every traced trigger.
+        scope = request.scope
+        attributes = {"http.request.method": method, "http.route": route,
+                      "url.path": scope.get("root_path", "") + scope["path"]}
         with tracing.server_span(name, request.headers, attributes) as span:
             try:
                 response = await endpoint(request)

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Mapping
-from contextvars import ContextVar
+from collections.abc import Mapping
+from contextvars import ContextVar, Token
 from typing import Any
 
 from opentelemetry import trace
@@ -38,7 +38,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from atlas import __version__
 from atlas.errors import AtlasError
 from atlas.observability.span_export import ChildSpanExporter
-from atlas.observability.spans import SpanTracer
+from atlas.observability.spans import CurrentSpan, SpanTracer
 
 __all__ = [
     "Tracing",
@@ -72,9 +72,6 @@ AGENT_NAME = "atlas.step.agent"
 MCP_SERVER = "atlas.mcp.server"
 
 _PROPAGATOR = TraceContextTextMapPropagator()
-# Spans leave the daemon, and an exception's message may carry a secret (a model server echoing the API key, a
-# tool's error echoing its arguments): no span records one. Failures are marked with their atlas code instead.
-_NO_MESSAGES: dict[str, Any] = {"record_exception": False, "set_status_on_exception": False}
 _NULL: contextlib.nullcontext[None] = contextlib.nullcontext()
 _active: ContextVar[Tracing | None] = ContextVar("atlas_tracing", default=None)
 
@@ -161,7 +158,7 @@ class Tracing:
         if self.tracer is None:
             return _NULL
         return self.tracer.start_as_current_span(name, context=_PROPAGATOR.extract(headers), kind=SpanKind.SERVER,
-                                                 attributes=dict(attributes), **_NO_MESSAGES)
+                                                 attributes=dict(attributes))
 
     def envelope_traceparent(self, envelope: Mapping[str, Any]) -> str | None:
         """The `traceparent` a new session's envelope carries: the current span (the trigger's HTTP request, or a
@@ -182,20 +179,11 @@ class Tracing:
         one (agents' model and tool spans)."""
         if self.tracer is None:
             return _NULL
-        return self._session_span(self.tracer, envelope, job_name)
-
-    @contextlib.contextmanager
-    def _session_span(self, tracer: SpanTracer, envelope: Mapping[str, Any], job_name: str) -> Iterator[Span]:
         parent = _PROPAGATOR.extract({TRACEPARENT: envelope[TRACEPARENT]} if envelope.get(TRACEPARENT) else {})
         attrs = session_attributes(envelope)
         attrs[JOB_NAME] = job_name
-        token = _active.set(self)
-        try:
-            with tracer.start_as_current_span(f"session {envelope['workspaceId']}/{job_name}", context=parent,
-                                              attributes=attrs, **_NO_MESSAGES) as span:
-                yield span
-        finally:
-            _active.reset(token)
+        return _RunScope(self, self.tracer.start_as_current_span(f"session {envelope['workspaceId']}/{job_name}",
+                                                                 context=parent, attributes=attrs))
 
     def step_span(self, number: int, state_id: str, action_type: str,
                   agent: str | None) -> contextlib.AbstractContextManager[Any]:
@@ -204,7 +192,7 @@ class Tracing:
         attrs: dict[str, Any] = {STEP_NUMBER: number, STATE_ID: state_id, ACTION_TYPE: action_type}
         if agent:
             attrs[AGENT_NAME] = agent
-        return self.tracer.start_as_current_span(f"step {state_id}", attributes=attrs, **_NO_MESSAGES)
+        return self.tracer.start_as_current_span(f"step {state_id}", attributes=attrs)
 
     def model_span(self, system: str, model: str) -> contextlib.AbstractContextManager[Any]:
         """One model call (GenAI semantic conventions: span `chat {model}`, kind CLIENT); `record_model_answer`
@@ -213,7 +201,7 @@ class Tracing:
             return _NULL
         return self.tracer.start_as_current_span(f"chat {model}", kind=SpanKind.CLIENT, attributes={
             "gen_ai.operation.name": "chat", "gen_ai.system": system, "gen_ai.provider.name": system,
-            "gen_ai.request.model": model}, **_NO_MESSAGES)
+            "gen_ai.request.model": model})
 
     def tool_span(self, name: str, server: str | None) -> contextlib.AbstractContextManager[Any]:
         """One tool call (GenAI `execute_tool {name}`), with the MCP server that runs it."""
@@ -222,8 +210,30 @@ class Tracing:
         attrs: dict[str, Any] = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": name}
         if server:
             attrs[MCP_SERVER] = server
-        return self.tracer.start_as_current_span(f"execute_tool {name}", kind=SpanKind.INTERNAL, attributes=attrs,
-                                                 **_NO_MESSAGES)
+        return self.tracer.start_as_current_span(f"execute_tool {name}", kind=SpanKind.INTERNAL, attributes=attrs)
+
+
+class _RunScope:
+    """The session span's block: the span is current and `tracing` is the run's `active()` one inside it (set
+    first, reset last). A class, not a generator: it is entered once per session on the event loop."""
+
+    __slots__ = ("_current", "_token", "_tracing")
+
+    def __init__(self, tracing: Tracing, current: CurrentSpan) -> None:
+        self._tracing = tracing
+        self._current = current
+        self._token: Token[Tracing | None] | None = None
+
+    def __enter__(self) -> Any:
+        self._token = _active.set(self._tracing)
+        return self._current.__enter__()
+
+    def __exit__(self, *exc_info: object) -> None:
+        try:
+            self._current.__exit__(*exc_info)
+        finally:
+            if self._token is not None:
+                _active.reset(self._token)
 
 
 def session_attributes(envelope: Mapping[str, Any]) -> dict[str, Any]:
