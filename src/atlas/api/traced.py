@@ -31,11 +31,9 @@ def traced(endpoint: Endpoint, method: str, route: str) -> Endpoint:
         tracing = daemon_of(request).tracing
         if not tracing.enabled:
             return await endpoint(request)
-        # The path from the ASGI scope, as `request.url.path` has it, without building the whole URL (its host
-        # header parsed, the URL joined and split again) on every traced trigger.
-        scope = request.scope
-        attributes = {"http.request.method": method, "http.route": route,
-                      "url.path": scope.get("root_path", "") + scope["path"]}
+        # The path from the ASGI scope, not `request.url.path`: that builds the whole URL (its host header parsed,
+        # the URL joined and split again) on every traced trigger, for the same path.
+        attributes = {"http.request.method": method, "http.route": route, "url.path": request.scope["path"]}
         with tracing.server_span(name, request.headers, attributes) as span:
             try:
                 response = await endpoint(request)
