@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from atlas.sessions import events
 from atlas.sessions.readmodel import ReadModel
 from atlas.sessions.store import SessionStore
 
@@ -49,6 +50,25 @@ async def test_rows_dirtied_during_a_write_wait_for_it_and_go_in_one_next_batch(
     assert sum(store.rm.count_by_status().values()) == 201
     assert (store.rm.get_view("first") or {})["status"] == "active"
     await wait_until(lambda: not store._writing)
+    store.close()
+
+
+async def test_a_read_while_a_batch_is_written_does_not_hide_the_sessions_end(store: SessionStore) -> None:
+    # A read through `rm` waits for the batch in flight and writes what is dirty there and then, before the loop
+    # has heard that the batch is committed. The session's end, applied in between, must stay what `view` and
+    # `wait_terminal` see: the batch in flight (the session still active) once hid it until the loop caught up,
+    # and a `wait_terminal` that began in that window waited for an end already applied (a flaky two-daemon test).
+    store.apply(queued("s", 0), new=True)
+    store.apply(started("s"))
+    store.flush()  # the active view goes to the writer thread
+    assert (store._writing.get("s") or {}).get("status") == "active"
+    store.apply(events.complete(sessionId="s", seq=3, status="completed", durationMs=1.0,
+                                timestamp="2026-11-25T10:02:00.000Z"))
+    assert (store.rm.get_view("s") or {})["status"] == "completed"  # a read: no await, the loop has heard nothing
+    assert (store.view("s") or {})["status"] == "completed"
+    assert (await store.wait_terminal("s", 5))["status"] == "completed"
+    await wait_until(lambda: not store._writing)
+    assert (store.view("s") or {})["status"] == "completed"
     store.close()
 
 

@@ -8,9 +8,10 @@ alone put tracing on at 0.82× of off even with an exporter that threw every spa
 What this module keeps from the SDK: the `TracerProvider`'s configuration (its sampler from `OTEL_TRACES_SAMPLER`,
 its id generator, its resource), the span data model (`RecordingSpan` *is* a `ReadableSpan`, so every SDK span
 processor and exporter — the batch processor, the OTLP encoder, the in-memory exporter of the tests — takes it as
-it is) and the API's context handling (`use_span`, `get_current_span`, W3C propagation). What it leaves out: span
-limits (atlas sets a handful of attributes of its own, never user data), span events and links (atlas records
-none: an exception's message may carry a secret), and the SDK's internal metrics.
+it is) and the API's context handling (`attach`/`detach` of the span's context, `get_current_span`, W3C
+propagation). What it leaves out: span limits (atlas sets a handful of attributes of its own, never user data),
+span events and links (atlas records none: an exception's message may carry a secret), and the SDK's internal
+metrics. The default sampler (`parentbased_always_on`) is decided inline, as it decides; any other is called.
 """
 
 from __future__ import annotations
@@ -134,8 +135,9 @@ class SpanTracer:
             if not result.decision.is_recording():
                 return NonRecordingSpan(span_context)  # still carries the trace on (a `traceparent`, unsampled)
             kept = result.attributes
-        attrs: dict[str, AttributeValue] = {k: tuple(v) if isinstance(v, list) else v for k, v in (kept or {}).items()
-                 if v is not None}  # as the SDK keeps them: no None, sequences frozen
+        # As the SDK keeps them: no None, sequences frozen.
+        attrs: dict[str, AttributeValue] = {k: tuple(v) if isinstance(v, list) else v
+                                            for k, v in (kept or {}).items() if v is not None}
         return RecordingSpan(name, span_context, parent, kind, attrs,
                              start_time if start_time is not None else time.time_ns(), self)
 

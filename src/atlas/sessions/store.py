@@ -229,6 +229,10 @@ class SessionStore:
                 self._write_succeeded()
                 self._observe_lag()
                 self._wake_committed(batch)
+                # The batch the writer thread committed stays in `_writing` until the loop hears of it, and
+                # `view` reads it before the database: a session written newer just now must not read as it was.
+                for sid in batch.keys() & self._writing.keys():
+                    self._writing[sid] = batch[sid]
         return self._rm
 
     def _in_memory(self, session_id: str) -> dict[str, Any] | None:
