@@ -120,21 +120,17 @@ class SpanTracer:
         if self._parent_based_always_on:
             # The default sampler's decision without its three calls: follow the parent's sampled flag, sample a
             # root; the trace state is the parent's (what `ParentBased(ALWAYS_ON)` returns, tested against it).
-            sampled = parent is None or parent.trace_flags.sampled
-            span_context = SpanContext(trace_id, self.ids.generate_span_id(), is_remote=False,
-                                       trace_flags=_FLAGS[sampled][random_id],
-                                       trace_state=None if parent is None else parent.trace_state)
-            if not sampled:
-                return NonRecordingSpan(span_context)
+            sampled = recording = parent is None or parent.trace_flags.sampled
+            trace_state = None if parent is None else parent.trace_state
             kept = attributes
         else:
             result = self.sampler.should_sample(context, trace_id, name, kind, attributes, links)
-            span_context = SpanContext(trace_id, self.ids.generate_span_id(), is_remote=False,
-                                       trace_flags=_FLAGS[result.decision.is_sampled()][random_id],
-                                       trace_state=result.trace_state)
-            if not result.decision.is_recording():
-                return NonRecordingSpan(span_context)  # still carries the trace on (a `traceparent`, unsampled)
-            kept = result.attributes
+            sampled, recording = result.decision.is_sampled(), result.decision.is_recording()
+            trace_state, kept = result.trace_state, result.attributes
+        span_context = SpanContext(trace_id, self.ids.generate_span_id(), is_remote=False,
+                                   trace_flags=_FLAGS[sampled][random_id], trace_state=trace_state)
+        if not recording:
+            return NonRecordingSpan(span_context)  # still carries the trace on (a `traceparent`, unsampled)
         # As the SDK keeps them: no None, sequences frozen.
         attrs: dict[str, AttributeValue] = {k: tuple(v) if isinstance(v, list) else v
                                             for k, v in (kept or {}).items() if v is not None}
